@@ -1,0 +1,199 @@
+"""The ``sms-connector`` command: worker, dev, topics, send, simulate.
+
+Every command has ``--help``; ``worker --help`` lists every setting with its environment
+variable (generated from ``connector.config``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+
+import click
+
+from connector import __version__
+from connector.config import ConfigError, Settings, describe, load
+
+
+def _settings(config: str | None) -> Settings:
+    try:
+        return load(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+config_option = click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="SMS_CONNECTOR_CONFIG",
+                             help="TOML config file (also SMS_CONNECTOR_CONFIG). Environment variables override it.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sms-connector")
+def main() -> None:
+    """sms-connector: send SMS from Kafka through providers' HTTP APIs, and publish what happened.
+
+    \b
+    Quick start:  sms-connector dev --demo 500        (embedded broker, simulators, a worker)
+    Production:   sms-connector worker --config /etc/sms-connector/config.toml
+    """
+
+
+@main.command()
+@config_option
+def worker(config: str | None) -> None:
+    """Run the dispatch worker: consume sms.outbound, call providers, publish results.
+
+    Serves /metrics, /healthz and /readyz on http.host:http.port. Stops cleanly on SIGTERM:
+    stops fetching, lets in-flight messages finish (dispatch.shutdown_timeout_s), commits.
+    """
+    from connector import logs
+    from connector.app import run_worker
+
+    settings = _settings(config)
+    logs.configure(settings.log.level, settings.log.format, settings.secrets())
+    if not settings.routes:
+        raise click.ClickException("no routes configured: add a [routes.NAME] section "
+                                   "(see `sms-connector worker --help`)")
+    _run(run_worker(settings))
+
+
+def _format_epilog(self: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    with formatter.section("Settings"):
+        formatter.write_text("TOML file `section.key`, or environment variable; the environment wins. "
+                             "Secrets accept env:NAME or file:/path references.")
+        for d in describe():
+            default = f" Default: {d.default}." if d.default else ""
+            formatter.write_text(d.path)
+            with formatter.indentation():
+                formatter.write_text(f"env: {d.env}")
+                formatter.write_text(f"({d.type}) {d.doc}{default}")
+
+
+worker.format_epilog = _format_epilog.__get__(worker)  # type: ignore[method-assign]
+
+
+@main.group()
+def topics() -> None:
+    """Create or verify the topics of the contract in topics/topics.toml."""
+
+
+@topics.command("apply")
+@config_option
+@click.option("--partitions", type=int, default=None, help="Override partition counts (small dev clusters).")
+def topics_apply(config: str | None, partitions: int | None) -> None:
+    """Create every missing topic (existing ones are left as they are)."""
+    from connector.kafka import apply_topics
+
+    settings = _settings(config)
+    result = asyncio.run(apply_topics(settings.kafka, partitions))
+    for name, state in result:
+        click.echo(f"{state:8} {name}")
+
+
+@topics.command("check")
+@config_option
+def topics_check(config: str | None) -> None:
+    """Verify every topic exists with at least its partition count; exit 1 if not."""
+    from connector.kafka import check_topics
+
+    settings = _settings(config)
+    states = asyncio.run(check_topics(settings.kafka))
+    bad = 0
+    for s in states:
+        status = "ok" if s.ok else ("missing" if not s.exists else f"{s.partitions} partitions < {s.expected_partitions}")
+        bad += not s.ok
+        click.echo(f"{'ok' if s.ok else 'FAIL':4} {s.name:28} {status}")
+    if bad:
+        raise click.ClickException(f"{bad} topic(s) not as the contract says: run `sms-connector topics apply`")
+
+
+@main.command()
+@config_option
+@click.option("--to", "phone", help="Recipient phone number, E.164 (+14155550100).")
+@click.option("--device", help="Recipient device as KIND:ID (e.g. IMEI:990000862471854).")
+@click.option("--text", required=True, help="Message text.")
+@click.option("--id", "client_message_id", default=None, help="Client message id (default: a new UUID).")
+@click.option("--route", default=None, help="Route name (default: routing rules decide).")
+@click.option("--sender", default=None, help="Sender id / number (default: the route's).")
+@click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Metadata entry (repeatable).")
+def send(config: str | None, phone: str | None, device: str | None, text: str, client_message_id: str | None,
+         route: str | None, sender: str | None, metadata: tuple[str, ...]) -> None:
+    """Produce one outbound record to sms.outbound (keyed by recipient)."""
+    from connector.records import OutboundSms, Recipient, encode_outbound
+    from connector.tools import produce_one
+
+    if bool(phone) == bool(device):
+        raise click.UsageError("give exactly one of --to or --device")
+    if device:
+        kind, _, ident = device.partition(":")
+        if not ident:
+            raise click.UsageError("--device must be KIND:ID")
+        recipient = Recipient(device_kind=kind.upper(), device_id=ident)
+    else:
+        recipient = Recipient(phone=phone)
+    meta = dict(m.split("=", 1) for m in metadata if "=" in m)
+    msg = OutboundSms(client_message_id=client_message_id or str(uuid.uuid4()), recipient=recipient, text=text,
+                      route=route, sender=sender, metadata=meta)
+    settings = _settings(config)
+    where = asyncio.run(produce_one(settings.kafka, msg, encode_outbound(msg)))
+    click.echo(f"produced {msg.client_message_id} to {where}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=0, help="Port (0: a free one, printed at start).")
+@click.option("--latency-ms", type=float, default=0.0, show_default=True, help="Added latency per request.")
+@click.option("--error-rate", type=float, default=0.0, show_default=True, help="Share of requests answered 5xx.")
+@click.option("--throttle-rate", type=float, default=0.0, show_default=True, help="Share answered 429 + Retry-After.")
+@click.option("--timeout-rate", type=float, default=0.0, show_default=True, help="Share held until the client times out.")
+@click.option("--reject-rate", type=float, default=0.0, show_default=True, help="Share of messages rejected.")
+@click.option("--credential", multiple=True, metavar="KEY=VALUE", help="Override an accepted credential.")
+def simulate(name: str, host: str, port: int, latency_ms: float, error_rate: float, throttle_rate: float,
+             timeout_rate: float, reject_rate: float, credential: tuple[str, ...]) -> None:
+    """Run one provider simulator alone (NAME: smpp_rest, ...).
+
+    Faults can also be changed live: PUT /_sim/faults with a JSON object; counters at GET /_sim/stats.
+    """
+    from connector.simulators import SIMULATORS, Faults
+    from connector.tools import run_simulator
+
+    if name not in SIMULATORS:
+        raise click.UsageError(f"unknown simulator {name!r} (known: {', '.join(sorted(SIMULATORS))})")
+    faults = Faults(latency_ms=latency_ms, error_rate=error_rate, throttle_rate=throttle_rate,
+                    timeout_rate=timeout_rate, reject_rate=reject_rate)
+    creds = {**SIMULATORS[name].default_credentials(), **dict(c.split("=", 1) for c in credential if "=" in c)}
+    _run(run_simulator(SIMULATORS[name](faults, creds), host, port))
+
+
+@main.command()
+@click.option("--demo", type=int, default=0, help="Produce N demo messages (a mix: GSM-7, Unicode, long, invalid).")
+@click.option("--until-done", is_flag=True, help="Exit when every demo message has exactly one terminal record "
+                                                  "(exit 0 only if none is missing).")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="With --until-done: give up after this.")
+@click.option("--http-port", type=int, default=8080, show_default=True, help="Worker's metrics/health port (0: free).")
+@click.option("--manifest", default=".sms-connector-dev.json", show_default=True, help="Where to write the manifest.")
+def dev(demo: int, until_done: bool, timeout: float, http_port: int, manifest: str) -> None:
+    """Run everything locally: embedded Kafka-protocol broker, topics, simulators and a worker.
+
+    Writes a manifest (bootstrap servers, topics, metrics/health URLs, simulators and their
+    credentials) to .sms-connector-dev.json while it runs. Stops everything on Ctrl-C / SIGTERM.
+    """
+    from connector.dev import run_dev
+
+    code = asyncio.run(run_dev(demo=demo, until_done=until_done, timeout=timeout, http_port=http_port,
+                               manifest_path=manifest))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,445 @@
+"""The one module that reads configuration: environment variables and an optional TOML file.
+
+Every setting is a dataclass field declared with ``setting()`` (type, default, description,
+example, whether it is a secret). The same declarations produce validation, ``worker --help``,
+``check``'s table and the README reference, so documentation cannot drift from behaviour.
+
+Sources, later wins: defaults < TOML file (``--config`` or ``SMS_CONNECTOR_CONFIG``) < environment.
+Environment names are ``SMS_CONNECTOR_<SECTION>__<FIELD>``, e.g. ``SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS``;
+routes are ``SMS_CONNECTOR_ROUTES__<ROUTE>__<FIELD>``. A secret's value may be a reference,
+``env:NAME`` or ``file:/path`` (a mounted Kubernetes Secret), resolved at load; secrets are
+``Secret`` objects that print as ``***``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "SMS_CONNECTOR_"
+
+
+class ConfigError(ValueError):
+    """Configuration is invalid. ``problems`` lists every problem found, each with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A secret value: usable via ``.value``, never printed."""
+
+    __slots__ = ("value", "source")
+
+    def __init__(self, value: str, source: str = "literal") -> None:
+        self.value = value
+        self.source = source  # "literal", "env:NAME" or "file:/path": safe to show
+
+    def __repr__(self) -> str:
+        return "Secret(***)" if self.source == "literal" else f"Secret(*** from {self.source})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def setting(default: Any = dataclasses.MISSING, *, doc: str, example: str | None = None,
+            secret: bool = False, choices: tuple[str, ...] | None = None,
+            minimum: float | None = None, maximum: float | None = None) -> Any:
+    """Declare one documented setting (a dataclass field)."""
+    meta = {"doc": doc, "example": example, "secret": secret, "choices": choices,
+            "minimum": minimum, "maximum": maximum}
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = setting("localhost:9092", doc="Kafka bootstrap servers, comma-separated.",
+                                     example="kafka-0.kafka:9092,kafka-1.kafka:9092")
+    client_id: str = setting("sms-connector", doc="Client id sent to the brokers.")
+    group_id: str = setting("sms-connector-dispatch", doc="Consumer group of the dispatch workers.")
+    security_protocol: str = setting("PLAINTEXT", doc="How to reach the brokers.",
+                                     choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    sasl_mechanism: str = setting("PLAIN", doc="SASL mechanism (with a SASL_* protocol).",
+                                  choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_username: str = setting("", doc="SASL username.")
+    sasl_password: Secret | None = setting(None, doc="SASL password.", secret=True,
+                                           example="file:/var/run/secrets/kafka/password")
+    ssl_cafile: str = setting("", doc="CA bundle to verify the brokers (SSL / SASL_SSL); system CAs when empty.")
+    ssl_certfile: str = setting("", doc="Client certificate for mutual TLS.")
+    ssl_keyfile: str = setting("", doc="Client private key for mutual TLS.")
+    replication_factor: int = setting(3, doc="Replication factor of topics created by `topics apply`.", minimum=1, maximum=10)
+    session_timeout_s: float = setting(15.0, doc="Consumer group session timeout: how fast a dead worker's partitions move.",
+                                       minimum=6, maximum=300)
+    request_timeout_s: float = setting(30.0, doc="Broker request timeout.", minimum=1, maximum=300)
+    idempotent_producer: bool = setting(True, doc="Idempotent producer (no duplicate result records on produce retries). Turn off only for brokers without it (the embedded dev broker).")
+    linger_ms: int = setting(5, doc="Producer linger: results are produced in batches.", minimum=0, maximum=1000)
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    max_in_flight: int = setting(2000, doc="Outbound records taken from Kafka and not yet finished, per worker (memory and commit bound).",
+                                 minimum=1, maximum=100000)
+    commit_interval_s: float = setting(1.0, doc="How often finished offsets are committed.", minimum=0.05, maximum=60)
+    shutdown_timeout_s: float = setting(25.0, doc="On SIGTERM or rebalance, how long in-flight records may take to finish.",
+                                        minimum=0, maximum=600)
+    retry_max_attempts: int = setting(4, doc="Provider calls per message in place (first call included) for retriable errors.",
+                                      minimum=1, maximum=50)
+    retry_base_delay_s: float = setting(0.2, doc="Backoff base: full jitter, doubling per attempt.", minimum=0, maximum=60)
+    retry_max_delay_s: float = setting(5.0, doc="Backoff cap per wait.", minimum=0, maximum=600)
+    retry_after_max_s: float = setting(30.0, doc="A provider's Retry-After is honoured up to this; longer waits fail the message as throttled.",
+                                       minimum=0, maximum=3600)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = setting("0.0.0.0", doc="Address of the worker's HTTP server (/metrics, /healthz, /readyz).",
+                        example="127.0.0.1")
+    port: int = setting(8080, doc="Port of the worker's HTTP server.", minimum=0, maximum=65535)
+    provider_timeout_s: float = setting(10.0, doc="Timeout of one provider HTTP call (connect + response).",
+                                        minimum=0.1, maximum=300)
+    provider_max_connections: int = setting(200, doc="Connection pool size per provider route.", minimum=1, maximum=10000)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = setting("INFO", doc="Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    format: str = setting("auto", doc="json (production), console (a terminal), or auto: console on a TTY, else json.",
+                          choices=("auto", "json", "console"))
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    default_route: str = setting("", doc="Route for records that name none and match no rule; the only route when there is one.")
+    device_route: str = setting("", doc="Route for device-id recipients (ThingSpace).")
+    prefix_routes: str = setting("", doc="Number-prefix rules, longest prefix wins: 'PREFIX=ROUTE,...'.",
+                                 example="+1=revio,+58=ogangi")
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """One route: a provider, its credentials, and how to send through it. Provider-specific
+    fields (base_url, credentials, ...) are declared by the provider's own config class."""
+
+    provider: str = setting(doc="Provider of this route.", example="smpp_rest")
+    sender: str = setting("", doc="Default sender (from number / sender id) when a record names none.")
+    segment_policy: str = setting("whole", doc="Text longer than one segment: reject, split (where the provider allows it) or whole (send as is; the provider concatenates).",
+                                  choices=("reject", "split", "whole"))
+    max_segments: int = setting(10, doc="Messages needing more segments fail with reason invalid.", minimum=1, maximum=255)
+    concurrency: int = setting(64, doc="Provider calls in flight at once on this route.", minimum=1, maximum=10000)
+    batch_max: int = setting(1, doc="Messages per provider request where the provider takes several (SMPP Messages[]).",
+                             minimum=1, maximum=1000)
+    batch_linger_ms: float = setting(2.0, doc="How long a partial batch waits for more messages.", minimum=0, maximum=1000)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    # route name -> (common route settings, provider-specific config object)
+    routes: Mapping[str, "Route"] = field(default_factory=dict)
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value (for log-scanning tests and redaction)."""
+        found: list[str] = []
+
+        def walk(obj: Any) -> None:
+            if isinstance(obj, Secret):
+                found.append(obj.value)
+            elif dataclasses.is_dataclass(obj):
+                for f in dataclasses.fields(obj):
+                    walk(getattr(obj, f.name))
+            elif isinstance(obj, Mapping):
+                for v in obj.values():
+                    walk(v)
+
+        walk(self)
+        return [s for s in found if s]
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    common: RouteSettings
+    provider: Any  # the provider's config dataclass instance
+
+
+SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "dispatch": DispatchSettings, "http": HttpSettings,
+                             "log": LogSettings, "routing": RoutingSettings}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _resolve_secret(raw: Any, path: str, problems: list[str]) -> Secret | None:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, Secret):
+        return raw
+    text = str(raw)
+    if text.startswith("env:"):
+        name = text[4:]
+        if name not in os.environ:
+            problems.append(f"{path}: refers to environment variable {name}, which is not set")
+            return None
+        return Secret(os.environ[name], source=text)
+    if text.startswith("file:"):
+        p = Path(text[5:])
+        try:
+            return Secret(p.read_text().strip(), source=text)
+        except OSError as exc:
+            problems.append(f"{path}: cannot read secret file {p}: {exc.strerror}")
+            return None
+    return Secret(text)
+
+
+def _coerce(f: dataclasses.Field[Any], hint: Any, raw: Any, path: str, problems: list[str]) -> Any:
+    meta = f.metadata
+    if meta.get("secret"):
+        return _resolve_secret(raw, path, problems)
+    base = _base_type(hint)
+    try:
+        if base is bool:
+            if isinstance(raw, bool):
+                value: Any = raw
+            elif str(raw).lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif str(raw).lower() in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise ValueError
+        elif base is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            value = int(raw)
+        elif base is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        else:
+            value = str(raw)
+    except (TypeError, ValueError):
+        problems.append(f"{path}: expected {base.__name__}, got {raw!r}")
+        return None
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        problems.append(f"{path}: {value!r} is not one of {', '.join(choices)}")
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        problems.append(f"{path}: {value!r} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _base_type(hint: Any) -> type:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if args else str
+    return hint if isinstance(hint, type) else str
+
+
+def build(cls: type, raw: Mapping[str, Any], path: str, problems: list[str]) -> Any:
+    """Construct settings dataclass ``cls`` from a raw mapping, collecting problems."""
+    raw = dict(raw)
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _coerce(f, hints[f.name], raw.pop(f.name), f"{path}.{f.name}", problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            problems.append(f"{path}.{f.name}: required ({f.metadata.get('doc', '')})")
+    for unknown in sorted(raw):
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
+        problems.append(f"{path}.{unknown}: unknown setting (known: {known})")
+    try:
+        return cls(**{k: v for k, v in kwargs.items() if v is not None or _nullable(cls, k)})
+    except TypeError:
+        return None
+
+
+def _nullable(cls: type, name: str) -> bool:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.metadata.get("secret", False)
+
+
+def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Load and validate settings; raises ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    problems: list[str] = []
+    if config_file:
+        try:
+            raw = tomllib.loads(Path(config_file).read_text())
+        except OSError as exc:
+            raise ConfigError([f"config file {config_file}: {exc.strerror}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"config file {config_file}: not valid TOML: {exc}"]) from None
+    raw = _merge(raw, _env_tree(environ))
+    if overrides:
+        raw = _merge(raw, overrides)
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        section = raw.pop(name, {})
+        if not isinstance(section, Mapping):
+            problems.append(f"{name}: expected a table of settings")
+            section = {}
+        sections[name] = build(cls, section, name, problems)
+    routes_raw = raw.pop("routes", {})
+    for unknown in sorted(raw):
+        problems.append(f"{unknown}: unknown section (known: {', '.join([*SECTIONS, 'routes'])})")
+    routes = {name: _build_route(name, r, problems) for name, r in routes_raw.items()}
+    settings = None
+    if not problems:
+        settings = Settings(**sections, routes=routes)
+        _check_routing(settings, problems)
+    if problems:
+        raise ConfigError(problems)
+    assert settings is not None
+    return settings
+
+
+def _build_route(name: str, raw: Any, problems: list[str]) -> Route | None:
+    from connector.providers import REGISTRY
+
+    path = f"routes.{name}"
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: expected a table of settings")
+        return None
+    raw = dict(raw)
+    provider_name = raw.get("provider")
+    if provider_name not in REGISTRY:
+        problems.append(f"{path}.provider: {provider_name!r} is not a provider "
+                        f"(known: {', '.join(sorted(REGISTRY))})")
+        return None
+    common_names = {f.name for f in dataclasses.fields(RouteSettings)}
+    common = build(RouteSettings, {k: v for k, v in raw.items() if k in common_names}, path, problems)
+    provider_cls = REGISTRY[provider_name].Config
+    specific = build(provider_cls, {k: v for k, v in raw.items() if k not in common_names}, path, problems)
+    return Route(name=name, common=common, provider=specific)
+
+
+def _check_routing(settings: Settings, problems: list[str]) -> None:
+    routes = settings.routes
+    r = settings.routing
+    for label, value in (("routing.default_route", r.default_route), ("routing.device_route", r.device_route)):
+        if value and value not in routes:
+            problems.append(f"{label}: unknown route {value!r} (configured: {', '.join(routes) or 'none'})")
+    for prefix, route in parse_prefix_routes(r.prefix_routes, problems):
+        if route not in routes:
+            problems.append(f"routing.prefix_routes: {prefix}={route}: unknown route {route!r}")
+
+
+def parse_prefix_routes(text: str, problems: list[str] | None = None) -> list[tuple[str, str]]:
+    rules: list[tuple[str, str]] = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        prefix, sep, route = item.partition("=")
+        if not sep or not prefix.strip() or not route.strip():
+            if problems is not None:
+                problems.append(f"routing.prefix_routes: {item!r} is not PREFIX=ROUTE")
+            continue
+        rules.append((prefix.strip(), route.strip()))
+    return rules
+
+
+# --------------------------------------------------------------------------------------------
+# Documentation
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    path: str
+    env: str
+    type: str
+    default: str
+    doc: str
+    secret: bool
+
+
+def describe() -> list[SettingDoc]:
+    """Every documented setting (the README reference, ``worker --help`` and ``check``)."""
+    from connector.providers import REGISTRY
+
+    docs: list[SettingDoc] = []
+
+    def add(cls: type, path: str, env: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            default = "" if f.default in (dataclasses.MISSING, None) else str(f.default)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                default = "(required)"
+            hint = _base_type(hints[f.name])
+            doc = meta.get("doc", "")
+            if meta.get("choices"):
+                doc += f" One of: {', '.join(meta['choices'])}."
+            docs.append(SettingDoc(f"{path}.{f.name}", f"{env}__{f.name.upper()}",
+                                   "secret" if meta.get("secret") else hint.__name__, default, doc,
+                                   bool(meta.get("secret"))))
+
+    for name, cls in SECTIONS.items():
+        add(cls, name, f"{ENV_PREFIX}{name.upper()}")
+    add(RouteSettings, "routes.<name>", f"{ENV_PREFIX}ROUTES__<NAME>")
+    for pname, provider in sorted(REGISTRY.items()):
+        add(provider.Config, f"routes.<name> (provider={pname})", f"{ENV_PREFIX}ROUTES__<NAME>")
+    return docs
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """Settings as a plain dict with secrets shown as ``***`` (or their reference)."""
+
+    def conv(obj: Any) -> Any:
+        if isinstance(obj, Secret):
+            return "***" if obj.source == "literal" else f"*** ({obj.source})"
+        if dataclasses.is_dataclass(obj):
+            return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, Mapping):
+            return {k: conv(v) for k, v in obj.items()}
+        return obj
+
+    return conv(settings)

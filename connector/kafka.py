@@ -1,0 +1,90 @@
+"""Kafka client options and topic administration, from settings and the ``topics/`` contract.
+
+``client_options`` turns ``KafkaSettings`` into aiokafka keyword arguments (bootstrap, TLS,
+SASL PLAIN / SCRAM). ``apply_topics`` / ``check_topics`` create or verify the topics in
+``topics/topics.toml``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+import topics
+from connector.config import KafkaSettings
+
+
+def client_options(k: KafkaSettings) -> dict[str, Any]:
+    opts: dict[str, Any] = {"bootstrap_servers": k.bootstrap_servers, "client_id": k.client_id,
+                            "security_protocol": k.security_protocol}
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(cafile=k.ssl_cafile or None)
+        if k.ssl_certfile:
+            ctx.load_cert_chain(k.ssl_certfile, k.ssl_keyfile or None)
+        opts["ssl_context"] = ctx
+    if k.security_protocol.startswith("SASL_"):
+        opts["sasl_mechanism"] = k.sasl_mechanism
+        opts["sasl_plain_username"] = k.sasl_username
+        opts["sasl_plain_password"] = k.sasl_password.value if k.sasl_password else ""
+    return opts
+
+
+@dataclass(frozen=True)
+class TopicState:
+    role: str
+    name: str
+    exists: bool
+    partitions: int | None
+    expected_partitions: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exists and self.partitions is not None and self.partitions >= self.expected_partitions
+
+
+async def apply_topics(k: KafkaSettings, partitions: int | None = None) -> list[tuple[str, str]]:
+    """Create every topic of the contract that is missing. Returns (name, 'created'|'exists').
+
+    ``partitions`` overrides the contract's partition counts (``dev`` uses fewer)."""
+    admin = AIOKafkaAdminClient(**client_options(k))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        out: list[tuple[str, str]] = []
+        new = []
+        for spec in topics.specs().values():
+            if spec.name in existing:
+                out.append((spec.name, "exists"))
+                continue
+            new.append(NewTopic(spec.name, partitions or spec.partitions, k.replication_factor,
+                                topic_configs=spec.configs))
+            out.append((spec.name, "created"))
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+        return out
+    finally:
+        await admin.close()
+
+
+async def check_topics(k: KafkaSettings) -> list[TopicState]:
+    admin = AIOKafkaAdminClient(**client_options(k))
+    await admin.start()
+    try:
+        names = [s.name for s in topics.specs().values()]
+        existing = set(await admin.list_topics())
+        described = {t["topic"]: t for t in await admin.describe_topics([n for n in names if n in existing])}
+        states = []
+        for spec in topics.specs().values():
+            d = described.get(spec.name)
+            parts = len(d["partitions"]) if d and d.get("partitions") is not None else None
+            states.append(TopicState(spec.role, spec.name, spec.name in existing, parts, spec.partitions))
+        return states
+    finally:
+        await admin.close()

@@ -1,0 +1,54 @@
+"""Pure decisions: what to do with a message after an error, and how long to wait.
+
+The only module that turns a classified error (``connector.errors``) into an action. Retriable
+errors are retried with exponential backoff and full jitter, honouring ``Retry-After`` (capped);
+everything else fails at once with the error's reason. No I/O, no clock reads except through
+arguments, so every rule is a table-driven unit test.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from connector.errors import SmsError, Throttled
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 4          # provider calls in place, including the first
+    base_delay_s: float = 0.2
+    max_delay_s: float = 5.0
+    max_retry_after_s: float = 30.0  # a provider's Retry-After is honoured up to this
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    reason: str
+
+
+Action = Retry | Fail
+
+
+def backoff(attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff before attempt ``attempt + 1`` (``attempt`` >= 1)."""
+    ceiling = min(policy.max_delay_s, policy.base_delay_s * (2 ** (attempt - 1)))
+    return rand() * ceiling
+
+
+def decide(error: SmsError, attempt: int, policy: RetryPolicy,
+           rand: Callable[[], float] = random.random) -> Action:
+    """The action after ``attempt`` provider calls (>= 1) ended in ``error``."""
+    if not error.retriable or attempt >= policy.max_attempts:
+        return Fail(error.reason)
+    if isinstance(error, Throttled) and error.retry_after is not None:
+        if error.retry_after > policy.max_retry_after_s:
+            return Fail(error.reason)  # waiting that long in place would stall the partition
+        return Retry(error.retry_after)
+    return Retry(backoff(attempt, policy, rand))

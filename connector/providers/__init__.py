@@ -1,0 +1,13 @@
+"""Provider adapters, one module per provider, all sans-IO (see ``providers.base``).
+
+``REGISTRY`` maps a provider's config name to its class; routes name providers by that key.
+"""
+
+from __future__ import annotations
+
+from connector.providers.base import Auth, Prepared, Provider, SendResult
+from connector.providers.smpp_rest import SmppRest
+
+REGISTRY: dict[str, type[Provider]] = {p.name: p for p in (SmppRest,)}
+
+__all__ = ["REGISTRY", "Auth", "Prepared", "Provider", "SendResult", "SmppRest"]

@@ -1,0 +1,218 @@
+"""Record types and their wire form (orjson), validated against the schemas in ``topics/``.
+
+``decode_outbound`` is the one way bytes from ``sms.outbound`` become an ``OutboundSms``; the
+``encode_*`` functions are the one way terminal records become bytes. The JSON Schemas in
+``topics/schemas`` are compiled once (fastjsonschema) and enforced here, so the documented
+contract and the code cannot drift apart. Schema version: 1 for every record type.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+import topics
+from connector.errors import InvalidMessage, InvalidRecord
+
+SCHEMA_VERSION = 1
+DEVICE_KINDS = frozenset({"ESN", "ICCID", "IMEI", "MDN", "MEID", "MSISDN", "IMSI", "EID"})
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+_validate_outbound = fastjsonschema.compile(topics.schema("outbound_sms.json"))
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A phone number (E.164) or a device identifier (kind + id, ThingSpace)."""
+
+    phone: str | None = None
+    device_kind: str | None = None
+    device_id: str | None = None
+
+    @property
+    def is_device(self) -> bool:
+        return self.device_id is not None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.phone is not None:
+            return {"phone": self.phone}
+        return {"device": {"kind": self.device_kind, "id": self.device_id}}
+
+    def masked(self) -> str:
+        """For logs: never a full number or device id."""
+        value = self.phone if self.phone is not None else f"{self.device_kind}:{self.device_id}"
+        return value[:4] + "…" + value[-2:] if len(value) > 6 else "…"
+
+    def require_e164(self) -> str:
+        if self.phone is None:
+            raise InvalidMessage("this route needs a phone number, not a device id", field="recipient")
+        if not E164.match(self.phone):
+            raise InvalidMessage("recipient.phone is not an E.164 number (+ and 7-15 digits)",
+                                 field="recipient.phone")
+        return self.phone
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundSms:
+    client_message_id: str
+    recipient: Recipient
+    text: str
+    route: str | None = None
+    provider: str | None = None
+    sender: str | None = None
+    expires_at: float | None = None          # epoch seconds
+    options: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def options_for(self, provider: str) -> dict[str, Any]:
+        return self.options.get(provider) or {}
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A provider accepted one message."""
+
+    provider_message_id: str | None
+    provider_request_id: str | None = None
+    details: dict[str, Any] | None = None
+
+
+def decode_outbound(value: bytes | None) -> OutboundSms:
+    """Bytes from ``sms.outbound`` -> OutboundSms, or InvalidRecord saying what is wrong."""
+    if value is None:
+        raise InvalidRecord("record has no value (tombstone)")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord(f"value is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRecord("value is not a JSON object")
+    try:
+        _validate_outbound(data)
+    except fastjsonschema.JsonSchemaException as exc:
+        name = getattr(exc, "name", None)
+        field_name = name[5:] if isinstance(name, str) and name.startswith("data.") else None
+        raise InvalidRecord(f"does not match outbound_sms.json: {exc.message}",
+                            field=field_name) from None
+    expires_at = None
+    if "expires_at" in data:
+        try:
+            when = datetime.fromisoformat(data["expires_at"])
+        except ValueError:
+            raise InvalidRecord("expires_at is not an RFC 3339 date-time", field="expires_at") from None
+        if when.tzinfo is None:
+            raise InvalidRecord("expires_at needs a time zone offset (e.g. Z)", field="expires_at")
+        expires_at = when.timestamp()
+    rcpt = data["recipient"]
+    if "phone" in rcpt:
+        recipient = Recipient(phone=rcpt["phone"])
+    else:
+        kind = rcpt["device"]["kind"].upper()
+        if kind not in DEVICE_KINDS:
+            raise InvalidRecord(f"recipient.device.kind {kind!r} is not one of "
+                                f"{', '.join(sorted(DEVICE_KINDS))}", field="recipient.device.kind")
+        recipient = Recipient(device_kind=kind, device_id=rcpt["device"]["id"])
+    return OutboundSms(
+        client_message_id=data["client_message_id"],
+        recipient=recipient,
+        text=data["text"],
+        route=data.get("route"),
+        provider=data.get("provider"),
+        sender=data.get("sender"),
+        expires_at=expires_at,
+        options=data.get("options") or {},
+        metadata=data.get("metadata") or {},
+    )
+
+
+def encode_outbound(msg: OutboundSms) -> bytes:
+    """The wire form of an OutboundSms (used by ``send``, ``dev --demo`` and the tests)."""
+    data: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "client_message_id": msg.client_message_id,
+        "recipient": msg.recipient.as_json(),
+        "text": msg.text,
+    }
+    for name in ("route", "provider", "sender"):
+        if getattr(msg, name) is not None:
+            data[name] = getattr(msg, name)
+    if msg.expires_at is not None:
+        data["expires_at"] = iso(msg.expires_at)
+    if msg.options:
+        data["options"] = msg.options
+    if msg.metadata:
+        data["metadata"] = msg.metadata
+    return orjson.dumps(data)
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds -> RFC 3339 UTC with milliseconds."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the dispatcher knows about one message when it ends: input to encode_result."""
+
+    msg: OutboundSms
+    received_at: float
+    route: str | None = None
+    provider: str | None = None
+    encoding: str | None = None
+    segments: int | None = None
+    attempts: int = 0
+    submitted_at: float | None = None
+
+
+def encode_accepted(o: Outcome, accepted: Accepted, completed_at: float) -> bytes:
+    msg = o.msg
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "outcome": "accepted",
+        "client_message_id": msg.client_message_id,
+        "recipient": msg.recipient.as_json(),
+        "metadata": msg.metadata,
+        "route": o.route,
+        "provider": o.provider,
+        "provider_message_id": accepted.provider_message_id,
+        "provider_request_id": accepted.provider_request_id,
+        "encoding": o.encoding,
+        "segments": o.segments,
+        "attempts": o.attempts,
+        "received_at": iso(o.received_at),
+        "submitted_at": iso(o.submitted_at if o.submitted_at is not None else completed_at),
+        "completed_at": iso(completed_at),
+    }
+    if accepted.details:
+        record["provider_details"] = accepted.details
+    return orjson.dumps(record)
+
+
+def encode_failed(o: Outcome, reason: str, error: str, completed_at: float, *,
+                  provider_code: str | None = None, provider_text: str | None = None) -> bytes:
+    msg = o.msg
+    return orjson.dumps({
+        "schema_version": SCHEMA_VERSION,
+        "outcome": "failed",
+        "client_message_id": msg.client_message_id,
+        "recipient": msg.recipient.as_json(),
+        "metadata": msg.metadata,
+        "route": o.route,
+        "provider": o.provider,
+        "reason": reason,
+        "error": error,
+        "provider_code": provider_code,
+        "provider_text": provider_text,
+        "provider_message_id": None,
+        "encoding": o.encoding,
+        "segments": o.segments,
+        "attempts": o.attempts,
+        "received_at": iso(o.received_at),
+        "completed_at": iso(completed_at),
+    })

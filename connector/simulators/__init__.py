@@ -1,0 +1,14 @@
+"""Faithful provider simulators: real HTTP servers used by ``dev``, the tests and the benchmark.
+
+``SIMULATORS`` maps a provider name to its simulator class; ``sms-connector simulate NAME`` runs
+one alone. See ``simulators.base`` for fault injection and the ``/_sim/*`` admin endpoints.
+"""
+
+from __future__ import annotations
+
+from connector.simulators.base import Faults, Simulator, Stats, serve
+from connector.simulators.smpp_rest import SmppRestSimulator
+
+SIMULATORS: dict[str, type[Simulator]] = {s.name: s for s in (SmppRestSimulator,)}
+
+__all__ = ["SIMULATORS", "Faults", "Simulator", "Stats", "serve"]

@@ -1,0 +1,176 @@
+"""What every provider simulator shares: an aiohttp app, fault injection and counters.
+
+A simulator is a real HTTP server on loopback that behaves like the provider's documented API.
+This module gives each one the same operator surface:
+
+- ``Faults``: latency (+ jitter), a share of 5xx, of 429 with ``Retry-After``, of timeouts (the
+  server holds the request longer than any client waits), and of per-message rejections.
+  Set at start (``sms-connector simulate NAME --latency-ms ...``) or live with
+  ``PUT /_sim/faults`` (JSON, fields of ``Faults``).
+- ``Stats`` (``GET /_sim/stats``): requests, messages, sends per client message id (duplicates
+  are visible), and the highest messages-per-second seen in any one-second window.
+- ``POST /_sim/reset`` clears counters and faults; ``GET /_sim/health`` answers 200.
+
+Recipients whose number ends in ``0000`` are rejected by every simulator as an invalid
+destination, so demo traffic shows provider rejections without any fault set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+
+REJECT_SUFFIX = "0000"
+
+
+@dataclass
+class Faults:
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    error_rate: float = 0.0         # share of requests answered 5xx
+    throttle_rate: float = 0.0      # share answered 429 with Retry-After
+    retry_after_s: float = 1.0
+    timeout_rate: float = 0.0       # share held for hang_s (the client times out)
+    hang_s: float = 30.0
+    reject_rate: float = 0.0        # share of messages rejected permanently
+    seed: int | None = None
+
+    def update(self, values: dict[str, Any]) -> None:
+        known = {f.name: f for f in fields(self)}
+        for key, value in values.items():
+            if key not in known:
+                raise ValueError(f"unknown fault {key!r} (known: {', '.join(known)})")
+            setattr(self, key, None if value is None else type(getattr(self, key) or 0)(value)
+                    if key != "seed" else int(value))
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    messages: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    injected: Counter[str] = field(default_factory=Counter)
+    sends_by_id: Counter[str] = field(default_factory=Counter)
+    max_messages_per_s: int = 0
+    _window: int = 0
+    _window_count: int = 0
+
+    def count_messages(self, n: int) -> None:
+        self.messages += n
+        now = int(time.monotonic())
+        if now != self._window:
+            self._window, self._window_count = now, 0
+        self._window_count += n
+        self.max_messages_per_s = max(self.max_messages_per_s, self._window_count)
+
+    def as_json(self) -> dict[str, Any]:
+        dup = {k: v for k, v in self.sends_by_id.items() if v > 1}
+        return {"requests": self.requests, "messages": self.messages, "accepted": self.accepted,
+                "rejected": self.rejected, "injected": dict(self.injected),
+                "distinct_ids": len(self.sends_by_id), "duplicate_ids": len(dup),
+                "max_messages_per_s": self.max_messages_per_s}
+
+
+class Simulator:
+    """Base of provider simulators. Subclasses add routes in ``routes()``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, faults: Faults | None = None, credentials: dict[str, str] | None = None) -> None:
+        self.faults = faults or Faults()
+        self.credentials = credentials or self.default_credentials()
+        self.stats = Stats()
+        self.random = random.Random(self.faults.seed)
+
+    # -- for subclasses ----------------------------------------------------------------------
+    @classmethod
+    def default_credentials(cls) -> dict[str, str]:
+        return {}
+
+    def routes(self) -> list[web.RouteDef]:
+        raise NotImplementedError
+
+    def should_reject(self, address: str) -> bool:
+        """Per-message rejection: numbers ending in 0000, plus the reject_rate fault."""
+        if address.endswith(REJECT_SUFFIX):
+            return True
+        return self.faults.reject_rate > 0 and self.random.random() < self.faults.reject_rate
+
+    async def transient_fault(self) -> web.Response | None:
+        """Latency, then maybe a 5xx / 429 / hang. Called by each provider endpoint first."""
+        f = self.faults
+        self.stats.requests += 1
+        if f.latency_ms or f.latency_jitter_ms:
+            await asyncio.sleep((f.latency_ms + self.random.random() * f.latency_jitter_ms) / 1000)
+        if not (f.error_rate or f.throttle_rate or f.timeout_rate):
+            return None
+        roll = self.random.random()
+        if roll < f.timeout_rate:
+            self.stats.injected["timeout"] += 1
+            await asyncio.sleep(f.hang_s)
+            return web.Response(status=504, text="gateway timeout (simulated)")
+        roll -= f.timeout_rate
+        if roll < f.throttle_rate:
+            self.stats.injected["throttle"] += 1
+            return self.throttled_response(f.retry_after_s)
+        roll -= f.throttle_rate
+        if roll < f.error_rate:
+            self.stats.injected["error"] += 1
+            return self.server_error_response()
+        return None
+
+    def throttled_response(self, retry_after_s: float) -> web.Response:
+        return web.json_response({"error": "Too Many Requests"}, status=429,
+                                 headers={"Retry-After": str(int(max(retry_after_s, 0)))})
+
+    def server_error_response(self) -> web.Response:
+        return web.json_response({"error": "Internal Server Error (simulated)"}, status=503)
+
+    # -- the app -----------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.add_routes(self.routes())
+        app.add_routes([
+            web.get("/_sim/health", self._health),
+            web.get("/_sim/stats", self._stats),
+            web.put("/_sim/faults", self._set_faults),
+            web.post("/_sim/reset", self._reset),
+        ])
+        return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"simulator": self.name, "ok": True})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({**self.stats.as_json(), "faults": asdict(self.faults)}),
+                            content_type="application/json")
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        try:
+            self.faults.update(orjson.loads(await request.read()))
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if self.faults.seed is not None:
+            self.random.seed(self.faults.seed)
+        return web.json_response(asdict(self.faults))
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.stats = Stats()
+        self.faults = Faults()
+        return web.json_response({"reset": True})
+
+
+async def serve(sim: Simulator, host: str, port: int) -> web.AppRunner:
+    """Start ``sim`` on host:port; returns the runner (``await runner.cleanup()`` to stop)."""
+    runner = web.AppRunner(sim.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    return runner

@@ -1,0 +1,343 @@
+"""The dispatch processor: ``sms.outbound`` in, exactly one terminal record out per input.
+
+Built on aiokafka directly rather than a faust agent, because the guarantees live in offset
+management and faust 0.15 gets that wrong for concurrent work (``concurrency>1`` commits past
+in-flight events; an agent acks an event when it asks for the next one). Here:
+
+- **Ordering:** records are chained by (partition, key); a key's next record starts only when the
+  previous one has finished, so one recipient's messages go out in order. Different keys run
+  concurrently; records taken but unfinished are bounded by ``dispatch.max_in_flight`` (fetching
+  pauses at the bound).
+- **Commits:** each partition's ``PartitionProgress`` knows the first unfinished offset; only that
+  is committed (every ``dispatch.commit_interval_s``, on revocation and on shutdown). A record is
+  finished only when its terminal record is acknowledged by the broker (acks=all), so a crash at
+  any point replays unfinished records instead of losing them (at-least-once).
+- **Failures never escape:** undecodable / schema-invalid input goes to the DLQ with its original
+  key, value and headers plus ``sms.error.*`` headers; a message that cannot be sent ends as a
+  failed record; a failed produce is retried until the broker takes it; even a bug in the
+  pipeline dead-letters the record (reason ``internal``) instead of skipping it.
+- **Rebalance / shutdown:** revoked partitions stop starting new records, wait (up to
+  ``dispatch.shutdown_timeout_s``) for the ones in progress, and commit what finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+import topics
+from connector import metrics
+from connector.config import Settings
+from connector.errors import Expired, InvalidMessage, InvalidRecord, SmsError
+from connector.kafka import client_options
+from connector.offsets import PartitionProgress
+from connector.records import Accepted, Outcome, decode_outbound, encode_accepted, encode_failed, iso
+from connector.routing import Router
+from connector.sender import RouteSender
+
+log = logging.getLogger("sms_connector.dispatch")
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class Terminal:
+    """The one record that ends an input."""
+
+    topic: str
+    value: bytes
+    headers: Headers
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], router: Router) -> None:
+        self.settings = settings
+        self.senders = senders
+        self.router = router
+        self.topic_in = topics.spec("outbound").name
+        self.topic_accepted = topics.spec("accepted").name
+        self.topic_failed = topics.spec("failed").name
+        self.topic_dlq = topics.spec("dlq").name
+        d = settings.dispatch
+        self.max_in_flight = d.max_in_flight
+        self.in_flight = 0
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._progress: dict[TopicPartition, PartitionProgress] = {}
+        self._active: dict[TopicPartition, int] = {}     # records of a partition being processed
+        self._chains: dict[tuple[int, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = False
+        self.started = asyncio.Event()
+        metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
+        metrics.OLDEST_PENDING.set_function(
+            lambda: max((p.oldest_age() for p in list(self._progress.values())), default=0.0))
+
+    # -- health ------------------------------------------------------------------------------
+    @property
+    def assigned(self) -> int:
+        return len(self._progress)
+
+    async def broker_reachable(self, timeout: float = 3.0) -> bool:
+        if self._producer is None:
+            return False
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout)
+            return True
+        except (KafkaError, asyncio.TimeoutError, OSError):
+            return False
+
+    # -- main loop ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        k = self.settings.kafka
+        common = client_options(k)
+        self._producer = AIOKafkaProducer(
+            **common, acks="all", enable_idempotence=k.idempotent_producer, linger_ms=k.linger_ms,
+            request_timeout_ms=int(k.request_timeout_s * 1000), max_batch_size=256 * 1024)
+        self._consumer = AIOKafkaConsumer(
+            **common, group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=int(k.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)),
+            request_timeout_ms=int(k.request_timeout_s * 1000) + int(k.session_timeout_s * 1000),
+            max_poll_interval_ms=300_000, max_partition_fetch_bytes=1024 * 1024)
+        await self._producer.start()
+        try:
+            self._consumer.subscribe([self.topic_in], listener=_Listener(self))
+            await self._consumer.start()
+            self.started.set()
+            log.info("dispatch started", extra={"topic": self.topic_in, "group": k.group_id})
+            commits = asyncio.create_task(self._commit_loop())
+            try:
+                await self._fetch_loop(stop)
+            finally:
+                self._stopping = True
+                commits.cancel()
+                await self._drain(self.settings.dispatch.shutdown_timeout_s)
+                await self._commit()
+        finally:
+            if self._consumer is not None:
+                await self._consumer.stop()
+            for sender in self.senders.values():
+                await sender.aclose()
+            await self._producer.stop()
+            log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
+
+    async def _fetch_loop(self, stop: asyncio.Event) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                room = self.max_in_flight - self.in_flight
+                if room <= 0:
+                    self._capacity.clear()
+                    cap = asyncio.ensure_future(self._capacity.wait())
+                    await asyncio.wait({cap, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    cap.cancel()
+                    continue
+                batch = await consumer.getmany(timeout_ms=200, max_records=min(room, 1000))
+                for tp, records in batch.items():
+                    self._take(tp, records)
+        finally:
+            stop_wait.cancel()
+
+    def _take(self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        progress = self._progress.get(tp)
+        if progress is None or progress.revoked:
+            return
+        metrics.CONSUMED.inc(len(records))
+        chains = self._chains
+        for rec in records:
+            if not progress.take(rec.offset):
+                continue  # already taken in this assignment (a re-delivered fetch)
+            self.in_flight += 1
+            ck = (tp.partition, rec.key if rec.key is not None else ("offset", rec.offset))
+            chain = chains.get(ck)
+            if chain is not None:
+                chain.append(rec)
+                continue
+            chains[ck] = deque()
+            task = asyncio.get_running_loop().create_task(self._run_chain(ck, tp, progress, rec))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_chain(self, ck: tuple[int, Any], tp: TopicPartition, progress: PartitionProgress,
+                         rec: ConsumerRecord[bytes, bytes]) -> None:
+        chain = self._chains[ck]
+        while True:
+            if not progress.revoked and not (self._stopping and self._abandon):
+                self._active[tp] = self._active.get(tp, 0) + 1
+                try:
+                    terminal = await self._handle(tp, rec)
+                    await self._produce(rec, terminal, progress)
+                    progress.finish(rec.offset)
+                finally:
+                    self._active[tp] -= 1
+            self.in_flight -= 1
+            if not self._capacity.is_set() and self.in_flight < self.max_in_flight:
+                self._capacity.set()
+            if not chain:
+                del self._chains[ck]
+                return
+            rec = chain.popleft()
+
+    _abandon = False  # set when a shutdown deadline passed: queued records are left for replay
+
+    # -- one record --------------------------------------------------------------------------
+    async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes]) -> Terminal:
+        try:
+            return await self._outcome(rec)
+        except Exception as exc:  # noqa: BLE001 - a bug must not skip a record (faust's trap)
+            log.exception("internal error; record dead-lettered",
+                          extra={"partition": tp.partition, "offset": rec.offset})
+            return self._dead_letter(rec, "internal", f"internal error: {type(exc).__name__}", None)
+
+    async def _outcome(self, rec: ConsumerRecord[bytes, bytes]) -> Terminal:
+        try:
+            msg = decode_outbound(rec.value)
+        except InvalidRecord as exc:
+            return self._dead_letter(rec, "invalid-record", exc.message, exc.field)
+        o = Outcome(msg=msg, received_at=rec.timestamp / 1000)
+        try:
+            if msg.expires_at is not None and msg.expires_at <= time.time():
+                raise Expired(f"expired at {iso(msg.expires_at)} before it could be sent", field="expires_at")
+            o.route = self.router.choose(msg)
+            sender = self.senders[o.route]
+            o.provider = sender.provider.name
+            prepared = sender.provider.prepare(msg)
+            o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
+        except InvalidMessage as exc:
+            return self._failed(rec, o, exc)
+        sent = await sender.send(prepared)
+        o.attempts, o.submitted_at = sent.attempts, sent.submitted_at
+        if isinstance(sent.result, Accepted):
+            return Terminal(self.topic_accepted, encode_accepted(o, sent.result, time.time()), _source(rec))
+        return self._failed(rec, o, sent.result)
+
+    def _failed(self, rec: ConsumerRecord[bytes, bytes], o: Outcome, exc: SmsError) -> Terminal:
+        metrics.FAILED.labels(o.route or "", o.provider or "", exc.reason).inc()
+        value = encode_failed(o, exc.reason, exc.message, time.time(), provider_code=exc.code,
+                              provider_text=exc.text)
+        return Terminal(self.topic_failed, value, _source(rec))
+
+    def _dead_letter(self, rec: ConsumerRecord[bytes, bytes], reason: str, message: str,
+                     field: str | None) -> Terminal:
+        metrics.DEAD_LETTERED.labels(reason).inc()
+        headers: Headers = list(rec.headers or ())
+        headers += _source(rec)
+        headers += [(topics.HEADER_ERROR_REASON, reason.encode()),
+                    (topics.HEADER_ERROR_MESSAGE, message[:1000].encode()),
+                    (topics.HEADER_ERROR_AT, iso(time.time()).encode())]
+        if field:
+            headers.append((topics.HEADER_ERROR_FIELD, field.encode()))
+        return Terminal(self.topic_dlq, rec.value if rec.value is not None else b"", headers)
+
+    async def _produce(self, rec: ConsumerRecord[bytes, bytes], t: Terminal, progress: PartitionProgress) -> None:
+        """Produce until the broker acknowledges (acks=all). faust's send() only logs a failure;
+        here the input is not finished until its terminal record is durable."""
+        assert self._producer is not None
+        delay = 0.1
+        while True:
+            try:
+                fut = await self._producer.send(t.topic, value=t.value, key=rec.key, headers=t.headers)
+                await fut
+                return
+            except KafkaError as exc:
+                metrics.PRODUCE_ERRORS.labels(t.topic).inc()
+                log.warning("produce failed; retrying", extra={"topic": t.topic, "error": type(exc).__name__,
+                                                               "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- offsets -----------------------------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        interval = self.settings.dispatch.commit_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit()
+
+    async def _commit(self, only: Sequence[TopicPartition] | None = None) -> None:
+        if self._consumer is None:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        for tp in (only if only is not None else list(self._progress)):
+            progress = self._progress.get(tp)
+            position = progress.committable() if progress else None
+            if position is not None:
+                offsets[tp] = position
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            metrics.COMMITS.labels("error").inc()
+            log.warning("commit failed; will retry", extra={"error": type(exc).__name__})
+            return
+        metrics.COMMITS.labels("ok").inc()
+        for tp, position in offsets.items():
+            if tp in self._progress:
+                self._progress[tp].committed = position
+
+    async def _drain(self, timeout: float, only: Sequence[TopicPartition] | None = None) -> None:
+        """Wait for records in progress (of ``only``, or all) to finish, up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+
+        def busy() -> bool:
+            if only is None:
+                return any(self._active.values())
+            return any(self._active.get(tp, 0) for tp in only)
+
+        if only is None:
+            self._abandon = True  # queued records are not started during shutdown
+        while busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if busy():
+            log.warning("records still in progress at the deadline; they will be replayed",
+                        extra={"timeout_s": timeout})
+
+    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        mine = [tp for tp in revoked if tp in self._progress]
+        for tp in mine:
+            self._progress[tp].revoked = True
+        if mine:
+            await self._drain(self.settings.dispatch.shutdown_timeout_s, mine)
+            await self._commit(mine)
+        for tp in mine:
+            self._progress.pop(tp, None)
+        metrics.PARTITIONS_ASSIGNED.set(len(self._progress))
+        if mine:
+            log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
+
+    def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp not in self._progress:
+                self._progress[tp] = PartitionProgress()
+        metrics.PARTITIONS_ASSIGNED.set(len(self._progress))
+        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+
+
+def _source(rec: ConsumerRecord[bytes, bytes]) -> Headers:
+    return [(topics.HEADER_SOURCE_TOPIC, rec.topic.encode()),
+            (topics.HEADER_SOURCE_PARTITION, str(rec.partition).encode()),
+            (topics.HEADER_SOURCE_OFFSET, str(rec.offset).encode())]
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.dispatcher.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.dispatcher.on_assigned(list(assigned))
