@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 class HttpRequest:
     method: str
     url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    # repr=False: headers and body carry credentials (bearer keys, SOAP passwords).
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    body: bytes = field(default=b"", repr=False)
 
     @property
     def host(self) -> str:

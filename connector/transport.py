@@ -16,6 +16,7 @@ import asyncio
 from typing import Awaitable, Callable
 
 import aiohttp
+from yarl import URL
 
 from connector.errors import Retriable, Timeout
 from connector.http import HttpRequest, HttpResponse
@@ -43,7 +44,8 @@ class HttpTransport:
         if self._handler is not None:
             return await self._handler(request)
         try:
-            async with self._client().request(request.method, request.url, headers=request.headers,
+            # encoded=True: send the path exactly as the adapter built it (signatures cover it).
+            async with self._client().request(request.method, URL(request.url, encoded=True), headers=request.headers,
                                               data=request.body or None, allow_redirects=False) as resp:
                 body = await resp.read()
                 headers = {k.lower(): v for k, v in resp.headers.items()}

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 from connector.providers.base import Auth, Prepared, Provider, SendResult
+from connector.providers.ogangi import Ogangi
+from connector.providers.revio import RevIo
 from connector.providers.smpp_rest import SmppRest
 
-REGISTRY: dict[str, type[Provider]] = {p.name: p for p in (SmppRest,)}
+REGISTRY: dict[str, type[Provider]] = {p.name: p for p in (SmppRest, RevIo, Ogangi)}
 
-__all__ = ["REGISTRY", "Auth", "Prepared", "Provider", "SendResult", "SmppRest"]
+__all__ = ["REGISTRY", "Auth", "Ogangi", "Prepared", "Provider", "RevIo", "SendResult", "SmppRest"]

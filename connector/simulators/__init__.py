@@ -7,8 +7,10 @@ one alone. See ``simulators.base`` for fault injection and the ``/_sim/*`` admin
 from __future__ import annotations
 
 from connector.simulators.base import Faults, Simulator, Stats, serve
+from connector.simulators.ogangi import OgangiSimulator
+from connector.simulators.revio import RevIoSimulator
 from connector.simulators.smpp_rest import SmppRestSimulator
 
-SIMULATORS: dict[str, type[Simulator]] = {s.name: s for s in (SmppRestSimulator,)}
+SIMULATORS: dict[str, type[Simulator]] = {s.name: s for s in (SmppRestSimulator, RevIoSimulator, OgangiSimulator)}
 
 __all__ = ["SIMULATORS", "Faults", "Simulator", "Stats", "serve"]
