@@ -98,7 +98,8 @@ class KafkaSettings:
 class DispatchSettings:
     max_in_flight: int = setting(2000, doc="Outbound records taken from Kafka and not yet finished, per worker (memory and commit bound).",
                                  minimum=1, maximum=100000)
-    commit_interval_s: float = setting(1.0, doc="How often finished offsets are committed.", minimum=0.05, maximum=60)
+    commit_interval_s: float = setting(0.25, doc="How often finished offsets are committed. After a crash, records finished since the last commit are sent again (at-least-once), so shorter means fewer resends.",
+                                       minimum=0.05, maximum=60)
     shutdown_timeout_s: float = setting(25.0, doc="On SIGTERM or rebalance, how long in-flight records may take to finish.",
                                         minimum=0, maximum=600)
     retry_max_attempts: int = setting(4, doc="Provider calls per message in place (first call included) for retriable errors.",
@@ -193,7 +194,7 @@ SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "dispatch": DispatchSetting
 # Loading
 
 
-def _resolve_secret(raw: Any, path: str, problems: list[str]) -> Secret | None:
+def _resolve_secret(raw: Any, path: str, problems: list[str], environ: Mapping[str, str]) -> Secret | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, Secret):
@@ -201,10 +202,10 @@ def _resolve_secret(raw: Any, path: str, problems: list[str]) -> Secret | None:
     text = str(raw)
     if text.startswith("env:"):
         name = text[4:]
-        if name not in os.environ:
+        if name not in environ:
             problems.append(f"{path}: refers to environment variable {name}, which is not set")
             return None
-        return Secret(os.environ[name], source=text)
+        return Secret(environ[name], source=text)
     if text.startswith("file:"):
         p = Path(text[5:])
         try:
@@ -215,10 +216,11 @@ def _resolve_secret(raw: Any, path: str, problems: list[str]) -> Secret | None:
     return Secret(text)
 
 
-def _coerce(f: dataclasses.Field[Any], hint: Any, raw: Any, path: str, problems: list[str]) -> Any:
+def _coerce(f: dataclasses.Field[Any], hint: Any, raw: Any, path: str, problems: list[str],
+            environ: Mapping[str, str]) -> Any:
     meta = f.metadata
     if meta.get("secret"):
-        return _resolve_secret(raw, path, problems)
+        return _resolve_secret(raw, path, problems, environ)
     base = _base_type(hint)
     try:
         if base is bool:
@@ -259,14 +261,15 @@ def _base_type(hint: Any) -> type:
     return hint if isinstance(hint, type) else str
 
 
-def build(cls: type, raw: Mapping[str, Any], path: str, problems: list[str]) -> Any:
+def build(cls: type, raw: Mapping[str, Any], path: str, problems: list[str],
+          environ: Mapping[str, str] = os.environ) -> Any:
     """Construct settings dataclass ``cls`` from a raw mapping, collecting problems."""
     raw = dict(raw)
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in raw:
-            kwargs[f.name] = _coerce(f, hints[f.name], raw.pop(f.name), f"{path}.{f.name}", problems)
+            kwargs[f.name] = _coerce(f, hints[f.name], raw.pop(f.name), f"{path}.{f.name}", problems, environ)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             problems.append(f"{path}.{f.name}: required ({f.metadata.get('doc', '')})")
     for unknown in sorted(raw):
@@ -329,11 +332,11 @@ def load(config_file: str | Path | None = None, environ: Mapping[str, str] | Non
         if not isinstance(section, Mapping):
             problems.append(f"{name}: expected a table of settings")
             section = {}
-        sections[name] = build(cls, section, name, problems)
+        sections[name] = build(cls, section, name, problems, environ)
     routes_raw = raw.pop("routes", {})
     for unknown in sorted(raw):
         problems.append(f"{unknown}: unknown section (known: {', '.join([*SECTIONS, 'routes'])})")
-    routes = {name: _build_route(name, r, problems) for name, r in routes_raw.items()}
+    routes = {name: _build_route(name, r, problems, environ) for name, r in routes_raw.items()}
     settings = None
     if not problems:
         settings = Settings(**sections, routes=routes)
@@ -344,7 +347,7 @@ def load(config_file: str | Path | None = None, environ: Mapping[str, str] | Non
     return settings
 
 
-def _build_route(name: str, raw: Any, problems: list[str]) -> Route | None:
+def _build_route(name: str, raw: Any, problems: list[str], environ: Mapping[str, str]) -> Route | None:
     from connector.providers import REGISTRY
 
     path = f"routes.{name}"
@@ -358,9 +361,10 @@ def _build_route(name: str, raw: Any, problems: list[str]) -> Route | None:
                         f"(known: {', '.join(sorted(REGISTRY))})")
         return None
     common_names = {f.name for f in dataclasses.fields(RouteSettings)}
-    common = build(RouteSettings, {k: v for k, v in raw.items() if k in common_names}, path, problems)
+    common = build(RouteSettings, {k: v for k, v in raw.items() if k in common_names}, path, problems, environ)
     provider_cls = REGISTRY[provider_name].Config
-    specific = build(provider_cls, {k: v for k, v in raw.items() if k not in common_names}, path, problems)
+    specific = build(provider_cls, {k: v for k, v in raw.items() if k not in common_names}, path, problems,
+                     environ)
     return Route(name=name, common=common, provider=specific)
 
 

@@ -88,6 +88,8 @@ class EmbeddedBroker:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,
         )
+        if log is not subprocess.DEVNULL:
+            log.close()  # the child has its own copy of the descriptor
         if not wait_for_port(self.host, self.port, timeout):
             self.stop()
             raise BrokerUnavailable(f"Tansu did not listen on {url} within {timeout:.0f}s")

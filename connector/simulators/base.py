@@ -47,8 +47,9 @@ class Faults:
         for key, value in values.items():
             if key not in known:
                 raise ValueError(f"unknown fault {key!r} (known: {', '.join(known)})")
-            setattr(self, key, None if value is None else type(getattr(self, key) or 0)(value)
-                    if key != "seed" else int(value))
+            if value is None and key != "seed":
+                raise ValueError(f"fault {key!r} needs a number")
+            setattr(self, key, None if value is None else int(value) if key == "seed" else float(value))
 
 
 @dataclass

@@ -1,0 +1,42 @@
+# sms-connector: two commands on a fresh machine.
+#   make dev    set up, then run the pipeline on an embedded broker with demo traffic (Ctrl-C stops)
+#   make test   set up, then run the whole suite (unit, contract, integration, e2e)
+# Also: make faults (full fault-injection suite), make bench, make clean.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   ?= 1000
+export HYPOTHESIS_STORAGE_DIRECTORY ?= $(CURDIR)/.venv/hypothesis
+
+.PHONY: install dev test unit integration faults bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+dev: $(STAMP)
+	$(BIN)/sms-connector dev --demo $(DEMO)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit tests/contract
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration tests/e2e
+
+faults: $(STAMP)
+	SMS_CONNECTOR_FAULTS=full $(BIN)/pytest -q -s -m "integration" tests/integration
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/http_clients.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info .sms-connector-dev.json

@@ -1,0 +1,293 @@
+"""A local stack of real processes: embedded broker, provider simulators and workers.
+
+Used by ``dev``, the integration / fault-injection tests and ``bench``: everything runs as it
+does in production (separate processes talking over loopback), so a test can ``kill -9`` a
+worker, stall the broker or inject provider faults for real. ``Follower`` reads the terminal
+topics from the beginning and tallies, per message, how many terminal records it got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+import topics
+from connector.config import KafkaSettings
+from connector.demo import DEMO_HEADER
+from connector.embedded_broker import EmbeddedBroker, free_port
+from connector.kafka import apply_topics, client_options
+from connector.simulators import SIMULATORS
+
+# How the local stack routes traffic: route name -> route settings (provider = simulator name).
+LOCAL_ROUTES: dict[str, dict[str, str]] = {
+    "smpp": {"provider": "smpp_rest", "channel": "sms", "batch_max": "50", "concurrency": "32"},
+}
+LOCAL_DEFAULT_ROUTE = "smpp"
+
+
+@dataclass
+class Process:
+    name: str
+    proc: asyncio.subprocess.Process
+    url: str = ""
+    log: Path | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        return await stop_process(self.proc, timeout)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> int:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    return proc.returncode if proc.returncode is not None else -1
+
+
+async def wait_http(url: str, timeout: float = 30.0, proc: asyncio.subprocess.Process | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.returncode is not None:
+                raise RuntimeError(f"process serving {url} exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with s.get(url) as r:
+                    if r.status < 500:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def worker_env(bootstrap: str, sims: Mapping[str, str], http_port: int,
+               routes: Mapping[str, Mapping[str, str]] | None = None,
+               default_route: str = LOCAL_DEFAULT_ROUTE) -> dict[str, str]:
+    """Environment that configures a worker for the local stack."""
+    env = {
+        "SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": "false",   # the embedded broker lacks it
+        "SMS_CONNECTOR_KAFKA__SESSION_TIMEOUT_S": "10",
+        "SMS_CONNECTOR_HTTP__HOST": "127.0.0.1",
+        "SMS_CONNECTOR_HTTP__PORT": str(http_port),
+        "SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": default_route,
+        "SMS_CONNECTOR_LOG__FORMAT": "json",
+    }
+    for route, opts in (routes or LOCAL_ROUTES).items():
+        sim = opts["provider"]
+        prefix = f"SMS_CONNECTOR_ROUTES__{route.upper()}__"
+        env.update({prefix + k.upper(): v for k, v in opts.items()})
+        if sim in sims:
+            env[prefix + "BASE_URL"] = sims[sim]
+        for key, value in SIMULATORS[sim].default_credentials().items():
+            env.setdefault(prefix + key.upper(), value)
+    return env
+
+
+@dataclass
+class LocalStack:
+    logdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sms-connector-")))
+    broker: EmbeddedBroker | None = None
+    simulators: dict[str, Process] = field(default_factory=dict)
+    workers: list[Process] = field(default_factory=list)
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        assert self.broker is not None
+        return KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers, idempotent_producer=False,
+                             replication_factor=1)
+
+    @property
+    def sim_urls(self) -> dict[str, str]:
+        return {name: p.url for name, p in self.simulators.items()}
+
+    async def start_broker(self, partitions: int | None = None) -> None:
+        self.broker = EmbeddedBroker(log_path=self.logdir / "broker.log").start()
+        await apply_topics(self.kafka, partitions)
+
+    async def spawn(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> tuple[asyncio.subprocess.Process, Path]:
+        log = self.logdir / f"{name}.log"
+        fh = open(log, "ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "connector.cli", *args, stdout=fh, stderr=fh,
+            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
+        fh.close()
+        return proc, log
+
+    async def start_simulator(self, name: str, *options: str) -> str:
+        port = free_port()
+        proc, log = await self.spawn(f"sim-{name}", "simulate", name, "--port", str(port), *options)
+        url = f"http://127.0.0.1:{port}"
+        await wait_http(url + "/_sim/health", proc=proc)
+        self.simulators[name] = Process(f"simulator {name}", proc, url, log)
+        return url
+
+    async def set_faults(self, name: str, **faults: Any) -> None:
+        async with aiohttp.ClientSession() as s:
+            async with s.put(self.simulators[name].url + "/_sim/faults", data=orjson.dumps(faults)) as r:
+                r.raise_for_status()
+
+    async def sim_stats(self, name: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(self.simulators[name].url + "/_sim/stats") as r:
+                return orjson.loads(await r.read())
+
+    async def start_worker(self, env: Mapping[str, str] | None = None, http_port: int = 0,
+                           routes: Mapping[str, Mapping[str, str]] | None = None) -> Process:
+        assert self.broker is not None
+        http_port = http_port or free_port()
+        full_env = {**worker_env(self.broker.bootstrap_servers, self.sim_urls, http_port, routes), **(env or {})}
+        proc, log = await self.spawn(f"worker-{len(self.workers)}", "worker", env=full_env)
+        w = Process(f"worker {len(self.workers)}", proc, f"http://127.0.0.1:{http_port}", log)
+        self.workers.append(w)
+        await wait_http(w.url + "/healthz", proc=proc)
+        return w
+
+    async def stop(self) -> None:
+        for w in self.workers:
+            await w.stop()
+        for s in self.simulators.values():
+            await s.stop(5)
+        if self.broker is not None:
+            self.broker.stop()
+
+
+async def produce(kafka: KafkaSettings, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+                  topic: str | None = None) -> int:
+    """Produce (key, value, headers) records to sms.outbound; returns how many."""
+    topic = topic or topics.spec("outbound").name
+    producer = AIOKafkaProducer(**client_options(kafka), acks="all", linger_ms=5, max_batch_size=512 * 1024)
+    await producer.start()
+    n = 0
+    try:
+        futures = []
+        for key, value, headers in records:
+            futures.append(await producer.send(topic, value=value, key=key, headers=headers))
+            n += 1
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return n
+
+
+@dataclass
+class Tally:
+    """Terminal records seen, per message id (``sms.demo.id`` header, else client_message_id)."""
+
+    seen: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (outcome, reason, provider)
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # kept when keep_records
+    keep_records: bool = False
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def done(self, expected: Iterable[str]) -> int:
+        return sum(1 for k in expected if self.seen[k] >= 1)
+
+    def missing(self, expected: Iterable[str]) -> list[str]:
+        return sorted(k for k in expected if self.seen[k] == 0)
+
+    def duplicates(self, expected: Iterable[str]) -> int:
+        return sum(1 for k in expected if self.seen[k] > 1)
+
+    def add(self, role: str, value: bytes | None, headers: Any, key: bytes | None = None,
+            timestamp_ms: int | None = None) -> None:
+        hdrs = {k: v.decode(errors="replace") for k, v in headers or ()}
+        msg_id = hdrs.get(DEMO_HEADER)
+        entry: dict[str, Any]
+        if role == "dlq":
+            entry = {"outcome": "dead-lettered", "reason": hdrs.get(topics.HEADER_ERROR_REASON, ""),
+                     "headers": hdrs, "value": value, "key": key}
+            self.outcomes[("dead-lettered", entry["reason"], "")] += 1
+        else:
+            try:
+                entry = orjson.loads(value or b"{}")
+            except orjson.JSONDecodeError:
+                return
+            entry["headers"] = hdrs
+            msg_id = msg_id or entry.get("client_message_id")
+            self.outcomes[(entry.get("outcome", role), entry.get("reason") or "", entry.get("provider") or "")] += 1
+        if msg_id:
+            self.seen[msg_id] += 1
+            if self.keep_records:
+                self.records.setdefault(msg_id, []).append(entry)
+
+
+class Follower:
+    """Reads accepted / failed / dlq from the beginning into a Tally, in the background."""
+
+    def __init__(self, kafka: KafkaSettings, tally: Tally | None = None) -> None:
+        self.kafka = kafka
+        self.tally = tally or Tally()
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def __aenter__(self) -> Follower:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task:
+            await self._task
+
+    async def wait_for(self, expected: Iterable[str], timeout: float, settle_s: float = 0.0) -> bool:
+        """Wait until every expected id has a terminal record; then ``settle_s`` for duplicates."""
+        expected = list(expected)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._task is not None and self._task.done():
+                self._task.result()
+            if self.tally.done(expected) >= len(expected):
+                await asyncio.sleep(settle_s)
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def _run(self) -> None:
+        roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq")}
+        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            parts = []
+            for t in roles:
+                for _ in range(100):
+                    found = consumer.partitions_for_topic(t)
+                    if found:
+                        break
+                    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+                    await asyncio.sleep(0.1)
+                parts += [TopicPartition(t, p) for p in found or ()]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=10000)
+                for tp, recs in batch.items():
+                    for r in recs:
+                        self.tally.add(roles[tp.topic], r.value, r.headers, r.key, r.timestamp)
+        finally:
+            await consumer.stop()

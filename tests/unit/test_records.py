@@ -1,0 +1,99 @@
+"""records: decoding outbound bytes, and the wire form of terminal records against the schemas."""
+
+from __future__ import annotations
+
+import jsonschema
+import orjson
+import pytest
+
+import topics
+from connector.errors import InvalidMessage, InvalidRecord
+from connector.records import (Accepted, OutboundSms, Outcome, Recipient, decode_outbound,
+                               encode_accepted, encode_failed, encode_outbound)
+
+GOOD = {"client_message_id": "m-1", "recipient": {"phone": "+14155550100"}, "text": "hi",
+        "metadata": {"campaign": "x", "n": 1}}
+
+
+def dumps(d: object) -> bytes:
+    return orjson.dumps(d)
+
+
+def test_decodes_a_minimal_record() -> None:
+    msg = decode_outbound(dumps(GOOD))
+    assert msg.client_message_id == "m-1"
+    assert msg.recipient == Recipient(phone="+14155550100")
+    assert msg.metadata == {"campaign": "x", "n": 1}
+    assert msg.expires_at is None
+
+
+def test_decodes_device_recipient_case_insensitively() -> None:
+    msg = decode_outbound(dumps({**GOOD, "recipient": {"device": {"kind": "imei", "id": "990000862471854"}}}))
+    assert msg.recipient.device_kind == "IMEI" and msg.recipient.is_device
+
+
+def test_expires_at_is_parsed_with_zone() -> None:
+    msg = decode_outbound(dumps({**GOOD, "expires_at": "2030-01-01T00:00:00Z"}))
+    assert msg.expires_at == 1893456000.0
+
+
+@pytest.mark.parametrize("value, field", [
+    (None, None),
+    (b"", None),
+    (b"not json", None),
+    (b"\xff\xfe", None),
+    (b"[1,2]", None),
+    (dumps({**GOOD, "text": 42}), "text"),
+    (dumps({k: v for k, v in GOOD.items() if k != "client_message_id"}), None),
+    (dumps({**GOOD, "client_message_id": "has space"}), "client_message_id"),
+    (dumps({**GOOD, "client_message_id": ""}), "client_message_id"),
+    (dumps({**GOOD, "recipient": {"phone": "+1", "device": {"kind": "IMEI", "id": "1"}}}), "recipient"),
+    (dumps({**GOOD, "recipient": {"device": {"kind": "FAX", "id": "1"}}}), "recipient.device.kind"),
+    (dumps({**GOOD, "extra": 1}), None),
+    (dumps({**GOOD, "text": "x" * 10001}), "text"),
+    (dumps({**GOOD, "expires_at": "tomorrow"}), "expires_at"),
+    (dumps({**GOOD, "expires_at": "2030-01-01T00:00:00"}), "expires_at"),
+])
+def test_invalid_records_say_what_is_wrong(value: bytes | None, field: str | None) -> None:
+    with pytest.raises(InvalidRecord) as err:
+        decode_outbound(value)
+    assert err.value.message
+    if field:
+        assert err.value.field == field
+
+
+def test_encode_outbound_round_trips() -> None:
+    msg = OutboundSms(client_message_id="a", recipient=Recipient(device_kind="IMEI", device_id="1"), text="t",
+                      route="r", sender="s", expires_at=1893456000.0, options={"x": {"y": 1}}, metadata={"k": "v"})
+    assert decode_outbound(encode_outbound(msg)) == msg
+
+
+def test_terminal_records_match_their_schemas() -> None:
+    o = Outcome(msg=decode_outbound(dumps(GOOD)), received_at=1.0, route="smpp", provider="smpp_rest",
+                encoding="gsm7", segments=1, attempts=2, submitted_at=2.0)
+    accepted = orjson.loads(encode_accepted(o, Accepted("api-1", details={"profile": 1}), 3.0))
+    failed = orjson.loads(encode_failed(o, "rejected", "no", 3.0, provider_code="E1", provider_text="bad"))
+    jsonschema.validate(accepted, topics.schema("accepted_sms.json"))
+    jsonschema.validate(failed, topics.schema("failed_sms.json"))
+    assert accepted["metadata"] == GOOD["metadata"] and accepted["received_at"] == "1970-01-01T00:00:01.000Z"
+    assert failed["reason"] == "rejected" and failed["provider_code"] == "E1"
+
+
+def test_failed_record_without_route_matches_schema() -> None:
+    o = Outcome(msg=decode_outbound(dumps(GOOD)), received_at=1.0)
+    jsonschema.validate(orjson.loads(encode_failed(o, "invalid", "no route", 2.0)), topics.schema("failed_sms.json"))
+
+
+@pytest.mark.parametrize("phone, ok", [("+14155550100", True), ("+442071838750", True), ("14155550100", False),
+                                       ("+0123456789", False), ("+1415", False), ("+1415555010012345", False)])
+def test_e164(phone: str, ok: bool) -> None:
+    r = Recipient(phone=phone)
+    if ok:
+        assert r.require_e164() == phone
+    else:
+        with pytest.raises(InvalidMessage):
+            r.require_e164()
+
+
+def test_masked_never_shows_the_whole_number() -> None:
+    assert "5550100" not in Recipient(phone="+14155550100").masked()
