@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= 1000
 export HYPOTHESIS_STORAGE_DIRECTORY ?= $(CURDIR)/.venv/hypothesis
 
-.PHONY: install dev test unit integration faults bench clean
+.PHONY: install dev test unit integration faults bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ faults: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/http_clients.py
+
+docs: $(STAMP)
+	$(BIN)/python -m connector.docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info .sms-connector-dev.json
