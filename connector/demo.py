@@ -1,7 +1,9 @@
 """Demo traffic for ``dev --demo N``: a realistic, reproducible mix of outbound records.
 
-Mostly short GSM-7 texts, then Unicode (emoji, Cyrillic), long multi-segment texts, a few
-numbers the simulators reject, a few already expired, a few invalid numbers, and a few records
+Recipients across the local stack's routes: devices (ThingSpace), US numbers (Rev.io),
+Venezuelan numbers (Ogangi) and others (the SMPP gateway). Mostly short GSM-7 texts, with
+Unicode and long texts where the route takes them, and a few that must fail: numbers the
+simulators reject, expired messages, invalid numbers, text too long for its route, and records
 that are not valid at all (bad JSON, schema violations) and must land in the DLQ. Every record
 carries a ``sms.demo.id`` header so its terminal record can be found, even in the DLQ.
 """
@@ -19,7 +21,8 @@ from connector.records import OutboundSms, Recipient, encode_outbound
 DEMO_HEADER = "sms.demo.id"
 
 SHORT = ["Your code is {n}", "Your parcel {n} is out for delivery", "Reminder: appointment at 10:30",
-         "Balance: $12.50 @ store #4", "Hi! Reply STOP to opt out", "Meeting moved to room 4 (2nd floor)"]
+         "Balance: $12.50 @ store #4", "Meeting moved to room 4 (2nd floor)", "Ticket {n}: we are on it"]
+DEVICE = ["REBOOT", "REPORT {n}", "SET INTERVAL 300", "PING {n}"]
 UNICODE = ["Привет! Ваш код {n}", "Order {n} shipped 📦", "¡Hola! Tu código es {n} ✅", "您的验证码是 {n}"]
 LONG = ("This is a long message that needs more than one SMS segment so that concatenation is exercised "
         "end to end; it also carries the reference {n} and an escape character or two: [ok] {{x}} € ")
@@ -33,30 +36,44 @@ class DemoRecord:
     kind: str          # what the demo expects: ok, unicode, long, rejected, expired, invalid, dlq
 
 
+def _recipient(rng: random.Random, region: str) -> Recipient:
+    if region == "device":
+        if rng.random() < 0.5:
+            return Recipient(device_kind="IMEI", device_id=f"99000086{rng.randint(1000000, 9999999)}")
+        return Recipient(device_kind="MDN", device_id=f"{rng.randint(201, 989)}{rng.randint(2000000, 9999999)}")
+    prefix = {"us": "+1", "ve": "+58", "other": rng.choice(["+44", "+27", "+49"])}[region]
+    return Recipient(phone=f"{prefix}{rng.randint(201, 989)}{rng.randint(2000001, 9999998)}")
+
+
 def generate(n: int, seed: int = 7, prefix: str = "demo") -> Iterator[DemoRecord]:
     rng = random.Random(seed)
     for i in range(n):
         demo_id = f"{prefix}-{i:06d}"
-        phone = f"+1{rng.randint(201, 989)}{rng.randint(2000000, 9999999)}"
+        region = rng.choices(["device", "us", "ve", "other"], weights=[20, 25, 20, 35])[0]
+        rcpt = _recipient(rng, region)
+        key = rcpt.key().encode()
         roll = rng.random()
-        kind, text, expires = "ok", rng.choice(SHORT).format(n=rng.randint(1000, 9999)), None
+        kind, expires = "ok", None
+        text = rng.choice(DEVICE if region == "device" else SHORT).format(n=rng.randint(1000, 9999))
         if roll < 0.01:
-            yield DemoRecord(demo_id, phone.encode(), b'{"client_message_id": "' + demo_id.encode() + b'", oops', "dlq")
+            yield DemoRecord(demo_id, key, b'{"client_message_id": "' + demo_id.encode() + b'", oops', "dlq")
             continue
         if roll < 0.02:
-            bad = {"client_message_id": demo_id, "recipient": {"phone": phone}, "text": 42}
-            yield DemoRecord(demo_id, phone.encode(), orjson.dumps(bad), "dlq")
+            bad = {"client_message_id": demo_id, "recipient": rcpt.as_json(), "text": 42}
+            yield DemoRecord(demo_id, key, orjson.dumps(bad), "dlq")
             continue
-        if roll < 0.04:
-            kind, phone = "invalid", phone[:5]
-        elif roll < 0.06:
-            kind, phone = "rejected", phone[:-4] + "0000"
+        if roll < 0.04 and rcpt.phone:
+            kind, rcpt = "invalid", Recipient(phone=rcpt.phone[:5])
+        elif roll < 0.06 and rcpt.phone:
+            kind, rcpt = "rejected", Recipient(phone=rcpt.phone[:-4] + "0000")
         elif roll < 0.08:
             kind, expires = "expired", 1_000_000_000.0
-        elif roll < 0.20:
+        elif roll < 0.09:
+            kind, text = "too-long", LONG.format(n=i) * 2      # fails on one-segment routes
+        elif roll < 0.20 and region in ("ve", "other"):
             kind, text = "unicode", rng.choice(UNICODE).format(n=rng.randint(1000, 9999))
-        elif roll < 0.30:
+        elif roll < 0.30 and region in ("ve", "other"):
             kind, text = "long", LONG.format(n=i) * rng.randint(1, 3)
-        msg = OutboundSms(client_message_id=demo_id, recipient=Recipient(phone=phone), text=text,
-                          expires_at=expires, metadata={"campaign": "demo", "kind": kind})
-        yield DemoRecord(demo_id, phone.encode(), encode_outbound(msg), kind)
+        msg = OutboundSms(client_message_id=demo_id, recipient=rcpt, text=text, expires_at=expires,
+                          metadata={"campaign": "demo", "kind": kind})
+        yield DemoRecord(demo_id, key, encode_outbound(msg), kind)

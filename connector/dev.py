@@ -43,7 +43,7 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
         say(f"broker     {stack.kafka.bootstrap_servers} (embedded, in-memory); topics created")
         for name in sorted({r["provider"] for r in LOCAL_ROUTES.values()}):
             url = await stack.start_simulator(name)
-            say(f"simulator  {name} at {url}")
+            say(f"simulator  {name} at {url}{SIMULATORS[name].base_path}")
         worker = await stack.start_worker(http_port=http_port or free_port())
         say(f"worker     metrics {worker.url}/metrics  health {worker.url}/healthz  logs {stack.logdir}")
         manifest.write_bytes(orjson.dumps({
@@ -52,7 +52,8 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
             "metrics_url": f"{worker.url}/metrics",
             "health_url": f"{worker.url}/healthz",
             "ready_url": f"{worker.url}/readyz",
-            "simulators": {name: {"base_url": url, "credentials": SIMULATORS[name].default_credentials()}
+            "simulators": {name: {"base_url": url + SIMULATORS[name].base_path,
+                                  "credentials": SIMULATORS[name].default_credentials()}
                            for name, url in stack.sim_urls.items()},
             "logs": str(stack.logdir),
         }, option=orjson.OPT_INDENT_2))

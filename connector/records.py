@@ -28,23 +28,38 @@ _validate_outbound = fastjsonschema.compile(topics.schema("outbound_sms.json"))
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
-    """A phone number (E.164) or a device identifier (kind + id, ThingSpace)."""
+    """A phone number (E.164), a device identifier (kind + id), or a selection of devices
+    (account / group / service plan / custom fields; ThingSpace)."""
 
     phone: str | None = None
     device_kind: str | None = None
     device_id: str | None = None
+    selection: dict[str, Any] | None = None
 
     @property
     def is_device(self) -> bool:
-        return self.device_id is not None
+        """Device ids and device selections: routed to ``routing.device_route``."""
+        return self.device_id is not None or self.selection is not None
 
     def as_json(self) -> dict[str, Any]:
         if self.phone is not None:
             return {"phone": self.phone}
+        if self.selection is not None:
+            return {"selection": self.selection}
         return {"device": {"kind": self.device_kind, "id": self.device_id}}
+
+    def key(self) -> str:
+        """The sms.outbound key convention: the number, ``KIND:ID``, or ``selection:...``."""
+        if self.phone is not None:
+            return self.phone
+        if self.selection is not None:
+            return "selection:" + ",".join(f"{k}={v}" for k, v in sorted(self.selection.items()) if isinstance(v, str))
+        return f"{self.device_kind}:{self.device_id}"
 
     def masked(self) -> str:
         """For logs: never a full number or device id."""
+        if self.selection is not None:
+            return "selection"
         value = self.phone if self.phone is not None else f"{self.device_kind}:{self.device_id}"
         return value[:4] + "…" + value[-2:] if len(value) > 6 else "…"
 
@@ -111,6 +126,8 @@ def decode_outbound(value: bytes | None) -> OutboundSms:
     rcpt = data["recipient"]
     if "phone" in rcpt:
         recipient = Recipient(phone=rcpt["phone"])
+    elif "selection" in rcpt:
+        recipient = Recipient(selection=rcpt["selection"])
     else:
         kind = rcpt["device"]["kind"].upper()
         if kind not in DEVICE_KINDS:

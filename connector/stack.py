@@ -32,10 +32,16 @@ from connector.kafka import apply_topics, client_options
 from connector.simulators import SIMULATORS
 
 # How the local stack routes traffic: route name -> route settings (provider = simulator name).
+# Devices go to ThingSpace, US numbers to Rev.io, Venezuelan ones to Ogangi, the rest to SMPP.
 LOCAL_ROUTES: dict[str, dict[str, str]] = {
     "smpp": {"provider": "smpp_rest", "channel": "sms", "batch_max": "50", "concurrency": "32"},
+    "revio": {"provider": "revio", "concurrency": "32"},
+    "ogangi": {"provider": "ogangi", "concurrency": "32", "sender": "24365"},
+    "thingspace": {"provider": "thingspace", "concurrency": "32"},
 }
 LOCAL_DEFAULT_ROUTE = "smpp"
+LOCAL_ROUTING = {"SMS_CONNECTOR_ROUTING__DEVICE_ROUTE": "thingspace",
+                 "SMS_CONNECTOR_ROUTING__PREFIX_ROUTES": "+1=revio,+58=ogangi"}
 
 
 @dataclass
@@ -97,12 +103,16 @@ def worker_env(bootstrap: str, sims: Mapping[str, str], http_port: int,
         "SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": default_route,
         "SMS_CONNECTOR_LOG__FORMAT": "json",
     }
-    for route, opts in (routes or LOCAL_ROUTES).items():
+    if routes is None:
+        routes = {name: opts for name, opts in LOCAL_ROUTES.items() if opts["provider"] in sims}
+        if set(routes) == set(LOCAL_ROUTES):
+            env.update(LOCAL_ROUTING)
+    for route, opts in routes.items():
         sim = opts["provider"]
         prefix = f"SMS_CONNECTOR_ROUTES__{route.upper()}__"
         env.update({prefix + k.upper(): v for k, v in opts.items()})
         if sim in sims:
-            env[prefix + "BASE_URL"] = sims[sim]
+            env[prefix + "BASE_URL"] = sims[sim] + SIMULATORS[sim].base_path
         for key, value in SIMULATORS[sim].default_credentials().items():
             env.setdefault(prefix + key.upper(), value)
     return env

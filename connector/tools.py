@@ -16,8 +16,7 @@ from connector.simulators import Simulator, serve
 
 def recipient_key(msg: OutboundSms) -> bytes:
     """The key convention of sms.outbound: the recipient (per-recipient ordering)."""
-    r = msg.recipient
-    return (r.phone if r.phone is not None else f"{r.device_kind}:{r.device_id}").encode()
+    return msg.recipient.key().encode()
 
 
 async def produce_one(k: KafkaSettings, msg: OutboundSms, value: bytes) -> str:

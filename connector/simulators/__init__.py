@@ -10,7 +10,9 @@ from connector.simulators.base import Faults, Simulator, Stats, serve
 from connector.simulators.ogangi import OgangiSimulator
 from connector.simulators.revio import RevIoSimulator
 from connector.simulators.smpp_rest import SmppRestSimulator
+from connector.simulators.thingspace import ThingSpaceSimulator
 
-SIMULATORS: dict[str, type[Simulator]] = {s.name: s for s in (SmppRestSimulator, RevIoSimulator, OgangiSimulator)}
+SIMULATORS: dict[str, type[Simulator]] = {s.name: s for s in (SmppRestSimulator, RevIoSimulator, OgangiSimulator,
+                                                                 ThingSpaceSimulator)}
 
 __all__ = ["SIMULATORS", "Faults", "Simulator", "Stats", "serve"]

@@ -84,6 +84,7 @@ class Simulator:
     """Base of provider simulators. Subclasses add routes in ``routes()``."""
 
     name: ClassVar[str]
+    base_path: ClassVar[str] = ""   # a route's base_url is the server's URL + this
 
     def __init__(self, faults: Faults | None = None, credentials: dict[str, str] | None = None) -> None:
         self.faults = faults or Faults()

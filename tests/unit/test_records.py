@@ -97,3 +97,17 @@ def test_e164(phone: str, ok: bool) -> None:
 
 def test_masked_never_shows_the_whole_number() -> None:
     assert "5550100" not in Recipient(phone="+14155550100").masked()
+
+
+def test_decodes_a_device_selection() -> None:
+    sel = {"group_name": "meters", "custom_fields": [{"key": "CustomField2", "value": "north"}]}
+    msg = decode_outbound(dumps({**GOOD, "recipient": {"selection": sel}}))
+    assert msg.recipient.selection == sel and msg.recipient.is_device
+    assert msg.recipient.as_json() == {"selection": sel} and msg.recipient.key() == "selection:group_name=meters"
+
+
+@pytest.mark.parametrize("sel", [{}, {"group_name": ""}, {"custom_fields": [{"key": "CustomField9", "value": "x"}]},
+                                 {"color": "red"}])
+def test_bad_selections_are_dead_letters(sel: dict[str, object]) -> None:
+    with pytest.raises(InvalidRecord):
+        decode_outbound(dumps({**GOOD, "recipient": {"selection": sel}}))
