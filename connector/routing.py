@@ -3,6 +3,7 @@
 Order: the record's ``route``; else its ``provider`` (the first route of that provider); else
 device-id recipients go to ``routing.device_route``; else the longest matching number prefix in
 ``routing.prefix_routes``; else ``routing.default_route``; else the only route, if there is one.
+(A route whose provider cannot take the recipient fails the message with reason invalid.)
 A record naming an unknown route or provider fails with reason invalid.
 """
 
@@ -42,9 +43,9 @@ class Router:
                     return route
             raise InvalidMessage(f"no route for provider {msg.provider!r}", field="provider")
         if msg.recipient.is_device:
-            if self.device_route:
-                return self.device_route
-            raise InvalidMessage("no route for device-id recipients (routing.device_route)", field="recipient")
+            if self.device_route or self.default_route:
+                return self.device_route or self.default_route  # type: ignore[return-value]
+            raise InvalidMessage("no route for device recipients (set routing.device_route)", field="recipient")
         phone = msg.recipient.phone or ""
         for prefix, route in self.prefixes:
             if phone.startswith(prefix):

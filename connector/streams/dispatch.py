@@ -26,7 +26,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -36,10 +35,10 @@ from aiokafka.errors import KafkaError
 import topics
 from connector import metrics
 from connector.config import Settings
-from connector.errors import Expired, InvalidMessage, InvalidRecord, SmsError
 from connector.kafka import client_options
 from connector.offsets import PartitionProgress
-from connector.records import Accepted, Outcome, decode_outbound, encode_accepted, encode_failed, iso
+from connector.pipeline import Pipeline, Terminal
+from connector.records import iso
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -48,20 +47,11 @@ log = logging.getLogger("sms_connector.dispatch")
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(slots=True)
-class Terminal:
-    """The one record that ends an input."""
-
-    topic: str
-    value: bytes
-    headers: Headers
-
-
 class Dispatcher:
     def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], router: Router) -> None:
         self.settings = settings
         self.senders = senders
-        self.router = router
+        self.pipeline = Pipeline(senders, router)
         self.topic_in = topics.spec("outbound").name
         self.topic_accepted = topics.spec("accepted").name
         self.topic_failed = topics.spec("failed").name
@@ -179,7 +169,7 @@ class Dispatcher:
                 self._active[tp] = self._active.get(tp, 0) + 1
                 try:
                     terminal = await self._handle(tp, rec)
-                    await self._produce(rec, terminal, progress)
+                    await self._produce(rec, terminal)
                     progress.finish(rec.offset)
                 finally:
                     self._active[tp] -= 1
@@ -196,65 +186,42 @@ class Dispatcher:
     # -- one record --------------------------------------------------------------------------
     async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes]) -> Terminal:
         try:
-            return await self._outcome(rec)
+            return await self.pipeline.outcome(rec.value, rec.timestamp)
         except Exception as exc:  # noqa: BLE001 - a bug must not skip a record (faust's trap)
             log.exception("internal error; record dead-lettered",
                           extra={"partition": tp.partition, "offset": rec.offset})
-            return self._dead_letter(rec, "internal", f"internal error: {type(exc).__name__}", None)
+            return self.pipeline.internal_error(exc)
 
-    async def _outcome(self, rec: ConsumerRecord[bytes, bytes]) -> Terminal:
-        try:
-            msg = decode_outbound(rec.value)
-        except InvalidRecord as exc:
-            return self._dead_letter(rec, "invalid-record", exc.message, exc.field)
-        o = Outcome(msg=msg, received_at=rec.timestamp / 1000)
-        try:
-            if msg.expires_at is not None and msg.expires_at <= time.time():
-                raise Expired(f"expired at {iso(msg.expires_at)} before it could be sent", field="expires_at")
-            o.route = self.router.choose(msg)
-            sender = self.senders[o.route]
-            o.provider = sender.provider.name
-            prepared = sender.provider.prepare(msg)
-            o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
-        except InvalidMessage as exc:
-            return self._failed(rec, o, exc)
-        sent = await sender.send(prepared)
-        o.attempts, o.submitted_at = sent.attempts, sent.submitted_at
-        if isinstance(sent.result, Accepted):
-            return Terminal(self.topic_accepted, encode_accepted(o, sent.result, time.time()), _source(rec))
-        return self._failed(rec, o, sent.result)
-
-    def _failed(self, rec: ConsumerRecord[bytes, bytes], o: Outcome, exc: SmsError) -> Terminal:
-        metrics.FAILED.labels(o.route or "", o.provider or "", exc.reason).inc()
-        value = encode_failed(o, exc.reason, exc.message, time.time(), provider_code=exc.code,
-                              provider_text=exc.text)
-        return Terminal(self.topic_failed, value, _source(rec))
-
-    def _dead_letter(self, rec: ConsumerRecord[bytes, bytes], reason: str, message: str,
-                     field: str | None) -> Terminal:
-        metrics.DEAD_LETTERED.labels(reason).inc()
+    def _record(self, rec: ConsumerRecord[bytes, bytes], t: Terminal) -> tuple[str, bytes, Headers]:
+        """The Kafka record that ends ``rec``: topic, value, headers."""
+        source = _source(rec)
+        if t.kind == "accepted":
+            return self.topic_accepted, t.value or b"", source
+        if t.kind == "failed":
+            return self.topic_failed, t.value or b"", source
         headers: Headers = list(rec.headers or ())
-        headers += _source(rec)
-        headers += [(topics.HEADER_ERROR_REASON, reason.encode()),
-                    (topics.HEADER_ERROR_MESSAGE, message[:1000].encode()),
+        headers += source
+        headers += [(topics.HEADER_ERROR_REASON, (t.reason or "").encode()),
+                    (topics.HEADER_ERROR_MESSAGE, (t.error or "")[:1000].encode()),
                     (topics.HEADER_ERROR_AT, iso(time.time()).encode())]
-        if field:
-            headers.append((topics.HEADER_ERROR_FIELD, field.encode()))
-        return Terminal(self.topic_dlq, rec.value if rec.value is not None else b"", headers)
+        if t.field:
+            headers.append((topics.HEADER_ERROR_FIELD, t.field.encode()))
+        return self.topic_dlq, rec.value if rec.value is not None else b"", headers
 
-    async def _produce(self, rec: ConsumerRecord[bytes, bytes], t: Terminal, progress: PartitionProgress) -> None:
+    async def _produce(self, rec: ConsumerRecord[bytes, bytes], t: Terminal) -> None:
         """Produce until the broker acknowledges (acks=all). faust's send() only logs a failure;
         here the input is not finished until its terminal record is durable."""
         assert self._producer is not None
+        topic, value, headers = self._record(rec, t)
         delay = 0.1
         while True:
             try:
-                fut = await self._producer.send(t.topic, value=t.value, key=rec.key, headers=t.headers)
+                fut = await self._producer.send(topic, value=value, key=rec.key, headers=headers)
                 await fut
                 return
             except KafkaError as exc:
-                metrics.PRODUCE_ERRORS.labels(t.topic).inc()
-                log.warning("produce failed; retrying", extra={"topic": t.topic, "error": type(exc).__name__,
+                metrics.PRODUCE_ERRORS.labels(topic).inc()
+                log.warning("produce failed; retrying", extra={"topic": topic, "error": type(exc).__name__,
                                                                "retry_in_s": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

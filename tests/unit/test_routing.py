@@ -42,6 +42,10 @@ def test_single_route_is_the_default() -> None:
     assert Router.from_settings(RoutingSettings(), {"only": "smpp_rest"}).choose(msg()) == "only"
 
 
+def test_devices_fall_back_to_the_default_route() -> None:
+    assert Router.from_settings(RoutingSettings(default_route="smpp"), ROUTES).choose(msg(None)) == "smpp"
+
+
 def test_no_default_and_no_match() -> None:
     with pytest.raises(InvalidMessage, match="no route"):
         Router.from_settings(RoutingSettings(), ROUTES).choose(msg())
