@@ -40,8 +40,8 @@ def build_senders(settings: Settings) -> dict[str, RouteSender]:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
-                     ready_file: str | None = None) -> None:
-    """Run the dispatch worker until ``stop`` is set or SIGINT/SIGTERM arrives."""
+                     roles: frozenset[str] = frozenset({"dispatch"})) -> None:
+    """Run the worker's roles until ``stop`` is set or SIGINT/SIGTERM arrives."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

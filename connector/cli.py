@@ -47,23 +47,33 @@ def main() -> None:
     """
 
 
+ROLES = ("dispatch", "callbacks", "pollers")
+
+
 @main.command()
 @config_option
-def worker(config: str | None) -> None:
-    """Run the dispatch worker: consume sms.outbound, call providers, publish results.
+@click.option("--role", "roles", multiple=True, type=click.Choice([*ROLES, "all"]), default=("dispatch",),
+              show_default=True,
+              help="What this process does (repeatable): dispatch (consume sms.outbound, send, publish results), "
+                   "callbacks (receive providers' delivery callbacks), pollers (MO and delivery-status polling), "
+                   "or all.")
+def worker(config: str | None, roles: tuple[str, ...]) -> None:
+    """Run a worker: the production process.
 
-    Serves /metrics, /healthz and /readyz on http.host:http.port. Stops cleanly on SIGTERM:
-    stops fetching, lets in-flight messages finish (dispatch.shutdown_timeout_s), commits.
+    Serves /metrics, /healthz and /readyz on http.host:http.port (the callbacks role adds
+    POST /callbacks/<provider> on the same port). Stops cleanly on SIGTERM: stops fetching,
+    lets in-flight messages finish (dispatch.shutdown_timeout_s), commits, exits 0.
     """
     from connector import logs
     from connector.app import run_worker
 
+    chosen = set(ROLES) if "all" in roles else set(roles)
     settings = _settings(config)
     logs.configure(settings.log.level, settings.log.format, settings.secrets())
-    if not settings.routes:
+    if "dispatch" in chosen and not settings.routes:
         raise click.ClickException("no routes configured: add a [routes.NAME] section "
                                    "(see `sms-connector worker --help`)")
-    _run(run_worker(settings))
+    _run(run_worker(settings, roles=frozenset(chosen)))
 
 
 def _format_epilog(self: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> None:
