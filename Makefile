@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= 1000
 export HYPOTHESIS_STORAGE_DIRECTORY ?= $(CURDIR)/.venv/hypothesis
 
-.PHONY: install dev test unit integration faults bench docs clean
+.PHONY: install dev test unit integration faults bench soak bench-clients docs helm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,20 @@ faults: $(STAMP)
 	SMS_CONNECTOR_FAULTS=full $(BIN)/pytest -q -s -m "integration" tests/integration
 
 bench: $(STAMP)
+	$(BIN)/sms-connector bench
+
+soak: $(STAMP)
+	$(BIN)/sms-connector bench --scenario soak
+
+bench-clients: $(STAMP)
 	$(BIN)/python benchmarks/http_clients.py
 
 docs: $(STAMP)
 	$(BIN)/python -m connector.docs
+	$(BIN)/python -m connector.chart
+
+helm: $(STAMP)
+	$(BIN)/pytest -q tests/helm
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info .sms-connector-dev.json

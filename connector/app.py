@@ -1,8 +1,14 @@
-"""Wiring of the worker process: settings in, running dispatcher and HTTP server out.
+"""Wiring of the worker process: settings and roles in, running components out.
 
-No business logic: builds one ``RouteSender`` per configured route (provider adapter + shared
-transport), the ``Router``, the ``Dispatcher`` and the web app, then runs until SIGINT/SIGTERM
-and stops them in order (stop fetching, drain, commit, close).
+No business logic. Roles (``worker --role``):
+
+- ``dispatch``: the opt-out table, then the ``Dispatcher`` (sms.outbound -> providers -> results).
+- ``callbacks``: ``POST /callbacks/<provider>`` on the HTTP server, and the ``Correlator`` that
+  joins receipts to outbound messages (and polls Ogangi statuses).
+- ``pollers``: MO pollers (ThingSpace history, Ogangi getMOMessages).
+
+Every role shares the HTTP server (/metrics, /healthz, /readyz) and one ``RouteSender`` per
+route. The process runs until SIGINT/SIGTERM, then stops the roles and closes the senders.
 """
 
 from __future__ import annotations
@@ -10,17 +16,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any, Awaitable, Callable
+
+from aiokafka import AIOKafkaProducer
 
 from connector.config import Settings
+from connector.kafka import client_options
 from connector.policy import RetryPolicy
 from connector.providers import REGISTRY
 from connector.routing import Router
 from connector.sender import RouteSender
-from connector.streams.dispatch import Dispatcher
 from connector.transport import HttpTransport
 from connector.web import make_app, serve
 
 log = logging.getLogger("sms_connector.worker")
+
+ReadyPart = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
 
 
 def build_senders(settings: Settings) -> dict[str, RouteSender]:
@@ -39,6 +50,14 @@ def build_senders(settings: Settings) -> dict[str, RouteSender]:
     return senders
 
 
+def inbound_producer(settings: Settings) -> AIOKafkaProducer:
+    """The producer of callbacks, pollers and the correlator: acks=all, small batches, no linger
+    (a callback answers 2xx only after its record is acknowledged)."""
+    k = settings.kafka
+    return AIOKafkaProducer(**client_options(k), acks="all", enable_idempotence=k.idempotent_producer,
+                            linger_ms=1, request_timeout_ms=int(k.request_timeout_s * 1000))
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
                      roles: frozenset[str] = frozenset({"dispatch"})) -> None:
     """Run the worker's roles until ``stop`` is set or SIGINT/SIGTERM arrives."""
@@ -50,17 +69,84 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
         except (NotImplementedError, RuntimeError):
             pass
     senders = build_senders(settings)
-    router = Router.from_settings(settings.routing, {n: s.provider.name for n, s in senders.items()})
-    dispatcher = Dispatcher(settings, senders, router)
-
-    async def ready() -> tuple[bool, dict[str, object]]:
-        reachable = await dispatcher.broker_reachable()
-        ok = reachable and dispatcher.assigned > 0
-        return ok, {"broker_reachable": reachable, "partitions_assigned": dispatcher.assigned}
-
-    runner = await serve(make_app(ready), settings.http.host, settings.http.port)
-    log.info("http server listening", extra={"host": settings.http.host, "port": settings.http.port})
+    checks: list[ReadyPart] = []
+    jobs: list[Awaitable[Any]] = []
+    closers: list[Callable[[], Awaitable[Any]]] = []
+    producer: AIOKafkaProducer | None = None
     try:
-        await dispatcher.run(stop)
+        if roles & {"callbacks", "pollers"}:
+            from connector.streams.optouts import revio_sync
+            from connector.streams.publish import InboundPublisher
+
+            producer = inbound_producer(settings)
+            await producer.start()
+            syncs = [revio_sync(s) for s in senders.values()
+                     if s.provider.name == "revio" and settings.inbound.optout_sync_revio]
+            publisher = InboundPublisher(producer, syncs)
+        web_app = make_app(lambda: _ready(checks))
+        if "dispatch" in roles:
+            from connector.streams.dispatch import Dispatcher
+            from connector.streams.optouts import OptOutTable
+
+            optouts = OptOutTable(settings.kafka)
+            await optouts.start()
+            closers.append(optouts.stop)
+            router = Router.from_settings(settings.routing, {n: s.provider.name for n, s in senders.items()})
+            dispatcher = Dispatcher(settings, senders, router, optouts)
+
+            async def dispatch_ready() -> tuple[bool, dict[str, object]]:
+                reachable = await dispatcher.broker_reachable()
+                return reachable and dispatcher.assigned > 0, {"broker_reachable": reachable,
+                                                              "partitions_assigned": dispatcher.assigned}
+            checks.append(dispatch_ready)
+            jobs.append(dispatcher.run(stop))
+        if "callbacks" in roles:
+            from connector.streams.callbacks import CallbackReceiver
+            from connector.streams.correlator import Correlator
+
+            receiver = CallbackReceiver(settings, producer, publisher)  # type: ignore[arg-type]
+            web_app.add_routes(receiver.routes())
+            closers.append(receiver.aclose)
+            correlator = Correlator(settings, producer, senders)  # type: ignore[arg-type]
+            jobs.append(correlator.run(stop))
+
+            async def callbacks_ready() -> tuple[bool, dict[str, object]]:
+                return True, {"correlator_partitions": correlator.assigned}
+            checks.append(callbacks_ready)
+        if "pollers" in roles:
+            from connector.streams.pollers import Pollers
+
+            pollers = Pollers(settings, senders, producer, publisher)  # type: ignore[arg-type]
+            jobs.append(pollers.run(stop))
+
+            async def pollers_ready() -> tuple[bool, dict[str, object]]:
+                return bool(pollers.ready), {"pollers": "running" if pollers.ready else "starting"}
+            checks.append(pollers_ready)
+        runner = await serve(web_app, settings.http.host, settings.http.port)
+        log.info("worker started", extra={"roles": sorted(roles), "host": settings.http.host,
+                                          "port": settings.http.port})
+        try:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    log.error("a role stopped with an error", exc_info=r)
+                    raise r
+        finally:
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
+        for close in reversed(closers):
+            await close()
+        for sender in senders.values():
+            await sender.aclose()
+            await sender.transport.aclose()
+        if producer is not None:
+            await producer.stop()
+
+
+async def _ready(checks: list[ReadyPart]) -> tuple[bool, dict[str, object]]:
+    ok, details = True, {}
+    for check in checks:
+        part_ok, part = await check()
+        ok = ok and part_ok
+        details.update(part)
+    return ok, details

@@ -14,6 +14,7 @@ import click
 
 from connector import __version__
 from connector.config import ConfigError, Settings, describe, load
+from connector.errors import SmsError
 
 
 def _settings(config: str | None) -> Settings:
@@ -159,6 +160,84 @@ def send(config: str | None, phone: str | None, device: str | None, text: str, c
 
 
 @main.command()
+@click.option("--scenario", "scenarios", default="single,latency50,batch,callbacks", show_default=True,
+              help="Comma-separated scenarios: single, latency50, batch, callbacks, soak.")
+@click.option("--records", type=int, default=20000, show_default=True, help="Records per scenario (soak: --soak-records).")
+@click.option("--soak-records", type=int, default=1_000_000, show_default=True, help="Records of the soak scenario.")
+@click.option("--baseline-records", type=int, default=2000, show_default=True,
+              help="Records for the faust baseline, measured once per provider latency (0: skip it).")
+@click.option("--concurrency", type=int, default=None,
+              help="Override every scenario's route concurrency (the raw ceiling uses the same).")
+@click.option("--keys", type=int, default=2000, show_default=True, help="Distinct recipients (Kafka keys).")
+@click.option("--bootstrap-servers", default=None, help="Run against this Kafka cluster (topics must exist; "
+              "SMS_CONNECTOR_KAFKA__* for security) instead of the embedded broker.")
+@click.option("--profile", "profile_dir", type=click.Path(file_okay=False), default=None,
+              help="Profile the worker with py-spy into this directory; hotspots go into the JSON and notes.")
+@click.option("--json", "json_out", is_flag=True, help="One JSON object per scenario instead of the table.")
+def bench(scenarios: str, records: int, soak_records: int, baseline_records: int, concurrency: int | None,
+          keys: int, bootstrap_servers: str | None, profile_dir: str | None, json_out: bool) -> None:
+    """Measure one worker against the simulators: records/s, p50/p99 latency, peak RSS, with the
+    raw ceiling (aiohttp alone) and a typical faust + httpx baseline from the same run.
+
+    Progress goes to stderr; the table (or --json lines) to stdout."""
+    from connector.bench import run_bench
+
+    names = [s.strip() for s in scenarios.split(",") if s.strip()]
+    try:
+        asyncio.run(run_bench(names, records, json_out=json_out, bootstrap_servers=bootstrap_servers,
+                              baseline_records=baseline_records, soak_records=soak_records,
+                              concurrency=concurrency, keys=keys, profile_dir=profile_dir))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.group()
+def thingspace() -> None:
+    """Verizon ThingSpace operations: callback registration and the MO queue."""
+
+
+@thingspace.command("register-callbacks")
+@config_option
+@click.option("--route", default=None, help="Only this ThingSpace route (default: every one).")
+def thingspace_register(config: str | None, route: str | None) -> None:
+    """Register this connector's callback URL for EnhancedConnectivityService (send progress, MO)
+    and SMSDeliveryConfirmation (Delivered / Undeliverable / Expired).
+
+    The URL is callbacks.public_url + /callbacks/thingspace; ThingSpace sends back the
+    callbacks.thingspace_username / thingspace_password in every callback.
+    """
+    from connector.operations import register_callbacks
+
+    settings = _settings(config)
+    try:
+        done = asyncio.run(register_callbacks(settings, route))
+    except (ValueError, SmsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, service, url in done:
+        click.echo(f"registered {service:28} route {name}: {url}")
+
+
+@thingspace.command("start-callbacks")
+@config_option
+@click.option("--route", default=None, help="Only this ThingSpace route (default: every one).")
+def thingspace_start(config: str | None, route: str | None) -> None:
+    """Ask ThingSpace to push queued MO messages to the registered callback
+    (PUT /sms/{account}/startCallbacks). Afterwards MO arrive at the callback endpoint instead
+    of being polled."""
+    from connector.operations import start_callbacks
+
+    settings = _settings(config)
+    try:
+        results = asyncio.run(start_callbacks(settings, route))
+    except (ValueError, SmsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, ok in results:
+        click.echo(f"route {name}: {'callbacks started' if ok else 'ThingSpace did not confirm'}")
+    if not all(ok for _, ok in results):
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("name")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=int, default=0, help="Port (0: a free one, printed at start).")
@@ -168,8 +247,10 @@ def send(config: str | None, phone: str | None, device: str | None, text: str, c
 @click.option("--timeout-rate", type=float, default=0.0, show_default=True, help="Share held until the client times out.")
 @click.option("--reject-rate", type=float, default=0.0, show_default=True, help="Share of messages rejected.")
 @click.option("--credential", multiple=True, metavar="KEY=VALUE", help="Override an accepted credential.")
+@click.option("--deliver-callbacks", is_flag=True,
+              help="thingspace: after each send, POST the delivery callbacks to the registered callback URL.")
 def simulate(name: str, host: str, port: int, latency_ms: float, error_rate: float, throttle_rate: float,
-             timeout_rate: float, reject_rate: float, credential: tuple[str, ...]) -> None:
+             timeout_rate: float, reject_rate: float, credential: tuple[str, ...], deliver_callbacks: bool) -> None:
     """Run one provider simulator alone (NAME: smpp_rest, ...).
 
     Faults can also be changed live: PUT /_sim/faults with a JSON object; counters at GET /_sim/stats.
@@ -182,7 +263,10 @@ def simulate(name: str, host: str, port: int, latency_ms: float, error_rate: flo
     faults = Faults(latency_ms=latency_ms, error_rate=error_rate, throttle_rate=throttle_rate,
                     timeout_rate=timeout_rate, reject_rate=reject_rate)
     creds = {**SIMULATORS[name].default_credentials(), **dict(c.split("=", 1) for c in credential if "=" in c)}
-    _run(run_simulator(SIMULATORS[name](faults, creds), host, port))
+    extra = {"deliver_callbacks": True} if deliver_callbacks and name == "thingspace" else {}
+    if deliver_callbacks and not extra:
+        raise click.UsageError("--deliver-callbacks applies to the thingspace simulator only")
+    _run(run_simulator(SIMULATORS[name](faults, creds, **extra), host, port))
 
 
 @main.command()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -152,12 +153,47 @@ class RouteSettings:
 
 
 @dataclass(frozen=True)
+class CallbacksSettings:
+    public_url: str = setting("", doc="Base URL at which providers reach this connector's callback endpoint "
+                                      "(used by `thingspace register-callbacks`).", example="https://sms.example.com")
+    thingspace_username: str = setting("", doc="Username ThingSpace must send in each callback (registered with "
+                                               "the callback). Empty: callbacks are refused.")
+    thingspace_password: Secret | None = setting(None, doc="Password ThingSpace must send in each callback.",
+                                                 secret=True, example="env:THINGSPACE_CALLBACK_PASSWORD")
+    max_body_bytes: int = setting(65536, doc="Callback bodies larger than this are refused with 413.",
+                                  minimum=1024, maximum=16 * 1024 * 1024)
+    dedupe_window: int = setting(100000, doc="How many recent callback event ids are remembered to drop "
+                                             "provider resends.", minimum=100, maximum=10_000_000)
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    correlation_ttl_s: float = setting(900.0, doc="A receipt whose accepted message is not known after this goes "
+                                                  "to sms.delivery.unmatched.", minimum=1, maximum=7 * 86400)
+    mo_poll_interval_s: float = setting(5.0, doc="Pause between MO polls when a provider's queue is empty.",
+                                        minimum=0.1, maximum=3600)
+    status_poll_interval_s: float = setting(60.0, doc="How often an in-flight message's status is polled "
+                                                      "(Ogangi getMessage).", minimum=1, maximum=86400)
+    status_poll_rate: float = setting(5.0, doc="At most this many status polls per second per route.",
+                                      minimum=0.01, maximum=1000)
+    status_poll_max_age_s: float = setting(432000.0, doc="Stop polling a message's status after this (the "
+                                                         "network's validity window, 120 h); it ends as expired.",
+                                           minimum=60, maximum=30 * 86400)
+    optout_stop_words: str = setting("STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT",
+                                     doc="MO texts (the word alone) that opt the sender out, comma-separated.")
+    optout_start_words: str = setting("START,UNSTOP", doc="MO texts that opt the sender back in.")
+    optout_sync_revio: bool = setting(True, doc="Mirror opt-out changes to every Rev.io route's opt-out list.")
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     log: LogSettings = field(default_factory=LogSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    callbacks: CallbacksSettings = field(default_factory=CallbacksSettings)
+    inbound: InboundSettings = field(default_factory=InboundSettings)
     # route name -> (common route settings, provider-specific config object)
     routes: Mapping[str, "Route"] = field(default_factory=dict)
 
@@ -187,7 +223,8 @@ class Route:
 
 
 SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "dispatch": DispatchSettings, "http": HttpSettings,
-                             "log": LogSettings, "routing": RoutingSettings}
+                             "log": LogSettings, "routing": RoutingSettings, "callbacks": CallbacksSettings,
+                             "inbound": InboundSettings}
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,10 +323,17 @@ def _nullable(cls: type, name: str) -> bool:
     return f.metadata.get("secret", False)
 
 
+# Kubernetes injects <SERVICE>_PORT / _SERVICE_HOST / ... for every Service in the namespace; a
+# Service named "sms-connector-callbacks" yields SMS_CONNECTOR_CALLBACKS_PORT. Not settings.
+_SERVICE_LINK = re.compile(r"^SMS_CONNECTOR_[A-Z0-9_]*?_(PORT|SERVICE_HOST|SERVICE_PORT\w*|PORT_\d+_\w+)$")
+
+
 def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        if "__" not in key and _SERVICE_LINK.match(key):
             continue
         parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
         node = tree

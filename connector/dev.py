@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import sys
 import time
@@ -22,7 +23,9 @@ import topics
 from connector.demo import DEMO_HEADER, generate
 from connector.embedded_broker import free_port
 from connector.simulators import SIMULATORS
-from connector.stack import LOCAL_ROUTES, Follower, LocalStack, produce
+from connector.config import load
+from connector.operations import CALLBACK_PATH, register_callbacks
+from connector.stack import LOCAL_ROUTES, Follower, LocalStack, produce, worker_env
 
 
 async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 300.0, http_port: int = 8080,
@@ -42,10 +45,18 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
         await stack.start_broker()
         say(f"broker     {stack.kafka.bootstrap_servers} (embedded, in-memory); topics created")
         for name in sorted({r["provider"] for r in LOCAL_ROUTES.values()}):
-            url = await stack.start_simulator(name)
+            url = await stack.start_simulator(name, *(("--deliver-callbacks",) if name == "thingspace" else ()))
             say(f"simulator  {name} at {url}{SIMULATORS[name].base_path}")
-        worker = await stack.start_worker(http_port=http_port or free_port())
+        http_port = http_port or free_port()
+        base = f"http://127.0.0.1:{http_port}"
+        callback_env = {"SMS_CONNECTOR_CALLBACKS__PUBLIC_URL": base,
+                        "SMS_CONNECTOR_CALLBACKS__THINGSPACE_USERNAME": "dev-callbacks",
+                        "SMS_CONNECTOR_CALLBACKS__THINGSPACE_PASSWORD": secrets.token_urlsafe(12)}
+        worker = await stack.start_worker(env=callback_env, http_port=http_port, roles=("all",))
         say(f"worker     metrics {worker.url}/metrics  health {worker.url}/healthz  logs {stack.logdir}")
+        settings = load(environ=worker_env(stack.kafka.bootstrap_servers, stack.sim_urls, http_port) | callback_env)
+        for route, service, url in await register_callbacks(settings, None):
+            say(f"callbacks  {service} of route {route} -> {url}")
         manifest.write_bytes(orjson.dumps({
             "bootstrap_servers": stack.kafka.bootstrap_servers,
             "topics": {role: s.name for role, s in topics.specs().items()},
@@ -55,6 +66,9 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
             "simulators": {name: {"base_url": url + SIMULATORS[name].base_path,
                                   "credentials": SIMULATORS[name].default_credentials()}
                            for name, url in stack.sim_urls.items()},
+            "callback_urls": {"thingspace": {"url": f"{worker.url}{CALLBACK_PATH}",
+                                             "username": callback_env["SMS_CONNECTOR_CALLBACKS__THINGSPACE_USERNAME"],
+                                             "password": callback_env["SMS_CONNECTOR_CALLBACKS__THINGSPACE_PASSWORD"]}},
             "logs": str(stack.logdir),
         }, option=orjson.OPT_INDENT_2))
         say(f"manifest   {manifest.resolve()}")
@@ -88,7 +102,9 @@ async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, sto
         while not stop.is_set():
             done = tally.done(expected)
             if done != last:
-                say(f"progress   {done}/{n} terminal ({done / max(time.monotonic() - t0, 1e-6):,.0f}/s)")
+                delivered = sum(tally.deliveries.values())
+                say(f"progress   {done}/{n} terminal ({done / max(time.monotonic() - t0, 1e-6):,.0f}/s), "
+                    f"{delivered} delivery events")
                 last = done
             if done >= n:
                 await asyncio.sleep(1.0)   # give any duplicate a chance to show up
@@ -107,6 +123,9 @@ async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, sto
     for (outcome, reason, provider), count in sorted(tally.outcomes.items()):
         detail = ", ".join(x for x in (provider and f"provider={provider}", reason and f"reason={reason}") if x)
         say(f"  {outcome:14} {count:7}  {detail}")
+    if tally.deliveries:
+        say("  delivery events so far (sms.delivery): " + ", ".join(
+            f"{p} {s} {c}" for (p, s), c in sorted(tally.deliveries.items())))
     missing, dups = tally.missing(expected), tally.duplicates(expected)
     say(f"  missing {len(missing)}, duplicates {dups}")
     if missing:

@@ -28,8 +28,8 @@ def settings_table() -> str:
 def topics_table() -> str:
     rows = ["| role | topic | partitions | retention | cleanup | key | record |", "|---|---|---|---|---|---|---|"]
     for s in topics.specs().values():
-        days = s.retention_ms / 86_400_000
-        rows.append(f"| {s.role} | `{s.name}` | {s.partitions} | {days:g} d | {s.cleanup_policy} | {s.key} | "
+        retention = "forever" if s.retention_ms < 0 else f"{s.retention_ms / 86_400_000:g} d"
+        rows.append(f"| {s.role} | `{s.name}` | {s.partitions} | {retention} | {s.cleanup_policy} | {s.key} | "
                     f"{('`' + s.schema + '`') if s.schema else 'original bytes'} |")
     return "\n".join(rows)
 

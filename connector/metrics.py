@@ -34,3 +34,19 @@ PARTITIONS_ASSIGNED = Gauge("sms_kafka_partitions_assigned", "Input partitions a
 COMMITS = Counter("sms_kafka_commits_total", "Offset commits, by outcome.", ["outcome"])
 PRODUCE_ERRORS = Counter("sms_kafka_produce_errors_total",
                          "Failed produce attempts of result records (retried until they succeed).", ["topic"])
+
+# -- inbound ------------------------------------------------------------------------------------
+CALLBACKS = Counter("sms_callbacks_received_total", "Provider callbacks received, by kind and outcome "
+                    "(ok, duplicate, unauthorized, invalid, too_large, error).", ["provider", "kind", "outcome"])
+MO_RECEIVED = Counter("sms_mo_received_total", "Mobile-originated messages published to sms.inbound.", ["provider"])
+MO_POLLED = Counter("sms_mo_polled_total", "MO messages fetched by pollers (before de-duplication).", ["provider"])
+CORRELATION = Counter("sms_correlation_total", "Delivery receipts by correlation outcome (matched, unmatched, "
+                      "duplicate).", ["provider", "outcome"])
+DELIVERY_LATENCY = Histogram("sms_delivery_latency_seconds", "Submit-to-final-status latency of delivered messages.",
+                             ["provider", "state"],
+                             buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400, 86400))
+OPTOUT_SUPPRESSED = Counter("sms_optout_suppressed_total", "Outbound messages not sent because the recipient "
+                            "opted out.", ["route"])
+OPTOUT_CHANGES = Counter("sms_optout_changes_total", "Opt-out table changes (direction out / in), by source.",
+                         ["direction", "source"])
+STATUS_POLLS = Counter("sms_status_polls_total", "Delivery-status polls, by outcome.", ["provider", "outcome"])

@@ -12,7 +12,7 @@ from collections import deque
 
 
 class PartitionProgress:
-    __slots__ = ("_pending", "_since", "_done", "_next", "committed", "revoked")
+    __slots__ = ("_pending", "_since", "_done", "_next", "committed", "revoked", "closing")
 
     def __init__(self, committed: int | None = None) -> None:
         self._pending: deque[int] = deque()    # offsets taken, in order, not yet retired
@@ -20,7 +20,8 @@ class PartitionProgress:
         self._done: set[int] = set()           # finished offsets not yet retired
         self._next: int | None = None          # one past the highest offset taken
         self.committed = committed             # the last offset committed to Kafka
-        self.revoked = False
+        self.closing = False                   # being handed back: take no new records
+        self.revoked = False                   # handed back: start no more records
 
     def take(self, offset: int) -> bool:
         """Start tracking ``offset``; False if it was already taken (a re-delivered fetch)."""

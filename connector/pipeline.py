@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Container, Mapping
+
+import orjson
 
 from connector import metrics
-from connector.errors import Expired, InvalidMessage, InvalidRecord, SmsError
-from connector.records import Accepted, Outcome, decode_outbound, encode_accepted, encode_failed, iso
+from connector.errors import Expired, InvalidMessage, InvalidRecord, OptedOut, SmsError
+from connector.inbound import correlation_key
+from connector.records import (SCHEMA_VERSION, Accepted, Outcome, decode_outbound, encode_accepted, encode_failed,
+                               iso)
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -30,12 +34,16 @@ class Terminal:
     reason: str | None = None
     error: str | None = None
     field: str | None = None
+    # accepted only: (key, value) records for sms.correlation, so receipts find this message
+    correlations: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class Pipeline:
-    def __init__(self, senders: Mapping[str, RouteSender], router: Router) -> None:
+    def __init__(self, senders: Mapping[str, RouteSender], router: Router,
+                 optouts: Container[str] = frozenset()) -> None:
         self.senders = senders
         self.router = router
+        self.optouts = optouts
 
     async def outcome(self, value: bytes | None, timestamp_ms: int) -> Terminal:
         try:
@@ -50,6 +58,9 @@ class Pipeline:
             o.route = self.router.choose(msg)
             sender = self.senders[o.route]
             o.provider = sender.provider.name
+            if msg.recipient.phone is not None and msg.recipient.phone in self.optouts:
+                metrics.OPTOUT_SUPPRESSED.labels(o.route).inc()
+                raise OptedOut("the recipient opted out (sms.optout); not sent", field="recipient")
             prepared = sender.provider.prepare(msg)
             o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
         except InvalidMessage as exc:
@@ -57,7 +68,8 @@ class Pipeline:
         sent = await sender.send(prepared)
         o.attempts, o.submitted_at = sent.attempts, sent.submitted_at
         if isinstance(sent.result, Accepted):
-            return Terminal("accepted", encode_accepted(o, sent.result, time.time()))
+            return Terminal("accepted", encode_accepted(o, sent.result, time.time()),
+                            correlations=_correlations(o, sent.result))
         return self.failed(o, sent.result)
 
     @staticmethod
@@ -71,3 +83,20 @@ class Pipeline:
     def internal_error(exc: BaseException) -> Terminal:
         metrics.DEAD_LETTERED.labels("internal").inc()
         return Terminal("dlq", None, "internal", f"internal error: {type(exc).__name__}")
+
+
+def _correlations(o: Outcome, accepted: Accepted) -> tuple[tuple[bytes, bytes], ...]:
+    ids = accepted.provider_request_id or accepted.provider_message_id
+    if not ids or o.provider is None:
+        return ()
+    msg = o.msg
+    value = orjson.dumps({
+        "schema_version": SCHEMA_VERSION, "client_message_id": msg.client_message_id, "provider": o.provider,
+        "route": o.route, "recipient": msg.recipient.as_json(), "metadata": msg.metadata,
+        "provider_message_id": accepted.provider_message_id, "provider_request_id": accepted.provider_request_id,
+        "submitted_at": iso(o.submitted_at if o.submitted_at is not None else time.time()),
+        "expires_at": iso(msg.expires_at) if msg.expires_at is not None else None,
+        "final_state": None, "last_state": None,
+    })
+    # Split messages carry one id per part ("id1,id2"): a receipt for any part finds the message.
+    return tuple((correlation_key(o.provider, i).encode(), value) for i in ids.split(",") if i)

@@ -17,16 +17,18 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from connector import metrics
 from connector.errors import AuthFailed, LoginLocked, ProviderError, SmsError
 from connector.policy import Fail, RetryPolicy, decide
+from connector.http import HttpRequest, HttpResponse
 from connector.providers.base import Prepared, Provider, SendResult
 from connector.records import Accepted
 from connector.transport import HttpTransport
 
 LOGIN_COOL_DOWN_S = 60.0
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -72,6 +74,30 @@ class RouteSender:
                 return SendOutcome(result, attempt, started)
             metrics.PROVIDER_RETRIES.labels(self.route, self.provider.name, result.reason).inc()
             await asyncio.sleep(action.after_s)
+
+    async def call(self, build: Callable[[], HttpRequest], parse: Callable[[HttpResponse], T]) -> T:
+        """One provider operation other than a send (MO history, opt-out list, status poll...),
+        with the route's login, session refresh-once and concurrency. Raises ProviderError."""
+        for refreshed in (False, True):
+            await self._ensure_login()
+            async with self._sem:
+                request = self.provider.auth.apply(build())
+                t0 = time.perf_counter()
+                response = await self.transport.send(request)
+            try:
+                result = parse(response)
+            except AuthFailed as exc:
+                self._observe(t0, "auth")
+                if refreshed or isinstance(exc, LoginLocked):
+                    raise
+                self.provider.auth.invalidate()
+                continue
+            except ProviderError as exc:
+                self._observe(t0, exc.reason)
+                raise
+            self._observe(t0, "ok")
+            return result
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         if self._pending:

@@ -167,11 +167,13 @@ class LocalStack:
                 return orjson.loads(await r.read())
 
     async def start_worker(self, env: Mapping[str, str] | None = None, http_port: int = 0,
-                           routes: Mapping[str, Mapping[str, str]] | None = None) -> Process:
+                           routes: Mapping[str, Mapping[str, str]] | None = None,
+                           roles: tuple[str, ...] = ("dispatch",)) -> Process:
         assert self.broker is not None
         http_port = http_port or free_port()
         full_env = {**worker_env(self.broker.bootstrap_servers, self.sim_urls, http_port, routes), **(env or {})}
-        proc, log = await self.spawn(f"worker-{len(self.workers)}", "worker", env=full_env)
+        role_args = [arg for role in roles for arg in ("--role", role)]
+        proc, log = await self.spawn(f"worker-{len(self.workers)}", "worker", *role_args, env=full_env)
         w = Process(f"worker {len(self.workers)}", proc, f"http://127.0.0.1:{http_port}", log)
         self.workers.append(w)
         await wait_http(w.url + "/healthz", proc=proc)
@@ -212,7 +214,7 @@ class Tally:
     outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (outcome, reason, provider)
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # kept when keep_records
     keep_records: bool = False
-    latencies_ms: list[float] = field(default_factory=list)
+    deliveries: Counter[tuple[str, str]] = field(default_factory=Counter)   # (provider, state) on sms.delivery
 
     def done(self, expected: Iterable[str]) -> int:
         return sum(1 for k in expected if self.seen[k] >= 1)
@@ -225,6 +227,13 @@ class Tally:
 
     def add(self, role: str, value: bytes | None, headers: Any, key: bytes | None = None,
             timestamp_ms: int | None = None) -> None:
+        if role == "delivery":
+            try:
+                event = orjson.loads(value or b"{}")
+            except orjson.JSONDecodeError:
+                return
+            self.deliveries[(event.get("provider", ""), event.get("state", ""))] += 1
+            return
         hdrs = {k: v.decode(errors="replace") for k, v in headers or ()}
         msg_id = hdrs.get(DEMO_HEADER)
         entry: dict[str, Any]
@@ -247,7 +256,7 @@ class Tally:
 
 
 class Follower:
-    """Reads accepted / failed / dlq from the beginning into a Tally, in the background."""
+    """Reads accepted / failed / dlq (and sms.delivery) from the beginning into a Tally."""
 
     def __init__(self, kafka: KafkaSettings, tally: Tally | None = None) -> None:
         self.kafka = kafka
@@ -278,7 +287,7 @@ class Follower:
         return False
 
     async def _run(self) -> None:
-        roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq")}
+        roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq", "delivery")}
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
                                     auto_offset_reset="earliest")
         await consumer.start()

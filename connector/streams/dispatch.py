@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Mapping, Sequence
+from typing import Any, Container, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -48,10 +48,12 @@ Headers = list[tuple[str, bytes]]
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], router: Router) -> None:
+    def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], router: Router,
+                 optouts: Container[str] = frozenset()) -> None:
         self.settings = settings
         self.senders = senders
-        self.pipeline = Pipeline(senders, router)
+        self.pipeline = Pipeline(senders, router, optouts)
+        self.topic_correlation = topics.spec("correlation").name
         self.topic_in = topics.spec("outbound").name
         self.topic_accepted = topics.spec("accepted").name
         self.topic_failed = topics.spec("failed").name
@@ -67,7 +69,6 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._stopping = False
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
         metrics.OLDEST_PENDING.set_function(
@@ -110,15 +111,12 @@ class Dispatcher:
             try:
                 await self._fetch_loop(stop)
             finally:
-                self._stopping = True
                 commits.cancel()
                 await self._drain(self.settings.dispatch.shutdown_timeout_s)
                 await self._commit()
         finally:
             if self._consumer is not None:
                 await self._consumer.stop()
-            for sender in self.senders.values():
-                await sender.aclose()
             await self._producer.stop()
             log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
 
@@ -143,7 +141,7 @@ class Dispatcher:
 
     def _take(self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         progress = self._progress.get(tp)
-        if progress is None or progress.revoked:
+        if progress is None or progress.closing or progress.revoked:
             return
         metrics.CONSUMED.inc(len(records))
         chains = self._chains
@@ -165,7 +163,7 @@ class Dispatcher:
                          rec: ConsumerRecord[bytes, bytes]) -> None:
         chain = self._chains[ck]
         while True:
-            if not progress.revoked and not (self._stopping and self._abandon):
+            if not progress.revoked and not self._abandon:
                 self._active[tp] = self._active.get(tp, 0) + 1
                 try:
                     terminal = await self._handle(tp, rec)
@@ -181,7 +179,7 @@ class Dispatcher:
                 return
             rec = chain.popleft()
 
-    _abandon = False  # set when a shutdown deadline passed: queued records are left for replay
+    _abandon = False  # set when the shutdown deadline passed: what is left is replayed
 
     # -- one record --------------------------------------------------------------------------
     async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes]) -> Terminal:
@@ -216,8 +214,10 @@ class Dispatcher:
         delay = 0.1
         while True:
             try:
-                fut = await self._producer.send(topic, value=value, key=rec.key, headers=headers)
-                await fut
+                futures = [await self._producer.send(topic, value=value, key=rec.key, headers=headers)]
+                for key, corr in t.correlations:
+                    futures.append(await self._producer.send(self.topic_correlation, value=corr, key=key))
+                await asyncio.gather(*futures)
                 return
             except KafkaError as exc:
                 metrics.PRODUCE_ERRORS.labels(topic).inc()
@@ -256,31 +256,42 @@ class Dispatcher:
                 self._progress[tp].committed = position
 
     async def _drain(self, timeout: float, only: Sequence[TopicPartition] | None = None) -> None:
-        """Wait for records in progress (of ``only``, or all) to finish, up to ``timeout``."""
+        """Let every record already taken (of ``only``, or all) finish, up to ``timeout``.
+
+        Queued records are finished too, not just those in progress: abandoning a queued record
+        while later offsets of other keys complete would leave a gap below them, and the next
+        owner would replay (resend) everything after the gap. After the deadline, what is left is
+        abandoned: not committed, so replayed."""
         deadline = time.monotonic() + timeout
 
         def busy() -> bool:
             if only is None:
-                return any(self._active.values())
-            return any(self._active.get(tp, 0) for tp in only)
+                return self.in_flight > 0
+            return any(self._progress[tp].in_flight for tp in only if tp in self._progress)
 
-        if only is None:
-            self._abandon = True  # queued records are not started during shutdown
         while busy() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
         if busy():
-            log.warning("records still in progress at the deadline; they will be replayed",
+            log.warning("records still unfinished at the deadline; they will be replayed",
                         extra={"timeout_s": timeout})
+            if only is None:
+                self._abandon = True
+            else:
+                for tp in only:
+                    if tp in self._progress:
+                        self._progress[tp].revoked = True
 
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         mine = [tp for tp in revoked if tp in self._progress]
         for tp in mine:
-            self._progress[tp].revoked = True
+            self._progress[tp].closing = True
         if mine:
             await self._drain(self.settings.dispatch.shutdown_timeout_s, mine)
             await self._commit(mine)
         for tp in mine:
-            self._progress.pop(tp, None)
+            progress = self._progress.pop(tp, None)
+            if progress is not None:
+                progress.revoked = True   # anything left is replayed by the next owner
         metrics.PARTITIONS_ASSIGNED.set(len(self._progress))
         if mine:
             log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})

@@ -70,3 +70,15 @@ def test_every_setting_is_documented() -> None:
     docs = describe()
     assert docs and all(d.doc for d in docs)
     assert any(d.env == "SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS" for d in docs)
+
+
+def test_kubernetes_service_links_are_not_settings() -> None:
+    s = load(environ={"SMS_CONNECTOR_CALLBACKS_PORT": "tcp://10.0.0.1:8080",
+                      "SMS_CONNECTOR_CALLBACKS_SERVICE_HOST": "10.0.0.1",
+                      "SMS_CONNECTOR_CALLBACKS_PORT_8080_TCP_ADDR": "10.0.0.1"})
+    assert s.callbacks.max_body_bytes == 65536
+
+
+def test_a_single_underscore_typo_is_still_reported() -> None:
+    with pytest.raises(ConfigError, match="unknown section"):
+        load(environ={"SMS_CONNECTOR_KAFKA_BOOTSTRAP_SERVERS": "x:9092"})

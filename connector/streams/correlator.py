@@ -1,0 +1,356 @@
+"""Correlation: every delivery receipt joined to its outbound message, published on sms.delivery.
+
+Inputs, co-partitioned by correlation key ``<provider>:<provider id>`` (same partition counts):
+``sms.correlation`` (one record per accepted message, written by the dispatcher with the accepted
+record) and ``sms.receipts`` (reports from the callback endpoint and the status poller). With
+the range assignor, partition *p* of both topics goes to the same worker, so the join is local.
+
+- A receipt whose correlation is known becomes a ``DeliveryEvent`` on ``sms.delivery`` (key =
+  client_message_id, so one message's events stay in order), carrying the outbound message's
+  client_message_id, metadata and route.
+- A receipt that arrives before its accepted record (a fast callback) is held; when the
+  correlation record arrives it is matched. After ``inbound.correlation_ttl_s`` it goes to
+  ``sms.delivery.unmatched`` instead (nothing is dropped silently).
+- Duplicates (same ``event_id``) are dropped while the worker runs.
+- Offsets: ``sms.receipts`` commits only the first unfinished receipt (held receipts block the
+  commit, so a crash replays them); ``sms.correlation`` is never committed, so every assignment
+  reads it again from the beginning (a compacted topic) to rebuild the state.
+- Status polling (Ogangi has no receipt push): each known Ogangi message without a final state
+  is polled with ``getMessage`` every ``inbound.status_poll_interval_s`` at most
+  ``inbound.status_poll_rate`` calls/s per route, until final or ``status_poll_max_age_s``
+  (then expired). A changed status is produced as a receipt, so it takes the same path. When a
+  final event is published the correlation record is rewritten with ``final_state``, so polling
+  does not restart after a rebalance.
+
+At-least-once: after a crash, receipts after the last commit are processed again; their events
+carry the same ``event_id``, so consumers can drop repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
+
+import topics
+from connector import metrics
+from connector.config import Settings
+from connector.errors import SmsError
+from connector.inbound import DeliveryReceipt, correlation_key
+from connector.kafka import client_options
+from connector.offsets import PartitionProgress
+from connector.records import iso
+from connector.sender import RouteSender
+
+log = logging.getLogger("sms_connector.correlator")
+
+
+@dataclass
+class Held:
+    offset: int
+    value: bytes
+    since: float
+
+
+@dataclass
+class PartitionState:
+    """The join state of one partition number (both topics)."""
+
+    correlations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    held: dict[str, list[Held]] = field(default_factory=dict)
+    seen: dict[str, set[str]] = field(default_factory=dict)        # key -> event ids published
+    progress: PartitionProgress = field(default_factory=PartitionProgress)
+    last_poll: dict[str, float] = field(default_factory=dict)
+
+
+def join(receipt: Mapping[str, Any], corr: Mapping[str, Any]) -> dict[str, Any]:
+    """A receipt joined to its correlation record: the DeliveryEvent of sms.delivery."""
+    submitted = corr.get("submitted_at")
+    latency = None
+    try:
+        if submitted:
+            latency = round(datetime.fromisoformat(receipt["received_at"]).timestamp()
+                            - datetime.fromisoformat(submitted).timestamp(), 3)
+    except (KeyError, ValueError):
+        latency = None
+    return {**receipt, "client_message_id": corr["client_message_id"], "metadata": corr.get("metadata") or {},
+            "route": corr.get("route"), "recipient": corr.get("recipient") or {}, "submitted_at": submitted,
+            "latency_s": latency}
+
+
+class Correlator:
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer,
+                 senders: Mapping[str, RouteSender] | None = None) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.senders = senders or {}
+        self.topic_corr = topics.spec("correlation").name
+        self.topic_receipts = topics.spec("receipts").name
+        self.topic_delivery = topics.spec("delivery").name
+        self.topic_unmatched = topics.spec("delivery_unmatched").name
+        self.state: dict[int, PartitionState] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+
+    @property
+    def assigned(self) -> int:
+        return len(self.state)
+
+    # -- main loop ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        k = self.settings.kafka
+        self._consumer = AIOKafkaConsumer(
+            **client_options(k), group_id=f"{k.group_id}-correlator", enable_auto_commit=False,
+            # Range, not aiokafka's default round-robin: partition p of both topics must land on
+            # the same worker for the join to be local.
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            auto_offset_reset="earliest", session_timeout_ms=int(k.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)))
+        self._consumer.subscribe([self.topic_corr, self.topic_receipts], listener=_Listener(self))
+        await self._consumer.start()
+        log.info("correlator started")
+        tasks = [asyncio.create_task(self._housekeeping(stop))]
+        if any(s.provider.name == "ogangi" for s in self.senders.values()):
+            tasks.append(asyncio.create_task(self._poll_statuses(stop)))
+        try:
+            while not stop.is_set():
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=2000)
+                pending: list[tuple[asyncio.Future[Any], PartitionState | None, int | None]] = []
+                for tp, records in batch.items():
+                    st = self.state.get(tp.partition)
+                    if st is None:
+                        continue
+                    for r in records:
+                        if tp.topic == self.topic_corr:
+                            pending += await self._on_correlation(st, r.key, r.value)
+                        else:
+                            st.progress.take(r.offset)
+                            pending += await self._on_receipt(st, r.key, r.value, r.offset)
+                await self._settle(pending)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await self._commit()
+            await self._consumer.stop()
+            log.info("correlator stopped")
+
+    async def _settle(self, pending: list[tuple[asyncio.Future[Any], PartitionState | None, int | None]]) -> None:
+        """Await every produce of this batch; finish the receipts whose records are durable."""
+        if not pending:
+            return
+        results = await asyncio.gather(*(f for f, _, _ in pending), return_exceptions=True)
+        failed = False
+        for (_, st, offset), result in zip(pending, results):
+            if isinstance(result, BaseException):
+                failed = True
+                continue
+            if st is not None and offset is not None:
+                st.progress.finish(offset)
+        if failed:
+            # Not finished, not committed: replayed after a restart. Slow down instead of spinning.
+            log.warning("producing delivery events failed; will be retried after restart or rebalance")
+            await asyncio.sleep(1)
+
+    # -- the join ----------------------------------------------------------------------------
+    async def _on_correlation(self, st: PartitionState, key: bytes | None, value: bytes | None):  # type: ignore[no-untyped-def]
+        if key is None:
+            return []
+        ck = key.decode()
+        if value is None:
+            st.correlations.pop(ck, None)
+            return []
+        try:
+            corr = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return []
+        st.correlations[ck] = corr
+        out = []
+        for held in st.held.pop(ck, []):
+            out += await self._publish(st, ck, corr, held.value, held.offset)
+        return out
+
+    async def _on_receipt(self, st: PartitionState, key: bytes | None, value: bytes | None, offset: int):  # type: ignore[no-untyped-def]
+        ck = key.decode() if key else ""
+        corr = st.correlations.get(ck)
+        if corr is None:
+            st.held.setdefault(ck, []).append(Held(offset, value or b"", time.monotonic()))
+            return []
+        return await self._publish(st, ck, corr, value or b"", offset)
+
+    async def _publish(self, st: PartitionState, ck: str, corr: dict[str, Any], value: bytes, offset: int):  # type: ignore[no-untyped-def]
+        try:
+            receipt = orjson.loads(value)
+            event_id = receipt["event_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            fut = await self.producer.send(self.topic_unmatched, value=value, key=ck.encode(),
+                                           headers=[(topics.HEADER_ERROR_REASON, b"invalid-receipt")])
+            return [(fut, st, offset)]
+        provider = str(receipt.get("provider", ""))
+        seen = st.seen.setdefault(ck, set())
+        if event_id in seen:
+            metrics.CORRELATION.labels(provider, "duplicate").inc()
+            st.progress.finish(offset)
+            return []
+        seen.add(event_id)
+        event = join(receipt, corr)
+        out = [(await self.producer.send(self.topic_delivery, value=orjson.dumps(event),
+                                         key=corr["client_message_id"].encode()), st, offset)]
+        metrics.CORRELATION.labels(provider, "matched").inc()
+        if receipt.get("final") and receipt.get("kind") != "progress":
+            if event["latency_s"] is not None:
+                metrics.DELIVERY_LATENCY.labels(provider, receipt.get("state", "")).observe(event["latency_s"])
+            if not corr.get("final_state"):
+                corr = {**corr, "final_state": receipt.get("state")}
+                st.correlations[ck] = corr
+                out.append((await self.producer.send(self.topic_corr, value=orjson.dumps(corr), key=ck.encode()),
+                            None, None))
+        elif receipt.get("kind") == "status-poll" and corr.get("last_state") != receipt.get("state"):
+            corr = {**corr, "last_state": receipt.get("state")}
+            st.correlations[ck] = corr
+        return out
+
+    # -- time-based work ---------------------------------------------------------------------
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        ttl = self.settings.inbound.correlation_ttl_s
+        interval = self.settings.dispatch.commit_interval_s
+        while not stop.is_set():
+            await asyncio.sleep(min(interval, 1.0))
+            now = time.monotonic()
+            pending = []
+            for st in list(self.state.values()):
+                for ck, held in list(st.held.items()):
+                    keep = [h for h in held if now - h.since < ttl]
+                    for h in held:
+                        if now - h.since >= ttl:
+                            fut = await self.producer.send(self.topic_unmatched, value=h.value, key=ck.encode())
+                            pending.append((fut, st, h.offset))
+                            metrics.CORRELATION.labels(ck.split(":", 1)[0], "unmatched").inc()
+                    if keep:
+                        st.held[ck] = keep
+                    else:
+                        del st.held[ck]
+            try:
+                await self._settle(pending)
+            except KafkaError:
+                pass
+            await self._commit()
+
+    async def _commit(self) -> None:
+        if self._consumer is None:
+            return
+        offsets = {}
+        for partition, st in self.state.items():
+            position = st.progress.committable()
+            if position is not None:
+                offsets[TopicPartition(self.topic_receipts, partition)] = position
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("correlator commit failed; will retry", extra={"error": type(exc).__name__})
+            return
+        for tp, position in offsets.items():
+            if tp.partition in self.state:
+                self.state[tp.partition].progress.committed = position
+
+    async def _poll_statuses(self, stop: asyncio.Event) -> None:
+        """Ogangi getMessage polling: bounded rate per route, until final or too old."""
+        from connector.providers.ogangi import parse_get_message
+
+        inb = self.settings.inbound
+        budget_s = 1.0 / inb.status_poll_rate
+        while not stop.is_set():
+            due = self._due_polls(inb.status_poll_interval_s)
+            if not due:
+                await asyncio.sleep(1.0)
+                continue
+            for ck, corr, st in due:
+                sender = self.senders.get(corr.get("route") or "")
+                if sender is None or sender.provider.name != "ogangi":
+                    st.last_poll[ck] = time.monotonic()
+                    continue
+                st.last_poll[ck] = time.monotonic()
+                message_id = corr.get("provider_message_id") or ""
+                provider: Any = sender.provider
+                try:
+                    status = await sender.call(lambda: provider.build_get_message(message_id), parse_get_message)
+                except SmsError as exc:
+                    metrics.STATUS_POLLS.labels("ogangi", exc.reason).inc()
+                    await asyncio.sleep(budget_s)
+                    continue
+                metrics.STATUS_POLLS.labels("ogangi", "ok").inc()
+                state = status.state.value
+                too_old = _age_s(corr) > inb.status_poll_max_age_s
+                if state == "in-flight" and too_old:
+                    state = "expired"
+                if state != corr.get("last_state") or state != "in-flight":
+                    receipt = DeliveryReceipt(
+                        provider="ogangi", correlation_key=ck, kind="status-poll", state=state,
+                        received_at=time.time(), raw=orjson.dumps(status.raw).decode(), raw_format="json",
+                        provider_message_id=message_id, provider_status=status.status, occurred_at=status.date)
+                    try:
+                        await (await self.producer.send(self.topic_receipts, value=receipt.encode(), key=ck.encode()))
+                    except KafkaError:
+                        pass
+                    corr["last_state"] = state
+                await asyncio.sleep(budget_s)
+
+    def _due_polls(self, interval: float) -> list[tuple[str, dict[str, Any], PartitionState]]:
+        now = time.monotonic()
+        due = []
+        for st in self.state.values():
+            for ck, corr in st.correlations.items():
+                if corr.get("provider") != "ogangi" or corr.get("final_state"):
+                    continue
+                if corr.get("last_state") not in (None, "in-flight"):
+                    continue
+                if now - st.last_poll.get(ck, 0.0) >= interval:
+                    due.append((ck, corr, st))
+        return due
+
+    # -- rebalance ---------------------------------------------------------------------------
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        # No seeks here (seeking inside the rebalance callback stalled aiokafka's fetcher). None is
+        # needed: aiokafka starts each new assignment at the committed offset, else the earliest;
+        # sms.correlation is never committed, so it is always read from the beginning, and
+        # sms.receipts resumes at the first unfinished receipt.
+        for tp in assigned:
+            self.state.setdefault(tp.partition, PartitionState())
+        log.info("correlator partitions assigned", extra={"partitions": sorted({tp.partition for tp in assigned})})
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._commit()
+        for tp in revoked:
+            self.state.pop(tp.partition, None)
+        if revoked:
+            log.info("correlator partitions revoked", extra={"partitions": sorted({tp.partition for tp in revoked})})
+
+
+def _age_s(corr: Mapping[str, Any]) -> float:
+    try:
+        return time.time() - datetime.fromisoformat(corr["submitted_at"]).timestamp()
+    except (KeyError, ValueError, TypeError):
+        return 0.0
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, correlator: Correlator) -> None:
+        self.correlator = correlator
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.correlator.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.correlator.on_assigned(list(assigned))
+
+
+__all__ = ["Correlator", "join", "correlation_key", "iso"]

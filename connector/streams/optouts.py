@@ -1,0 +1,113 @@
+"""The opt-out table as the dispatcher sees it, and its mirror to Rev.io.
+
+``OptOutTable`` reads the compacted ``sms.optout`` topic (every partition, no consumer group)
+up to its end before dispatch starts, then follows it, so a number that texted STOP is refused
+(reason opted-out, no provider call) by every worker. Opt-out records are produced one per batch
+(see ``streams.publish``), so end offsets are exact even on the embedded dev broker.
+
+``revio_sync(sender)`` mirrors a change to a Rev.io route's opt-out list (``SMSOptOut_Create`` /
+``_Delete``); "already in the list" / "not in the list" count as success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+import topics
+from connector.config import KafkaSettings
+from connector.inbound import OptOutChange
+from connector.kafka import client_options
+from connector.sender import RouteSender
+
+log = logging.getLogger("sms_connector.optouts")
+
+
+class OptOutTable:
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self.numbers: set[str] = set()
+        self.loaded = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __contains__(self, phone: object) -> bool:
+        return phone in self.numbers
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Load the table up to its current end, then keep following it in the background."""
+        topic = topics.spec("optout").name
+        self._consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
+                                          auto_offset_reset="earliest")
+        await self._consumer.start()
+        parts = set()
+        for _ in range(100):
+            parts = self._consumer.partitions_for_topic(topic) or set()
+            if parts:
+                break
+            await self._consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+            await asyncio.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        end = await self._consumer.end_offsets(tps) if tps else {}
+        self._task = asyncio.create_task(self._follow(end))
+        await asyncio.wait_for(self.loaded.wait(), timeout)
+        log.info("opt-out table loaded", extra={"numbers": len(self.numbers)})
+
+    async def _follow(self, end: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        remaining = {tp: off for tp, off in end.items() if off > 0}
+        if not remaining:
+            self.loaded.set()
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=500, max_records=5000)
+            for tp, records in batch.items():
+                for r in records:
+                    self.apply(r.key, r.value)
+                    if tp in remaining and r.offset + 1 >= remaining[tp]:
+                        del remaining[tp]
+            if not remaining and not self.loaded.is_set():
+                self.loaded.set()
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        phone = key.decode(errors="replace")
+        try:
+            record: dict[str, Any] | None = orjson.loads(value) if value else None
+        except orjson.JSONDecodeError:
+            return
+        if record is None or not record.get("opted_out"):
+            self.numbers.discard(phone)
+        else:
+            self.numbers.add(phone)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._consumer:
+            await self._consumer.stop()
+
+
+def revio_sync(sender: RouteSender):  # type: ignore[no-untyped-def]
+    """An opt-out mirror for one Rev.io route (for ``InboundPublisher``)."""
+    provider: Any = sender.provider
+
+    async def sync(change: OptOutChange) -> None:
+        if not change.phone.startswith("+1") or len(change.phone) != 12:
+            return  # Rev.io lists hold 10-digit North American numbers only
+        op = "create" if change.opted_out else "delete"
+        tns = [change.phone]
+        for _ in range(3):
+            result = await sender.call(lambda: provider.build_optout(op, tns),
+                                       lambda resp: provider.parse_optout(op, resp, tns))
+            tns = list(getattr(result, "pending", ()) or ())
+            if not tns:
+                return
+
+    return sync

@@ -1,0 +1,717 @@
+"""MO polling: ThingSpace's acknowledged queue and Ogangi's growing list, into ``sms.inbound``
+exactly once per dedupe key, across crashes and restarts.
+
+This module owns the MO pollers and their durable state. ``Pollers`` runs one poller per
+ThingSpace account (``GET …/sms/{account}/history``) and per Ogangi instance (``getMOMessages``),
+each in its own task; provider or broker outages are logged once per state change and retried
+with backoff, never fatal. ``PollerState`` keeps each poller's state in the compacted
+``sms.poller.state`` topic (key = poller name, value JSON), written one record per batch (so end
+offsets are exact, even on the embedded dev broker) and read back up to its end at start.
+
+Exactly once per dedupe key. A block of MO messages goes through three steps, and a crash at any
+point leaves a state from which a restart converges to "every key once" in ``sms.inbound``:
+
+1. *Intent* (a write-ahead record): the block's not-yet-seen messages, as the ``InboundSms``
+   records to publish, with the end offsets of every ``sms.inbound`` partition taken just before,
+   and the position to move to once they are out (ThingSpace: the block's ``next`` token; Ogangi:
+   the cursor after the page). Saved durably *before* anything is produced.
+2. *Publish* with ``InboundPublisher.publish_mo`` (acks=all): one sender's messages in order
+   (sorted by the provider's timestamp, so a STOP then START from one number lands in that order),
+   different senders concurrently; every produce is awaited.
+3. *Commit*: the new position, the block's keys added to a bounded window of recently seen keys
+   (``seen_window``, default 500), the intent cleared. Only then is the next page requested
+   (for ThingSpace: with the token, which acknowledges the block).
+
+A poller that starts (or recovers from a failed publish) with an intent in its state does not
+guess: it reads ``sms.inbound`` from the intent's offsets to the current end and collects the
+intent's keys already there (the crash came after their produce), publishes the others from the
+intent itself, then commits. Reading from offsets taken *before* the first produce is complete
+whatever the broker batched; stopping once each partition's position reaches its end offset is
+exact on Kafka and also on Tansu, whose ListOffsets answer for multi-record batches is the base
+offset of the last batch + 1 (too low, never too high) and a fetch returns whole batches. The
+seen-key window then drops the block when the provider sends it again (ThingSpace: the
+unacknowledged block; Ogangi: the overlap re-read), and drops a provider's own duplicates (seed
+002: messages may come twice, out of order) as long as they are within the window. Why not the
+simpler "publish, then record the keys": a crash between the two re-publishes the block; why
+not "record, then publish": a crash between them loses it. The write-ahead intent plus the
+read-back is the only order without either gap that works with a non-transactional producer
+(transactions need the idempotent producer, which the dev broker lacks) and with
+``sms.inbound`` keyed by sender (so the dedupe key cannot be the record key).
+
+ThingSpace specifics (PROVIDERS.md §1): a block stays queued until a request carries its token;
+the last block (200, no token) is acknowledged by the next poll, whatever it carries. The token
+to send next is part of the committed state, so after a restart the first request re-sends it:
+if it was already used, the provider answers the current block again (the simulator's rule for a
+retried request) and the dedupe window drops what was published; a refused token (400) is
+dropped and the poll repeated without one. The one window the API leaves open: a last page
+fetched by a request *without* a token, then a crash before its intent is saved (milliseconds),
+then a restart whose poll acknowledges it unseen. PROVIDERS.md assumes the real service may send
+it again; nothing on our side can close that window.
+
+Ogangi specifics (PROVIDERS.md §4): ``getMOMessages`` is a list, not a queue: messages stay, new
+ones appear. It is read with ``ORDER=ASC`` (oldest first, ``page`` from 1), where new messages
+only append, so a page number and index are stable; the cursor is the number of list entries
+consumed. Each poll re-reads from ``cursor - overlap`` (default 20), so a message that lands just
+before the cursor (two messages with the same ``sendDate`` ordered differently, a late insert)
+is still found; the window drops what was already published. If the list shrinks below the
+cursor (the provider dropped old messages), the cursor moves back to ``total - seen_window`` and
+the window again decides. The dedupe key is ``stable_id(from, to, sendDate, text)``.
+
+Both: an MO whose text is an opt-out or opt-in keyword alone (``inbound.optout_*_words``) is
+marked ``optout`` and ``publish_mo`` updates ``sms.optout`` when the sender is a phone number
+(Ogangi; a ``from`` that is not 7-15 digits is kept as given and never opts out). ThingSpace
+senders are devices (``<kind>:<id>``, so a reply is routed to the device): the record says
+``optout`` but the opt-out table, keyed by phone number, is left alone. ``keyword`` is the provider's keyword
+(Ogangi) or the first word, upper-cased.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+import topics
+from connector import metrics
+from connector.config import KafkaSettings, Settings
+from connector.errors import Rejected, Throttled
+from connector.inbound import InboundSms, Keywords, first_word, stable_id
+from connector.kafka import client_options
+from connector.policy import RetryPolicy, backoff
+from connector.providers import ogangi as og
+from connector.providers import thingspace as ts
+from connector.records import Recipient
+from connector.sender import RouteSender
+from connector.streams.publish import InboundPublisher
+
+__all__ = [
+    "InboundLog", "Intent", "MoPoller", "OgangiMoPoller", "PollerState", "Pollers", "SeenKeys",
+    "ThingSpaceMoPoller", "decode_mo", "encode_mo", "fresh_records", "ogangi_inbound",
+    "ogangi_read_plan", "ogangi_reset_cursor", "publish_groups", "retry_delay", "start_callbacks",
+    "thingspace_inbound",
+]
+
+log = logging.getLogger("sms_connector.pollers")
+
+STATE_VERSION = 1
+DEFAULT_SEEN_WINDOW = 500
+OGANGI_PAGE_SIZE = 100
+OGANGI_OVERLAP = 20
+RETRY = RetryPolicy(base_delay_s=1.0, max_delay_s=60.0, max_retry_after_s=300.0)
+SCAN_TIMEOUT_S = 60.0
+
+
+# --------------------------------------------------------------------------------------------
+# Pure parts: records, dedupe, ordering, cursors, backoff
+
+
+def thingspace_inbound(m: ts.MoMessage, keywords: Keywords, now: float) -> InboundSms:
+    """The ``InboundSms`` of one ThingSpace MO (the sender is its device)."""
+    return InboundSms(provider="thingspace", sender=Recipient(device_kind=m.device_kind, device_id=m.device_id),
+                      text=m.text, received_at=now, raw=orjson.dumps(m.raw).decode(), dedupe_key=m.dedupe_key,
+                      keyword=first_word(m.text), occurred_at=m.timestamp, optout=keywords.classify(m.text))
+
+
+def _e164(number: str) -> str | None:
+    digits = number.strip().removeprefix("+")
+    return "+" + digits if digits.isdigit() and 7 <= len(digits) <= 15 else None
+
+
+def ogangi_inbound(m: og.MoMessage, keywords: Keywords, now: float) -> InboundSms:
+    """The ``InboundSms`` of one Ogangi MO (``from`` is the user's number, ``to`` the short code).
+    A sender that is not a number is kept as given and never opts out (the table is by number)."""
+    text = m.text or ""
+    phone = _e164(m.sender or "")
+    raw = {"text": m.text, "from": m.sender, "to": m.to, "encoding": m.encoding, "keyword": m.keyword,
+           "carrier": m.carrier, "sendDate": m.send_date}
+    return InboundSms(provider="ogangi", sender=Recipient(phone=phone or (m.sender or "").strip()), text=text,
+                      received_at=now, raw=orjson.dumps(raw).decode(),
+                      dedupe_key=stable_id(m.sender, m.to, m.send_date, m.text), to=m.to,
+                      keyword=m.keyword or first_word(text), occurred_at=m.send_date,
+                      optout=keywords.classify(text) if phone else None)
+
+
+def encode_mo(mo: InboundSms) -> dict[str, Any]:
+    """An ``InboundSms`` as JSON for the write-ahead intent (``decode_mo`` reverses it exactly)."""
+    return {"provider": mo.provider, "sender": mo.sender.as_json(), "text": mo.text, "received_at": mo.received_at,
+            "raw": mo.raw, "dedupe_key": mo.dedupe_key, "to": mo.to, "keyword": mo.keyword,
+            "occurred_at": mo.occurred_at, "optout": mo.optout}
+
+
+def decode_mo(d: Mapping[str, Any]) -> InboundSms:
+    sender = d["sender"]
+    device = sender.get("device") or {}
+    recipient = (Recipient(phone=sender["phone"]) if "phone" in sender
+                 else Recipient(device_kind=device.get("kind"), device_id=device.get("id")))
+    return InboundSms(provider=d["provider"], sender=recipient, text=d["text"], received_at=float(d["received_at"]),
+                      raw=d["raw"], dedupe_key=d["dedupe_key"], to=d.get("to"), keyword=d.get("keyword"),
+                      occurred_at=d.get("occurred_at"), optout=d.get("optout"))
+
+
+class SeenKeys:
+    """The dedupe keys seen most recently, oldest first, at most ``capacity``. Seeing a key
+    again refreshes it, so a key that keeps coming back is never forgotten."""
+
+    def __init__(self, capacity: int = DEFAULT_SEEN_WINDOW, keys: Iterable[str] = ()) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self.add(keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, keys: Iterable[str]) -> None:
+        for k in keys:
+            self._keys[k] = None
+            self._keys.move_to_end(k)
+        while len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+
+    def to_list(self) -> list[str]:
+        return list(self._keys)
+
+
+def fresh_records(records: Iterable[InboundSms], seen: SeenKeys | Iterable[str]) -> list[InboundSms]:
+    """The records to publish: key not seen, first occurrence in ``records`` only."""
+    out: list[InboundSms] = []
+    taken: set[str] = set()
+    for r in records:
+        if r.dedupe_key in seen or r.dedupe_key in taken:
+            continue
+        taken.add(r.dedupe_key)
+        out.append(r)
+    return out
+
+
+def publish_groups(records: Iterable[InboundSms]) -> list[list[InboundSms]]:
+    """Records grouped by sender (the ``sms.inbound`` key), each group in the provider's time order
+    (stable for equal or missing timestamps); groups in order of first appearance."""
+    groups: dict[bytes, list[InboundSms]] = {}
+    for r in records:
+        groups.setdefault(r.key, []).append(r)
+    return [sorted(g, key=lambda r: r.occurred_at or "") for g in groups.values()]
+
+
+def ogangi_read_plan(cursor: int, per_page: int, overlap: int) -> tuple[int, int]:
+    """(page, index in that page) of the first entry to read: ``overlap`` entries before the
+    cursor, pages numbered from 1."""
+    start = max(0, cursor - max(0, overlap))
+    return start // per_page + 1, start % per_page
+
+
+def ogangi_cursor_after(cursor: int, page: int, per_page: int, count: int) -> int:
+    """The cursor once ``count`` entries of ``page`` have been handled (never moves back)."""
+    return max(cursor, (page - 1) * per_page + count)
+
+
+def ogangi_reset_cursor(cursor: int, total: int, window: int) -> int | None:
+    """A new cursor when the list (``total`` entries) is shorter than the cursor, else None."""
+    if total >= cursor:
+        return None
+    return max(0, total - window)
+
+
+def retry_delay(error: BaseException, attempt: int, policy: RetryPolicy = RETRY,
+                rand: Callable[[], float] = random.random) -> float:
+    """Seconds before polling again after ``attempt`` consecutive failures (>= 1): jittered
+    exponential backoff, at least ``base_delay_s``, at least a provider's ``Retry-After``."""
+    delay = max(policy.base_delay_s, backoff(attempt, policy, rand))
+    if isinstance(error, Throttled) and error.retry_after is not None:
+        delay = max(delay, min(error.retry_after, policy.max_retry_after_s))
+    return delay
+
+
+@dataclass
+class Intent:
+    """The write-ahead record of a block being published."""
+
+    records: list[InboundSms]
+    offsets: dict[int, int]            # sms.inbound partition -> end offset before the first produce
+    after: dict[str, Any]              # the position once every record is out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"records": [encode_mo(r) for r in self.records],
+                "offsets": {str(p): o for p, o in self.offsets.items()}, "after": self.after}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Intent:
+        return cls([decode_mo(r) for r in d["records"]], {int(p): int(o) for p, o in d["offsets"].items()},
+                   dict(d["after"]))
+
+
+@dataclass
+class MoState:
+    """One poller's state: where it is, what it saw recently, and a block in progress."""
+
+    position: dict[str, Any] = field(default_factory=dict)
+    seen: list[str] = field(default_factory=list)
+    intent: Intent | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"v": STATE_VERSION, "position": self.position, "seen": self.seen,
+                "intent": self.intent.as_json() if self.intent else None, "updated_at": time.time()}
+
+    @classmethod
+    def from_json(cls, d: Any) -> MoState:
+        """The state in a stored value; ValueError when it cannot be read."""
+        if not isinstance(d, Mapping) or d.get("v") != STATE_VERSION:
+            raise ValueError(f"not a version {STATE_VERSION} poller state")
+        try:
+            intent = Intent.from_json(d["intent"]) if d.get("intent") else None
+            return cls(dict(d.get("position") or {}), [str(k) for k in d.get("seen") or ()], intent)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"unreadable poller state: {type(exc).__name__}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka: the state topic and the read-back of sms.inbound
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, attempts: int = 100) -> list[TopicPartition]:
+    for _ in range(attempts):
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return [TopicPartition(topic, p) for p in sorted(found)]
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has no partitions (run `sms-connector topics apply`)")
+
+
+def _consumer(kafka: KafkaSettings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False,
+                            auto_offset_reset="earliest")
+
+
+async def _read_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None],
+                       on_record: Callable[[Any], None], timeout_s: float = SCAN_TIMEOUT_S) -> None:
+    """Read each partition from ``start`` (None: its beginning) until its position reaches the
+    end offset taken now. A fetch returns whole batches, so this is complete even where the
+    broker's end offset is the last batch's base offset + 1 (Tansu)."""
+    tps = list(start)
+    consumer.assign(tps)
+    for tp, offset in start.items():
+        if offset is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+    end = await consumer.end_offsets(tps)
+    remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+    deadline = time.monotonic() + timeout_s
+    while remaining:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {sorted({tp.topic for tp in tps})} to its end took over {timeout_s:.0f}s")
+        batch = await consumer.getmany(*remaining, timeout_ms=200, max_records=10000)
+        for records in batch.values():
+            for r in records:
+                on_record(r)
+        remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
+
+
+class PollerState:
+    """The pollers' durable state: compacted ``sms.poller.state``, key = poller name, value JSON.
+
+    ``load`` reads the topic up to its end and keeps the latest value per key. ``save`` writes one
+    record and returns once the broker has it (acks=all); saves never run concurrently, so each
+    record is a batch of its own and end offsets stay exact on any broker."""
+
+    def __init__(self, producer: AIOKafkaProducer, kafka: KafkaSettings, topic: str | None = None) -> None:
+        self.producer = producer
+        self.kafka = kafka
+        self.topic = topic or topics.spec("poller_state").name
+        self.values: dict[str, Any] = {}
+        self.loaded = False
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+
+        def apply(record: Any) -> None:
+            if record.key is None:
+                return
+            name = record.key.decode(errors="replace")
+            if record.value is None:
+                values.pop(name, None)
+                return
+            try:
+                values[name] = orjson.loads(record.value)
+            except orjson.JSONDecodeError:
+                log.warning("unreadable poller state record ignored", extra={"poller": name, "offset": record.offset})
+
+        consumer = _consumer(self.kafka)
+        await consumer.start()
+        try:
+            tps = await _partitions(consumer, self.topic)
+            await _read_to_end(consumer, {tp: None for tp in tps}, apply)
+        finally:
+            await consumer.stop()
+        self.values = values
+        self.loaded = True
+        return dict(values)
+
+    def get(self, name: str) -> Any:
+        return self.values.get(name)
+
+    async def save(self, name: str, value: Any) -> None:
+        data = orjson.dumps(value)
+        async with self._lock:
+            await self.producer.send_and_wait(self.topic, value=data, key=name.encode())
+            self.values[name] = orjson.loads(data)
+
+
+class InboundLog:
+    """``sms.inbound`` as the pollers need it: end offsets before a block, and which of a
+    block's dedupe keys are already in it after a crash."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str | None = None) -> None:
+        self.kafka = kafka
+        self.topic = topic or topics.spec("inbound").name
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tps: list[TopicPartition] = []
+
+    async def start(self) -> None:
+        if self._consumer is None:
+            consumer = _consumer(self.kafka)
+            await consumer.start()
+            try:
+                self._tps = await _partitions(consumer, self.topic)
+            except BaseException:
+                await consumer.stop()
+                raise
+            self._consumer = consumer
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def end_offsets(self) -> dict[int, int]:
+        await self.start()
+        assert self._consumer is not None
+        ends = await self._consumer.end_offsets(self._tps)
+        return {tp.partition: off for tp, off in ends.items()}
+
+    async def find(self, provider: str, keys: Iterable[str], since: Mapping[int, int]) -> set[str]:
+        """Which of ``keys`` (MO records of ``provider``) were written at or after ``since``."""
+        wanted = set(keys)
+        found: set[str] = set()
+
+        def check(record: Any) -> None:
+            try:
+                value = orjson.loads(record.value) if record.value else None
+            except orjson.JSONDecodeError:
+                return
+            if isinstance(value, dict) and value.get("provider") == provider and value.get("dedupe_key") in wanted:
+                found.add(value["dedupe_key"])
+
+        consumer = _consumer(self.kafka)
+        await consumer.start()
+        try:
+            tps = await _partitions(consumer, self.topic)
+            await _read_to_end(consumer, {tp: since.get(tp.partition, 0) for tp in tps}, check)
+        finally:
+            await consumer.stop()
+        return found
+
+
+# --------------------------------------------------------------------------------------------
+# Pollers
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), max(0.0, seconds))
+    except asyncio.TimeoutError:
+        pass
+
+
+class MoPoller:
+    """One provider's MO source: ``poll_once`` fetches and hands blocks to ``deliver``, which
+    runs the intent / publish / commit steps; ``recover`` finishes an interrupted block."""
+
+    provider: ClassVar[str]
+
+    def __init__(self, name: str, sender: RouteSender, state: PollerState, inbound: InboundLog,
+                 publisher: InboundPublisher, *, interval_s: float, keywords: Keywords,
+                 seen_window: int = DEFAULT_SEEN_WINDOW, clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.sender = sender
+        self.state = state
+        self.inbound = inbound
+        self.publisher = publisher
+        self.interval_s = interval_s
+        self.keywords = keywords
+        self.clock = clock
+        self.position: dict[str, Any] = {}
+        self.seen = SeenKeys(seen_window)
+        self.intent: Intent | None = None
+        self.failing: str | None = None       # the current error, for one log line per change
+        self.published = 0
+        self._m_polled = metrics.MO_POLLED.labels(self.provider)
+
+    # -- state ----------------------------------------------------------------------------------
+    def restore(self) -> None:
+        raw = self.state.get(self.name)
+        if raw is None:
+            return
+        try:
+            st = MoState.from_json(raw)
+        except ValueError as exc:
+            log.error("poller state unreadable; starting from scratch", extra={"poller": self.name, "error": str(exc)})
+            return
+        self.position, self.intent = st.position, st.intent
+        self.seen = SeenKeys(self.seen.capacity, st.seen)
+
+    async def save(self) -> None:
+        await self.state.save(self.name, MoState(self.position, self.seen.to_list(), self.intent).as_json())
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self.restore()
+        log.info("MO poller started", extra={"poller": self.name, "route": self.sender.route,
+                                             "interrupted_block": self.intent is not None})
+        attempt = 0
+        while not stop.is_set():
+            try:
+                if self.intent is not None:
+                    await self.recover()
+                more = await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an outage must not end the poller
+                attempt += 1
+                self._failed(exc)
+                await _sleep_unless(stop, retry_delay(exc, attempt))
+                continue
+            if attempt:
+                attempt = 0
+                self._recovered()
+            if not more:
+                await _sleep_unless(stop, self.interval_s)
+
+    def _failed(self, exc: Exception) -> None:
+        what = f"{type(exc).__name__}: {exc}"
+        if what != self.failing:
+            log.warning("MO polling failed; retrying with backoff", extra={"poller": self.name, "error": what})
+        self.failing = what
+
+    def _recovered(self) -> None:
+        if self.failing is not None:
+            log.info("MO polling recovered", extra={"poller": self.name})
+        self.failing = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.failing is None
+
+    async def poll_once(self) -> bool:
+        """Fetch and deliver; True when more is waiting (poll again at once)."""
+        raise NotImplementedError
+
+    # -- exactly once ---------------------------------------------------------------------------
+    async def deliver(self, records: Sequence[InboundSms], after: dict[str, Any]) -> int:
+        """Publish the unseen ``records``, then move to ``after``; returns how many were published."""
+        fresh = fresh_records(records, self.seen)
+        if fresh:
+            self.intent = Intent(fresh, await self.inbound.end_offsets(), dict(after))
+            await self.save()                                   # 1. intent, before any produce
+            await self._publish(fresh)                          # 2. publish (raises on any failure)
+        changed = bool(fresh) or after != self.position
+        self.seen.add(r.dedupe_key for r in records)
+        self.position, self.intent = dict(after), None
+        if changed:
+            await self.save()                                   # 3. commit
+        return len(fresh)
+
+    async def recover(self) -> None:
+        """Finish the block of a saved intent: publish what ``sms.inbound`` does not have yet."""
+        intent = self.intent
+        assert intent is not None
+        keys = [r.dedupe_key for r in intent.records]
+        found = await self.inbound.find(self.provider, keys, intent.offsets)
+        missing = [r for r in intent.records if r.dedupe_key not in found]
+        if missing:
+            await self._publish(missing)
+        self.seen.add(keys)
+        self.position, self.intent = dict(intent.after), None
+        await self.save()
+        log.info("interrupted MO block finished", extra={"poller": self.name, "already_published": len(found),
+                                                         "published_now": len(missing)})
+
+    async def _publish(self, records: Sequence[InboundSms]) -> None:
+        async def in_order(group: list[InboundSms]) -> None:
+            for r in group:
+                await self.publisher.publish_mo(r)
+                self.published += 1
+
+        results = await asyncio.gather(*(in_order(g) for g in publish_groups(records)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+class ThingSpaceMoPoller(MoPoller):
+    """``GET /m2m/v1/sms/{account}/history``: a block is acknowledged by the next request that
+    carries its token, sent only after the block is committed. Position: ``{"token": ...}``."""
+
+    provider = "thingspace"
+    _no_token = False     # "more data" without a token: warned once, until it changes
+
+    @property
+    def config(self) -> ts.ThingSpaceConfig:
+        return self.sender.provider.config  # type: ignore[no-any-return]
+
+    async def poll_once(self) -> bool:
+        token = self.position.get("token")
+        try:
+            page = await self.sender.call(lambda: ts.build_mo_history(self.config, token), ts.parse_mo_history)
+        except Rejected as exc:
+            if token is None:
+                raise
+            log.warning("ThingSpace refused the acknowledgement token; polling without it",
+                        extra={"poller": self.name, "error": str(exc)})
+            self.position = {"token": None}
+            await self.save()
+            return True
+        self._m_polled.inc(len(page.messages))
+        now = self.clock()
+        records = [thingspace_inbound(m, self.keywords, now) for m in page.messages]
+        more = page.has_more and page.next_token is not None
+        if (page.has_more and page.next_token is None) != self._no_token:
+            self._no_token = not self._no_token
+            if self._no_token:
+                log.warning("ThingSpace says more MO data but gives no next token; polling at the interval",
+                            extra={"poller": self.name})
+        await self.deliver(records, {"token": page.next_token if more else None})
+        return more
+
+
+class OgangiMoPoller(MoPoller):
+    """``getMOMessages`` with ``ORDER=ASC``: a cursor (entries consumed) and an overlap re-read.
+    Position: ``{"cursor": n}``."""
+
+    provider = "ogangi"
+
+    def __init__(self, *args: Any, per_page: int = OGANGI_PAGE_SIZE, overlap: int = OGANGI_OVERLAP,
+                 **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        if per_page < 1:
+            raise ValueError("per_page must be at least 1")
+        self.per_page = per_page
+        self.overlap = min(overlap, self.seen.capacity // 2)
+
+    async def poll_once(self) -> bool:
+        provider: og.Ogangi = self.sender.provider  # type: ignore[assignment]
+        cursor = int(self.position.get("cursor") or 0)
+        page_no, skip = ogangi_read_plan(cursor, self.per_page, self.overlap)
+        while True:
+            n = page_no
+            page = await self.sender.call(lambda: provider.build_get_mo_messages(n, self.per_page, {"order": "ASC"}),
+                                          og.parse_get_mo_messages)
+            self._m_polled.inc(len(page.messages))
+            reset = ogangi_reset_cursor(cursor, page.total, self.seen.capacity)
+            if reset is not None:
+                log.warning("Ogangi MO list is shorter than the cursor; reading its tail again",
+                            extra={"poller": self.name, "cursor": cursor, "total": page.total, "new_cursor": reset})
+                self.position = {"cursor": reset}
+                await self.save()
+                return True
+            now = self.clock()
+            records = [ogangi_inbound(m, self.keywords, now) for m in page.messages[skip:]]
+            cursor = ogangi_cursor_after(cursor, page_no, self.per_page, len(page.messages))
+            await self.deliver(records, {"cursor": cursor})
+            if not page.messages or not page.more_after(page_no, self.per_page):
+                return False
+            page_no, skip = page_no + 1, 0
+
+
+async def start_callbacks(sender: RouteSender) -> bool:
+    """``PUT …/sms/{account}/startCallbacks`` on a ThingSpace route: queued MO go to the callback."""
+    config = sender.provider.config
+    return await sender.call(lambda: ts.build_start_callbacks(config), ts.parse_start_callbacks)
+
+
+class Pollers:
+    """Every MO poller of the configured routes: one per ThingSpace account, one per Ogangi
+    instance (routes sharing one get a single poller), each in its own task."""
+
+    def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], producer: AIOKafkaProducer,
+                 publisher: InboundPublisher, *, seen_window: int = DEFAULT_SEEN_WINDOW) -> None:
+        self.settings = settings
+        self.state = PollerState(producer, settings.kafka)
+        self.inbound = InboundLog(settings.kafka)
+        inbound = settings.inbound
+        keywords = Keywords.parse(inbound.optout_stop_words, inbound.optout_start_words)
+        self.pollers: list[MoPoller] = []
+        names: set[str] = set()
+        for route, sender in senders.items():
+            kind: type[MoPoller]
+            if sender.provider.name == ThingSpaceMoPoller.provider:
+                kind, name = ThingSpaceMoPoller, f"thingspace-mo:{sender.provider.config.account_name}"
+            elif sender.provider.name == OgangiMoPoller.provider:
+                kind, name = OgangiMoPoller, f"ogangi-mo:{sender.provider.config.instance_id}"
+            else:
+                continue
+            if name in names:
+                log.info("route shares an MO source with another route; not polled twice",
+                         extra={"route": route, "poller": name})
+                continue
+            names.add(name)
+            self.pollers.append(kind(name, sender, self.state, self.inbound, publisher,
+                                     interval_s=inbound.mo_poll_interval_s, keywords=keywords,
+                                     seen_window=seen_window))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    @property
+    def ready(self) -> bool:
+        """State loaded and every poller running (a failing provider is retried, still running)."""
+        return self._started and all(not t.done() for t in self._tasks)
+
+    def health(self) -> dict[str, Any]:
+        return {p.name: {"healthy": p.healthy, "error": p.failing, "published": p.published} for p in self.pollers}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.pollers:
+            log.info("no ThingSpace or Ogangi route: no MO poller")
+            self._started = True
+            await stop.wait()
+            return
+        attempt, failing = 0, None
+        while not stop.is_set():
+            try:
+                await self.state.load()
+                await self.inbound.start()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the broker may come up later
+                attempt += 1
+                what = f"{type(exc).__name__}: {exc}"
+                if what != failing:
+                    log.warning("poller state could not be loaded; retrying", extra={"error": what})
+                failing = what
+                await _sleep_unless(stop, retry_delay(exc, attempt))
+        if stop.is_set():
+            return
+        self._tasks = [asyncio.create_task(p.run(stop), name=p.name) for p in self.pollers]
+        self._started = True
+        log.info("MO pollers running", extra={"pollers": [p.name for p in self.pollers]})
+        try:
+            await stop.wait()
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.inbound.stop()
