@@ -24,15 +24,18 @@ dev: $(STAMP)
 	$(BIN)/sms-connector dev --demo $(DEMO)
 
 test: $(STAMP)
+	bash scripts/install-prometheus.sh
 	$(BIN)/pytest -q
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit tests/contract
 
 integration: $(STAMP)
+	bash scripts/install-prometheus.sh
 	$(BIN)/pytest -q tests/integration tests/e2e
 
 faults: $(STAMP)
+	bash scripts/install-prometheus.sh
 	SMS_CONNECTOR_FAULTS=full $(BIN)/pytest -q -s -m "integration" tests/integration
 
 bench: $(STAMP)

@@ -35,8 +35,8 @@ How a dispatch scenario is measured (``single``, ``latency50``, ``batch``):
    target gets a closing note made of these.
 
 On the embedded broker (Tansu) an idle fetch is answered only when the consumer's
-``fetch_max_wait_ms`` expires (aiokafka default 500 ms) instead of when data arrives, so p50 / p99
-there are dominated by the broker, not the worker; on Kafka they are not.
+``fetch_max_wait_ms`` expires (the worker's ``kafka.fetch_max_wait_ms``, 100 ms by default) instead
+of when data arrives, so p50 / p99 there are bounded below by it; on Kafka they are not.
 
 ``soak`` feeds ``soak_records`` (1M) records while the worker runs (backlog kept under 50,000),
 samples the worker's RSS every 2 s, and reports the peak, the slope over the second half and
@@ -151,7 +151,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         notes.append("p50/p99: result record timestamp - input record timestamp at a steady offered rate of "
                      "half the measured throughput (callbacks: HTTP round trip to the 2xx)."
                      + (" On the embedded broker an idle fetch is answered only when the consumer's "
-                        "fetch_max_wait_ms (500 ms) expires, which dominates these figures." if
+                        "kafka.fetch_max_wait_ms (100 ms by default) expires, which bounds these figures." if
                         any(r.get("broker") == "embedded" for r in results) else ""))
     if notes:
         out += ["", *notes]

@@ -92,6 +92,8 @@ class KafkaSettings:
                                        minimum=6, maximum=300)
     request_timeout_s: float = setting(30.0, doc="Broker request timeout.", minimum=1, maximum=300)
     idempotent_producer: bool = setting(True, doc="Idempotent producer (no duplicate result records on produce retries). Turn off only for brokers without it (the embedded dev broker).")
+    fetch_max_wait_ms: int = setting(100, doc="How long a fetch waits for data on an idle partition: lower means "
+                                                  "lower latency at low traffic, more requests.", minimum=1, maximum=10000)
     linger_ms: int = setting(5, doc="Producer linger: results are produced in batches.", minimum=0, maximum=1000)
 
 

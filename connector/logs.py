@@ -31,6 +31,8 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
         return orjson.dumps(out, default=str).decode()
 
 
@@ -44,6 +46,8 @@ class ConsoleFormatter(logging.Formatter):
             line += f"  {extras}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            line += "\n" + record.exc_text
         return line
 
 
@@ -52,14 +56,23 @@ class RedactSecrets(logging.Filter):
         super().__init__()
         self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
 
+    def _redact(self, text: str) -> str:
+        for s in self.secrets:
+            if s in text:
+                text = text.replace(s, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
-        msg = record.getMessage()
-        for s in self.secrets:
-            if s in msg:
-                msg = msg.replace(s, "***")
+        msg = self._redact(record.getMessage())
         record.msg, record.args = msg, None
+        if record.exc_info:
+            # Tracebacks are formatted separately by the formatters: redact the formatted text.
+            record.exc_text = self._redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
         for key, value in list(record.__dict__.items()):
             if key not in _STANDARD and isinstance(value, str):
                 for s in self.secrets:

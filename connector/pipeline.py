@@ -53,11 +53,11 @@ class Pipeline:
             return Terminal("dlq", None, exc.reason, exc.message, exc.field)
         o = Outcome(msg=msg, received_at=timestamp_ms / 1000)
         try:
-            if msg.expires_at is not None and msg.expires_at <= time.time():
-                raise Expired(f"expired at {iso(msg.expires_at)} before it could be sent", field="expires_at")
             o.route = self.router.choose(msg)
             sender = self.senders[o.route]
             o.provider = sender.provider.name
+            if msg.expires_at is not None and msg.expires_at <= time.time():
+                raise Expired(f"expired at {iso(msg.expires_at)} before it could be sent", field="expires_at")
             if msg.recipient.phone is not None and msg.recipient.phone in self.optouts:
                 metrics.OPTOUT_SUPPRESSED.labels(o.route).inc()
                 raise OptedOut("the recipient opted out (sms.optout); not sent", field="recipient")

@@ -167,10 +167,22 @@ def encode_outbound(msg: OutboundSms) -> bytes:
     return orjson.dumps(data)
 
 
+_iso_second = -1
+_iso_prefix = ""
+
+
 def iso(ts: float) -> str:
-    """Epoch seconds -> RFC 3339 UTC with milliseconds."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    """Epoch seconds -> RFC 3339 UTC with milliseconds. Formats each second once (hot path: every
+    result record carries three timestamps)."""
+    global _iso_second, _iso_prefix
+    second = int(ts // 1)
+    micros = round((ts - second) * 1_000_000)   # as datetime does: to the microsecond, then truncate
+    if micros >= 1_000_000:
+        second, micros = second + 1, 0
+    if second != _iso_second:
+        _iso_prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _iso_second = second
+    return f"{_iso_prefix}.{micros // 1000:03d}Z"
 
 
 @dataclass(slots=True)

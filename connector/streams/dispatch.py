@@ -67,6 +67,7 @@ class Dispatcher:
         self._active: dict[TopicPartition, int] = {}     # records of a partition being processed
         self._chains: dict[tuple[int, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._partitions: dict[str, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.started = asyncio.Event()
@@ -100,8 +101,11 @@ class Dispatcher:
             session_timeout_ms=int(k.session_timeout_s * 1000),
             heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)),
             request_timeout_ms=int(k.request_timeout_s * 1000) + int(k.session_timeout_s * 1000),
-            max_poll_interval_ms=300_000, max_partition_fetch_bytes=1024 * 1024)
+            max_poll_interval_ms=300_000, max_partition_fetch_bytes=1024 * 1024,
+            fetch_max_wait_ms=k.fetch_max_wait_ms)
         await self._producer.start()
+        for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq):
+            self._partitions[topic] = len(await self._producer.partitions_for(topic))
         try:
             self._consumer.subscribe([self.topic_in], listener=_Listener(self))
             await self._consumer.start()
@@ -211,13 +215,21 @@ class Dispatcher:
         here the input is not finished until its terminal record is durable."""
         assert self._producer is not None
         topic, value, headers = self._record(rec, t)
+        # The input's partition number (modulo the output's count): the same key stays on one
+        # partition, in order, and the pure-Python key hash is skipped on the hot path.
+        partition = rec.partition % self._partitions.get(topic, 1)
         delay = 0.1
         while True:
             try:
-                futures = [await self._producer.send(topic, value=value, key=rec.key, headers=headers)]
-                for key, corr in t.correlations:
-                    futures.append(await self._producer.send(self.topic_correlation, value=corr, key=key))
-                await asyncio.gather(*futures)
+                fut = await self._producer.send(topic, value=value, key=rec.key, headers=headers,
+                                                partition=partition)
+                if t.correlations:
+                    # keyed by correlation key with the default partitioner: co-partitioned with receipts
+                    futures = [fut] + [await self._producer.send(self.topic_correlation, value=corr, key=key)
+                                       for key, corr in t.correlations]
+                    await asyncio.gather(*futures)
+                else:
+                    await fut
                 return
             except KafkaError as exc:
                 metrics.PRODUCE_ERRORS.labels(topic).inc()

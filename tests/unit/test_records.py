@@ -111,3 +111,13 @@ def test_decodes_a_device_selection() -> None:
 def test_bad_selections_are_dead_letters(sel: dict[str, object]) -> None:
     with pytest.raises(InvalidRecord):
         decode_outbound(dumps({**GOOD, "recipient": {"selection": sel}}))
+
+
+@pytest.mark.parametrize("ts", [0.0, 1.0, 1.999, 1700000000.123, 1893456000.5, 1893456000.0009])
+def test_iso_matches_the_standard_library(ts: float) -> None:
+    from datetime import datetime, timezone
+
+    from connector.records import iso
+
+    expected = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso(ts) == expected

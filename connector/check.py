@@ -1,0 +1,579 @@
+"""``sms-connector check [--config FILE] [--connect]``: is this configuration ready to run?
+
+Without ``--connect`` nothing leaves the machine: the configuration is loaded exactly as the
+worker loads it (``config.load``: types, ranges, choices, routes, routing rules, every referenced
+secret resolved) and each problem becomes a failed row that says what to fix. A few things the
+worker accepts but that are probably not meant (a ``batch_max`` above what the provider takes,
+``segment_policy = split`` on a provider that cannot split, ...) are warnings. The effective
+settings follow, with where each comes from (default, file, env) and secrets redacted.
+
+``--connect`` also reaches out, with a short timeout per step, and never sends a message:
+
+- Kafka: ``kafka.check_topics`` with the configured security settings: bootstrap and metadata
+  requests to ``kafka.bootstrap_servers``, then every topic of the contract must exist with at
+  least its partition count. Bounded by ``--timeout``; a failure to connect (refused, TLS, SASL,
+  no answer in time) is "broker unreachable". (Kafka clients are only used through
+  ``connector.kafka`` here, as the module boundaries want.)
+- Each route authenticates, nothing else:
+
+  * providers with a login (ThingSpace: OAuth token + M2M session; Rev.io: ``Sessions_Create``)
+    run their login requests (``Auth.login_requests`` / ``handle_login``) through the route's own
+    transport. A Rev.io route with ``use_sessions = false`` still gets one ``Sessions_Create``:
+    it only checks the credentials. One login attempt per run: ThingSpace locks an account after
+    five refused logins, so fix a refused password before running ``check`` again.
+  * SMPP REST (a static bearer key; the API has no read endpoint): an **empty** ``Messages[]``
+    batch is POSTed. It sends nothing. The gateway authenticates before it validates (ServiceStack
+    runs its authentication filter before validation; assumed for the real gateway, true of the
+    simulator), so 400 (``'Messages' must not be empty``) means the key was accepted, 401/403
+    that it was refused. A 200 (a gateway that accepts an empty batch) is also a pass.
+  * Ogangi (a signature per call): ``getMOMessages`` page 1 with one result, a signed read-only
+    call. ``OK`` means key, signature form and instance id are right; ``BAD_SIGNATURE`` that the
+    private or public key (or ``signature_encoding`` / ``signature_covers``) is wrong.
+  * any other provider whose credentials are static: "not checkable without sending" (skipped).
+
+The exit status is 1 when any row failed (warnings and skips do not fail), else 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Mapping
+
+import click
+
+from connector.config import ENV_PREFIX, ConfigError, Secret, Settings, load, redacted
+
+__all__ = ["CheckReport", "CheckRow", "Status", "check_command", "config_rows", "problem_row", "render",
+           "run_check"]
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+class Status(str, enum.Enum):
+    OK = "ok"
+    WARN = "warn"
+    SKIP = "skip"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    area: str          # "config", "kafka", "topics", "route <name>"
+    item: str          # the setting path, "broker", a topic name, "credentials", ...
+    status: Status
+    detail: str        # what was found; for a failure, what to fix
+
+    @property
+    def failed(self) -> bool:
+        return self.status is Status.FAIL
+
+
+@dataclass
+class CheckReport:
+    rows: list[CheckRow] = field(default_factory=list)
+    settings: dict[str, Any] | None = None               # redacted; None when the config is invalid
+    sources: dict[str, str] = field(default_factory=dict)  # setting path -> default | file | env
+    config_file: str | None = None
+    connected: bool = False
+
+    @property
+    def failures(self) -> list[CheckRow]:
+        return [r for r in self.rows if r.failed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.rows if r.status is status)
+
+    def settings_rows(self) -> list[tuple[str, str, str]]:
+        """(path, value, source) for every effective setting; routes as ``routes.<name>.<field>``."""
+        if self.settings is None:
+            return []
+        out: list[tuple[str, str, str]] = []
+        for section, values in self.settings.items():
+            if section == "routes":
+                for name, route in values.items():
+                    merged = {**route["common"], **(route["provider"] or {})}
+                    for key, value in merged.items():
+                        path = f"routes.{name}.{key}"
+                        out.append((path, _show(value), self.sources.get(path, "default")))
+                continue
+            for key, value in values.items():
+                path = f"{section}.{key}"
+                out.append((path, _show(value), self.sources.get(path, "default")))
+        return out
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration problems -> rows that say what to fix
+
+
+def env_name(path: str) -> str:
+    """The environment variable of a setting path: ``routes.smpp.api_key`` ->
+    ``SMS_CONNECTOR_ROUTES__SMPP__API_KEY``."""
+    return ENV_PREFIX + "__".join(p.upper() for p in path.split("."))
+
+
+_FIXES: list[tuple[re.Pattern[str], Callable[[str, re.Match[str]], str]]] = [
+    (re.compile(r"refers to environment variable (\S+), which is not set"),
+     lambda p, m: f"set {m[1]} in the connector's environment (e.g. from a Kubernetes Secret), "
+                  f"or point {p} at another env:NAME or file:/path"),
+    (re.compile(r"cannot read secret file (\S+?):"),
+     lambda p, m: f"mount the secret at {m[1]} (and make it readable), or correct {p}"),
+    (re.compile(r"^required \((.*)\)$"),
+     lambda p, m: f"set {p} in the config file or {env_name(p)}" + (f" ({m[1]})" if m[1] else "")),
+    (re.compile(r"expected a table of settings"),
+     lambda p, m: f"make {p} a TOML table ([{p}]) of settings"),
+    (re.compile(r"^expected (\w+), got (.*)$"),
+     lambda p, m: f"give {p} a value of type {m[1]} (config file or {env_name(p)})"),
+    (re.compile(r"is not one of (.+)$"),
+     lambda p, m: f"set {p} to one of: {m[1]}"),
+    (re.compile(r"is out of range \[(\S+), (\S+)\]$"),
+     lambda p, m: f"set {p} to a value " + (
+         f"between {m[1]} and {m[2]}" if m[1] != "None" and m[2] != "None" else
+         f"of at least {m[1]}" if m[1] != "None" else f"of at most {m[2]}")),
+    (re.compile(r"unknown setting \(known: (.+)\)$"),
+     lambda p, m: f"remove {p} or correct its spelling (known here: {m[1]})"),
+    (re.compile(r"unknown section \(known: (.+)\)$"),
+     lambda p, m: f"remove the [{p}] section or correct its name (known: {m[1]})"),
+    (re.compile(r"is not a provider \(known: (.+)\)$"),
+     lambda p, m: f"set {p} to one of: {m[1]}"),
+    (re.compile(r"^unknown route '(.+)' \(configured: (.+)\)$"),
+     lambda p, m: f"add a [routes.{m[1]}] section, or set {p} to one of the configured routes: {m[2]}"),
+    (re.compile(r"^(\S+)=(\S+): unknown route"),
+     lambda p, m: f"add a [routes.{m[2]}] section, or change the rule {m[1]}={m[2]} in {p}"),
+    (re.compile(r"is not PREFIX=ROUTE"),
+     lambda p, m: f"write {p} as PREFIX=ROUTE rules separated by commas, e.g. +1=revio,+58=ogangi"),
+    (re.compile(r"not valid TOML"),
+     lambda p, m: "fix the TOML syntax at the position shown"),
+    (re.compile(r"^config file "),
+     lambda p, m: "check the path given with --config or SMS_CONNECTOR_CONFIG"),
+]
+
+
+def problem_row(problem: str) -> CheckRow:
+    """One ``ConfigError`` problem (``path: message``) as a failed row with a fix."""
+    if problem.startswith("config file "):
+        path, message = "config file", problem
+        name, sep, rest = problem[len("config file "):].partition(": ")
+        if sep:
+            path, message = f"config file {name}", rest
+    else:
+        path, sep, message = problem.partition(": ")
+        if not sep:
+            path, message = "config", problem
+    fix = next((fn(path, m) for pattern, fn in _FIXES
+                if (m := pattern.search(message if not problem.startswith("config file ") else problem))), None)
+    fix = fix or f"correct {path}"
+    return CheckRow("config", path, Status.FAIL, f"{message.rstrip('.')}. Fix: {fix}")
+
+
+def config_rows(settings: Settings) -> list[CheckRow]:
+    """Rows for a configuration ``config.load`` accepted: one per route, plus warnings for what
+    the worker accepts but is probably not meant."""
+    from connector.providers import REGISTRY
+
+    rows: list[CheckRow] = [CheckRow("config", "settings", Status.OK,
+                                     f"valid: {len(settings.routes)} route(s)")]
+    if not settings.routes:
+        rows.append(CheckRow("config", "routes", Status.FAIL,
+                             "no routes configured: the worker refuses to dispatch. Fix: add a [routes.NAME] "
+                             "section with a provider and its credentials (see `sms-connector worker --help`)"))
+    elif len(settings.routes) > 1 and not settings.routing.default_route:
+        rows.append(CheckRow("config", "routing.default_route", Status.WARN,
+                             f"empty with {len(settings.routes)} routes: records that name no route and match "
+                             f"no rule fail with reason invalid. Fix: set routing.default_route"))
+    for name, route in settings.routes.items():
+        c = route.common
+        provider = REGISTRY[c.provider]
+        rows.append(CheckRow(f"route {name}", "config", Status.OK,
+                             f"provider {c.provider}, base_url {getattr(route.provider, 'base_url', '')}, "
+                             f"concurrency {c.concurrency}, batch_max {c.batch_max}"))
+        if c.batch_max > provider.max_batch:
+            rows.append(CheckRow(f"route {name}", f"routes.{name}.batch_max", Status.WARN,
+                                 f"{c.batch_max} but {provider.title} takes at most {provider.max_batch} "
+                                 f"message(s) per request: {provider.max_batch} is used. "
+                                 f"Fix: set routes.{name}.batch_max to at most {provider.max_batch}"))
+        if c.concurrency > settings.http.provider_max_connections:
+            rows.append(CheckRow(f"route {name}", f"routes.{name}.concurrency", Status.WARN,
+                                 f"{c.concurrency} calls in flight but http.provider_max_connections is "
+                                 f"{settings.http.provider_max_connections}: calls beyond it wait for a "
+                                 f"connection. Fix: lower one or raise the other"))
+        if c.segment_policy == "split" and not provider.can_split:
+            rows.append(CheckRow(f"route {name}", f"routes.{name}.segment_policy", Status.WARN,
+                                 f"split, but {provider.title} cannot split: every multi-segment message "
+                                 f"fails as invalid. Fix: use whole or reject"))
+    return rows
+
+
+def _file_values(config_file: str | None) -> dict[str, Any]:
+    """Every ``section.key`` / ``routes.name.key`` the TOML file sets, with its raw value."""
+    if not config_file:
+        return {}
+    try:
+        raw = tomllib.loads(Path(config_file).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    out: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, Mapping):
+                walk(v, path)
+            else:
+                out[path] = v
+    walk(raw, "")
+    return out
+
+
+def _same(value: Any, raw: Any) -> bool:
+    """Whether an effective value is what ``raw`` (a file value or a default) gives."""
+    if isinstance(value, Secret):
+        return isinstance(raw, str) and raw in (value.source, value.value)
+    if isinstance(raw, Secret) or value is None or raw is None:
+        return value is raw or (value == raw)
+    if isinstance(value, bool):
+        return value == (raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on"))
+    if isinstance(value, (int, float)):
+        try:
+            return float(raw) == float(value)
+        except (TypeError, ValueError):
+            return False
+    return str(raw) == str(value)
+
+
+def _sources(config_file: str | None, settings: Settings) -> dict[str, str]:
+    """Where each effective setting comes from: ``file``, ``env`` or ``default``.
+
+    Derived from the values (only ``config`` reads the environment): a value the file sets is
+    ``file``; a default value is ``default``; anything else can only have come from the
+    environment. An environment variable that repeats the file's or the default value shows as
+    that source, which is the same effective value."""
+    in_file = _file_values(config_file)
+    objects: list[tuple[str, Any]] = [(section, getattr(settings, section)) for section in
+                                      ("kafka", "dispatch", "http", "log", "routing", "callbacks", "inbound")]
+    for name, route in settings.routes.items():
+        objects += [(f"routes.{name}", route.common), (f"routes.{name}", route.provider)]
+    out: dict[str, str] = {}
+    for prefix, obj in objects:
+        for f in dataclasses.fields(obj):
+            path, value = f"{prefix}.{f.name}", getattr(obj, f.name)
+            if path in in_file:
+                out[path] = "file" if _same(value, in_file[path]) else "env"
+            elif f.default is not dataclasses.MISSING and _same(value, f.default):
+                out[path] = "default"
+            else:
+                out[path] = "env"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Reaching out (--connect)
+
+
+def _err(exc: BaseException) -> str:
+    text, name = str(exc), type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+async def check_kafka(settings: Settings, timeout: float) -> list[CheckRow]:
+    """Reach the brokers (bootstrap + metadata) and check the topics of the contract
+    (``kafka.check_topics``), all within ``timeout``."""
+    from connector.kafka import check_topics
+
+    k = settings.kafka
+    where = k.bootstrap_servers
+    fix = ("check kafka.bootstrap_servers / security settings (kafka.security_protocol, sasl_*, ssl_*) and that "
+           "the brokers are reachable from here")
+    try:
+        states = await asyncio.wait_for(check_topics(k), timeout)
+    except asyncio.TimeoutError:
+        return [CheckRow("kafka", "broker", Status.FAIL,
+                         f"broker unreachable at {where}: no answer within {timeout:g}s. Fix: {fix}")]
+    except Exception as exc:  # noqa: BLE001 - connection, SASL, TLS, authorization: report, never a traceback
+        return [CheckRow("kafka", "broker", Status.FAIL, f"broker unreachable at {where}: {_err(exc)}. Fix: {fix}")]
+    rows = [CheckRow("kafka", "broker", Status.OK, f"reachable at {where} (metadata answered)")]
+    bad = [s for s in states if not s.ok]
+    for s in bad:
+        what = "missing" if not s.exists else f"{s.partitions} partitions, the contract says {s.expected_partitions}"
+        rows.append(CheckRow("topics", s.name, Status.FAIL,
+                             f"{what}. Fix: run `sms-connector topics apply` (or create it with at least "
+                             f"{s.expected_partitions} partitions)"))
+    if not bad:
+        rows.append(CheckRow("topics", "contract", Status.OK,
+                             f"all {len(states)} topics exist with their partition counts"))
+    return rows
+
+
+def credentials_hint(route: str, provider: str) -> str:
+    """Which settings hold a route's credentials, for "what to fix"."""
+    r = f"routes.{route}."
+    return {
+        "smpp_rest": f"{r}api_key",
+        "ogangi": f"{r}private_key and {r}public_key (then {r}signature_encoding / {r}signature_covers)",
+        "revio": f"{r}username, {r}password and {r}client",
+        "thingspace": f"{r}client_id / {r}client_secret (OAuth) and {r}username / {r}password (M2M session)",
+    }.get(provider, f"the credentials of routes.{route}")
+
+
+async def check_route(name: str, sender: Any, timeout: float) -> CheckRow:
+    """Authenticate through one route without sending anything (module docstring)."""
+    from connector.errors import AuthFailed, ProviderError, Retriable
+
+    area = f"route {name}"
+    provider = sender.provider
+    creds = credentials_hint(name, provider.name)
+    base_url = getattr(provider.config, "base_url", "")
+    try:
+        return await asyncio.wait_for(_authenticate(area, sender), timeout)
+    except asyncio.TimeoutError:
+        return CheckRow(area, "credentials", Status.FAIL,
+                        f"{base_url} did not answer within {timeout:g}s. Fix: check routes.{name}.base_url and "
+                        f"that the provider is reachable from here")
+    except AuthFailed as exc:
+        extra = (" ThingSpace locks an account after five refused logins: fix it before running check again"
+                 if provider.name == "thingspace" else "")
+        return CheckRow(area, "credentials", Status.FAIL,
+                        f"credentials refused: {exc.message.rstrip('.')}. Fix: check {creds}.{extra}".rstrip("."))
+    except Retriable as exc:
+        return CheckRow(area, "credentials", Status.FAIL,
+                        f"cannot reach the provider: {exc.message.rstrip('.')}. Fix: check routes.{name}.base_url "
+                        f"({base_url}) and the network path; try again if the provider is overloaded")
+    except ProviderError as exc:
+        return CheckRow(area, "credentials", Status.FAIL,
+                        f"the provider refused the check call: {exc.message.rstrip('.')}. "
+                        f"Fix: check routes.{name}.base_url and {creds}")
+    except Exception as exc:  # noqa: BLE001 - one route's surprise must not hide the others' results
+        return CheckRow(area, "credentials", Status.FAIL,
+                        f"the check itself failed: {_err(exc)}. Fix: check routes.{name}.* against "
+                        f"`sms-connector worker --help`")
+
+
+async def _authenticate(area: str, sender: Any) -> CheckRow:
+    from connector.errors import AuthFailed, for_http_status
+    from connector.providers import ogangi, revio
+
+    provider = sender.provider
+    auth = provider.auth
+    transport = sender.transport
+    if provider.name == "smpp_rest":
+        request = auth.apply(provider.build_send([]))       # {"Messages": []}: nothing to send
+        response = await transport.send(request)
+        if response.status in (400, 200):
+            return CheckRow(area, "credentials", Status.OK,
+                            f"API key accepted (an empty Messages[] batch answered HTTP {response.status}; "
+                            f"nothing sent)")
+        if response.status in (401, 403):
+            raise AuthFailed(f"SMPP REST API answered HTTP {response.status} to the API key")
+        raise for_http_status(response.status, f"SMPP REST API answered HTTP {response.status}",
+                              retry_after=response.header("Retry-After"))
+    if provider.name == "ogangi":
+        response = await transport.send(auth.apply(provider.build_get_mo_messages(page=1, results_per_page=1)))
+        ogangi.parse_get_mo_messages(response)
+        return CheckRow(area, "credentials", Status.OK,
+                        "signature accepted (getMOMessages page 1, one result: a read-only call)")
+    if provider.name == "revio" and not provider.config.use_sessions:
+        response = await transport.send(revio.build_sessions_create(provider.config))
+        revio.parse_sessions_create(response)
+        return CheckRow(area, "credentials", Status.OK,
+                        "Sessions_Create accepted the credentials (use_sessions is off: they go in each request)")
+    if not auth.ready:
+        steps = 0
+        for request in auth.login_requests():
+            response = await transport.send(request)
+            auth.handle_login(request, response)
+            steps += 1
+        fallback = getattr(auth, "fallback_reason", None)
+        if fallback:
+            return CheckRow(area, "credentials", Status.WARN,
+                            f"no session could be had ({fallback}): credentials go in each request and cannot be "
+                            f"checked without sending")
+        if not auth.ready:
+            return CheckRow(area, "credentials", Status.FAIL,
+                            "the login finished without a usable session. Fix: check the credentials")
+        what = {"revio": "Sessions_Create gave a session key",
+                "thingspace": "OAuth access token and M2M session token received"}.get(
+            provider.name, f"{steps} login request(s) accepted")
+        return CheckRow(area, "credentials", Status.OK, f"logged in: {what} (nothing sent)")
+    return CheckRow(area, "credentials", Status.SKIP,
+                    f"{provider.title} uses static credentials and has no read-only call: not checkable "
+                    f"without sending")
+
+
+async def check_routes(settings: Settings, timeout: float) -> list[CheckRow]:
+    from connector.app import build_senders
+
+    senders = build_senders(settings)
+    try:
+        return list(await asyncio.gather(*(check_route(n, s, timeout) for n, s in senders.items())))
+    finally:
+        for s in senders.values():
+            await s.aclose()
+            await s.transport.aclose()
+
+
+# --------------------------------------------------------------------------------------------
+# The check
+
+
+async def run_check(config_file: str | None, connect: bool, environ: Mapping[str, str] | None = None,
+                    timeout: float = DEFAULT_TIMEOUT_S) -> CheckReport:
+    """Validate the configuration and, with ``connect``, reach Kafka and authenticate every
+    route (nothing is sent). Never raises for a bad configuration: every problem is a row."""
+    if not config_file and environ is not None:      # None: config.load reads the process environment
+        config_file = environ.get(ENV_PREFIX + "CONFIG") or None
+    report = CheckReport(config_file=config_file, connected=connect)
+    try:
+        settings = load(config_file, environ)
+    except ConfigError as exc:
+        report.rows += [problem_row(p) for p in exc.problems]
+        if connect:
+            report.rows.append(CheckRow("connect", "skipped", Status.SKIP,
+                                        "not attempted: fix the configuration first"))
+        return report
+    report.settings = redacted(settings)
+    report.sources = _sources(config_file, settings)
+    report.rows += config_rows(settings)
+    if connect:
+        kafka_rows, route_rows = await asyncio.gather(check_kafka(settings, timeout),
+                                                      check_routes(settings, timeout))
+        report.rows += kafka_rows + route_rows
+    order = {"config": 0, "kafka": 1, "topics": 2, **{f"route {n}": 3 + i for i, n in enumerate(settings.routes)}}
+    report.rows.sort(key=lambda r: order.get(r.area, 3 + len(order)))   # stable: each route's rows together
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+_MARK = {Status.OK: ("OK", "green"), Status.WARN: ("WARN", "yellow"), Status.SKIP: ("SKIP", "dim"),
+         Status.FAIL: ("FAIL", "bold red")}
+
+
+def summary_line(report: CheckReport) -> str:
+    parts = [f"{report.count(Status.FAIL)} failed", f"{report.count(Status.WARN)} warning(s)",
+             f"{report.count(Status.OK)} ok"]
+    if report.count(Status.SKIP):
+        parts.append(f"{report.count(Status.SKIP)} skipped")
+    verdict = "ready" if report.ok else "NOT ready"
+    scope = "configuration and connections" if report.connected else "configuration (use --connect to reach out)"
+    return f"{verdict}: {', '.join(parts)}; checked {scope}"
+
+
+def render(report: CheckReport, file: IO[str] | None = None, *, plain: bool | None = None,
+           show_settings: bool = True, width: int | None = None) -> None:
+    """Write the report: rich tables on a terminal, plain aligned text otherwise (or ``plain``)."""
+    file = file if file is not None else sys.stdout
+    if plain is None:
+        plain = not (hasattr(file, "isatty") and file.isatty())
+    if plain:
+        file.write(render_plain(report, show_settings=show_settings))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file, width=width, highlight=False, soft_wrap=False)
+    table = Table(title="sms-connector check", title_justify="left", expand=False)
+    table.add_column("status", no_wrap=True)
+    table.add_column("area", no_wrap=True)
+    table.add_column("check", overflow="fold")
+    table.add_column("result", overflow="fold")
+    for r in report.rows:
+        label, style = _MARK[r.status]
+        table.add_row(f"[{style}]{label}[/]", r.area, r.item, r.detail)
+    console.print(table)
+    if show_settings and report.settings is not None:
+        st = Table(title="Effective settings (secrets redacted)", title_justify="left")
+        st.add_column("setting", no_wrap=True)
+        st.add_column("value", overflow="fold")
+        st.add_column("source", no_wrap=True)
+        for path, value, source in report.settings_rows():
+            st.add_row(path, value, source if source == "default" else f"[bold]{source}[/]")
+        console.print(st)
+    console.print(f"[{'green' if report.ok else 'bold red'}]{summary_line(report)}[/]")
+
+
+def render_plain(report: CheckReport, *, show_settings: bool = True) -> str:
+    lines: list[str] = []
+    w_area = max([len(r.area) for r in report.rows] + [4])
+    w_item = max([len(r.item) for r in report.rows] + [5])
+    for r in report.rows:
+        lines.append(f"{_MARK[r.status][0]:4}  {r.area:{w_area}}  {r.item:{w_item}}  {r.detail}")
+    if show_settings and report.settings is not None:
+        rows = report.settings_rows()
+        w_path = max([len(p) for p, _, _ in rows] + [7])
+        lines.append("")
+        lines.append("Effective settings (secrets redacted):")
+        for path, value, source in rows:
+            lines.append(f"  {path:{w_path}}  {value}  [{source}]")
+    lines.append(summary_line(report))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# The command (registered in connector.cli: ``main.add_command(check_command)``)
+
+
+@click.command("check")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="SMS_CONNECTOR_CONFIG",
+              help="TOML config file (also SMS_CONNECTOR_CONFIG). Environment variables override it.")
+@click.option("--connect", is_flag=True,
+              help="Also reach Kafka (metadata, topics) and authenticate every route. Nothing is sent.")
+@click.option("--timeout", type=click.FloatRange(0.1, 120), default=DEFAULT_TIMEOUT_S, show_default=True,
+              help="Seconds allowed for each network step of --connect.")
+@click.option("--plain", is_flag=True, help="Plain text even on a terminal (default: tables on a terminal).")
+@click.option("--no-settings", is_flag=True, help="Do not list the effective settings.")
+def check_command(config: str | None, connect: bool, timeout: float, plain: bool, no_settings: bool) -> None:
+    """Validate the configuration (and with --connect, Kafka and each route's credentials).
+
+    Lists every problem with what to fix, then the effective settings with secrets redacted.
+    --connect sends no message: Kafka gets a metadata request, each route only authenticates
+    (ThingSpace / Rev.io log in, SMPP gets an empty batch, Ogangi a one-result MO read).
+    Exit status 1 when anything failed.
+    """
+    quiet_client_logs()
+    report = asyncio.run(run_check(config, connect, timeout=timeout))
+    render(report, sys.stdout, plain=True if plain else None, show_settings=not no_settings)
+    if not report.ok:
+        sys.exit(1)
+
+
+def quiet_client_logs() -> None:
+    """aiokafka logs each refused connection through logging's last-resort handler (stderr) when
+    logging is not configured; the report already says it. Commands call this, not the library."""
+    import logging
+
+    for name in ("aiokafka", "kafka"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())
+
+
+def rows_by_area(rows: Iterable[CheckRow]) -> dict[str, list[CheckRow]]:
+    """Rows grouped by area, in order (handy for callers and tests)."""
+    out: dict[str, list[CheckRow]] = {}
+    for r in rows:
+        out.setdefault(r.area, []).append(r)
+    return out
