@@ -20,10 +20,13 @@ from typing import Any, Awaitable, Callable
 
 from aiokafka import AIOKafkaProducer
 
+from connector import metrics
+from connector.breaker import CircuitBreaker
 from connector.config import Settings
 from connector.kafka import client_options
 from connector.policy import RetryPolicy
 from connector.providers import REGISTRY
+from connector.ratelimit import RouteLimiter
 from connector.routing import Router
 from connector.sender import RouteSender
 from connector.transport import HttpTransport
@@ -45,9 +48,22 @@ def build_senders(settings: Settings) -> dict[str, RouteSender]:
                                         max_segments=c.max_segments, sender=c.sender)
         transport = HttpTransport(timeout_s=h.provider_timeout_s,
                                   max_connections=min(h.provider_max_connections, c.concurrency))
+        limiter = RouteLimiter(c.rate_limit or None, min_rate=c.rate_limit_min, concurrency=c.concurrency)
+        breaker = CircuitBreaker(failure_ratio=c.breaker_failure_ratio, window_s=c.breaker_window_s,
+                                 min_calls=c.breaker_min_calls, open_s=c.breaker_open_s,
+                                 max_open_s=c.breaker_max_open_s, on_change=_circuit_logger(name))
         senders[name] = RouteSender(provider, transport, concurrency=c.concurrency, batch_max=c.batch_max,
-                                    batch_linger_ms=c.batch_linger_ms, retry=retry)
+                                    batch_linger_ms=c.batch_linger_ms, retry=retry, limiter=limiter,
+                                    breaker=breaker, failover_route=c.failover_route or None)
     return senders
+
+
+def _circuit_logger(route: str) -> Callable[[str, str], None]:
+    def changed(old: str, new: str) -> None:
+        metrics.CIRCUIT_TRANSITIONS.labels(route, new).inc()
+        log.log(logging.WARNING if new == "open" else logging.INFO, "route %s: circuit %s -> %s", route, old, new,
+                extra={"route": route, "circuit": new})
+    return changed
 
 
 def inbound_producer(settings: Settings) -> AIOKafkaProducer:

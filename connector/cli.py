@@ -289,5 +289,17 @@ def dev(demo: int, until_done: bool, timeout: float, http_port: int, manifest: s
     sys.exit(code)
 
 
+def _add_operator_commands() -> None:
+    from connector.check import check_command
+    from connector.replay import dlq_group
+    from connector.status import status_command
+
+    main.add_command(check_command)
+    main.add_command(dlq_group)
+    main.add_command(status_command)
+
+
+_add_operator_commands()
+
 if __name__ == "__main__":
     main()

@@ -152,6 +152,27 @@ class RouteSettings:
     batch_max: int = setting(1, doc="Messages per provider request where the provider takes several (SMPP Messages[]).",
                              minimum=1, maximum=1000)
     batch_linger_ms: float = setting(2.0, doc="How long a partial batch waits for more messages.", minimum=0, maximum=1000)
+    rate_limit: float = setting(0.0, doc="Segments per second this worker sends through the route, at most (the "
+                                         "provider account's limit; 0 = unlimited). Strict: no one-second "
+                                         "interval holds more. Per worker process: with N workers on one "
+                                         "account, give each 1/N.", example="50", minimum=0, maximum=100000)
+    rate_limit_min: float = setting(1.0, doc="Floor of the adaptive rate: on 429 the route halves its rate (at "
+                                             "most once per second, or per Retry-After), never below this, and "
+                                             "climbs back by 5% of rate_limit per second without 429s.",
+                                    minimum=0.01, maximum=100000)
+    breaker_failure_ratio: float = setting(0.5, doc="The circuit opens when this share of the route's calls in "
+                                                    "the window failed (5xx, timeouts, auth; not per-message "
+                                                    "rejections or 429s).", minimum=0.01, maximum=1)
+    breaker_window_s: float = setting(30.0, doc="Window of recent calls the failure ratio is computed over.",
+                                      minimum=1, maximum=3600)
+    breaker_min_calls: int = setting(20, doc="The circuit does not open on fewer calls than this in the window.",
+                                     minimum=1, maximum=1000000)
+    breaker_open_s: float = setting(30.0, doc="How long an open circuit pauses the route before one probe call; "
+                                              "doubles on each failed probe.", minimum=0.1, maximum=3600)
+    breaker_max_open_s: float = setting(300.0, doc="Longest pause of an open circuit.", minimum=0.1, maximum=86400)
+    failover_route: str = setting("", doc="Route that takes this route's messages while its circuit is open "
+                                          "(one hop). Empty: they wait for the route to recover.",
+                                  example="backup")
 
 
 @dataclass(frozen=True)
@@ -423,6 +444,11 @@ def _check_routing(settings: Settings, problems: list[str]) -> None:
     for prefix, route in parse_prefix_routes(r.prefix_routes, problems):
         if route not in routes:
             problems.append(f"routing.prefix_routes: {prefix}={route}: unknown route {route!r}")
+    for name, route in routes.items():
+        failover = route.common.failover_route
+        if failover and (failover not in routes or failover == name):
+            problems.append(f"routes.{name}.failover_route: {failover!r} is not another configured route "
+                            f"(configured: {', '.join(routes)})")
 
 
 def parse_prefix_routes(text: str, problems: list[str] | None = None) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from connector.simulators import SIMULATORS
 from connector.config import load
 from connector.operations import CALLBACK_PATH, register_callbacks
 from connector.stack import LOCAL_ROUTES, Follower, LocalStack, produce, worker_env
+from connector.status import LiveStatus
 
 
 async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 300.0, http_port: int = 8080,
@@ -73,7 +74,7 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
         }, option=orjson.OPT_INDENT_2))
         say(f"manifest   {manifest.resolve()}")
         if demo:
-            code = await _demo(stack, demo, until_done, timeout, stop, worker.proc, say)
+            code = await _demo(stack, demo, until_done, timeout, stop, worker.proc, say, out)
             if not until_done:
                 say("running; Ctrl-C to stop")
                 await stop.wait()
@@ -89,31 +90,41 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
 
 
 async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, stop: asyncio.Event,
-                worker: asyncio.subprocess.Process, say: Callable[[str], None]) -> int:
+                worker: asyncio.subprocess.Process, say: Callable[[str], None], out: Any = None) -> int:
     records = list(generate(n, prefix=f"demo{int(time.time())}"))
     expected = [r.demo_id for r in records]
     t0 = time.monotonic()
-    async with Follower(stack.kafka) as follower:
+    # On a terminal the status view (connector.status) replaces the progress lines; elsewhere
+    # (tests, CI, a pipe) LiveStatus does nothing and the plain lines are printed as before.
+    async with Follower(stack.kafka) as follower, \
+            LiveStatus([f"{stack.workers[0].url}/metrics"], stack.kafka, out or sys.stdout,
+                       dev_broker=True) as status:
+        emit = status.say if status.active else say
         await produce(stack.kafka, ((r.key, r.value, [(DEMO_HEADER, r.demo_id.encode())]) for r in records))
-        say(f"demo       produced {n} records in {time.monotonic() - t0:.1f}s")
+        emit(f"demo       produced {n} records in {time.monotonic() - t0:.1f}s")
         tally = follower.tally
         deadline = time.monotonic() + timeout
         last = -1
+        progress = ""
         while not stop.is_set():
             done = tally.done(expected)
             if done != last:
                 delivered = sum(tally.deliveries.values())
-                say(f"progress   {done}/{n} terminal ({done / max(time.monotonic() - t0, 1e-6):,.0f}/s), "
-                    f"{delivered} delivery events")
+                progress = (f"progress   {done}/{n} terminal ({done / max(time.monotonic() - t0, 1e-6):,.0f}/s), "
+                            f"{delivered} delivery events")
+                if not status.active:
+                    say(progress)
                 last = done
+            await status.tick(note=progress)
             if done >= n:
                 await asyncio.sleep(1.0)   # give any duplicate a chance to show up
+                await status.tick(note=progress, force=True)
                 break
             if time.monotonic() > deadline:
-                say(f"timeout    after {timeout:.0f}s")
+                emit(f"timeout    after {timeout:.0f}s")
                 break
             if worker.returncode is not None:
-                say(f"worker exited with {worker.returncode}")
+                emit(f"worker exited with {worker.returncode}")
                 break
             await asyncio.sleep(0.5)
     elapsed = time.monotonic() - t0

@@ -30,6 +30,18 @@ PROVIDER_RETRIES = Counter("sms_provider_retries_total", "Provider calls retried
                            ["route", "provider", "reason"])
 PROVIDER_LOGINS = Counter("sms_provider_logins_total", "Provider logins / session refreshes, by outcome.",
                           ["route", "provider", "outcome"])
+ROUTE_RATE_LIMIT = Gauge("sms_route_rate_limit", "Current send rate limit of a route in segments per second, "
+                         "after 429 back-off (0 = unlimited).", ["route"])
+RATE_LIMITED_SECONDS = Counter("sms_rate_limited_seconds_total", "Time provider calls waited for their route's "
+                               "rate limit.", ["route"])
+CIRCUIT_STATE = Gauge("sms_circuit_state", "Circuit breaker state of a route: 0 closed, 1 half-open, 2 open.",
+                      ["route"])
+CIRCUIT_TRANSITIONS = Counter("sms_circuit_transitions_total", "Circuit breaker state changes, by the state "
+                              "entered.", ["route", "state"])
+CIRCUIT_WAIT_SECONDS = Counter("sms_circuit_wait_seconds_total", "Time send attempts waited for their route's "
+                               "open circuit.", ["route"])
+FAILOVER = Counter("sms_failover_total", "Messages sent through a failover route because their route's circuit "
+                   "was open.", ["route", "failover"])
 PARTITIONS_ASSIGNED = Gauge("sms_kafka_partitions_assigned", "Input partitions assigned to this worker.")
 COMMITS = Counter("sms_kafka_commits_total", "Offset commits, by outcome.", ["outcome"])
 PRODUCE_ERRORS = Counter("sms_kafka_produce_errors_total",

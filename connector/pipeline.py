@@ -16,6 +16,7 @@ from typing import Container, Mapping
 import orjson
 
 from connector import metrics
+from connector.breaker import CircuitOpen
 from connector.errors import Expired, InvalidMessage, InvalidRecord, OptedOut, SmsError
 from connector.inbound import correlation_key
 from connector.records import (SCHEMA_VERSION, Accepted, Outcome, decode_outbound, encode_accepted, encode_failed,
@@ -66,6 +67,20 @@ class Pipeline:
         except InvalidMessage as exc:
             return self.failed(o, exc)
         sent = await sender.send(prepared)
+        if isinstance(sent.result, CircuitOpen) and sender.failover_route:
+            # The route's circuit is open: its failover takes the message (one hop, never back).
+            metrics.FAILOVER.labels(o.route, sender.failover_route).inc()
+            o.route = sender.failover_route
+            sender = self.senders[o.route]
+            o.provider = sender.provider.name
+            try:
+                prepared = sender.provider.prepare(msg)
+            except InvalidMessage as exc:
+                return self.failed(o, exc)
+            o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
+            earlier = sent.attempts
+            sent = await sender.send(prepared, may_fail_over=False)
+            sent.attempts += earlier
         o.attempts, o.submitted_at = sent.attempts, sent.submitted_at
         if isinstance(sent.result, Accepted):
             return Terminal("accepted", encode_accepted(o, sent.result, time.time()),

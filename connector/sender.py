@@ -10,6 +10,13 @@ to the route's ``batch_max``, flushed when full or ``batch_linger_ms`` after the
 Authentication: login requests run under one lock (never a login storm); a refused session is
 refreshed once per request; a failed login opens a breaker for ``LOGIN_COOL_DOWN_S`` during which
 sends fail fast with ``LoginLocked`` instead of locking the account.
+Limits (``connector.ratelimit``): every provider call runs in a ``RouteLimiter`` slot (concurrency
+place, then the call's segments from the route's strict bucket); 429s slow the route down (AIMD).
+The sender owns its route's limiter and every partition of the worker shares the sender, so the
+limit is per route per process. Circuit (``connector.breaker``): each send attempt asks the route's
+breaker first; while it is open the attempt waits (the route pauses) or, with a failover route,
+the message comes back as ``CircuitOpen`` for the pipeline to re-route. Each call's outcome is
+recorded.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
 from connector import metrics
-from connector.errors import AuthFailed, LoginLocked, ProviderError, SmsError
+from connector.breaker import CircuitBreaker, CircuitOpen, classify_call
+from connector.errors import AuthFailed, LoginLocked, ProviderError, SmsError, Throttled
 from connector.policy import Fail, RetryPolicy, decide
 from connector.http import HttpRequest, HttpResponse
 from connector.providers.base import Prepared, Provider, SendResult
+from connector.ratelimit import RouteLimiter
 from connector.records import Accepted
 from connector.transport import HttpTransport
 
@@ -41,15 +50,21 @@ class SendOutcome:
 class RouteSender:
     def __init__(self, provider: Provider, transport: HttpTransport, *, concurrency: int = 64,
                  batch_max: int = 1, batch_linger_ms: float = 2.0,
-                 retry: RetryPolicy = RetryPolicy()) -> None:
+                 retry: RetryPolicy = RetryPolicy(), limiter: RouteLimiter | None = None,
+                 breaker: CircuitBreaker | None = None, failover_route: str | None = None) -> None:
         self.provider = provider
         self.transport = transport
         self.route = provider.route
         self.retry = retry
-        self._sem = asyncio.Semaphore(concurrency)
+        # One limiter and one breaker per route per process: this sender is shared by every
+        # partition, so they are too. (``concurrency`` only sizes the default limiter.)
+        self.limiter = limiter or RouteLimiter(None, concurrency=concurrency)
+        self.breaker = breaker or CircuitBreaker()
+        self.failover_route = failover_route or None
         self._batch_max = max(1, min(batch_max, provider.max_batch))
         self._linger = batch_linger_ms / 1000
         self._pending: list[tuple[Prepared, asyncio.Future[SendResult]]] = []
+        self._pending_segments = 0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._login_lock = asyncio.Lock()
         self._login_blocked_until = 0.0
@@ -57,11 +72,22 @@ class RouteSender:
         labels = (self.route, provider.name)
         self._m_accepted = metrics.ACCEPTED.labels(*labels)
         self._m_segments = metrics.SEGMENTS.labels(*labels)
+        self._m_rate_waited = metrics.RATE_LIMITED_SECONDS.labels(self.route)
+        self._m_circuit_waited = metrics.CIRCUIT_WAIT_SECONDS.labels(self.route)
+        metrics.ROUTE_RATE_LIMIT.labels(self.route).set_function(lambda: self.limiter.rate or 0.0)
+        metrics.CIRCUIT_STATE.labels(self.route).set_function(lambda: self.breaker.state_code)
 
     # -- public ------------------------------------------------------------------------------
-    async def send(self, p: Prepared) -> SendOutcome:
+    async def send(self, p: Prepared, *, may_fail_over: bool = True) -> SendOutcome:
+        """``may_fail_over``: with a failover route, an open circuit returns ``CircuitOpen`` at
+        once (nothing sent) instead of waiting. The failover's own send passes False: one hop."""
         attempt = 0
         while True:
+            if not self.breaker.allow():
+                if may_fail_over and self.failover_route:
+                    return SendOutcome(CircuitOpen(f"route {self.route}: circuit open; failing over to "
+                                                   f"{self.failover_route}"), attempt, None)
+                self._m_circuit_waited.inc(await self.breaker.wait_until_allowed())
             attempt += 1
             started = time.time()
             result = await self._submit(p)
@@ -80,7 +106,7 @@ class RouteSender:
         with the route's login, session refresh-once and concurrency. Raises ProviderError."""
         for refreshed in (False, True):
             await self._ensure_login()
-            async with self._sem:
+            async with self.limiter.slot(0):     # a place, no segments: not a send
                 request = self.provider.auth.apply(build())
                 t0 = time.perf_counter()
                 response = await self.transport.send(request)
@@ -111,7 +137,11 @@ class RouteSender:
         if self._batch_max == 1:
             self._spawn([(p, fut)])
             return fut
+        cap = self.limiter.max_call_segments   # a batch must fit the route's per-second limit
+        if cap is not None and self._pending and self._pending_segments + p.segments > cap:
+            self._flush()
         self._pending.append((p, fut))
+        self._pending_segments += p.segments
         if len(self._pending) >= self._batch_max:
             self._flush()
         elif self._flush_handle is None:
@@ -123,6 +153,7 @@ class RouteSender:
             self._flush_handle.cancel()
             self._flush_handle = None
         batch, self._pending = self._pending, []
+        self._pending_segments = 0
         if batch:
             self._spawn(batch)
 
@@ -134,13 +165,20 @@ class RouteSender:
     async def _run_batch(self, batch: list[tuple[Prepared, asyncio.Future[SendResult]]]) -> None:
         prepared = [p for p, _ in batch]
         try:
-            async with self._sem:
+            # tokens are taken just before the call, after its concurrency place
+            async with self.limiter.slot(sum(p.segments for p in prepared)) as waited:
+                if waited:
+                    self._m_rate_waited.inc(waited)
                 results = await self._call(prepared)
         except Exception as exc:  # noqa: BLE001 - a bug must still end each message
             results = [ProviderError(f"internal error while sending: {type(exc).__name__}: {exc}")] * len(batch)
+        except BaseException:
+            self.breaker.record(None)   # cancelled: free a half-open probe place
+            raise
         for (_, fut), result in zip(batch, results):
             if not fut.done():
                 fut.set_result(result)
+        self._record(results)
 
     # -- one provider call -------------------------------------------------------------------
     async def _call(self, batch: Sequence[Prepared]) -> list[SendResult]:
@@ -167,6 +205,15 @@ class RouteSender:
             self._observe(t0, "ok")
             return results
         raise AssertionError("unreachable")
+
+    def _record(self, results: Sequence[SendResult]) -> None:
+        """Tell the breaker and the route's rate how a call went."""
+        self.breaker.record(classify_call(results))
+        throttled = [r.retry_after or 0.0 for r in results if isinstance(r, Throttled)]
+        if throttled:
+            self.limiter.on_throttled(max(throttled))
+        elif any(isinstance(r, Accepted) for r in results):
+            self.limiter.on_success()
 
     def _observe(self, t0: float, outcome: str) -> None:
         metrics.PROVIDER_REQUEST.labels(self.provider.name, outcome).observe(time.perf_counter() - t0)

@@ -23,7 +23,8 @@ def run(*args: str, timeout: float = 60, cwd: Path | None = None, env: dict[str,
 
 
 @pytest.mark.parametrize("command", [[], ["worker"], ["dev"], ["topics"], ["topics", "apply"], ["topics", "check"],
-                                     ["send"], ["simulate"], ["bench"], ["thingspace"],
+                                     ["send"], ["simulate"], ["bench"], ["check"], ["dlq"], ["dlq", "replay"],
+                                     ["status"], ["thingspace"],
                                      ["thingspace", "register-callbacks"], ["thingspace", "start-callbacks"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = run(*command, "--help")

@@ -85,7 +85,10 @@ async def test_provider_faults_end_in_the_right_records(stack: LocalStack) -> No
     await stack.start_worker(env={"SMS_CONNECTOR_DISPATCH__RETRY_MAX_ATTEMPTS": "3",
                                   "SMS_CONNECTOR_DISPATCH__RETRY_BASE_DELAY_S": "0.01",
                                   "SMS_CONNECTOR_HTTP__PROVIDER_TIMEOUT_S": "0.5"},
-                             routes={"smpp": {"provider": "smpp_rest", "batch_max": "1"}})
+                             # this test is about retry classification: a breaker that never opens
+                             # (tests/integration/test_breaker.py covers pausing a failing route)
+                             routes={"smpp": {"provider": "smpp_rest", "batch_max": "1",
+                                              "breaker_min_calls": "1000000"}})
     phases = [("5xx", {"error_rate": 1.0}, "unavailable"),
               ("429", {"throttle_rate": 1.0, "retry_after_s": 0}, "throttled"),
               ("timeout", {"timeout_rate": 1.0, "hang_s": 2.0}, "unavailable"),
