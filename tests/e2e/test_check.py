@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 
 import click
 import pytest
@@ -130,16 +130,6 @@ async def test_check_connect_is_all_green_for_the_dev_configuration_and_catches_
                     "routes.thingspace.password"):
         assert setting in result.output
     assert "five refused logins" in result.output
-
-
-@pytest.fixture
-async def broker() -> AsyncIterator[LocalStack]:
-    s = LocalStack()
-    await s.start_broker()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 async def test_dlq_replay_command(broker: LocalStack) -> None:

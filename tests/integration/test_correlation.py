@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 import jsonschema
 import orjson
@@ -20,16 +20,6 @@ from connector.streams.correlator import Correlator
 from tests.integration.helpers import outbound, phone
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def broker() -> AsyncIterator[LocalStack]:
-    s = LocalStack()
-    await s.start_broker()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 def receipt(ck: str, state: str = "delivered", kind: str = "delivery-confirmation", at: str = "t1") -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -21,16 +21,6 @@ from tests.integration.helpers import outbound, phone
 pytestmark = pytest.mark.integration
 
 OUTBOUND, DLQ, FAILED = (topics.spec(r).name for r in ("outbound", "dlq", "failed"))
-
-
-@pytest.fixture
-async def broker() -> AsyncIterator[LocalStack]:
-    s = LocalStack()
-    await s.start_broker()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 async def put(kafka: KafkaSettings, topic: str, records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
