@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import click
 import pytest
