@@ -54,7 +54,8 @@ def build_senders(settings: Settings) -> dict[str, RouteSender]:
                                  max_open_s=c.breaker_max_open_s, on_change=_circuit_logger(name))
         senders[name] = RouteSender(provider, transport, concurrency=c.concurrency, batch_max=c.batch_max,
                                     batch_linger_ms=c.batch_linger_ms, retry=retry, limiter=limiter,
-                                    breaker=breaker, failover_route=c.failover_route or None)
+                                    breaker=breaker, failover_route=c.failover_route or None,
+                                    in_doubt=c.in_doubt)
     return senders
 
 

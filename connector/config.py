@@ -109,6 +109,10 @@ class DispatchSettings:
                                       minimum=1, maximum=50)
     retry_base_delay_s: float = setting(0.2, doc="Backoff base: full jitter, doubling per attempt.", minimum=0, maximum=60)
     retry_max_delay_s: float = setting(5.0, doc="Backoff cap per wait.", minimum=0, maximum=600)
+    idempotency_window_s: float = setting(3600.0, doc="How long the idempotency ledger remembers a client_message_id "
+                                                      "(0 turns the ledger off). A replay or duplicate within the window "
+                                                      "calls no provider again. Memory: about 100 bytes per message.",
+                                          minimum=0, maximum=30 * 86400)
     retry_after_max_s: float = setting(30.0, doc="A provider's Retry-After is honoured up to this; longer waits fail the message as throttled.",
                                        minimum=0, maximum=3600)
 
@@ -170,6 +174,10 @@ class RouteSettings:
     breaker_open_s: float = setting(30.0, doc="How long an open circuit pauses the route before one probe call; "
                                               "doubles on each failed probe.", minimum=0.1, maximum=3600)
     breaker_max_open_s: float = setting(300.0, doc="Longest pause of an open circuit.", minimum=0.1, maximum=86400)
+    in_doubt: str = setting("resend", doc="A message whose provider call may or may not have happened (a crash "
+                                          "between the call and its recorded outcome): resend (at-least-once) or "
+                                          "fail (at-most-once: a failed record, reason in-doubt).",
+                            choices=("resend", "fail"))
     failover_route: str = setting("", doc="Route that takes this route's messages while its circuit is open "
                                           "(one hop). Empty: they wait for the route to recover.",
                                   example="backup")

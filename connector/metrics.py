@@ -62,3 +62,8 @@ OPTOUT_SUPPRESSED = Counter("sms_optout_suppressed_total", "Outbound messages no
 OPTOUT_CHANGES = Counter("sms_optout_changes_total", "Opt-out table changes (direction out / in), by source.",
                          ["direction", "source"])
 STATUS_POLLS = Counter("sms_status_polls_total", "Delivery-status polls, by outcome.", ["provider", "outcome"])
+
+# -- idempotency ledger -------------------------------------------------------------------------
+LEDGER_ENTRIES = Gauge("sms_ledger_entries", "Client message ids the idempotency ledger remembers (this worker).")
+LEDGER_REPLAYS = Counter("sms_ledger_replays_total", "Outbound records seen again whose id the ledger knew, by what "
+                         "was done (done: skipped; in-doubt-resend; in-doubt-fail).", ["decision"])

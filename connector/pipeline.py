@@ -10,19 +10,24 @@ drive the same path against every simulator without a broker.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Container, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Container, Mapping
 
 import orjson
 
 from connector import metrics
 from connector.breaker import CircuitOpen
-from connector.errors import Expired, InvalidMessage, InvalidRecord, OptedOut, SmsError
+from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
 from connector.inbound import correlation_key
 from connector.records import (SCHEMA_VERSION, Accepted, Outcome, decode_outbound, encode_accepted, encode_failed,
                                iso)
 from connector.routing import Router
 from connector.sender import RouteSender
+
+if TYPE_CHECKING:
+    from connector.streams.ledger import PartitionLedger
+
+INTENT, DONE = "intent", "done"   # ledger states (connector.streams.ledger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +35,18 @@ class Terminal:
     """How a record ended. ``value`` is the terminal record (None for dead letters, which keep
     the input's bytes); ``reason`` is the failure or dead-letter reason."""
 
-    kind: str                  # "accepted" | "failed" | "dlq"
+    kind: str                  # "accepted" | "failed" | "dlq" | "skip"
     value: bytes | None
     reason: str | None = None
     error: str | None = None
     field: str | None = None
     # accepted only: (key, value) records for sms.correlation, so receipts find this message
     correlations: tuple[tuple[bytes, bytes], ...] = ()
+    # set when the ledger holds an intent for this message: record "done" once the terminal is durable
+    ledger_cid: str | None = None
+
+
+SKIP = Terminal("skip", None)   # a replay whose outcome is recorded: nothing to send, nothing to publish
 
 
 class Pipeline:
@@ -46,12 +56,16 @@ class Pipeline:
         self.router = router
         self.optouts = optouts
 
-    async def outcome(self, value: bytes | None, timestamp_ms: int) -> Terminal:
+    async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: PartitionLedger | None = None) -> Terminal:
         try:
             msg = decode_outbound(value)
         except InvalidRecord as exc:
             metrics.DEAD_LETTERED.labels(exc.reason).inc()
             return Terminal("dlq", None, exc.reason, exc.message, exc.field)
+        known = ledger.state(msg.client_message_id) if ledger is not None else None
+        if known == DONE:
+            metrics.LEDGER_REPLAYS.labels("done").inc()
+            return SKIP
         o = Outcome(msg=msg, received_at=timestamp_ms / 1000)
         try:
             o.route = self.router.choose(msg)
@@ -66,6 +80,18 @@ class Pipeline:
             o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
         except InvalidMessage as exc:
             return self.failed(o, exc)
+        cid = None
+        if ledger is not None:
+            cid = msg.client_message_id
+            if known == INTENT:
+                if sender.in_doubt == "fail":
+                    metrics.LEDGER_REPLAYS.labels("in-doubt-fail").inc()
+                    return replace(self.failed(o, InDoubt(
+                        "a previous attempt may have reached the provider (crash before its outcome was "
+                        "recorded); route policy in_doubt=fail")), ledger_cid=cid)
+                metrics.LEDGER_REPLAYS.labels("in-doubt-resend").inc()
+            else:
+                await ledger.intent(cid, o.route)
         sent = await sender.send(prepared)
         if isinstance(sent.result, CircuitOpen) and sender.failover_route:
             # The route's circuit is open: its failover takes the message (one hop, never back).
@@ -84,8 +110,8 @@ class Pipeline:
         o.attempts, o.submitted_at = sent.attempts, sent.submitted_at
         if isinstance(sent.result, Accepted):
             return Terminal("accepted", encode_accepted(o, sent.result, time.time()),
-                            correlations=_correlations(o, sent.result))
-        return self.failed(o, sent.result)
+                            correlations=_correlations(o, sent.result), ledger_cid=cid)
+        return replace(self.failed(o, sent.result), ledger_cid=cid)
 
     @staticmethod
     def failed(o: Outcome, exc: SmsError) -> Terminal:

@@ -51,7 +51,8 @@ class RouteSender:
     def __init__(self, provider: Provider, transport: HttpTransport, *, concurrency: int = 64,
                  batch_max: int = 1, batch_linger_ms: float = 2.0,
                  retry: RetryPolicy = RetryPolicy(), limiter: RouteLimiter | None = None,
-                 breaker: CircuitBreaker | None = None, failover_route: str | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, failover_route: str | None = None,
+                 in_doubt: str = "resend") -> None:
         self.provider = provider
         self.transport = transport
         self.route = provider.route
@@ -61,6 +62,7 @@ class RouteSender:
         self.limiter = limiter or RouteLimiter(None, concurrency=concurrency)
         self.breaker = breaker or CircuitBreaker()
         self.failover_route = failover_route or None
+        self.in_doubt = in_doubt
         self._batch_max = max(1, min(batch_max, provider.max_batch))
         self._linger = batch_linger_ms / 1000
         self._pending: list[tuple[Prepared, asyncio.Future[SendResult]]] = []

@@ -39,6 +39,7 @@ from connector.kafka import client_options
 from connector.offsets import PartitionProgress
 from connector.pipeline import Pipeline, Terminal
 from connector.records import iso
+from connector.streams.ledger import Ledger, PartitionLedger
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -68,6 +69,7 @@ class Dispatcher:
         self._chains: dict[tuple[int, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._partitions: dict[str, int] = {}
+        self.ledger: Ledger | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.started = asyncio.Event()
@@ -104,6 +106,8 @@ class Dispatcher:
             max_poll_interval_ms=300_000, max_partition_fetch_bytes=1024 * 1024,
             fetch_max_wait_ms=k.fetch_max_wait_ms)
         await self._producer.start()
+        if self.settings.dispatch.idempotency_window_s > 0:
+            self.ledger = Ledger(k, self._producer, self.settings.dispatch.idempotency_window_s)
         for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq):
             self._partitions[topic] = len(await self._producer.partitions_for(topic))
         try:
@@ -170,9 +174,13 @@ class Dispatcher:
             if not progress.revoked and not self._abandon:
                 self._active[tp] = self._active.get(tp, 0) + 1
                 try:
-                    terminal = await self._handle(tp, rec)
-                    await self._produce(rec, terminal)
-                    progress.finish(rec.offset)
+                    ledger = await self.ledger.ready(tp.partition) if self.ledger is not None else None
+                    if not progress.revoked and (self.ledger is None or ledger is not None):
+                        terminal = await self._handle(tp, rec, ledger)
+                        await self._produce(rec, terminal)
+                        if terminal.ledger_cid is not None and ledger is not None:
+                            await self._record_done(ledger, terminal)
+                        progress.finish(rec.offset)
                 finally:
                     self._active[tp] -= 1
             self.in_flight -= 1
@@ -186,9 +194,10 @@ class Dispatcher:
     _abandon = False  # set when the shutdown deadline passed: what is left is replayed
 
     # -- one record --------------------------------------------------------------------------
-    async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes]) -> Terminal:
+    async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes],
+                      ledger: PartitionLedger | None) -> Terminal:
         try:
-            return await self.pipeline.outcome(rec.value, rec.timestamp)
+            return await self.pipeline.outcome(rec.value, rec.timestamp, ledger)
         except Exception as exc:  # noqa: BLE001 - a bug must not skip a record (faust's trap)
             log.exception("internal error; record dead-lettered",
                           extra={"partition": tp.partition, "offset": rec.offset})
@@ -214,6 +223,8 @@ class Dispatcher:
         """Produce until the broker acknowledges (acks=all). faust's send() only logs a failure;
         here the input is not finished until its terminal record is durable."""
         assert self._producer is not None
+        if t.kind == "skip":
+            return   # a replay whose terminal record already exists
         topic, value, headers = self._record(rec, t)
         # The input's partition number (modulo the output's count): the same key stays on one
         # partition, in order, and the pure-Python key hash is skipped on the hot path.
@@ -238,12 +249,29 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def _record_done(self, ledger: PartitionLedger, t: Terminal) -> None:
+        """The terminal record is durable: a replay of this message must not call the provider."""
+        delay = 0.1
+        while True:
+            try:
+                await ledger.done(t.ledger_cid or "", t.kind)
+                return
+            except KafkaError as exc:
+                metrics.PRODUCE_ERRORS.labels(ledger.ledger.topic).inc()
+                log.warning("ledger write failed; retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     # -- offsets -----------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
         interval = self.settings.dispatch.commit_interval_s
+        last_prune = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             await self._commit()
+            if self.ledger is not None and time.monotonic() - last_prune > 60:
+                self.ledger.prune()
+                last_prune = time.monotonic()
 
     async def _commit(self, only: Sequence[TopicPartition] | None = None) -> None:
         if self._consumer is None:
@@ -304,6 +332,8 @@ class Dispatcher:
             progress = self._progress.pop(tp, None)
             if progress is not None:
                 progress.revoked = True   # anything left is replayed by the next owner
+            if self.ledger is not None:
+                self.ledger.revoke(tp.partition)
         metrics.PARTITIONS_ASSIGNED.set(len(self._progress))
         if mine:
             log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
@@ -312,6 +342,8 @@ class Dispatcher:
         for tp in assigned:
             if tp not in self._progress:
                 self._progress[tp] = PartitionProgress()
+            if self.ledger is not None:
+                self.ledger.assign(tp.partition)   # its records wait for it (see _run_chain)
         metrics.PARTITIONS_ASSIGNED.set(len(self._progress))
         log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
 

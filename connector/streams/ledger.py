@@ -1,0 +1,181 @@
+"""The idempotency ledger: what the dispatcher knows of each client_message_id, durably.
+
+Before a provider call the dispatcher records an *intent*; once the message's terminal record is
+acknowledged it records *done*. A message read again (a crash or rebalance replays everything
+after the last commit, or upstream produced it twice) then:
+
+- ``done``: no provider call and nothing republished (its terminal record already exists);
+- ``intent`` without done (*in doubt*: the call may or may not have happened): the route's
+  ``in_doubt`` policy decides: ``resend`` (at-least-once; the SMPP API gets the same
+  ``clientMessageId``) or ``fail`` (at-most-once: a failed record, reason in-doubt).
+
+Storage: the compacted topic ``sms.ledger`` (key = client_message_id), written to the *same
+partition number as the input record*, so the worker that owns ``sms.outbound`` partition p also
+owns ledger partition p: on assignment it reads that partition to its end (before any record of
+p is processed), then keeps it in memory and writes through. A duplicate produced by upstream
+under a different key (another partition) is not recognised.
+
+Entries expire after ``dispatch.idempotency_window_s``: faust tables have no key TTL and
+compaction keeps the latest record forever, so each entry stores its time and an older entry is
+ignored on read; memory is pruned periodically (about 100 bytes per entry), and the topic's
+retention bounds the log.
+
+Reading to the end: each partition is read until its position reaches the end offset. On the
+embedded dev broker (Tansu) the end offset of a multi-record batch is its base offset + 1 (too
+low, never too high); a fetch returns whole batches, so reading to that offset still returns
+every record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+import topics
+from connector import metrics
+from connector.config import KafkaSettings
+from connector.kafka import client_options
+from connector.records import SCHEMA_VERSION
+
+log = logging.getLogger("sms_connector.ledger")
+
+INTENT, DONE = "intent", "done"
+
+
+class PartitionLedger:
+    """The ledger of one partition, as the pipeline sees it."""
+
+    __slots__ = ("ledger", "partition", "entries")
+
+    def __init__(self, ledger: Ledger, partition: int) -> None:
+        self.ledger = ledger
+        self.partition = partition
+        self.entries: dict[str, tuple[str, float]] = {}
+
+    def state(self, cid: str) -> str | None:
+        entry = self.entries.get(cid)
+        if entry is None or time.time() - entry[1] > self.ledger.window_s:
+            return None
+        return entry[0]
+
+    async def intent(self, cid: str, route: str | None) -> None:
+        await self.ledger.write(self, cid, INTENT, route=route)
+
+    async def done(self, cid: str, outcome: str) -> None:
+        await self.ledger.write(self, cid, DONE, outcome=outcome)
+
+
+class Ledger:
+    def __init__(self, kafka: KafkaSettings, producer: AIOKafkaProducer, window_s: float) -> None:
+        self.kafka = kafka
+        self.producer = producer
+        self.window_s = window_s
+        self.topic = topics.spec("ledger").name
+        self.partitions: dict[int, PartitionLedger] = {}
+        self._loaded: dict[int, asyncio.Event] = {}
+        self._loads: dict[int, asyncio.Task[None]] = {}
+
+    # -- assignment --------------------------------------------------------------------------
+    def assign(self, partition: int) -> None:
+        """Start loading ``partition``; ``ready(partition)`` completes when it is loaded."""
+        if partition in self._loaded:
+            return
+        self._loaded[partition] = asyncio.Event()
+        self._loads[partition] = asyncio.create_task(self._load(partition))
+
+    def revoke(self, partition: int) -> None:
+        task = self._loads.pop(partition, None)
+        if task is not None and not task.done():
+            task.cancel()
+        self.partitions.pop(partition, None)
+        loaded = self._loaded.pop(partition, None)
+        if loaded is not None:
+            loaded.set()   # release records waiting for it: they see no ledger and are not processed
+
+    async def ready(self, partition: int) -> PartitionLedger | None:
+        """The partition's ledger once loaded; None if the partition is not (or no longer) ours."""
+        loaded = self._loaded.get(partition)
+        if loaded is None:
+            return None
+        await loaded.wait()
+        return self.partitions.get(partition)
+
+    async def _load(self, partition: int) -> None:
+        pl = PartitionLedger(self, partition)
+        tp = TopicPartition(self.topic, partition)
+        t0 = time.monotonic()
+        delay = 0.5
+        while True:
+            consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
+                                        auto_offset_reset="earliest")
+            try:
+                await consumer.start()
+                consumer.assign([tp])
+                await consumer.seek_to_beginning(tp)
+                end = (await consumer.end_offsets([tp]))[tp]
+                now = time.time()
+                while await consumer.position(tp) < end:
+                    for records in (await consumer.getmany(tp, timeout_ms=500, max_records=10000)).values():
+                        for r in records:
+                            _apply(pl.entries, r.key, r.value, now, self.window_s)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep trying: the partition waits for its ledger
+                log.warning("ledger load failed; retrying", extra={"partition": partition,
+                                                                    "error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                await consumer.stop()
+        self.partitions[partition] = pl
+        self._loaded[partition].set()
+        metrics.LEDGER_ENTRIES.set(sum(len(p.entries) for p in self.partitions.values()))
+        log.info("ledger partition loaded", extra={"partition": partition, "entries": len(pl.entries),
+                                                   "seconds": round(time.monotonic() - t0, 2)})
+
+    # -- writes ------------------------------------------------------------------------------
+    async def write(self, pl: PartitionLedger, cid: str, state: str, *, route: str | None = None,
+                    outcome: str | None = None) -> None:
+        at = time.time()
+        value = orjson.dumps({"schema_version": SCHEMA_VERSION, "state": state, "at": at, "route": route,
+                              "outcome": outcome})
+        fut = await self.producer.send(self.topic, value=value, key=cid.encode(), partition=pl.partition)
+        await fut
+        pl.entries[cid] = (state, at)
+
+    def prune(self) -> int:
+        """Forget entries older than the window; returns how many are left."""
+        horizon = time.time() - self.window_s
+        left = 0
+        for pl in self.partitions.values():
+            old = [cid for cid, (_, at) in pl.entries.items() if at < horizon]
+            for cid in old:
+                del pl.entries[cid]
+            left += len(pl.entries)
+        metrics.LEDGER_ENTRIES.set(left)
+        return left
+
+
+def _apply(entries: dict[str, tuple[str, float]], key: bytes | None, value: bytes | None, now: float,
+           window_s: float) -> None:
+    if key is None:
+        return
+    cid = key.decode(errors="replace")
+    if value is None:
+        entries.pop(cid, None)
+        return
+    try:
+        record: dict[str, Any] = orjson.loads(value)
+        state, at = record["state"], float(record["at"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return
+    if now - at <= window_s:
+        entries[cid] = (state, at)
+    else:
+        entries.pop(cid, None)
