@@ -215,6 +215,7 @@ class Tally:
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # kept when keep_records
     keep_records: bool = False
     deliveries: Counter[tuple[str, str]] = field(default_factory=Counter)   # (provider, state) on sms.delivery
+    delivery_events: list[dict[str, Any]] = field(default_factory=list)    # kept when keep_records
 
     def done(self, expected: Iterable[str]) -> int:
         return sum(1 for k in expected if self.seen[k] >= 1)
@@ -233,6 +234,8 @@ class Tally:
             except orjson.JSONDecodeError:
                 return
             self.deliveries[(event.get("provider", ""), event.get("state", ""))] += 1
+            if self.keep_records:
+                self.delivery_events.append(event)
             return
         hdrs = {k: v.decode(errors="replace") for k, v in headers or ()}
         msg_id = hdrs.get(DEMO_HEADER)

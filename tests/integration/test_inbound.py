@@ -1,11 +1,10 @@
-"""Inbound acceptance on a full worker (--role all): a seed callback with a real RequestId becomes
-an sms.delivery record carrying the client message id; a STOP opts the sender out everywhere."""
+"""Inbound acceptance on a full worker (--role all): every seed 000 callback sample, posted over
+HTTP with a RequestId the connector was given, becomes the right sms.delivery record carrying the
+client message id; a STOP opts the sender out everywhere."""
 
 from __future__ import annotations
 
 import asyncio
-import re
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -14,21 +13,10 @@ import pytest
 from connector.records import OutboundSms, Recipient, encode_outbound
 from connector.stack import Follower, LocalStack, produce
 from connector.tools import recipient_key
+from tests.unit.test_callbacks import PASSWORD, REQ_DELIVERY, REQ_PROGRESS, SEED_CASES, USERNAME, with_credentials
 
 pytestmark = pytest.mark.integration
 
-SEEDS = Path(__file__).resolve().parents[2].parent / "shared" / "seeds"
-USER, PASSWORD = "cb-user", "cb-pass-123456"
-
-
-def seed_delivered_sample() -> bytes:
-    """Seed 000's SMS delivery confirmation ("Delivered") sample, as printed."""
-    text = (SEEDS / "000_3d126904b5fe7187.txt").read_text()
-    start = text.index('<s:Envelope', text.index("<Confirmation>Delivered") - 1200)
-    end = text.index("</s:Body>", start) + len("</s:Body>")
-    sample = text[start:end]
-    assert "<Confirmation>Delivered</Confirmation>" in sample
-    return sample.encode()
 
 
 @pytest.fixture
@@ -47,37 +35,45 @@ def send(cid: str, recipient: Recipient, text: str = "hello") -> tuple[bytes, by
 
 
 async def test_seed_callback_and_stop(full: LocalStack) -> None:
-    env = {"SMS_CONNECTOR_CALLBACKS__THINGSPACE_USERNAME": USER,
+    env = {"SMS_CONNECTOR_CALLBACKS__THINGSPACE_USERNAME": USERNAME,
            "SMS_CONNECTOR_CALLBACKS__THINGSPACE_PASSWORD": PASSWORD,
            "SMS_CONNECTOR_INBOUND__MO_POLL_INTERVAL_S": "0.3"}
     worker = await full.start_worker(env=env, roles=("all",))
-    device = Recipient(device_kind="MDN", device_id="8589268379")
     async with Follower(full.kafka) as f:
         f.tally.keep_records = True
-        await produce(full.kafka, [send("ts-1", device)])
-        assert await f.wait_for(["ts-1"], timeout=60)
-        accepted = f.tally.records["ts-1"][0]
-        assert accepted["outcome"] == "accepted", accepted
-        request_id = accepted["provider_request_id"]
+        # one message per seed request: the per-device / request-complete samples are about a
+        # MEID, the delivery confirmations about an MDN
+        await produce(full.kafka, [send("ts-progress", Recipient(device_kind="MEID", device_id="A100001F702731")),
+                                   send("ts-delivery", Recipient(device_kind="MDN", device_id="8589268379"))])
+        assert await f.wait_for(["ts-progress", "ts-delivery"], timeout=60)
+        issued = {}
+        for cid, seed_request in (("ts-progress", REQ_PROGRESS), ("ts-delivery", REQ_DELIVERY)):
+            accepted = f.tally.records[cid][0]
+            assert accepted["outcome"] == "accepted", accepted
+            issued[seed_request] = (cid, accepted["provider_request_id"])
 
-        # The seed's sample, RequestId replaced by the one the connector was given, credentials ours.
-        body = seed_delivered_sample()
-        body = re.sub(rb"<RequestId>[^<]*</RequestId>", b"<RequestId>" + request_id.encode() + b"</RequestId>", body)
-        body = body.replace(b"<Username/>", f"<Username>{USER}</Username>".encode())
-        body = body.replace(b"<Password/>", f"<Password>{PASSWORD}</Password>".encode())
         async with aiohttp.ClientSession() as http:
-            for _ in range(3):   # ThingSpace resends: one record
-                async with http.post(worker.url + "/callbacks/thingspace", data=body,
-                                     headers={"Content-Type": "text/xml"}) as r:
-                    assert r.status == 200, await r.text()
-            async with http.post(worker.url + "/callbacks/thingspace", data=body.replace(PASSWORD.encode(), b"nope"),
+            for case in SEED_CASES:
+                sample = case.values[0]
+                cid, request_id = issued[case.values[5]]
+                body = with_credentials(sample.replace(case.values[5], request_id))
+                for _ in range(2):   # ThingSpace resends: one record
+                    async with http.post(worker.url + "/callbacks/thingspace", data=body,
+                                         headers={"Content-Type": "text/xml"}) as r:
+                        assert r.status == 200, await r.text()
+            wrong = with_credentials(SEED_CASES[2].values[0], password_xml="nope")
+            async with http.post(worker.url + "/callbacks/thingspace", data=wrong,
                                  headers={"Content-Type": "text/xml"}) as r:
                 assert r.status == 401
-        for _ in range(200):
-            if f.tally.deliveries[("thingspace", "delivered")]:
+        want = sorted((issued[c.values[5]][0], c.values[1], c.values[2]) for c in SEED_CASES)
+        for _ in range(300):
+            events = sorted((e["client_message_id"], e["kind"], e["state"]) for e in f.tally.delivery_events)
+            if len(events) >= len(want):
                 break
             await asyncio.sleep(0.1)
-        assert f.tally.deliveries[("thingspace", "delivered")] == 1
+        await asyncio.sleep(1.0)   # any duplicate?
+        events = sorted((e["client_message_id"], e["kind"], e["state"]) for e in f.tally.delivery_events)
+        assert events == want
 
         # STOP from a US number (through Ogangi's MO list), then a send to it via Rev.io.
         async with aiohttp.ClientSession() as http:
