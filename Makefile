@@ -36,7 +36,7 @@ integration: $(STAMP)
 
 faults: $(STAMP)
 	bash scripts/install-prometheus.sh
-	SMS_CONNECTOR_FAULTS=full $(BIN)/pytest -q -s -m "integration" tests/integration
+	FAULTS=full $(BIN)/pytest -q -s -m "integration" tests/integration
 
 bench: $(STAMP)
 	$(BIN)/sms-connector bench

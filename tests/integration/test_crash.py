@@ -25,7 +25,7 @@ async def _until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-
     raise AssertionError("condition not reached")
 
 
-FULL = os.environ.get("SMS_CONNECTOR_FAULTS") == "full"   # `make faults`; CI runs the bounded version
+FULL = os.environ.get("FAULTS") == "full"   # `make faults`; CI runs the bounded version
 
 
 @pytest.mark.parametrize("kills, n", [(3, 20000)] if FULL else [(1, 4000)])

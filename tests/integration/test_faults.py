@@ -1,6 +1,6 @@
 """Fault injection with real processes: provider chaos, a stalled broker, fuzzed input, and a
 worker joining and leaving under load. Each scenario prints its figures so a reader sees the
-margin. `make faults` runs the full sizes (SMS_CONNECTOR_FAULTS=full); CI a bounded version."""
+margin. `make faults` runs the full sizes (FAULTS=full); CI a bounded version."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.integration.helpers import Record, many, outbound, phone
 
 pytestmark = pytest.mark.integration
 
-FULL = os.environ.get("SMS_CONNECTOR_FAULTS") == "full"
+FULL = os.environ.get("FAULTS") == "full"
 
 
 def size(full: int, bounded: int) -> int:
