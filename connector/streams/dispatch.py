@@ -16,8 +16,11 @@ in-flight events; an agent acks an event when it asks for the next one). Here:
   key, value and headers plus ``sms.error.*`` headers; a message that cannot be sent ends as a
   failed record; a failed produce is retried until the broker takes it; even a bug in the
   pipeline dead-letters the record (reason ``internal``) instead of skipping it.
-- **Rebalance / shutdown:** revoked partitions stop starting new records, wait (up to
-  ``dispatch.shutdown_timeout_s``) for the ones in progress, and commit what finished.
+- **Idempotency:** with the ledger (``streams.ledger``), a record whose client_message_id is known
+  as done is a no-op, and one in doubt follows its route's ``in_doubt`` policy; each partition's
+  records wait until that partition's ledger is loaded.
+- **Rebalance / shutdown:** revoked partitions take no new records and let every record already
+  taken finish (up to ``dispatch.shutdown_timeout_s``), then commit: nothing is replayed.
 """
 
 from __future__ import annotations
