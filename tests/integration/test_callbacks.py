@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import jsonschema
@@ -36,13 +36,9 @@ SETTINGS = Settings(callbacks=CallbacksSettings(thingspace_username=USERNAME, th
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[LocalStack]:
-    s = LocalStack()
-    await s.start_broker()
-    try:
-        yield s
-    finally:
-        await s.stop()
+def stack(broker: LocalStack) -> LocalStack:
+    """Only the broker: these tests serve the receiver in-process (no simulators, no worker)."""
+    return broker
 
 
 class Served:
