@@ -66,4 +66,4 @@ STATUS_POLLS = Counter("sms_status_polls_total", "Delivery-status polls, by outc
 # -- idempotency ledger -------------------------------------------------------------------------
 LEDGER_ENTRIES = Gauge("sms_ledger_entries", "Client message ids the idempotency ledger remembers (this worker).")
 LEDGER_REPLAYS = Counter("sms_ledger_replays_total", "Outbound records seen again whose id the ledger knew, by what "
-                         "was done (done: skipped; in-doubt-resend; in-doubt-fail).", ["decision"])
+                         "was done (done: skipped; in-doubt-resend; in-doubt-fail; replayed-after-failure).", ["decision"])

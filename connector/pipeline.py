@@ -56,7 +56,10 @@ class Pipeline:
         self.router = router
         self.optouts = optouts
 
-    async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: PartitionLedger | None = None) -> Terminal:
+    async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: PartitionLedger | None = None,
+                      replayed: bool = False) -> Terminal:
+        """``replayed``: re-injected by ``dlq replay``; a message whose recorded outcome was failed
+        is sent again (after a fix), one already accepted is still a no-op."""
         try:
             msg = decode_outbound(value)
         except InvalidRecord as exc:
@@ -64,8 +67,11 @@ class Pipeline:
             return Terminal("dlq", None, exc.reason, exc.message, exc.field)
         known = ledger.state(msg.client_message_id) if ledger is not None else None
         if known == DONE:
-            metrics.LEDGER_REPLAYS.labels("done").inc()
-            return SKIP
+            if not (replayed and ledger is not None and ledger.outcome(msg.client_message_id) == "failed"):
+                metrics.LEDGER_REPLAYS.labels("done").inc()
+                return SKIP
+            metrics.LEDGER_REPLAYS.labels("replayed-after-failure").inc()
+            known = None
         o = Outcome(msg=msg, received_at=timestamp_ms / 1000)
         try:
             o.route = self.router.choose(msg)

@@ -55,7 +55,7 @@ from connector.config import ConfigError, KafkaSettings
 __all__ = ["FILTER_FIELDS", "HEADER_REPLAYED_FROM", "ReplaySummary", "dlq_group", "kafka_settings",
            "matches", "parse_filters", "record_facts", "replay", "replay_headers", "topic_kind"]
 
-HEADER_REPLAYED_FROM = "sms.replayed-from"
+HEADER_REPLAYED_FROM = topics.HEADER_REPLAYED_FROM
 FILTER_FIELDS = ("reason", "provider", "route", "client_message_id", "key")
 _ALIASES = {"id": "client_message_id", "cid": "client_message_id"}
 # Headers the dispatcher adds to a dead-lettered record (and ours): not part of the original.

@@ -27,6 +27,8 @@ HEADER_ERROR_REASON = "sms.error.reason"
 HEADER_ERROR_MESSAGE = "sms.error.message"
 HEADER_ERROR_FIELD = "sms.error.field"
 HEADER_ERROR_AT = "sms.error.at"
+# Added by `sms-connector dlq replay`: where the replayed record came from (topic:partition:offset).
+HEADER_REPLAYED_FROM = "sms.replayed-from"
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,7 +200,8 @@ class Dispatcher:
     async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes],
                       ledger: PartitionLedger | None) -> Terminal:
         try:
-            return await self.pipeline.outcome(rec.value, rec.timestamp, ledger)
+            replayed = any(k == topics.HEADER_REPLAYED_FROM for k, _ in rec.headers or ())
+            return await self.pipeline.outcome(rec.value, rec.timestamp, ledger, replayed)
         except Exception as exc:  # noqa: BLE001 - a bug must not skip a record (faust's trap)
             log.exception("internal error; record dead-lettered",
                           extra={"partition": tp.partition, "offset": rec.offset})

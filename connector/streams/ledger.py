@@ -4,7 +4,10 @@ Before a provider call the dispatcher records an *intent*; once the message's te
 acknowledged it records *done*. A message read again (a crash or rebalance replays everything
 after the last commit, or upstream produced it twice) then:
 
-- ``done``: no provider call and nothing republished (its terminal record already exists);
+- ``done``: no provider call and nothing republished (its terminal record already exists),
+  except a record re-injected by ``sms-connector dlq replay`` (header ``sms.replayed-from``)
+  whose recorded outcome was *failed*: replaying after a fix is the point of that command. A
+  replay of a message already *accepted* stays a no-op;
 - ``intent`` without done (*in doubt*: the call may or may not have happened): the route's
   ``in_doubt`` policy decides: ``resend`` (at-least-once; the SMPP API gets the same
   ``clientMessageId``) or ``fail`` (at-most-once: a failed record, reason in-doubt).
@@ -55,13 +58,18 @@ class PartitionLedger:
     def __init__(self, ledger: Ledger, partition: int) -> None:
         self.ledger = ledger
         self.partition = partition
-        self.entries: dict[str, tuple[str, float]] = {}
+        self.entries: dict[str, tuple[str, float, str | None]] = {}   # cid -> (state, at, outcome)
 
     def state(self, cid: str) -> str | None:
         entry = self.entries.get(cid)
         if entry is None or time.time() - entry[1] > self.ledger.window_s:
             return None
         return entry[0]
+
+    def outcome(self, cid: str) -> str | None:
+        """``accepted`` or ``failed`` for a done entry (else None)."""
+        entry = self.entries.get(cid)
+        return entry[2] if entry is not None else None
 
     async def intent(self, cid: str, route: str | None) -> None:
         await self.ledger.write(self, cid, INTENT, route=route)
@@ -147,14 +155,14 @@ class Ledger:
                               "outcome": outcome})
         fut = await self.producer.send(self.topic, value=value, key=cid.encode(), partition=pl.partition)
         await fut
-        pl.entries[cid] = (state, at)
+        pl.entries[cid] = (state, at, outcome)
 
     def prune(self) -> int:
         """Forget entries older than the window; returns how many are left."""
         horizon = time.time() - self.window_s
         left = 0
         for pl in self.partitions.values():
-            old = [cid for cid, (_, at) in pl.entries.items() if at < horizon]
+            old = [cid for cid, (_, at, _) in pl.entries.items() if at < horizon]
             for cid in old:
                 del pl.entries[cid]
             left += len(pl.entries)
@@ -162,7 +170,7 @@ class Ledger:
         return left
 
 
-def _apply(entries: dict[str, tuple[str, float]], key: bytes | None, value: bytes | None, now: float,
+def _apply(entries: dict[str, tuple[str, float, str | None]], key: bytes | None, value: bytes | None, now: float,
            window_s: float) -> None:
     if key is None:
         return
@@ -172,10 +180,10 @@ def _apply(entries: dict[str, tuple[str, float]], key: bytes | None, value: byte
         return
     try:
         record: dict[str, Any] = orjson.loads(value)
-        state, at = record["state"], float(record["at"])
+        state, at, outcome = record["state"], float(record["at"]), record.get("outcome")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return
     if now - at <= window_s:
-        entries[cid] = (state, at)
+        entries[cid] = (state, at, outcome)
     else:
         entries.pop(cid, None)

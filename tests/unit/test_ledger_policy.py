@@ -19,12 +19,16 @@ from connector.transport import HttpTransport
 class FakeLedger:
     """Stands in for a PartitionLedger (unit test of the pipeline's decisions only)."""
 
-    def __init__(self, state: str | None) -> None:
+    def __init__(self, state: str | None, outcome: str | None = None) -> None:
         self.known = state
+        self.recorded = outcome
         self.intents: list[str] = []
 
     def state(self, cid: str) -> str | None:
         return self.known
+
+    def outcome(self, cid: str) -> str | None:
+        return self.recorded
 
     async def intent(self, cid: str, route: str | None) -> None:
         self.intents.append(cid)
@@ -64,3 +68,16 @@ async def test_ledger_decisions(state: str | None, in_doubt: str, kind: str, rea
     assert (t.kind, t.reason, len(made), len(ledger.intents)) == (kind, reason, calls, intents)
     if kind in ("accepted", "failed"):
         assert t.ledger_cid == "m-1"
+
+
+@pytest.mark.parametrize("outcome, replayed, kind, calls", [
+    ("failed", True, "accepted", 1),     # dlq replay after a fix: sent again
+    ("failed", False, "skip", 0),        # a crash replay of a failed message: no-op
+    ("accepted", True, "skip", 0),       # replaying an accepted message never sends it twice
+])
+async def test_a_replayed_failure_is_sent_again_but_never_an_accepted_message(outcome: str, replayed: bool,
+                                                                              kind: str, calls: int) -> None:
+    made: list[HttpRequest] = []
+    ledger = FakeLedger("done", outcome)
+    t = await pipeline("resend", made).outcome(VALUE, int(time.time() * 1000), ledger, replayed)  # type: ignore[arg-type]
+    assert (t.kind, len(made)) == (kind, calls)
