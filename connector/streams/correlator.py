@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
@@ -67,6 +68,7 @@ class PartitionState:
 
     correlations: dict[str, dict[str, Any]] = field(default_factory=dict)
     held: dict[str, list[Held]] = field(default_factory=dict)
+    held_order: deque[tuple[str, Held]] = field(default_factory=deque)   # arrival order, for the TTL
     seen: dict[str, set[str]] = field(default_factory=dict)        # key -> event ids published
     progress: PartitionProgress = field(default_factory=PartitionProgress)
     last_poll: dict[str, float] = field(default_factory=dict)
@@ -175,13 +177,16 @@ class Correlator:
         out = []
         for held in st.held.pop(ck, []):
             out += await self._publish(st, ck, corr, held.value, held.offset)
+            held.value = b""   # its entry in held_order ages out with the TTL; keep no bytes alive
         return out
 
     async def _on_receipt(self, st: PartitionState, key: bytes | None, value: bytes | None, offset: int):  # type: ignore[no-untyped-def]
         ck = key.decode() if key else ""
         corr = st.correlations.get(ck)
         if corr is None:
-            st.held.setdefault(ck, []).append(Held(offset, value or b"", time.monotonic()))
+            held = Held(offset, value or b"", time.monotonic())
+            st.held.setdefault(ck, []).append(held)
+            st.held_order.append((ck, held))
             return []
         return await self._publish(st, ck, corr, value or b"", offset)
 
@@ -226,17 +231,18 @@ class Correlator:
             now = time.monotonic()
             pending = []
             for st in list(self.state.values()):
-                for ck, held in list(st.held.items()):
-                    keep = [h for h in held if now - h.since < ttl]
-                    for h in held:
-                        if now - h.since >= ttl:
-                            fut = await self.producer.send(self.topic_unmatched, value=h.value, key=ck.encode())
-                            pending.append((fut, st, h.offset))
-                            metrics.CORRELATION.labels(ck.split(":", 1)[0], "unmatched").inc()
-                    if keep:
-                        st.held[ck] = keep
-                    else:
+                # oldest first; stops at the first receipt younger than the TTL (no full scan)
+                while st.held_order and now - st.held_order[0][1].since >= ttl:
+                    ck, h = st.held_order.popleft()
+                    waiting = st.held.get(ck)
+                    if not waiting or not any(x is h for x in waiting):
+                        continue   # matched meanwhile
+                    waiting[:] = [x for x in waiting if x is not h]
+                    if not waiting:
                         del st.held[ck]
+                    fut = await self.producer.send(self.topic_unmatched, value=h.value, key=ck.encode())
+                    pending.append((fut, st, h.offset))
+                    metrics.CORRELATION.labels(ck.split(":", 1)[0], "unmatched").inc()
             try:
                 await self._settle(pending)
             except KafkaError:
