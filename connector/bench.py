@@ -81,7 +81,6 @@ from connector.stack import LocalStack, Process, wait_http, worker_env
 
 SMPP = "smpp_rest"
 SCENARIO_NAMES = ("single", "latency50", "batch", "callbacks", "soak")
-DEFAULT_SCENARIOS = ("single", "latency50", "batch", "callbacks")
 
 
 @dataclass(frozen=True)

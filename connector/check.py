@@ -44,7 +44,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import click
 
@@ -569,11 +569,3 @@ def quiet_client_logs() -> None:
         logger = logging.getLogger(name)
         if not logger.handlers:
             logger.addHandler(logging.NullHandler())
-
-
-def rows_by_area(rows: Iterable[CheckRow]) -> dict[str, list[CheckRow]]:
-    """Rows grouped by area, in order (handy for callers and tests)."""
-    out: dict[str, list[CheckRow]] = {}
-    for r in rows:
-        out.setdefault(r.area, []).append(r)
-    return out

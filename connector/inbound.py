@@ -21,8 +21,7 @@ import orjson
 
 from connector.records import SCHEMA_VERSION, Recipient, iso
 
-RECEIPT_KINDS = ("progress", "request-complete", "delivery-confirmation", "status-poll")
-STATES = ("in-flight", "delivered", "undeliverable", "expired", "rejected", "completed")
+# kinds and states are enumerated in topics/schemas/delivery_receipt.json (the contract)
 FINAL_STATES = frozenset({"delivered", "undeliverable", "expired", "rejected", "completed"})
 
 DEFAULT_STOP_WORDS = ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT")

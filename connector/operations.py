@@ -10,7 +10,7 @@ from connector.config import Settings
 from connector.providers import thingspace as ts
 from connector.sender import RouteSender
 
-CALLBACK_SERVICES = ("EnhancedConnectivityService", "SMSDeliveryConfirmation")
+CALLBACK_SERVICES = (ts.SERVICE_SEND_AND_MO, ts.SERVICE_DELIVERY)
 CALLBACK_PATH = "/callbacks/thingspace"
 
 

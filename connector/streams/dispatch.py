@@ -55,7 +55,6 @@ class Dispatcher:
     def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], router: Router,
                  optouts: Container[str] = frozenset()) -> None:
         self.settings = settings
-        self.senders = senders
         self.pipeline = Pipeline(senders, router, optouts)
         self.topic_correlation = topics.spec("correlation").name
         self.topic_in = topics.spec("outbound").name

@@ -10,7 +10,6 @@ batch so the table reads back exactly on any broker) and mirrors it to Rev.io.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Awaitable, Callable, Sequence
@@ -31,14 +30,6 @@ async def produce_durably(producer: AIOKafkaProducer, topic: str, key: bytes | N
                           headers: Headers | None = None) -> None:
     fut = await producer.send(topic, value=value, key=key, headers=headers or [])
     await fut
-
-
-async def produce_all_durably(producer: AIOKafkaProducer,
-                              records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-    """Produce several records; return when every one is acknowledged (raise if any failed)."""
-    futures = [await producer.send(topic, value=value, key=key) for topic, key, value in records]
-    if futures:
-        await asyncio.gather(*futures)
 
 
 class InboundPublisher:
