@@ -22,13 +22,7 @@ import asyncio
 import base64
 import contextlib
 import html
-import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -38,17 +32,17 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.config import KafkaSettings, load
 from connector.demo import DEMO_HEADER, DemoRecord, generate
 from connector.simulators import SIMULATORS
 from connector.stack import produce, worker_env
+from tests.integration import devrun
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "connector.cli"]
 DEMO = 300            # what `dev --demo` produces (generate(DEMO), seed 7)
 FAULTY = 200          # then produced by the test with provider faults on
 FAULTY_SEED = 11
@@ -66,82 +60,26 @@ TOKEN_PATTERNS = [
 ]
 
 
-def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> bytes:
-    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:   # noqa: S310 - loopback only
-        return r.read()
+http = devrun.http
 
 
 # -- sms-connector dev as a subprocess ---------------------------------------------------------
-class DevRun:
-    def __init__(self, workdir: Path, demo: int) -> None:
-        self.workdir = workdir
-        self.output = workdir / "dev-output.txt"
-        self.manifest_path = workdir / ".sms-connector-dev.json"
-        self.manifest: dict[str, Any] = {}
-        with open(self.output, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*CLI, "dev", "--demo", str(demo), "--http-port", "0", "--timeout", "120"],
-                cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def _check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            pytest.fail(f"sms-connector dev exited with {self.proc.returncode}:\n{self.text()}", pytrace=False)
-
-    def wait_manifest(self, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            if self.manifest_path.exists():
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    self.manifest = orjson.loads(self.manifest_path.read_bytes())
-                    return self.manifest
-            time.sleep(0.1)
-        pytest.fail(f"no manifest within {timeout:.0f}s:\n{self.text()}", pytrace=False)
-
-    def wait_demo_done(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            text = self.text()
-            if "running; Ctrl-C to stop" in text.partition("summary")[2]:
-                assert "missing 0, duplicates 0" in text, text
-                return
-            time.sleep(0.2)
-        pytest.fail(f"the demo did not finish within {timeout:.0f}s:\n{self.text()}", pytrace=False)
+class DevRun(devrun.DevRun):
+    """dev, plus: wait until the worker consumed a number of records."""
 
     def wait_consumed(self, consumed: int, timeout: float = 60.0) -> None:
         """Until the worker consumed ``consumed`` records and has none in flight."""
         deadline = time.monotonic() + timeout
         values: dict[str, float] = {}
         while time.monotonic() < deadline:
-            self._check_alive()
-            body = http("GET", self.manifest["metrics_url"]).decode()
+            self.check_alive()
+            body = self.metrics()
             values = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples
                       if s.name in ("sms_outbound_consumed_total", "sms_outbound_in_flight")}
             if values.get("sms_outbound_consumed_total") == consumed and values.get("sms_outbound_in_flight") == 0:
                 return
             time.sleep(0.3)
         pytest.fail(f"the worker did not finish {consumed} records within {timeout:.0f}s: {values}", pytrace=False)
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def remove_logs(self) -> None:
-        logs = self.manifest.get("logs")
-        if logs and Path(logs).name.startswith("sms-connector-") and Path(logs).parent == Path(tempfile.gettempdir()):
-            shutil.rmtree(logs, ignore_errors=True)
 
 
 def sim_root(name: str, base_url: str) -> str:

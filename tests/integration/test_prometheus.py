@@ -16,13 +16,10 @@ records, then
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -32,14 +29,14 @@ from typing import Any, Iterator
 
 import orjson
 import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.embedded_broker import free_port
+from tests.integration import devrun
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "connector.cli"]
 DEMO = 300
 JOB = "sms-connector"
 INSTALL_HINT = "run scripts/install-prometheus.sh (as root; `make test` does) to install Debian's prometheus package"
@@ -56,8 +53,7 @@ def require_tool(name: str) -> str:
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:   # noqa: S310 - loopback only
-        return r.read()
+    return devrun.http("GET", url, timeout=timeout)
 
 
 def parse_metrics(body: str) -> Series:
@@ -75,50 +71,8 @@ def select(series: Series, name: str, **labels: str) -> Series:
 
 
 # -- sms-connector dev as a subprocess ---------------------------------------------------------
-class DevRun:
-    def __init__(self, workdir: Path, demo: int) -> None:
-        self.workdir = workdir
-        self.output = workdir / "dev-output.txt"
-        self.manifest_path = workdir / ".sms-connector-dev.json"
-        self.manifest: dict[str, Any] = {}
-        with open(self.output, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*CLI, "dev", "--demo", str(demo), "--http-port", "0", "--timeout", "120"],
-                cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def _check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            pytest.fail(f"sms-connector dev exited with {self.proc.returncode}:\n{self.text()}", pytrace=False)
-
-    def wait_manifest(self, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            if self.manifest_path.exists():
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    self.manifest = orjson.loads(self.manifest_path.read_bytes())
-                    return self.manifest
-            time.sleep(0.1)
-        pytest.fail(f"no manifest within {timeout:.0f}s:\n{self.text()}", pytrace=False)
-
-    def wait_demo_done(self, timeout: float = 90.0) -> str:
-        """Until dev printed its summary (every demo message has its terminal record)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            text = self.text()
-            if "running; Ctrl-C to stop" in text.partition("summary")[2]:
-                assert "missing 0, duplicates 0" in text, text
-                return text
-            time.sleep(0.2)
-        pytest.fail(f"the demo did not finish within {timeout:.0f}s:\n{self.text()}", pytrace=False)
-
-    def metrics(self) -> str:
-        return http_get(self.manifest["metrics_url"]).decode()
+class DevRun(devrun.DevRun):
+    """dev, plus: wait until the outbound counters settle; stop also removes its logs."""
 
     def wait_metrics_settled(self, consumed: int, timeout: float = 30.0) -> str:
         """/metrics once every consumed record is finished and the outbound counters stand still."""
@@ -140,17 +94,9 @@ class DevRun:
                     pytrace=False)
 
     def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        logs = self.manifest.get("logs")
-        if logs and Path(logs).name.startswith("sms-connector-") and Path(logs).parent == Path(tempfile.gettempdir()):
-            shutil.rmtree(logs, ignore_errors=True)
-        return self.proc.returncode
+        code = super().stop(timeout)
+        self.remove_logs()
+        return code
 
 
 @pytest.fixture(scope="module")

@@ -3,53 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
-from typing import Any, Awaitable
+from typing import Any
 
 import pytest
 
 from connector import errors
 from connector.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpen, classify, classify_call
 from connector.records import Accepted
-
-
-class FakeTime:
-    """A clock plus an async sleep that only returns when ``run`` moves the clock to its time."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = 0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._seq += 1
-        heapq.heappush(self._timers, (self.now + max(0.0, delay), self._seq, fut))
-        await fut
-
-    async def run(self, *aws: Awaitable[Any], until: float | None = None, max_steps: int = 10_000) -> list[Any]:
-        """Run to completion (or until the clock would pass ``until``); whenever every task is
-        blocked, jump to the next timer."""
-        tasks = [asyncio.ensure_future(a) for a in aws]
-        for _ in range(max_steps):
-            for _ in range(20):
-                await asyncio.sleep(0)
-            if all(t.done() for t in tasks):
-                return [t.result() for t in tasks]
-            while self._timers and self._timers[0][2].done():
-                heapq.heappop(self._timers)
-            assert self._timers, "deadlock: tasks wait and no timer is pending"
-            when, _, fut = self._timers[0]
-            if until is not None and when > until:
-                self.now = until
-                return tasks
-            heapq.heappop(self._timers)
-            self.now = max(self.now, when)
-            fut.set_result(None)
-        raise AssertionError("did not finish")
+from tests.fakes import FakeTime
 
 
 def breaker(clock: FakeTime, **kw: Any) -> CircuitBreaker:
