@@ -75,7 +75,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import topics
 from connector.config import KafkaSettings
 from connector.embedded_broker import free_port
-from connector.kafka import client_options
+from connector.kafka import client_options, topic_partitions
 from connector.simulators import SIMULATORS
 from connector.stack import LocalStack, Process, wait_http, worker_env
 
@@ -248,22 +248,12 @@ def _merge_offsets(last: dict[int, int], metas: Iterable[Any]) -> None:
             last[m.partition] = m.offset
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    for _ in range(100):
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return [TopicPartition(topic, p) for p in sorted(found)]
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} not found: create the topics first (`sms-connector topics apply`)")
-
-
 async def end_offsets(kafka: KafkaSettings, topic_names: Iterable[str]) -> dict[TopicPartition, int]:
     """ListOffsets ends (a lower bound on the embedded broker, exact on Kafka)."""
     consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [tp for t in topic_names for tp in await _partitions(consumer, t)]
+        tps = [tp for t in topic_names for tp in await topic_partitions(consumer, t)]
         return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()

@@ -7,10 +7,12 @@ SASL PLAIN / SCRAM). ``apply_topics`` / ``check_topics`` create or verify the to
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -31,6 +33,22 @@ def client_options(k: KafkaSettings) -> dict[str, Any]:
         opts["sasl_plain_username"] = k.sasl_username
         opts["sasl_plain_password"] = k.sasl_password.value if k.sasl_password else ""
     return opts
+
+
+class TopicMissing(ValueError):
+    """A topic of the contract does not exist on the cluster."""
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, attempts: int = 100) -> list[TopicPartition]:
+    """Every partition of ``topic``, refreshing metadata until the topic is known (a just-created
+    topic takes a moment to appear); TopicMissing after ``attempts`` tries 0.1 s apart."""
+    for _ in range(attempts):
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return [TopicPartition(topic, p) for p in sorted(found)]
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+        await asyncio.sleep(0.1)
+    raise TopicMissing(f"topic {topic} does not exist: create the topics with `sms-connector topics apply`")
 
 
 @dataclass(frozen=True)

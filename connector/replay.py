@@ -224,21 +224,11 @@ class _Originals:
             await self._consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    for _ in range(20):
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return [TopicPartition(topic, p) for p in sorted(found)]
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh (as stack.Follower)
-        await asyncio.sleep(0.1)
-    raise ValueError(f"topic {topic} does not exist (run `sms-connector topics apply`)")
-
-
 async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = None, *, dry_run: bool = False,
                  limit: int | None = None, progress: Progress | None = None, quiet_s: float = 1.0,
                  max_quiet_s: float = 10.0) -> ReplaySummary:
     """Replay the matching records of ``topic`` (``dlq`` / ``failed`` or their names) to sms.outbound."""
-    from connector.kafka import client_options
+    from connector.kafka import client_options, topic_partitions
 
     kind, name = topic_kind(topic)
     target = topics.spec("outbound").name
@@ -251,7 +241,7 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
     pending: list[asyncio.Future[Any]] = []
     await consumer.start()
     try:
-        parts = await _partitions(consumer, name)
+        parts = await topic_partitions(consumer, name, attempts=20)
         consumer.assign(parts)
         begin = await consumer.beginning_offsets(parts)
         end = await consumer.end_offsets(parts)

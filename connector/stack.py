@@ -22,13 +22,13 @@ from typing import Any, Iterable, Mapping
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import topics
 from connector.config import KafkaSettings
 from connector.demo import DEMO_HEADER
 from connector.embedded_broker import EmbeddedBroker, free_port
-from connector.kafka import apply_topics, client_options
+from connector.kafka import apply_topics, client_options, topic_partitions
 from connector.simulators import SIMULATORS
 
 # How the local stack routes traffic: route name -> route settings (provider = simulator name).
@@ -295,15 +295,7 @@ class Follower:
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
-            parts = []
-            for t in roles:
-                for _ in range(100):
-                    found = consumer.partitions_for_topic(t)
-                    if found:
-                        break
-                    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-                    await asyncio.sleep(0.1)
-                parts += [TopicPartition(t, p) for p in found or ()]
+            parts = [tp for t in roles for tp in await topic_partitions(consumer, t)]
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             while not self._stop.is_set():

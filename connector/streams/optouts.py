@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 import topics
 from connector.config import KafkaSettings
 from connector.inbound import OptOutChange
-from connector.kafka import client_options
+from connector.kafka import client_options, topic_partitions
 from connector.sender import RouteSender
 
 log = logging.getLogger("sms_connector.optouts")
@@ -44,14 +44,7 @@ class OptOutTable:
         self._consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
                                           auto_offset_reset="earliest")
         await self._consumer.start()
-        parts = set()
-        for _ in range(100):
-            parts = self._consumer.partitions_for_topic(topic) or set()
-            if parts:
-                break
-            await self._consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-            await asyncio.sleep(0.1)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(self._consumer, topic)
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         end = await self._consumer.end_offsets(tps) if tps else {}

@@ -83,7 +83,7 @@ from connector import metrics
 from connector.config import KafkaSettings, Settings
 from connector.errors import Rejected, Throttled
 from connector.inbound import InboundSms, Keywords, first_word, stable_id
-from connector.kafka import client_options
+from connector.kafka import client_options, topic_partitions
 from connector.policy import RetryPolicy, backoff
 from connector.providers import ogangi as og
 from connector.providers import thingspace as ts
@@ -279,16 +279,6 @@ class MoState:
 # Kafka: the state topic and the read-back of sms.inbound
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, attempts: int = 100) -> list[TopicPartition]:
-    for _ in range(attempts):
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return [TopicPartition(topic, p) for p in sorted(found)]
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} has no partitions (run `sms-connector topics apply`)")
-
-
 def _consumer(kafka: KafkaSettings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False,
                             auto_offset_reset="earliest")
@@ -352,7 +342,7 @@ class PollerState:
         consumer = _consumer(self.kafka)
         await consumer.start()
         try:
-            tps = await _partitions(consumer, self.topic)
+            tps = await topic_partitions(consumer, self.topic)
             await _read_to_end(consumer, {tp: None for tp in tps}, apply)
         finally:
             await consumer.stop()
@@ -385,7 +375,7 @@ class InboundLog:
             consumer = _consumer(self.kafka)
             await consumer.start()
             try:
-                self._tps = await _partitions(consumer, self.topic)
+                self._tps = await topic_partitions(consumer, self.topic)
             except BaseException:
                 await consumer.stop()
                 raise
@@ -418,7 +408,7 @@ class InboundLog:
         consumer = _consumer(self.kafka)
         await consumer.start()
         try:
-            tps = await _partitions(consumer, self.topic)
+            tps = await topic_partitions(consumer, self.topic)
             await _read_to_end(consumer, {tp: since.get(tp.partition, 0) for tp in tps}, check)
         finally:
             await consumer.stop()
