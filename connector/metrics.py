@@ -42,6 +42,9 @@ CIRCUIT_WAIT_SECONDS = Counter("sms_circuit_wait_seconds_total", "Time send atte
                                "open circuit.", ["route"])
 FAILOVER = Counter("sms_failover_total", "Messages sent through a failover route because their route's circuit "
                    "was open.", ["route", "failover"])
+HANDED_OFF = Counter("sms_outbound_retry_handoffs_total", "Messages handed off to the retry topic after their "
+                     "in-place retries, by the error's reason.", ["route", "reason"])
+RETRY_WAITING = Gauge("sms_outbound_retry_waiting", "Retry-topic records held by this worker until their due time.")
 PARTITIONS_ASSIGNED = Gauge("sms_kafka_partitions_assigned", "Input partitions assigned to this worker.")
 COMMITS = Counter("sms_kafka_commits_total", "Offset commits, by outcome.", ["outcome"])
 PRODUCE_ERRORS = Counter("sms_kafka_produce_errors_total",
@@ -66,4 +69,5 @@ STATUS_POLLS = Counter("sms_status_polls_total", "Delivery-status polls, by outc
 # -- idempotency ledger -------------------------------------------------------------------------
 LEDGER_ENTRIES = Gauge("sms_ledger_entries", "Client message ids the idempotency ledger remembers (this worker).")
 LEDGER_REPLAYS = Counter("sms_ledger_replays_total", "Outbound records seen again whose id the ledger knew, by what "
-                         "was done (done: skipped; in-doubt-resend; in-doubt-fail; replayed-after-failure).", ["decision"])
+                         "was done (done: skipped; retrying: skipped, its hand-off exists; in-doubt-resend; in-doubt-fail; "
+                         "replayed-after-failure).", ["decision"])

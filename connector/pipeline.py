@@ -2,7 +2,9 @@
 
 ``Pipeline.outcome(value, timestamp_ms)`` decodes and validates the record, checks expiry,
 chooses the route, prepares the message for its provider and sends it (retries included), and
-returns the one ``Outcome`` that ends it: accepted, failed (with reason) or dead-lettered. The
+returns the one ``Terminal`` that ends it: accepted, failed (with reason) or dead-lettered, or
+``retry``: a hand-off to the retry topic (``connector.retries``) when the in-place retries of a
+retriable error are spent and the attempt cap is not reached. The
 dispatch processor (``streams/dispatch.py``) turns outcomes into Kafka records; the contract tests
 drive the same path against every simulator without a broker.
 """
@@ -19,15 +21,17 @@ from connector import metrics
 from connector.breaker import CircuitOpen
 from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
 from connector.inbound import correlation_key
+from connector.policy import HandOffPolicy, Retry, hand_off
 from connector.records import (SCHEMA_VERSION, Accepted, Outcome, decode_outbound, encode_accepted, encode_failed,
                                iso)
+from connector.retries import HandOff, RetryState
 from connector.routing import Router
 from connector.sender import RouteSender
 
 if TYPE_CHECKING:
     from connector.streams.ledger import PartitionLedger
 
-INTENT, DONE = "intent", "done"   # ledger states (connector.streams.ledger)
+INTENT, RETRYING, DONE = "intent", "retrying", "done"   # ledger states (connector.streams.ledger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +39,7 @@ class Terminal:
     """How a record ended. ``value`` is the terminal record (None for dead letters, which keep
     the input's bytes); ``reason`` is the failure or dead-letter reason."""
 
-    kind: str                  # "accepted" | "failed" | "dlq" | "skip"
+    kind: str                  # "accepted" | "failed" | "dlq" | "retry" (not terminal: a hand-off) | "skip"
     value: bytes | None
     reason: str | None = None
     error: str | None = None
@@ -44,6 +48,8 @@ class Terminal:
     correlations: tuple[tuple[bytes, bytes], ...] = ()
     # set when the ledger holds an intent for this message: record "done" once the terminal is durable
     ledger_cid: str | None = None
+    # retry only: when and how the message is sent again from the retry topic
+    handoff: HandOff | None = None
 
 
 SKIP = Terminal("skip", None)   # a replay whose outcome is recorded: nothing to send, nothing to publish
@@ -51,21 +57,31 @@ SKIP = Terminal("skip", None)   # a replay whose outcome is recorded: nothing to
 
 class Pipeline:
     def __init__(self, senders: Mapping[str, RouteSender], router: Router,
-                 optouts: Container[str] = frozenset()) -> None:
+                 optouts: Container[str] = frozenset(), handoff: HandOffPolicy | None = None) -> None:
+        """``handoff``: the retry topic's policy; None fails a message once its in-place retries
+        are spent (no retry topic)."""
         self.senders = senders
         self.router = router
         self.optouts = optouts
+        self.handoff = handoff
 
     async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: PartitionLedger | None = None,
-                      replayed: bool = False) -> Terminal:
+                      replayed: bool = False, retry: RetryState | None = None) -> Terminal:
         """``replayed``: re-injected by ``dlq replay``; a message whose recorded outcome was failed
-        is sent again (after a fix), one already accepted is still a no-op."""
+        is sent again (after a fix), one already accepted is still a no-op. ``retry``: the record
+        comes from the retry topic (its earlier passes)."""
         try:
             msg = decode_outbound(value)
         except InvalidRecord as exc:
             metrics.DEAD_LETTERED.labels(exc.reason).inc()
             return Terminal("dlq", None, exc.reason, exc.message, exc.field)
         known = ledger.state(msg.client_message_id) if ledger is not None else None
+        if known == RETRYING and ledger is not None:
+            if retry is None or retry.token != ledger.token(msg.client_message_id):
+                # its hand-off is durable: the original read again, a duplicate, or an older retry record
+                metrics.LEDGER_REPLAYS.labels("retrying").inc()
+                return SKIP
+            known = None     # this pass is the one the ledger expects: a resend by design, not in doubt
         if known == DONE:
             if not (replayed and ledger is not None and ledger.outcome(msg.client_message_id) == "failed"):
                 metrics.LEDGER_REPLAYS.labels("done").inc()
@@ -73,6 +89,7 @@ class Pipeline:
             metrics.LEDGER_REPLAYS.labels("replayed-after-failure").inc()
             known = None
         o = Outcome(msg=msg, received_at=timestamp_ms / 1000)
+        earlier = retry.attempts if retry is not None else 0
         try:
             o.route = self.router.choose(msg)
             sender = self.senders[o.route]
@@ -98,7 +115,8 @@ class Pipeline:
                 metrics.LEDGER_REPLAYS.labels("in-doubt-resend").inc()
             else:
                 await ledger.intent(cid, o.route)
-        sent = await sender.send(prepared)
+        budget = self.handoff.max_attempts - earlier if self.handoff is not None else None
+        sent = await sender.send(prepared, budget=budget)
         if isinstance(sent.result, CircuitOpen) and sender.failover_route:
             # The route's circuit is open: its failover takes the message (one hop, never back).
             metrics.FAILOVER.labels(o.route, sender.failover_route).inc()
@@ -110,13 +128,21 @@ class Pipeline:
             except InvalidMessage as exc:
                 return self.failed(o, exc)
             o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
-            earlier = sent.attempts
-            sent = await sender.send(prepared, may_fail_over=False)
-            sent.attempts += earlier
-        o.attempts, o.submitted_at = sent.attempts, sent.submitted_at
+            before_failover = sent.attempts
+            sent = await sender.send(prepared, may_fail_over=False,
+                                     budget=budget - before_failover if budget is not None else None)
+            sent.attempts += before_failover
+        o.attempts, o.submitted_at = earlier + sent.attempts, sent.submitted_at
         if isinstance(sent.result, Accepted):
             return Terminal("accepted", encode_accepted(o, sent.result, time.time()),
                             correlations=_correlations(o, sent.result), ledger_cid=cid)
+        if self.handoff is not None:
+            passes = retry.passes if retry is not None else 0
+            action = hand_off(sent.result, o.attempts, passes, self.handoff)
+            if isinstance(action, Retry):
+                metrics.HANDED_OFF.labels(o.route, sent.result.reason).inc()
+                return Terminal("retry", None, sent.result.reason, sent.result.message, ledger_cid=cid,
+                                handoff=HandOff.new(o.attempts, passes + 1, time.time() + action.after_s))
         return replace(self.failed(o, sent.result), ledger_cid=cid)
 
     @staticmethod

@@ -2,7 +2,13 @@
 
 The only module that turns a classified error (``connector.errors``) into an action. Retriable
 errors are retried with exponential backoff and full jitter, honouring ``Retry-After`` (capped);
-everything else fails at once with the error's reason. No I/O, no clock reads except through
+everything else fails at once with the error's reason. Retries come in two tiers:
+
+- ``decide``: in place, a short budget of quick retries (``RetryPolicy``), while the message
+  holds its place in its key's order;
+- ``hand_off``: once that budget is spent, the message goes to the retry topic and is sent again
+  at a due time minutes away (``HandOffPolicy``), so a slow message never holds up its partition;
+  after the attempt cap across all passes it fails with the last error's reason. No I/O, no clock reads except through
 arguments, so every rule is a table-driven unit test.
 """
 
@@ -52,3 +58,26 @@ def decide(error: SmsError, attempt: int, policy: RetryPolicy,
             return Fail(error.reason)  # waiting that long in place would stall the partition
         return Retry(error.retry_after)
     return Retry(backoff(attempt, policy, rand))
+
+
+@dataclass(frozen=True, slots=True)
+class HandOffPolicy:
+    max_attempts: int = 12          # provider calls in all, across passes; then the message fails
+    delay_s: float = 30.0           # before the first pass from the retry topic; doubles per pass
+    max_delay_s: float = 600.0      # cap per pass, Retry-After included
+
+
+def hand_off(error: SmsError, attempts: int, passes: int, policy: HandOffPolicy,
+             rand: Callable[[], float] = random.random) -> Action:
+    """After a pass ended in ``error`` with ``attempts`` provider calls made in all and
+    ``passes`` hand-offs so far: ``Retry(delay)`` through the retry topic, or ``Fail``.
+
+    The delay has equal jitter (half fixed, half random): a hand-off is meant to wait, and the
+    random half spreads a burst of failures over time. A longer ``Retry-After`` wins, up to the cap."""
+    if not error.retriable or attempts >= policy.max_attempts:
+        return Fail(error.reason)
+    ceiling = min(policy.max_delay_s, policy.delay_s * (2 ** passes))
+    delay = ceiling / 2 + rand() * ceiling / 2
+    if isinstance(error, Throttled) and error.retry_after is not None:
+        delay = max(delay, min(error.retry_after, policy.max_delay_s))
+    return Retry(delay)

@@ -80,9 +80,11 @@ class RouteSender:
         metrics.CIRCUIT_STATE.labels(self.route).set_function(lambda: self.breaker.state_code)
 
     # -- public ------------------------------------------------------------------------------
-    async def send(self, p: Prepared, *, may_fail_over: bool = True) -> SendOutcome:
+    async def send(self, p: Prepared, *, may_fail_over: bool = True, budget: int | None = None) -> SendOutcome:
         """``may_fail_over``: with a failover route, an open circuit returns ``CircuitOpen`` at
-        once (nothing sent) instead of waiting. The failover's own send passes False: one hop."""
+        once (nothing sent) instead of waiting. The failover's own send passes False: one hop.
+        ``budget``: at most this many calls (the message's attempts left under its cap), even if
+        the in-place policy allows more."""
         attempt = 0
         while True:
             if not self.breaker.allow():
@@ -98,7 +100,7 @@ class RouteSender:
                 self._m_segments.inc(p.segments)
                 return SendOutcome(result, attempt, started)
             action = decide(result, attempt, self.retry)
-            if isinstance(action, Fail):
+            if isinstance(action, Fail) or (budget is not None and attempt >= budget):
                 return SendOutcome(result, attempt, started)
             metrics.PROVIDER_RETRIES.labels(self.route, self.provider.name, result.reason).inc()
             await asyncio.sleep(action.after_s)

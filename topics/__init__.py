@@ -29,6 +29,12 @@ HEADER_ERROR_FIELD = "sms.error.field"
 HEADER_ERROR_AT = "sms.error.at"
 # Added by `sms-connector dlq replay`: where the replayed record came from (topic:partition:offset).
 HEADER_REPLAYED_FROM = "sms.replayed-from"
+# Carried by records on the retry topic (connector.retries).
+HEADER_RETRY_ATTEMPTS = "sms.retry.attempts"   # provider calls made so far
+HEADER_RETRY_PASSES = "sms.retry.passes"       # hand-offs so far (1 on the first retry record)
+HEADER_RETRY_DUE_AT = "sms.retry.due-at"       # epoch milliseconds: not sent again before
+HEADER_RETRY_TOKEN = "sms.retry.token"         # this hand-off's id in the ledger (a replayed older one is skipped)
+HEADER_RETRY_REASON = "sms.retry.reason"       # the error that caused the hand-off
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,9 @@ after the last commit, or upstream produced it twice) then:
 - ``intent`` without done (*in doubt*: the call may or may not have happened): the route's
   ``in_doubt`` policy decides: ``resend`` (at-least-once; the SMPP API gets the same
   ``clientMessageId``) or ``fail`` (at-most-once: a failed record, reason in-doubt).
+- ``retrying`` (handed off to the retry topic; its retry record is durable): the entry holds
+  that hand-off's token. Only the retry record carrying it is sent; the original input read
+  again, a duplicate, or an older retry record of the same message is a no-op.
 
 Storage: the compacted topic ``sms.ledger`` (key = client_message_id), written to the *same
 partition number as the input record*, so the worker that owns ``sms.outbound`` partition p also
@@ -47,7 +50,7 @@ from connector.records import SCHEMA_VERSION
 
 log = logging.getLogger("sms_connector.ledger")
 
-INTENT, DONE = "intent", "done"
+INTENT, RETRYING, DONE = "intent", "retrying", "done"
 
 
 class PartitionLedger:
@@ -58,7 +61,8 @@ class PartitionLedger:
     def __init__(self, ledger: Ledger, partition: int) -> None:
         self.ledger = ledger
         self.partition = partition
-        self.entries: dict[str, tuple[str, float, str | None]] = {}   # cid -> (state, at, outcome)
+        # cid -> (state, at, detail): detail is the outcome of a done entry, the token of a retrying one
+        self.entries: dict[str, tuple[str, float, str | None]] = {}
 
     def state(self, cid: str) -> str | None:
         entry = self.entries.get(cid)
@@ -69,13 +73,21 @@ class PartitionLedger:
     def outcome(self, cid: str) -> str | None:
         """``accepted`` or ``failed`` for a done entry (else None)."""
         entry = self.entries.get(cid)
-        return entry[2] if entry is not None else None
+        return entry[2] if entry is not None and entry[0] == DONE else None
+
+    def token(self, cid: str) -> str | None:
+        """The current hand-off's token for a retrying entry (else None)."""
+        entry = self.entries.get(cid)
+        return entry[2] if entry is not None and entry[0] == RETRYING else None
 
     async def intent(self, cid: str, route: str | None) -> None:
         await self.ledger.write(self, cid, INTENT, route=route)
 
     async def done(self, cid: str, outcome: str) -> None:
         await self.ledger.write(self, cid, DONE, outcome=outcome)
+
+    async def retrying(self, cid: str, token: str) -> None:
+        await self.ledger.write(self, cid, RETRYING, token=token)
 
 
 class Ledger:
@@ -149,13 +161,16 @@ class Ledger:
 
     # -- writes ------------------------------------------------------------------------------
     async def write(self, pl: PartitionLedger, cid: str, state: str, *, route: str | None = None,
-                    outcome: str | None = None) -> None:
+                    outcome: str | None = None, token: str | None = None) -> None:
         at = time.time()
-        value = orjson.dumps({"schema_version": SCHEMA_VERSION, "state": state, "at": at, "route": route,
-                              "outcome": outcome})
-        fut = await self.producer.send(self.topic, value=value, key=cid.encode(), partition=pl.partition)
+        entry: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "state": state, "at": at, "route": route,
+                                 "outcome": outcome}
+        if token is not None:
+            entry["token"] = token
+        fut = await self.producer.send(self.topic, value=orjson.dumps(entry), key=cid.encode(),
+                                       partition=pl.partition)
         await fut
-        pl.entries[cid] = (state, at, outcome)
+        pl.entries[cid] = (state, at, token if state == RETRYING else outcome)
 
     def prune(self) -> int:
         """Forget entries older than the window; returns how many are left."""
@@ -180,10 +195,11 @@ def _apply(entries: dict[str, tuple[str, float, str | None]], key: bytes | None,
         return
     try:
         record: dict[str, Any] = orjson.loads(value)
-        state, at, outcome = record["state"], float(record["at"]), record.get("outcome")
+        state, at = record["state"], float(record["at"])
+        detail = record.get("token") if state == RETRYING else record.get("outcome")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return
     if now - at <= window_s:
-        entries[cid] = (state, at, outcome)
+        entries[cid] = (state, at, detail)
     else:
         entries.pop(cid, None)

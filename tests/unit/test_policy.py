@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from connector import errors
-from connector.policy import Fail, Retry, RetryPolicy, backoff, decide
+from connector.policy import Fail, HandOffPolicy, Retry, RetryPolicy, backoff, decide, hand_off
 
 P = RetryPolicy(max_attempts=4, base_delay_s=0.2, max_delay_s=5.0, max_retry_after_s=30.0)
 
@@ -56,3 +56,28 @@ def test_simulator_faults_keep_fractions() -> None:
     f = Faults()
     f.update({"error_rate": 0.3, "seed": 3})
     assert f.error_rate == 0.3 and f.seed == 3
+
+
+H = HandOffPolicy(max_attempts=12, delay_s=30.0, max_delay_s=600.0)
+
+
+@pytest.mark.parametrize("error, attempts, passes, expected", [
+    (errors.Retriable("5xx"), 4, 0, Retry(22.5)),                 # first hand-off: 15 + 0.5 * 15
+    (errors.Timeout("t"), 8, 1, Retry(45.0)),                      # doubles per pass
+    (errors.Retriable("5xx"), 11, 9, Retry(450.0)),                # capped at max_delay_s
+    (errors.Retriable("5xx"), 12, 2, Fail("unavailable")),         # the attempt cap
+    (errors.Throttled("429"), 12, 2, Fail("throttled")),
+    (errors.Throttled("429", retry_after=120.0), 4, 0, Retry(120.0)),   # Retry-After longer than the backoff
+    (errors.Throttled("429", retry_after=5000.0), 4, 0, Retry(600.0)),  # ... up to the cap
+    (errors.Throttled("429", retry_after=1.0), 4, 0, Retry(22.5)),
+    (errors.Rejected("bad"), 1, 0, Fail("rejected")),                 # permanent: never handed off
+    (errors.InDoubt("?"), 1, 0, Fail("in-doubt")),
+    (errors.AuthFailed("no"), 1, 0, Fail("auth")),
+])
+def test_hand_off(error: errors.SmsError, attempts: int, passes: int, expected: object) -> None:
+    assert hand_off(error, attempts, passes, H, rand=lambda: 0.5) == expected
+
+
+def test_hand_off_delay_is_at_least_half_its_ceiling() -> None:
+    delays = [hand_off(errors.Retriable("x"), 4, 0, H, rand=lambda r=r: r) for r in (0.0, 1.0)]
+    assert delays == [Retry(15.0), Retry(30.0)]
