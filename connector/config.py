@@ -105,15 +105,29 @@ class DispatchSettings:
                                        minimum=0.05, maximum=60)
     shutdown_timeout_s: float = setting(25.0, doc="On SIGTERM or rebalance, how long in-flight records may take to finish.",
                                         minimum=0, maximum=600)
-    retry_max_attempts: int = setting(4, doc="Provider calls per message in place (first call included) for retriable errors.",
+    retry_max_attempts: int = setting(4, doc="Provider calls per message in place, per pass (first call included), for "
+                                             "retriable errors. The message keeps its place in its recipient's order "
+                                             "meanwhile; then it is handed off to sms.outbound.retry (see max_attempts).",
                                       minimum=1, maximum=50)
+    max_attempts: int = setting(12, doc="Provider calls per message in all, across passes through sms.outbound.retry; "
+                                        "then it fails (reason unavailable or throttled) with the count. Equal to "
+                                        "retry_max_attempts: no retry topic (fail after the in-place retries).",
+                                minimum=1, maximum=1000)
+    retry_topic_delay_s: float = setting(30.0, doc="Wait before the first pass from the retry topic; doubles per pass "
+                                                   "(equal jitter). A longer Retry-After wins.", minimum=0, maximum=86400)
+    retry_topic_max_delay_s: float = setting(600.0, doc="Cap of the wait before one pass from the retry topic. Keep "
+                                                        "the whole schedule well inside idempotency_window_s.",
+                                             minimum=0, maximum=86400)
+    retry_topic_max_waiting: int = setting(20000, doc="Retry-topic records one worker holds in memory until they are "
+                                                      "due (about 1 KB each); beyond, it stops reading the retry topic "
+                                                      "until some are sent.", minimum=1, maximum=1000000)
     retry_base_delay_s: float = setting(0.2, doc="Backoff base: full jitter, doubling per attempt.", minimum=0, maximum=60)
     retry_max_delay_s: float = setting(5.0, doc="Backoff cap per wait.", minimum=0, maximum=600)
     idempotency_window_s: float = setting(3600.0, doc="How long the idempotency ledger remembers a client_message_id "
                                                       "(0 turns the ledger off). A replay or duplicate within the window "
                                                       "calls no provider again. Memory: about 100 bytes per message.",
                                           minimum=0, maximum=30 * 86400)
-    retry_after_max_s: float = setting(30.0, doc="A provider's Retry-After is honoured up to this; longer waits fail the message as throttled.",
+    retry_after_max_s: float = setting(30.0, doc="A provider's Retry-After is honoured in place up to this; a longer one ends the in-place retries (the message is handed off to the retry topic, or fails as throttled at the attempt cap).",
                                        minimum=0, maximum=3600)
 
 

@@ -58,10 +58,13 @@ __all__ = ["FILTER_FIELDS", "HEADER_REPLAYED_FROM", "ReplaySummary", "dlq_group"
 HEADER_REPLAYED_FROM = topics.HEADER_REPLAYED_FROM
 FILTER_FIELDS = ("reason", "provider", "route", "client_message_id", "key")
 _ALIASES = {"id": "client_message_id", "cid": "client_message_id"}
-# Headers the dispatcher adds to a dead-lettered record (and ours): not part of the original.
+# Headers the dispatcher adds to a dead-lettered record (and ours, and a retry record's): not part of
+# the original; a replayed record starts again as a first pass.
 _ADDED_HEADERS = frozenset({topics.HEADER_SOURCE_TOPIC, topics.HEADER_SOURCE_PARTITION, topics.HEADER_SOURCE_OFFSET,
                             topics.HEADER_ERROR_REASON, topics.HEADER_ERROR_MESSAGE, topics.HEADER_ERROR_FIELD,
-                            topics.HEADER_ERROR_AT, HEADER_REPLAYED_FROM})
+                            topics.HEADER_ERROR_AT, HEADER_REPLAYED_FROM, topics.HEADER_RETRY_ATTEMPTS,
+                            topics.HEADER_RETRY_PASSES, topics.HEADER_RETRY_DUE_AT, topics.HEADER_RETRY_TOKEN,
+                            topics.HEADER_RETRY_REASON})
 
 Filters = dict[str, frozenset[str]]
 Headers = list[tuple[str, bytes]]

@@ -19,13 +19,23 @@ in-flight events; an agent acks an event when it asks for the next one). Here:
 - **Idempotency:** with the ledger (``streams.ledger``), a record whose client_message_id is known
   as done is a no-op, and one in doubt follows its route's ``in_doubt`` policy; each partition's
   records wait until that partition's ledger is loaded.
+- **Retry topic:** a message whose in-place retries are spent is handed off to
+  ``sms.outbound.retry`` (same key, same partition number, original bytes; ``connector.retries``)
+  and its input is finished, so the partition moves on. The same consumer reads the retry topic
+  (range assignment: partition p of both topics, and of the ledger, has one owner). A retry
+  record is held in memory until its due time, then sent like any record (its own key chain);
+  held records do not count against ``max_in_flight``, are bounded by
+  ``retry_topic_max_waiting`` (beyond it, the retry partitions are paused) and keep their
+  partition's commit behind them, so a crash re-reads and re-holds them.
 - **Rebalance / shutdown:** revoked partitions take no new records and let every record already
   taken finish (up to ``dispatch.shutdown_timeout_s``), then commit: nothing is replayed.
+  Retry records still waiting for their due time are not waited for: the next owner re-reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import deque
@@ -33,6 +43,7 @@ from typing import Any, Container, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
 import topics
@@ -41,7 +52,9 @@ from connector.config import Settings
 from connector.kafka import client_options
 from connector.offsets import PartitionProgress
 from connector.pipeline import Pipeline, Terminal
+from connector.policy import HandOffPolicy
 from connector.records import iso
+from connector import retries
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.routing import Router
 from connector.sender import RouteSender
@@ -55,13 +68,16 @@ class Dispatcher:
     def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], router: Router,
                  optouts: Container[str] = frozenset()) -> None:
         self.settings = settings
-        self.pipeline = Pipeline(senders, router, optouts)
+        d = settings.dispatch
+        handoff = (HandOffPolicy(d.max_attempts, d.retry_topic_delay_s, d.retry_topic_max_delay_s)
+                   if d.max_attempts > d.retry_max_attempts else None)
+        self.pipeline = Pipeline(senders, router, optouts, handoff)
         self.topic_correlation = topics.spec("correlation").name
         self.topic_in = topics.spec("outbound").name
+        self.topic_retry = topics.spec("retry").name
         self.topic_accepted = topics.spec("accepted").name
         self.topic_failed = topics.spec("failed").name
         self.topic_dlq = topics.spec("dlq").name
-        d = settings.dispatch
         self.max_in_flight = d.max_in_flight
         self.in_flight = 0
         self._capacity = asyncio.Event()
@@ -71,18 +87,28 @@ class Dispatcher:
         self._chains: dict[tuple[int, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._partitions: dict[str, int] = {}
+        # retry records held until due: (due, seq, tp, record) with a count per partition
+        self._waiting: list[tuple[float, int, TopicPartition, ConsumerRecord[bytes, bytes]]] = []
+        self._waiting_by_tp: dict[TopicPartition, int] = {}
+        self._waiting_seq = 0
+        self._max_waiting = d.retry_topic_max_waiting
+        self._retry_paused = False
+        self._wake: asyncio.TimerHandle | None = None
         self.ledger: Ledger | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
         metrics.OLDEST_PENDING.set_function(
-            lambda: max((p.oldest_age() for p in list(self._progress.values())), default=0.0))
+            lambda: max((p.oldest_age() for tp, p in list(self._progress.items()) if tp.topic == self.topic_in),
+                        default=0.0))
+        metrics.RETRY_WAITING.set_function(lambda: len(self._waiting))
 
     # -- health ------------------------------------------------------------------------------
     @property
     def assigned(self) -> int:
-        return len(self._progress)
+        """Input partitions (of sms.outbound) assigned."""
+        return sum(1 for tp in self._progress if tp.topic == self.topic_in)
 
     async def broker_reachable(self, timeout: float = 3.0) -> bool:
         if self._producer is None:
@@ -106,14 +132,22 @@ class Dispatcher:
             heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)),
             request_timeout_ms=int(k.request_timeout_s * 1000) + int(k.session_timeout_s * 1000),
             max_poll_interval_ms=300_000, max_partition_fetch_bytes=1024 * 1024,
-            fetch_max_wait_ms=k.fetch_max_wait_ms)
+            fetch_max_wait_ms=k.fetch_max_wait_ms,
+            # Range, not aiokafka's default round-robin: partition p of sms.outbound and of the
+            # retry topic must have one owner, the owner of ledger partition p
+            partition_assignment_strategy=(RangePartitionAssignor,))
         await self._producer.start()
         if self.settings.dispatch.idempotency_window_s > 0:
             self.ledger = Ledger(k, self._producer, self.settings.dispatch.idempotency_window_s)
-        for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq):
+        for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry):
             self._partitions[topic] = len(await self._producer.partitions_for(topic))
+        if self._partitions[self.topic_retry] != self._partitions[self.topic_in]:
+            raise RuntimeError(
+                f"topic {self.topic_retry} has {self._partitions[self.topic_retry]} partitions and "
+                f"{self.topic_in} has {self._partitions[self.topic_in]}: they must be equal (a retry record "
+                f"is written to its input's partition number, whose owner holds its ledger)")
         try:
-            self._consumer.subscribe([self.topic_in], listener=_Listener(self))
+            self._consumer.subscribe([self.topic_in, self.topic_retry], listener=_Listener(self))
             await self._consumer.start()
             self.started.set()
             log.info("dispatch started", extra={"topic": self.topic_in, "group": k.group_id})
@@ -122,6 +156,8 @@ class Dispatcher:
                 await self._fetch_loop(stop)
             finally:
                 commits.cancel()
+                if self._wake is not None:
+                    self._wake.cancel()
                 await self._drain(self.settings.dispatch.shutdown_timeout_s)
                 await self._commit()
         finally:
@@ -153,21 +189,82 @@ class Dispatcher:
         progress = self._progress.get(tp)
         if progress is None or progress.closing or progress.revoked:
             return
+        if tp.topic == self.topic_retry:
+            self._hold(tp, progress, records)
+            return
         metrics.CONSUMED.inc(len(records))
-        chains = self._chains
+        for rec in records:
+            if progress.take(rec.offset):   # False: already taken in this assignment (a re-delivered fetch)
+                self._start(tp, progress, rec, tp.partition)
+
+    def _start(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes],
+               lane: Any) -> None:
+        """Run ``rec`` after the records of its key taken before it (``lane`` separates the
+        input's chains from the retry topic's)."""
+        self.in_flight += 1
+        ck = (lane, rec.key if rec.key is not None else ("offset", rec.offset))
+        chain = self._chains.get(ck)
+        if chain is not None:
+            chain.append(rec)
+            return
+        self._chains[ck] = deque()
+        task = asyncio.get_running_loop().create_task(self._run_chain(ck, tp, progress, rec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the retry topic ---------------------------------------------------------------------
+    def _hold(self, tp: TopicPartition, progress: PartitionProgress,
+              records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Retry records: start those due, hold the others until their due time."""
+        now = time.time()
         for rec in records:
             if not progress.take(rec.offset):
-                continue  # already taken in this assignment (a re-delivered fetch)
-            self.in_flight += 1
-            ck = (tp.partition, rec.key if rec.key is not None else ("offset", rec.offset))
-            chain = chains.get(ck)
-            if chain is not None:
-                chain.append(rec)
                 continue
-            chains[ck] = deque()
-            task = asyncio.get_running_loop().create_task(self._run_chain(ck, tp, progress, rec))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            due = retries.due_at_ms(rec.headers) / 1000
+            if due <= now:
+                self._start(tp, progress, rec, ("retry", tp.partition))
+                continue
+            self._waiting_seq += 1
+            heapq.heappush(self._waiting, (due, self._waiting_seq, tp, rec))
+            self._waiting_by_tp[tp] = self._waiting_by_tp.get(tp, 0) + 1
+        self._schedule_wake()
+        if len(self._waiting) >= self._max_waiting and not self._retry_paused and self._consumer is not None:
+            self._retry_paused = True
+            self._consumer.pause(*[t for t in self._progress if t.topic == self.topic_retry])
+            log.info("retry topic paused: too many records waiting", extra={"waiting": len(self._waiting)})
+
+    def _schedule_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        if self._waiting:
+            delay = max(0.0, self._waiting[0][0] - time.time())
+            self._wake = asyncio.get_running_loop().call_later(delay, self._release)
+
+    def _release(self) -> None:
+        """Start every held retry record that is due."""
+        self._wake = None
+        now = time.time()
+        while self._waiting and self._waiting[0][0] <= now:
+            _, _, tp, rec = heapq.heappop(self._waiting)
+            self._waiting_by_tp[tp] -= 1
+            progress = self._progress.get(tp)
+            if progress is not None and not progress.revoked and not progress.closing:
+                self._start(tp, progress, rec, ("retry", tp.partition))
+        self._schedule_wake()
+        if self._retry_paused and len(self._waiting) < self._max_waiting // 2 and self._consumer is not None:
+            self._retry_paused = False
+            self._consumer.resume(*[t for t in self._progress if t.topic == self.topic_retry])
+
+    def _forget_waiting(self, revoked: Sequence[TopicPartition]) -> None:
+        """Drop held retry records of revoked partitions: uncommitted, the next owner re-reads them."""
+        gone = set(revoked)
+        if any(tp in gone for _, _, tp, _ in self._waiting):
+            self._waiting = [w for w in self._waiting if w[2] not in gone]
+            heapq.heapify(self._waiting)
+            self._schedule_wake()
+        for tp in gone:
+            self._waiting_by_tp.pop(tp, None)
 
     async def _run_chain(self, ck: tuple[int, Any], tp: TopicPartition, progress: PartitionProgress,
                          rec: ConsumerRecord[bytes, bytes]) -> None:
@@ -200,20 +297,24 @@ class Dispatcher:
                       ledger: PartitionLedger | None) -> Terminal:
         try:
             replayed = any(k == topics.HEADER_REPLAYED_FROM for k, _ in rec.headers or ())
-            return await self.pipeline.outcome(rec.value, rec.timestamp, ledger, replayed)
+            retry = retries.state(rec.headers) if tp.topic == self.topic_retry else None
+            return await self.pipeline.outcome(rec.value, rec.timestamp, ledger, replayed, retry)
         except Exception as exc:  # noqa: BLE001 - a bug must not skip a record (faust's trap)
             log.exception("internal error; record dead-lettered",
                           extra={"partition": tp.partition, "offset": rec.offset})
             return self.pipeline.internal_error(exc)
 
     def _record(self, rec: ConsumerRecord[bytes, bytes], t: Terminal) -> tuple[str, bytes, Headers]:
-        """The Kafka record that ends ``rec``: topic, value, headers."""
-        source = _source(rec)
+        """The Kafka record that ends ``rec`` (or hands it off): topic, value, headers."""
+        source = self._source(rec)
         if t.kind == "accepted":
             return self.topic_accepted, t.value or b"", source
         if t.kind == "failed":
             return self.topic_failed, t.value or b"", source
-        headers: Headers = list(rec.headers or ())
+        if t.kind == "retry" and t.handoff is not None:
+            headers = retries.retry_headers(rec.headers, source, t.handoff, t.reason or "")
+            return self.topic_retry, rec.value if rec.value is not None else b"", headers
+        headers: Headers = [h for h in rec.headers or () if h[0] not in retries.SOURCE_HEADERS]
         headers += source
         headers += [(topics.HEADER_ERROR_REASON, (t.reason or "").encode()),
                     (topics.HEADER_ERROR_MESSAGE, (t.error or "")[:1000].encode()),
@@ -232,11 +333,13 @@ class Dispatcher:
         # The input's partition number (modulo the output's count): the same key stays on one
         # partition, in order, and the pure-Python key hash is skipped on the hot path.
         partition = rec.partition % self._partitions.get(topic, 1)
+        # a hand-off keeps the original timestamp: the message's age (expiry, latency) carries over
+        timestamp = rec.timestamp if t.kind == "retry" else None
         delay = 0.1
         while True:
             try:
                 fut = await self._producer.send(topic, value=value, key=rec.key, headers=headers,
-                                                partition=partition)
+                                                partition=partition, timestamp_ms=timestamp)
                 if t.correlations:
                     # keyed by correlation key with the default partitioner: co-partitioned with receipts
                     futures = [fut] + [await self._producer.send(self.topic_correlation, value=corr, key=key)
@@ -252,12 +355,26 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _source(self, rec: ConsumerRecord[bytes, bytes]) -> Headers:
+        """Where the message was read first: a retry record carries its original input's."""
+        if rec.topic == self.topic_retry:
+            carried = retries.carried_source(rec.headers)
+            if carried:
+                return carried
+        return [(topics.HEADER_SOURCE_TOPIC, rec.topic.encode()),
+                (topics.HEADER_SOURCE_PARTITION, str(rec.partition).encode()),
+                (topics.HEADER_SOURCE_OFFSET, str(rec.offset).encode())]
+
     async def _record_done(self, ledger: PartitionLedger, t: Terminal) -> None:
-        """The terminal record is durable: a replay of this message must not call the provider."""
+        """The terminal record (or the hand-off) is durable: a replay of this message must not
+        call the provider (or only through the retry record just written)."""
         delay = 0.1
         while True:
             try:
-                await ledger.done(t.ledger_cid or "", t.kind)
+                if t.kind == "retry" and t.handoff is not None:
+                    await ledger.retrying(t.ledger_cid or "", t.handoff.token)
+                else:
+                    await ledger.done(t.ledger_cid or "", t.kind)
                 return
             except KafkaError as exc:
                 metrics.PRODUCE_ERRORS.labels(ledger.ledger.topic).inc()
@@ -307,10 +424,11 @@ class Dispatcher:
         abandoned: not committed, so replayed."""
         deadline = time.monotonic() + timeout
 
-        def busy() -> bool:
+        def busy() -> bool:   # held retry records are not waited for (not due; re-read by the next owner)
             if only is None:
                 return self.in_flight > 0
-            return any(self._progress[tp].in_flight for tp in only if tp in self._progress)
+            return any(self._progress[tp].in_flight > self._waiting_by_tp.get(tp, 0)
+                       for tp in only if tp in self._progress)
 
         while busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -328,6 +446,7 @@ class Dispatcher:
         mine = [tp for tp in revoked if tp in self._progress]
         for tp in mine:
             self._progress[tp].closing = True
+        self._forget_waiting(mine)
         if mine:
             await self._drain(self.settings.dispatch.shutdown_timeout_s, mine)
             await self._commit(mine)
@@ -335,9 +454,10 @@ class Dispatcher:
             progress = self._progress.pop(tp, None)
             if progress is not None:
                 progress.revoked = True   # anything left is replayed by the next owner
-            if self.ledger is not None:
-                self.ledger.revoke(tp.partition)
-        metrics.PARTITIONS_ASSIGNED.set(len(self._progress))
+        if self.ledger is not None:
+            for partition in {tp.partition for tp in mine} - {tp.partition for tp in self._progress}:
+                self.ledger.revoke(partition)
+        metrics.PARTITIONS_ASSIGNED.set(self.assigned)
         if mine:
             log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
 
@@ -347,14 +467,11 @@ class Dispatcher:
                 self._progress[tp] = PartitionProgress()
             if self.ledger is not None:
                 self.ledger.assign(tp.partition)   # its records wait for it (see _run_chain)
-        metrics.PARTITIONS_ASSIGNED.set(len(self._progress))
-        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+        metrics.PARTITIONS_ASSIGNED.set(self.assigned)
+        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned
+                                                                    if tp.topic == self.topic_in)})
 
 
-def _source(rec: ConsumerRecord[bytes, bytes]) -> Headers:
-    return [(topics.HEADER_SOURCE_TOPIC, rec.topic.encode()),
-            (topics.HEADER_SOURCE_PARTITION, str(rec.partition).encode()),
-            (topics.HEADER_SOURCE_OFFSET, str(rec.offset).encode())]
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -9,6 +9,7 @@ import os
 import random
 import time
 
+import aiohttp
 import orjson
 import pytest
 
@@ -25,6 +26,14 @@ def size(full: int, bounded: int) -> int:
     return full if FULL else bounded
 
 
+async def metric_sum(url: str, name: str) -> float:
+    """The sum of a metric's samples on a worker's /metrics."""
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
 def report(name: str, tally, expected: list[str], **figures: object) -> None:  # type: ignore[no-untyped-def]
     terminal = sum(tally.seen[c] for c in expected)
     extra = ", ".join(f"{k} {v}" for k, v in figures.items())
@@ -35,8 +44,11 @@ def report(name: str, tally, expected: list[str], **figures: object) -> None:  #
 async def test_provider_chaos_loses_nothing_and_respects_the_rate_limit(stack: LocalStack) -> None:
     n, rate = size(20000, 1500), 300
     await stack.set_faults("smpp_rest", error_rate=0.3, timeout_rate=0.1, hang_s=1.0, seed=5)
-    await stack.start_worker(env={"SMS_CONNECTOR_HTTP__PROVIDER_TIMEOUT_S": "0.5",
-                                  "SMS_CONNECTOR_DISPATCH__RETRY_BASE_DELAY_S": "0.05"},
+    worker = await stack.start_worker(env={"SMS_CONNECTOR_HTTP__PROVIDER_TIMEOUT_S": "0.5",
+                                           "SMS_CONNECTOR_DISPATCH__RETRY_BASE_DELAY_S": "0.05",
+                                           # ~2.6% of messages spend their 4 calls in place:
+                                           # the retry topic takes them
+                                           "SMS_CONNECTOR_DISPATCH__RETRY_TOPIC_DELAY_S": "1"},
                              # 40% of calls fail here by design: a breaker at its default ratio (0.5) may
                              # open on noise and pause the route; this scenario is about retries and the
                              # rate limit (tests/contract/test_route_guards.py covers the breaker)
@@ -56,7 +68,9 @@ async def test_provider_chaos_loses_nothing_and_respects_the_rate_limit(stack: L
         assert await f.wait_for(expected, timeout=60 + n / 50, settle_s=1.0)
         elapsed = time.monotonic() - t0
     stats = await stack.sim_stats("smpp_rest")
+    handoffs = await metric_sum(worker.url, "sms_outbound_retry_handoffs_total")
     report("provider chaos", f.tally, expected, outcomes=dict(f.tally.outcomes), provider_calls=stats["requests"],
+           retry_topic_handoffs=int(handoffs),
            max_rate_seen=f"{stats['max_messages_per_s']}/s (limit {rate}/s)", seconds=round(elapsed, 1))
     assert f.tally.missing(expected) == [] and f.tally.duplicates(expected) == 0
     assert stats["max_messages_per_s"] <= rate
