@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qs, quote, urlsplit
-from xml.etree.ElementTree import Element, ParseError, TreeBuilder
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder, XMLParser
 
 import defusedxml.ElementTree as SafeET
 import orjson
@@ -759,7 +759,31 @@ class _Tolerant:
         return self.builder.close()
 
 
+# An XML declaration's encoding: documents in these encodings show a DTD as the ASCII bytes "<!".
+_DECLARED_ENCODING = re.compile(rb'^(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*["\']([A-Za-z0-9._-]+)["\']')
+_ASCII_COMPATIBLE = frozenset({b"utf-8", b"utf8", b"us-ascii", b"ascii", b"iso-8859-1", b"latin-1", b"latin1"})
+
+
+def _cannot_hold_a_dtd(body: bytes) -> bool:
+    """True when ``body`` is in an ASCII-compatible encoding and has no ``<!`` anywhere: then it
+    has no DTD, so no entity can be declared (no entity expansion, no external entities) and the
+    C parser is as safe as defusedxml's. UTF-16/32 or other declared encodings take the
+    defusedxml path."""
+    if b"<!" in body or b"\x00" in body[:4] or body[:2] in (b"\xfe\xff", b"\xff\xfe"):
+        return False
+    declared = _DECLARED_ENCODING.match(body)
+    return declared is None or declared.group(1).lower() in _ASCII_COMPATIBLE
+
+
 def _parse_xml(body: bytes) -> Element:
+    if _cannot_hold_a_dtd(body):
+        # Fast path (the C parser and tree builder, ~4x faster): ordinary callbacks.
+        parser = XMLParser()
+        try:
+            parser.feed(body)
+            return parser.close()
+        except ParseError:
+            pass   # the tolerant parser below decides (a truncated document may still be read)
     target = _Tolerant()
     parser = SafeET.DefusedXMLParser(target=target, forbid_dtd=True)
     try:
@@ -802,33 +826,43 @@ def _confirmation(value: str | None) -> str | None:
     return None if value is None else CONFIRMATIONS.get(value.strip().lower(), value.strip())
 
 
+def _children(el: Element | None) -> dict[str, Element]:
+    """Local name -> the first child of that name that is not xsi:nil (what ``_child`` finds),
+    for every child at once: the callback reads a dozen names of the same element."""
+    found: dict[str, Element] = {}
+    if el is not None:
+        for c in el:
+            name = _local(c.tag)
+            if name not in found and c.get(_NIL) != "true":
+                found[name] = c
+    return found
+
+
 def _from_soap(body: bytes) -> ThingSpaceCallback:
     root = _parse_xml(body)
     req = next((el for el in root.iter() if _local(el.tag) == "CallbackRequest"), None)
     if req is None:
         raise InvalidRecord("callback XML has no CallbackRequest")
-    device = _child(req, "Device")
-    data = _child(req, "Data")
-    inner = _child(data, "Data")
-    if inner is None:
-        inner = data
-    delivery = _child(inner, "SMSDelivery")
-    fault = _child(inner, "Fault")
-    if fault is None:
-        fault = _child(delivery, "Fault")
+    r = _children(req)
+    device = _children(r.get("Device"))
+    data = r.get("Data")
+    inner_el = _children(data).get("Data")
+    inner = _children(inner_el if inner_el is not None else data)
+    delivery = _children(inner.get("SMSDelivery"))
+    fault = _children(inner.get("Fault") if inner.get("Fault") is not None else delivery.get("Fault"))
     return ThingSpaceCallback(
-        request_id=_text(_child(req, "RequestId")),
-        device_kind=(_text(_child(device, "Kind")) or "").upper() or None,
-        device_id=_text(_child(device, "Identifier")),
-        comment=_text(_child(inner, "Comment")),
-        confirmation=_confirmation(_text(_child(delivery, "Confirmation"))),
-        num_devices_requested=_int(_text(_child(_child(inner, "Summary"), "NumDevicesRequested"))),
-        callback_count=_int(_text(_child(inner, "CallbackCount"))),
-        max_callback_threshold=_int(_text(_child(inner, "MaxCallbackThreshold"))),
-        fault=_text(_child(fault, "faultstring")) or _text(_child(fault, "faultcode")),
-        message=_text(_child(inner, "SMSMessage")) or _text(_child(inner, "Message")),
-        username=_text(_child(req, "Username")),
-        password=_text(_child(req, "Password")),
+        request_id=_text(r.get("RequestId")),
+        device_kind=(_text(device.get("Kind")) or "").upper() or None,
+        device_id=_text(device.get("Identifier")),
+        comment=_text(inner.get("Comment")),
+        confirmation=_confirmation(_text(delivery.get("Confirmation"))),
+        num_devices_requested=_int(_text(_child(inner.get("Summary"), "NumDevicesRequested"))),
+        callback_count=_int(_text(inner.get("CallbackCount"))),
+        max_callback_threshold=_int(_text(inner.get("MaxCallbackThreshold"))),
+        fault=_text(fault.get("faultstring")) or _text(fault.get("faultcode")),
+        message=_text(inner.get("SMSMessage")) or _text(inner.get("Message")),
+        username=_text(r.get("Username")),
+        password=_text(r.get("Password")),
         raw=body,
     )
 

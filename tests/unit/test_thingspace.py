@@ -1047,3 +1047,24 @@ def test_selection_recipient_from_the_record_contract() -> None:
     body = orjson.loads(provider.build_send([provider.prepare(decode_outbound(raw))]).body)
     assert body["groupName"] == "meters" and body["servicePlan"] == "plan-a"
     assert body["accountName"] == "0000123456-00001" and "deviceIds" not in body
+
+
+@pytest.mark.parametrize("body, fast", [
+    (b'<CallbackRequest><RequestId>r</RequestId></CallbackRequest>', True),
+    (b'<?xml version="1.0" encoding="UTF-8"?><CallbackRequest/>', True),
+    (b'\xef\xbb\xbf<?xml version="1.0" encoding="iso-8859-1"?><CallbackRequest/>', True),
+    (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY e "x">]><CallbackRequest/>', False),   # a DTD
+    (b'<CallbackRequest><!-- a comment --></CallbackRequest>', False),                  # any "<!": defusedxml decides
+    ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r><CallbackRequest/>'.encode("utf-16"), False),   # BOM
+    ('<!DOCTYPE r><CallbackRequest/>'.encode("utf-16-le"), False),                      # NULs up front
+    (b'<?xml version="1.0" encoding="UTF-7"?><CallbackRequest>+ADw-!DOCTYPE</CallbackRequest>', False),
+])
+def test_only_documents_that_cannot_hold_a_dtd_take_the_c_parser(body: bytes, fast: bool) -> None:
+    assert ts._cannot_hold_a_dtd(body) is fast
+
+
+def test_entities_hidden_in_utf16_are_refused_too() -> None:
+    bomb = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r [<!ENTITY e "&#x41;">]>'
+            '<CallbackRequest><RequestId>&e;</RequestId></CallbackRequest>').encode("utf-16")
+    with pytest.raises(InvalidRecord):
+        ts.parse_callback(bomb, "text/xml")
