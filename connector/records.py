@@ -167,22 +167,23 @@ def encode_outbound(msg: OutboundSms) -> bytes:
     return orjson.dumps(data)
 
 
-_iso_second = -1
-_iso_prefix = ""
+_iso_prefixes: dict[int, str] = {}
 
 
 def iso(ts: float) -> str:
     """Epoch seconds -> RFC 3339 UTC with milliseconds. Formats each second once (hot path: every
-    result record carries three timestamps)."""
-    global _iso_second, _iso_prefix
+    result record carries three timestamps, of different seconds when a record waited: the
+    cache holds recent seconds, not just the last one)."""
     second = int(ts // 1)
     micros = round((ts - second) * 1_000_000)   # as datetime does: to the microsecond, then truncate
     if micros >= 1_000_000:
         second, micros = second + 1, 0
-    if second != _iso_second:
-        _iso_prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _iso_second = second
-    return f"{_iso_prefix}.{micros // 1000:03d}Z"
+    prefix = _iso_prefixes.get(second)
+    if prefix is None:
+        if len(_iso_prefixes) >= 256:
+            _iso_prefixes.clear()
+        prefix = _iso_prefixes[second] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{prefix}.{micros // 1000:03d}Z"
 
 
 @dataclass(slots=True)

@@ -44,6 +44,7 @@ from typing import Any, Container, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.partitioner import murmur2
 from aiokafka.errors import KafkaError
 
 import topics
@@ -55,6 +56,7 @@ from connector.pipeline import Pipeline, Terminal
 from connector.policy import HandOffPolicy
 from connector.records import iso
 from connector import retries
+from connector.streams.batcher import Batcher
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.routing import Router
 from connector.sender import RouteSender
@@ -97,6 +99,7 @@ class Dispatcher:
         self.ledger: Ledger | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._batcher: Batcher | None = None
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
         metrics.OLDEST_PENDING.set_function(
@@ -137,9 +140,11 @@ class Dispatcher:
             # retry topic must have one owner, the owner of ledger partition p
             partition_assignment_strategy=(RangePartitionAssignor,))
         await self._producer.start()
+        self._batcher = Batcher(self._producer, linger_s=k.linger_ms / 1000)
         if self.settings.dispatch.idempotency_window_s > 0:
-            self.ledger = Ledger(k, self._producer, self.settings.dispatch.idempotency_window_s)
-        for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry):
+            self.ledger = Ledger(k, self._batcher, self.settings.dispatch.idempotency_window_s)
+        for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry,
+                      self.topic_correlation):
             self._partitions[topic] = len(await self._producer.partitions_for(topic))
         if self._partitions[self.topic_retry] != self._partitions[self.topic_in]:
             raise RuntimeError(
@@ -163,6 +168,7 @@ class Dispatcher:
         finally:
             if self._consumer is not None:
                 await self._consumer.stop()
+            await self._batcher.aclose()
             await self._producer.stop()
             log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
 
@@ -326,7 +332,8 @@ class Dispatcher:
     async def _produce(self, rec: ConsumerRecord[bytes, bytes], t: Terminal) -> None:
         """Produce until the broker acknowledges (acks=all). faust's send() only logs a failure;
         here the input is not finished until its terminal record is durable."""
-        assert self._producer is not None
+        batcher = self._batcher
+        assert batcher is not None
         if t.kind == "skip":
             return   # a replay whose terminal record already exists
         topic, value, headers = self._record(rec, t)
@@ -338,15 +345,16 @@ class Dispatcher:
         delay = 0.1
         while True:
             try:
-                fut = await self._producer.send(topic, value=value, key=rec.key, headers=headers,
-                                                partition=partition, timestamp_ms=timestamp)
+                done = batcher.send(topic, partition, rec.key, value, headers, timestamp)
                 if t.correlations:
-                    # keyed by correlation key with the default partitioner: co-partitioned with receipts
-                    futures = [fut] + [await self._producer.send(self.topic_correlation, value=corr, key=key)
-                                       for key, corr in t.correlations]
-                    await asyncio.gather(*futures)
+                    # partitioned by correlation key as Kafka's default partitioner does (murmur2):
+                    # co-partitioned with sms.receipts, which the callbacks produce with send()
+                    n = self._partitions[self.topic_correlation]
+                    await asyncio.gather(done, *[
+                        batcher.send(self.topic_correlation, (murmur2(key) & 0x7FFFFFFF) % n, key, corr)
+                        for key, corr in t.correlations])
                 else:
-                    await fut
+                    await done
                 return
             except KafkaError as exc:
                 metrics.PRODUCE_ERRORS.labels(topic).inc()

@@ -40,13 +40,14 @@ import time
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 import topics
 from connector import metrics
 from connector.config import KafkaSettings
 from connector.kafka import client_options
 from connector.records import SCHEMA_VERSION
+from connector.streams.batcher import Batcher
 
 log = logging.getLogger("sms_connector.ledger")
 
@@ -91,9 +92,9 @@ class PartitionLedger:
 
 
 class Ledger:
-    def __init__(self, kafka: KafkaSettings, producer: AIOKafkaProducer, window_s: float) -> None:
+    def __init__(self, kafka: KafkaSettings, batcher: Batcher, window_s: float) -> None:
         self.kafka = kafka
-        self.producer = producer
+        self.batcher = batcher
         self.window_s = window_s
         self.topic = topics.spec("ledger").name
         self.partitions: dict[int, PartitionLedger] = {}
@@ -167,9 +168,7 @@ class Ledger:
                                  "outcome": outcome}
         if token is not None:
             entry["token"] = token
-        fut = await self.producer.send(self.topic, value=orjson.dumps(entry), key=cid.encode(),
-                                       partition=pl.partition)
-        await fut
+        await self.batcher.send(self.topic, pl.partition, cid.encode(), orjson.dumps(entry))
         pl.entries[cid] = (state, at, token if state == RETRYING else outcome)
 
     def prune(self) -> int:
