@@ -113,7 +113,10 @@ class Pipeline:
                         "a previous attempt may have reached the provider (crash before its outcome was "
                         "recorded); route policy in_doubt=fail")), ledger_cid=cid)
                 metrics.LEDGER_REPLAYS.labels("in-doubt-resend").inc()
-            else:
+            elif sender.in_doubt == "fail":
+                # Only an at-most-once route needs the intent: under ``resend`` a message with an
+                # intent and one without are both sent again on replay, so writing it (a produce
+                # awaited before every call) would change nothing.
                 await ledger.intent(cid, o.route)
         budget = self.handoff.max_attempts - earlier if self.handoff is not None else None
         sent = await sender.send(prepared, budget=budget)
@@ -128,6 +131,8 @@ class Pipeline:
             except InvalidMessage as exc:
                 return self.failed(o, exc)
             o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
+            if ledger is not None and known is None and sender.in_doubt == "fail":
+                await ledger.intent(msg.client_message_id, o.route)   # the failover route is at-most-once
             before_failover = sent.attempts
             sent = await sender.send(prepared, may_fail_over=False,
                                      budget=budget - before_failover if budget is not None else None)

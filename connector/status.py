@@ -70,7 +70,7 @@ ACCEPTED, FAILED, DEAD_LETTERED = "accepted", "failed", "dead-lettered"
 
 # The metrics of ``connector.metrics`` this view reads (a unit test keeps the two in step).
 METRICS_READ = ("sms_outbound_consumed", "sms_outbound_accepted", "sms_outbound_failed",
-                "sms_outbound_dead_lettered", "sms_outbound_segments", "sms_outbound_in_flight",
+                "sms_outbound_dead_lettered", "sms_outbound_segments", "sms_outbound_in_flight", "sms_outbound_retry_waiting",
                 "sms_outbound_oldest_pending_seconds", "sms_kafka_partitions_assigned", "sms_provider_retries",
                 "sms_callbacks_received", "sms_mo_received", "sms_optout_suppressed", "sms_circuit_state",
                 "sms_delivery_latency_seconds")
@@ -133,6 +133,7 @@ class Snapshot:
     dead_lettered: dict[str, float] = field(default_factory=dict)             # reason
     segments: float = 0.0
     in_flight: float = 0.0
+    retry_waiting: float = 0.0     # records held in the retry topic until due
     oldest_pending_s: float = 0.0
     partitions_assigned: float = 0.0
     retries: dict[str, float] = field(default_factory=dict)                   # provider
@@ -212,6 +213,8 @@ def parse_metrics(text: str) -> Snapshot:
                 snap.segments += v
             elif name == "sms_outbound_in_flight":
                 snap.in_flight += v
+            elif name == "sms_outbound_retry_waiting":
+                snap.retry_waiting += v
             elif name == "sms_outbound_oldest_pending_seconds":
                 snap.oldest_pending_s = max(snap.oldest_pending_s, v)
             elif name == "sms_kafka_partitions_assigned":
@@ -248,6 +251,7 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
         out.consumed += s.consumed
         out.segments += s.segments
         out.in_flight += s.in_flight
+        out.retry_waiting += s.retry_waiting
         out.partitions_assigned += s.partitions_assigned
         out.oldest_pending_s = max(out.oldest_pending_s, s.oldest_pending_s)
         for src, dst in ((s.accepted, out.accepted), (s.failed, out.failed), (s.dead_lettered, out.dead_lettered),
@@ -655,6 +659,7 @@ def render(snapshot: Snapshot, rates: Rates | None, kafka: KafkaState | None, *,
     pipe.add_column("")
     pipe.add_column("now", justify="right")
     pipe.add_row("in flight", _n(s.in_flight))
+    pipe.add_row("waiting to retry", _n(s.retry_waiting))
     pipe.add_row("oldest pending", _secs(s.oldest_pending_s))
     parts_total = None
     if kafka is not None and kafka.lag:

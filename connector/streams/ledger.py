@@ -1,7 +1,9 @@
 """The idempotency ledger: what the dispatcher knows of each client_message_id, durably.
 
-Before a provider call the dispatcher records an *intent*; once the message's terminal record is
-acknowledged it records *done*. A message read again (a crash or rebalance replays everything
+Before a provider call on an at-most-once route (``in_doubt = fail``) the dispatcher records an
+*intent*; once the message's terminal record is acknowledged it records *done*. (On a ``resend``
+route the intent is not written: a message with an intent and one without would both be sent
+again on replay, so it would only cost a produce awaited before every call.) A message read again (a crash or rebalance replays everything
 after the last commit, or upstream produced it twice) then:
 
 - ``done``: no provider call and nothing republished (its terminal record already exists),

@@ -28,6 +28,10 @@ async def _until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-
 FULL = os.environ.get("FAULTS") == "full"   # `make faults`; CI runs the bounded version
 
 
+def size_crash(full: int, bounded: int) -> int:
+    return full if FULL else bounded
+
+
 @pytest.mark.parametrize("kills, n", [(3, 20000)] if FULL else [(1, 4000)])
 async def test_kill_9_loses_nothing(stack: LocalStack, kills: int, n: int) -> None:
     max_in_flight, commit_interval = 500, 0.25
@@ -80,3 +84,31 @@ async def test_sigterm_drains_commits_and_exits_0(stack: LocalStack) -> None:
     assert f.tally.duplicates(expected) == 0
     stats = await stack.sim_stats("smpp_rest")
     assert stats["messages"] == n
+
+
+async def test_kill_9_on_an_at_most_once_route_never_calls_the_provider_twice(stack: LocalStack) -> None:
+    n, max_in_flight = size_crash(8000, 3000), 500
+    await stack.set_faults("smpp_rest", latency_ms=20)
+    route = {"smpp": {**ROUTE["smpp"], "in_doubt": "fail"}}
+    env = {"SMS_CONNECTOR_DISPATCH__MAX_IN_FLIGHT": str(max_in_flight)}
+    worker = await stack.start_worker(env=env, routes=route)
+    expected = [f"amo-{i}" for i in range(n)]
+    async with Follower(stack.kafka) as f:
+        f.tally.keep_records = True
+        await produce(stack.kafka, many(n, keys=300, prefix="amo"))
+        await _until(lambda: f.tally.done(expected) >= n // 3, 60)
+        worker.kill()
+        await worker.proc.wait()
+        await stack.start_worker(env=env, routes=route)
+        assert await f.wait_for(expected, timeout=120 + n / 100, settle_s=2.0)
+    stats = await stack.sim_stats("smpp_rest")
+    in_doubt = sum(1 for c in expected if any(r.get("reason") == "in-doubt" for r in f.tally.records[c]))
+    dups = f.tally.duplicates(expected)
+    print(f"\nkill -9, in_doubt=fail: inputs {n}, provider sends {stats['messages']}, ids sent twice "
+          f"{stats['duplicate_ids']}, failed in-doubt {in_doubt}, duplicate terminal {dups}")
+    assert f.tally.missing(expected) == []
+    assert stats["duplicate_ids"] == 0                 # at most once: no message reached the provider twice
+    assert in_doubt <= max_in_flight
+    # a message whose accepted record was durable but whose ledger entry was not yet gets a second
+    # terminal record (failed, in-doubt): without transactions the two topics are not written atomically
+    assert dups <= in_doubt

@@ -70,6 +70,7 @@ VALUE = encode_outbound(OutboundSms(client_message_id="m-1", recipient=Recipient
     ("intent", "resend", "accepted", None, 1, 0),
     ("intent", "fail", "failed", "in-doubt", 0, 0),
     (None, "fail", "accepted", None, 1, 1),
+    (None, "resend", "accepted", None, 1, 0),      # under resend an intent would change no decision
 ])
 async def test_ledger_decisions(state: str | None, in_doubt: str, kind: str, reason: str | None, calls: int,
                                 intents: int) -> None:
