@@ -36,7 +36,7 @@ integration: $(STAMP)
 
 faults: $(STAMP)
 	bash scripts/install-prometheus.sh
-	FAULTS=full $(BIN)/pytest -q -s tests/integration/test_faults.py tests/integration/test_crash.py
+	FAULTS=full $(BIN)/pytest -q -s tests/integration/test_faults.py tests/integration/test_crash.py tests/integration/test_retry_topic.py
 
 bench: $(STAMP)
 	$(BIN)/sms-connector bench
