@@ -2,13 +2,14 @@
 
 ``client_options`` turns ``KafkaSettings`` into aiokafka keyword arguments (bootstrap, TLS,
 SASL PLAIN / SCRAM). ``apply_topics`` / ``check_topics`` create or verify the topics in
-``topics/topics.toml``.
+``topics/topics.toml``. ``key_partition`` is Kafka's default partitioner for a keyed record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,38 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 import topics
 from connector.config import KafkaSettings
+
+_M = 0x5BD1E995
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``), about twice as fast as aiokafka's
+    byte-by-byte version: whole 32-bit words, masks only where a value can overflow."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length // 4
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * _M) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * _M) & 0xFFFFFFFF
+        h = ((h * _M) & 0xFFFFFFFF) ^ k
+    tail = length & 3
+    if tail:
+        base = words * 4
+        if tail == 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h ^= data[base]
+        h = (h * _M) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * _M) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java client, aiokafka) gives a keyed record."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def client_options(k: KafkaSettings) -> dict[str, Any]:

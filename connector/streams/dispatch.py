@@ -44,13 +44,12 @@ from typing import Any, Container, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.partitioner import murmur2
 from aiokafka.errors import KafkaError
 
 import topics
 from connector import metrics
 from connector.config import Settings
-from connector.kafka import client_options
+from connector.kafka import client_options, key_partition
 from connector.offsets import PartitionProgress
 from connector.pipeline import Pipeline, Terminal
 from connector.policy import HandOffPolicy
@@ -279,7 +278,9 @@ class Dispatcher:
             if not progress.revoked and not self._abandon:
                 self._active[tp] = self._active.get(tp, 0) + 1
                 try:
-                    ledger = await self.ledger.ready(tp.partition) if self.ledger is not None else None
+                    ledger = None
+                    if self.ledger is not None:   # loaded: no await (the common case)
+                        ledger = self.ledger.partitions.get(tp.partition) or await self.ledger.ready(tp.partition)
                     if not progress.revoked and (self.ledger is None or ledger is not None):
                         terminal = await self._handle(tp, rec, ledger)
                         await self._produce(rec, terminal)
@@ -347,12 +348,14 @@ class Dispatcher:
             try:
                 done = batcher.send(topic, partition, rec.key, value, headers, timestamp)
                 if t.correlations:
-                    # partitioned by correlation key as Kafka's default partitioner does (murmur2):
+                    # partitioned by correlation key as Kafka's default partitioner does:
                     # co-partitioned with sms.receipts, which the callbacks produce with send()
                     n = self._partitions[self.topic_correlation]
-                    await asyncio.gather(done, *[
-                        batcher.send(self.topic_correlation, (murmur2(key) & 0x7FFFFFFF) % n, key, corr)
-                        for key, corr in t.correlations])
+                    related = [batcher.send(self.topic_correlation, key_partition(key, n), key, corr)
+                               for key, corr in t.correlations]
+                    await done
+                    for fut in related:
+                        await fut
                 else:
                     await done
                 return

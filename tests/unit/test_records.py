@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import fastjsonschema
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import topics
+from connector import records
 from connector.errors import InvalidMessage, InvalidRecord
 from connector.records import (Accepted, OutboundSms, Outcome, Recipient, decode_outbound,
                                encode_accepted, encode_failed, encode_outbound)
@@ -121,3 +127,35 @@ def test_iso_matches_the_standard_library(ts: float) -> None:
 
     expected = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert iso(ts) == expected
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=70))
+_DEVICE = st.fixed_dictionaries({}, optional={"kind": st.sampled_from(["IMEI", "", "x" * 20, 7]),
+                                              "id": st.sampled_from(["123", "", "9" * 70]),
+                                              "extra": _SCALARS})
+_SELECTION = st.fixed_dictionaries({}, optional={
+    "account_name": st.sampled_from(["acct", "", 5]), "group_name": st.text(max_size=70),
+    "custom_fields": st.lists(st.fixed_dictionaries({"key": st.sampled_from(["CustomField1", "Other"]),
+                                                     "value": st.sampled_from(["v", ""])}), max_size=6),
+    "other": _SCALARS})
+_RECIPIENT = st.one_of(
+    _SCALARS,
+    st.fixed_dictionaries({}, optional={"phone": st.one_of(st.sampled_from(["+14155550123", ""]), _SCALARS),
+                                        "device": st.one_of(_DEVICE, _SCALARS),
+                                        "selection": st.one_of(_SELECTION, _SCALARS),
+                                        "email": _SCALARS}))
+
+
+@settings(max_examples=600)
+@given(_RECIPIENT)
+def test_narrowed_validation_accepts_exactly_what_the_schema_accepts(recipient: object) -> None:
+    doc = {"schema_version": 1, "client_message_id": "m-1", "recipient": recipient, "text": "hi"}
+
+    def verdict(validate: Callable[[dict[str, Any]], object]) -> bool:
+        try:
+            validate(doc)
+            return True
+        except fastjsonschema.JsonSchemaException:
+            return False
+
+    assert verdict(records.validate_outbound) == verdict(records._validate_outbound)
