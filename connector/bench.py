@@ -599,7 +599,7 @@ def _py_spy() -> str | None:
     return here if os.path.exists(here) else shutil.which("py-spy")
 
 
-async def start_profiler(pid: int, path: str, rate: int = 100) -> asyncio.subprocess.Process | None:
+async def start_profiler(pid: int, path: str, rate: int = 250) -> asyncio.subprocess.Process | None:
     """``py-spy record`` on the worker (collapsed stacks to ``path``) until it exits or is stopped."""
     exe = _py_spy()
     if exe is None:

@@ -94,7 +94,7 @@ class RouteSender:
                 self._m_circuit_waited.inc(await self.breaker.wait_until_allowed())
             attempt += 1
             started = time.time()
-            result = await self._submit(p)
+            result = await (self._send_one(p) if self._batch_max == 1 else self._submit(p))
             if isinstance(result, Accepted):
                 self._m_accepted.inc()
                 self._m_segments.inc(p.segments)
@@ -138,9 +138,6 @@ class RouteSender:
     # -- batching ----------------------------------------------------------------------------
     def _submit(self, p: Prepared) -> asyncio.Future[SendResult]:
         fut: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
-        if self._batch_max == 1:
-            self._spawn([(p, fut)])
-            return fut
         cap = self.limiter.max_call_segments   # a batch must fit the route's per-second limit
         if cap is not None and self._pending and self._pending_segments + p.segments > cap:
             self._flush()
@@ -167,7 +164,16 @@ class RouteSender:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, batch: list[tuple[Prepared, asyncio.Future[SendResult]]]) -> None:
-        prepared = [p for p, _ in batch]
+        results = await self._send_batch([p for p, _ in batch])
+        for (_, fut), result in zip(batch, results):
+            if not fut.done():
+                fut.set_result(result)
+
+    async def _send_one(self, p: Prepared) -> SendResult:
+        """A route without batching: the call is made in the caller's task (no task, no future)."""
+        return (await self._send_batch([p]))[0]
+
+    async def _send_batch(self, prepared: list[Prepared]) -> list[SendResult]:
         try:
             # tokens are taken just before the call, after its concurrency place
             async with self.limiter.slot(sum(p.segments for p in prepared)) as waited:
@@ -175,14 +181,12 @@ class RouteSender:
                     self._m_rate_waited.inc(waited)
                 results = await self._call(prepared)
         except Exception as exc:  # noqa: BLE001 - a bug must still end each message
-            results = [ProviderError(f"internal error while sending: {type(exc).__name__}: {exc}")] * len(batch)
+            results = [ProviderError(f"internal error while sending: {type(exc).__name__}: {exc}")] * len(prepared)
         except BaseException:
             self.breaker.record(None)   # cancelled: free a half-open probe place
             raise
-        for (_, fut), result in zip(batch, results):
-            if not fut.done():
-                fut.set_result(result)
         self._record(results)
+        return results
 
     # -- one provider call -------------------------------------------------------------------
     async def _call(self, batch: Sequence[Prepared]) -> list[SendResult]:
