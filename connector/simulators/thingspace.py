@@ -265,6 +265,13 @@ class ThingSpaceSimulator(Simulator):
         except orjson.JSONDecodeError:
             return None, self._error(invalid("Body", "Invalid"), "The request body is not valid JSON.")
 
+    async def _json_object(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
+        """The JSON body as an object, or the error to answer."""
+        body, bad = await self._json_body(request)
+        if bad is None and not isinstance(body, dict):
+            bad = self._error(invalid("Body", "Invalid"), "The request body must be an object.")
+        return (body if isinstance(body, dict) else {}), bad
+
     # -- auth --------------------------------------------------------------------------------
     async def oauth_token(self, request: web.Request) -> web.Response:
         fault = await self.transient_fault()
@@ -300,11 +307,9 @@ class ThingSpaceSimulator(Simulator):
         refused = self._check_bearer(request)
         if refused is not None:
             return refused
-        body, bad = await self._json_body(request)
+        body, bad = await self._json_object(request)
         if bad is not None:
             return bad
-        if not isinstance(body, dict):
-            return self._error(invalid("Body", "Invalid"), "The request body must be an object.")
         self.logins += 1
         if self.locked:
             return self._error(ACCOUNT_LOCKED, "The account is locked after too many failed logins.")
@@ -392,11 +397,9 @@ class ThingSpaceSimulator(Simulator):
         refused = await self._m2m(request)
         if refused is not None:
             return refused
-        body, bad = await self._json_body(request)
+        body, bad = await self._json_object(request)
         if bad is not None:
             return bad
-        if not isinstance(body, dict):
-            return self._error(invalid("Body", "Invalid"), "The request body must be an object.")
         selection = any(k in body for k in ("accountName", "groupName", "servicePlan", "customFields"))
         devices: list[dict[str, str]] = []
         if "deviceIds" in body and selection:
@@ -505,11 +508,9 @@ class ThingSpaceSimulator(Simulator):
         refused = await self._m2m(request, account)
         if refused is not None:
             return refused
-        body, bad = await self._json_body(request)
+        body, bad = await self._json_object(request)
         if bad is not None:
             return bad
-        if not isinstance(body, dict):
-            return self._error(invalid("Body", "Invalid"), "The request body must be an object.")
         name, url = body.get("name"), body.get("url")
         if name not in CALLBACK_SERVICES:
             return self._error(invalid("ServiceName", "Invalid"), f"{name!r} is not a callback service.")
