@@ -125,8 +125,9 @@ class DispatchSettings:
     retry_max_delay_s: float = setting(5.0, doc="Backoff cap per wait.", minimum=0, maximum=600)
     idempotency_window_s: float = setting(3600.0, doc="How long the idempotency ledger remembers a client_message_id "
                                                       "(0 turns the ledger off). A replay or duplicate within the window "
-                                                      "calls no provider again. Memory: about 100 bytes per message.",
-                                          minimum=0, maximum=30 * 86400)
+                                                      "calls no provider again. Memory: about 100 bytes per message. At most 7 days, "
+                                                      "the ledger topic's retention.",
+                                          minimum=0, maximum=7 * 86400)
     retry_after_max_s: float = setting(30.0, doc="A provider's Retry-After is honoured in place up to this; a longer one ends the in-place retries (the message is handed off to the retry topic, or fails as throttled at the attempt cap).",
                                        minimum=0, maximum=3600)
 

@@ -25,8 +25,8 @@ under a different key (another partition) is not recognised.
 
 Entries expire after ``dispatch.idempotency_window_s``: faust tables have no key TTL and
 compaction keeps the latest record forever, so each entry stores its time and an older entry is
-ignored on read; memory is pruned periodically (about 100 bytes per entry), and the topic's
-retention bounds the log.
+ignored on read; memory is pruned periodically (about 100 bytes per entry), and the topic is
+``compact,delete`` with a 7-day retention (the longest window allowed), which bounds the log.
 
 Reading to the end: each partition is read until its position reaches the end offset. On the
 embedded dev broker (Tansu) the end offset of a multi-record batch is its base offset + 1 (too
