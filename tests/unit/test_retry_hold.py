@@ -1,0 +1,76 @@
+"""The dispatcher's holding of retry records: start when due, pause the retry topic when too many
+wait, forget a revoked partition's. (One function under test; the consumer is a stand-in.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+import topics
+from connector.config import load
+from connector.offsets import PartitionProgress
+from connector.routing import Router
+from connector.streams.dispatch import Dispatcher
+
+RETRY = topics.spec("retry").name
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.paused: set[TopicPartition] = set()
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+
+def record(partition: int, offset: int, due_in_s: float) -> ConsumerRecord[bytes, bytes]:
+    due = str(int((time.time() + due_in_s) * 1000)).encode()
+    return ConsumerRecord(RETRY, partition, offset, 0, 0, b"k%d" % offset, b"{}", None, 2, 2,
+                          [(topics.HEADER_RETRY_DUE_AT, due)])
+
+
+def dispatcher(max_waiting: int) -> tuple[Dispatcher, list[tuple[Any, int]], Consumer]:
+    settings = load(environ={"SMS_CONNECTOR_DISPATCH__RETRY_TOPIC_MAX_WAITING": str(max_waiting)})
+    d = Dispatcher(settings, {}, Router.from_settings(settings.routing, {}))
+    started: list[tuple[Any, int]] = []
+    d._start = lambda tp, progress, rec, lane: started.append((lane, rec.offset))  # type: ignore[method-assign]
+    consumer = Consumer()
+    d._consumer = consumer  # type: ignore[assignment]
+    return d, started, consumer
+
+
+async def test_due_records_start_at_once_and_the_others_at_their_due_time() -> None:
+    d, started, _ = dispatcher(100)
+    tp = TopicPartition(RETRY, 3)
+    d._progress[tp] = PartitionProgress()
+    d._take(tp, [record(3, 10, -1), record(3, 11, 0.15), record(3, 12, 0.05)])
+    assert started == [(("retry", 3), 10)] and len(d._waiting) == 2
+    await asyncio.sleep(0.1)
+    assert started[-1] == (("retry", 3), 12)
+    await asyncio.sleep(0.1)
+    assert [o for _, o in started] == [10, 12, 11] and not d._waiting
+    assert d._progress[tp].in_flight == 3    # taken, unfinished: the commit stays behind them
+
+
+async def test_too_many_waiting_pauses_the_retry_topic_until_half_are_sent() -> None:
+    d, started, consumer = dispatcher(4)
+    tps = [TopicPartition(RETRY, p) for p in (0, 1)]
+    for tp in tps:
+        d._progress[tp] = PartitionProgress()
+    d._take(tps[0], [record(0, i, 0.05) for i in range(2)])
+    assert not consumer.paused
+    d._take(tps[1], [record(1, i, 3600) for i in range(2)])
+    assert consumer.paused == set(tps)
+    await asyncio.sleep(0.1)                  # two released: 2 left < 4 // 2 is false, 2 == 2: still paused
+    assert len(d._waiting) == 2 and consumer.paused == set(tps)
+    d._forget_waiting([tps[1]])               # revoked: the next owner re-reads them
+    d._release()
+    assert not d._waiting and not consumer.paused and len(started) == 2
+    d._schedule_wake()
+    assert d._wake is None
