@@ -141,3 +141,30 @@ async def test_without_a_retry_topic_spent_retries_fail_and_permanent_errors_nev
     assert (t.kind, t.reason, orjson.loads(t.value or b"")["attempts"]) == ("failed", "unavailable", 2)
     rejected = await pipeline("resend", made, status=400, handoff=HANDOFF).outcome(VALUE, int(time.time() * 1000))
     assert (rejected.kind, rejected.reason) == ("failed", "rejected")
+
+
+async def test_failing_over_onto_an_at_most_once_route_records_the_intent_first() -> None:
+    made: list[HttpRequest] = []
+    a, b = "SMS_CONNECTOR_ROUTES__A__", "SMS_CONNECTOR_ROUTES__B__"
+    env = {"SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": "a"}
+    for prefix, in_doubt in ((a, "resend"), (b, "fail")):
+        env.update({prefix + "PROVIDER": "smpp_rest", prefix + "BASE_URL": "http://sim", prefix + "API_KEY": "k",
+                    prefix + "IN_DOUBT": in_doubt, prefix + "BREAKER_MIN_CALLS": "1"})
+    env[a + "FAILOVER_ROUTE"] = "b"
+    settings = load(environ=env)
+    senders = build_senders(settings)
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        made.append(request)
+        cid = orjson.loads(request.body)["Messages"][0]["clientMessageId"]
+        return HttpResponse(200, orjson.dumps({"messages": [{"apiMessageId": "a1", "accepted": True,
+                                                              "msg": {"clientMessageId": cid}}]}))
+
+    for s in senders.values():
+        s.transport = HttpTransport(handler=handler)
+    senders["a"].breaker.record(False)        # one failed call with min_calls 1: route a's circuit opens
+    assert senders["a"].breaker.is_open
+    p = Pipeline(senders, Router.from_settings(settings.routing, {"a": "smpp_rest", "b": "smpp_rest"}))
+    ledger = FakeLedger(None)
+    t = await p.outcome(VALUE, int(time.time() * 1000), ledger)  # type: ignore[arg-type]
+    assert (t.kind, orjson.loads(t.value or b"")["route"], ledger.intents, len(made)) == ("accepted", "b", ["m-1"], 1)
