@@ -81,3 +81,10 @@ def hand_off(error: SmsError, attempts: int, passes: int, policy: HandOffPolicy,
     if isinstance(error, Throttled) and error.retry_after is not None:
         delay = max(delay, min(error.retry_after, policy.max_delay_s))
     return Retry(delay)
+
+
+def longest_schedule_s(policy: HandOffPolicy, in_place: int) -> float:
+    """The longest a message can spend waiting in the retry topic: every pass but the first
+    makes ``in_place`` calls, and each wait is at most its ceiling."""
+    passes = max(0, -(-(policy.max_attempts - in_place) // max(1, in_place)))   # ceil
+    return sum(min(policy.max_delay_s, policy.delay_s * 2 ** k) for k in range(passes))

@@ -167,11 +167,13 @@ def test_accepted_but_unintended_settings_are_warnings() -> None:
                            "SMS_CONNECTOR_ROUTES__O__PROVIDER": "ogangi", "SMS_CONNECTOR_ROUTES__O__BASE_URL": "https://o",
                            "SMS_CONNECTOR_ROUTES__O__PUBLIC_KEY": "pk", "SMS_CONNECTOR_ROUTES__O__PRIVATE_KEY": "k",
                            "SMS_CONNECTOR_ROUTES__O__INSTANCE_ID": "1", "SMS_CONNECTOR_ROUTES__O__SEGMENT_POLICY": "split",
-                           "SMS_CONNECTOR_ROUTES__O__CONCURRENCY": "500"})
+                           "SMS_CONNECTOR_ROUTES__O__CONCURRENCY": "500",
+                           "SMS_CONNECTOR_DISPATCH__IDEMPOTENCY_WINDOW_S": "60"})
     warnings = {r.item: r.detail for r in config_rows(settings) if r.status is Status.WARN}
     assert set(warnings) == {"routing.default_route", "routes.r.batch_max", "routes.o.segment_policy",
-                             "routes.o.concurrency"}
+                             "routes.o.concurrency", "dispatch.idempotency_window_s"}
     assert "at most 1" in warnings["routes.r.batch_max"]
+    assert "up to 90 s in the retry topic" in warnings["dispatch.idempotency_window_s"]
 
 
 async def test_no_routes_fails() -> None:

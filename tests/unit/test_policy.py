@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from connector import errors
-from connector.policy import Fail, HandOffPolicy, Retry, RetryPolicy, backoff, decide, hand_off
+from connector.policy import Fail, HandOffPolicy, Retry, RetryPolicy, backoff, decide, hand_off, longest_schedule_s
 
 P = RetryPolicy(max_attempts=4, base_delay_s=0.2, max_delay_s=5.0, max_retry_after_s=30.0)
 
@@ -81,3 +81,13 @@ def test_hand_off(error: errors.SmsError, attempts: int, passes: int, expected: 
 def test_hand_off_delay_is_at_least_half_its_ceiling() -> None:
     delays = [hand_off(errors.Retriable("x"), 4, 0, H, rand=lambda r=r: r) for r in (0.0, 1.0)]
     assert delays == [Retry(15.0), Retry(30.0)]
+
+
+@pytest.mark.parametrize("cap, in_place, longest", [
+    (12, 4, 30 + 60),            # two passes after the first: 8 calls at 4 per pass
+    (13, 4, 30 + 60 + 120),      # a third, short pass
+    (4, 4, 0),                   # no retry topic
+    (100, 4, 30 + 60 + 120 + 240 + 480 + 600 * 19),   # capped at max_delay_s
+])
+def test_longest_schedule(cap: int, in_place: int, longest: float) -> None:
+    assert longest_schedule_s(HandOffPolicy(cap, 30.0, 600.0), in_place) == longest
