@@ -14,6 +14,7 @@ route. The process runs until SIGINT/SIGTERM, then stops the roles and closes th
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any, Awaitable, Callable
@@ -65,6 +66,19 @@ def _circuit_logger(route: str) -> Callable[[str, str], None]:
         log.log(logging.WARNING if new == "open" else logging.INFO, "route %s: circuit %s -> %s", route, old, new,
                 extra={"route": route, "circuit": new})
     return changed
+
+
+# Thousands of records in flight keep tens of thousands of objects alive, and CPython's default
+# thresholds (700, 10, 10) scan them over and over: in a profile of the dispatch pipeline, cyclic
+# GC was ~28% of its CPU. Objects made at start-up (modules, settings, clients) are frozen out of
+# collection, and young collections run every 50,000 allocations instead of 700. Cycles are still
+# collected; memory is watched by the soak benchmark.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def inbound_producer(settings: Settings) -> AIOKafkaProducer:
@@ -142,6 +156,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
         runner = await serve(web_app, settings.http.host, settings.http.port)
         log.info("worker started", extra={"roles": sorted(roles), "host": settings.http.host,
                                           "port": settings.http.port})
+        tune_gc()
         try:
             results = await asyncio.gather(*jobs, return_exceptions=True)
             for r in results:
