@@ -67,6 +67,8 @@ OPTOUT_CHANGES = Counter("sms_optout_changes_total", "Opt-out table changes (dir
 STATUS_POLLS = Counter("sms_status_polls_total", "Delivery-status polls, by outcome.", ["provider", "outcome"])
 
 # -- idempotency ledger -------------------------------------------------------------------------
+LEDGER_EVICTED = Counter("sms_ledger_evicted_total", "Ledger entries forgotten before their idempotency window "
+                         "ended, to stay within dispatch.idempotency_max_entries.")
 LEDGER_ENTRIES = Gauge("sms_ledger_entries", "Client message ids the idempotency ledger remembers (this worker).")
 LEDGER_REPLAYS = Counter("sms_ledger_replays_total", "Outbound records seen again whose id the ledger knew, by what "
                          "was done (done: skipped; retrying: skipped, its hand-off exists; in-doubt-resend; in-doubt-fail; "

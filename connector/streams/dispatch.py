@@ -141,7 +141,8 @@ class Dispatcher:
         await self._producer.start()
         self._batcher = Batcher(self._producer, linger_s=k.linger_ms / 1000)
         if self.settings.dispatch.idempotency_window_s > 0:
-            self.ledger = Ledger(k, self._batcher, self.settings.dispatch.idempotency_window_s)
+            self.ledger = Ledger(k, self._batcher, self.settings.dispatch.idempotency_window_s,
+                                 self.settings.dispatch.idempotency_max_entries)
         for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry,
                       self.topic_correlation):
             self._partitions[topic] = len(await self._producer.partitions_for(topic))

@@ -23,6 +23,10 @@ owns ledger partition p: on assignment it reads that partition to its end (befor
 p is processed), then keeps it in memory and writes through. A duplicate produced by upstream
 under a different key (another partition) is not recognised.
 
+Memory is bounded too: at most ``dispatch.idempotency_max_entries`` per worker, shared evenly by
+its partitions; beyond it the oldest entries are forgotten early (a rewritten entry counts as
+new) and ``sms_ledger_evicted_total`` counts them, so an operator sees the window shrink.
+
 Entries expire after ``dispatch.idempotency_window_s``: faust tables have no key TTL and
 compaction keeps the latest record forever, so each entry stores its time and an older entry is
 ignored on read; memory is pruned periodically (about 100 bytes per entry), and the topic is
@@ -37,6 +41,7 @@ every record.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from typing import Any
@@ -94,10 +99,11 @@ class PartitionLedger:
 
 
 class Ledger:
-    def __init__(self, kafka: KafkaSettings, batcher: Batcher, window_s: float) -> None:
+    def __init__(self, kafka: KafkaSettings, batcher: Batcher, window_s: float, max_entries: int = 250_000) -> None:
         self.kafka = kafka
         self.batcher = batcher
         self.window_s = window_s
+        self.max_entries = max_entries
         self.topic = topics.spec("ledger").name
         self.partitions: dict[int, PartitionLedger] = {}
         self._loaded: dict[int, asyncio.Event] = {}
@@ -146,6 +152,7 @@ class Ledger:
                     for records in (await consumer.getmany(tp, timeout_ms=500, max_records=10000)).values():
                         for r in records:
                             _apply(pl.entries, r.key, r.value, now, self.window_s)
+                        _evict(pl.entries, self.partition_cap(extra=1))
                 break
             except asyncio.CancelledError:
                 raise
@@ -171,7 +178,15 @@ class Ledger:
         if token is not None:
             entry["token"] = token
         await self.batcher.send(self.topic, pl.partition, cid.encode(), orjson.dumps(entry))
-        pl.entries[cid] = (state, at, token if state == RETRYING else outcome)
+        entries = pl.entries
+        entries.pop(cid, None)     # re-inserted at the end: the dict stays in order of last write
+        entries[cid] = (state, at, token if state == RETRYING else outcome)
+        if len(entries) > self.partition_cap():
+            _evict(entries, self.partition_cap())
+
+    def partition_cap(self, extra: int = 0) -> int:
+        """Entries one partition may keep: the worker's cap shared by its partitions."""
+        return max(1, self.max_entries // max(1, len(self.partitions) + extra))
 
     def prune(self) -> int:
         """Forget entries older than the window; returns how many are left."""
@@ -184,6 +199,16 @@ class Ledger:
             left += len(pl.entries)
         metrics.LEDGER_ENTRIES.set(left)
         return left
+
+
+def _evict(entries: dict[str, tuple[str, float, str | None]], cap: int) -> None:
+    """Forget the oldest entries beyond ``cap`` (the dict is in order of last write)."""
+    excess = len(entries) - cap
+    if excess <= 0:
+        return
+    for cid in list(itertools.islice(entries, excess)):
+        del entries[cid]
+    metrics.LEDGER_EVICTED.inc(excess)
 
 
 def _apply(entries: dict[str, tuple[str, float, str | None]], key: bytes | None, value: bytes | None, now: float,
@@ -201,6 +226,7 @@ def _apply(entries: dict[str, tuple[str, float, str | None]], key: bytes | None,
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return
     if now - at <= window_s:
+        entries.pop(cid, None)
         entries[cid] = (state, at, detail)
     else:
         entries.pop(cid, None)
