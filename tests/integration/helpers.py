@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import aiohttp
+
 from connector.demo import DEMO_HEADER
 from connector.records import OutboundSms, Recipient, encode_outbound
 
@@ -20,3 +22,11 @@ def outbound(cid: str, to: str, text: str = "hello", **kw: object) -> Record:
 def many(n: int, keys: int, prefix: str = "m") -> list[Record]:
     """n messages over ``keys`` recipients; message i goes to recipient i % keys."""
     return [outbound(f"{prefix}-{i}", phone(i % keys), f"message {i}") for i in range(n)]
+
+
+async def metric_sum(url: str, name: str) -> float:
+    """The sum of a metric's samples on a worker's /metrics."""
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))

@@ -9,13 +9,12 @@ import os
 import random
 import time
 
-import aiohttp
 import orjson
 import pytest
 
 from connector.demo import DEMO_HEADER
 from connector.stack import Follower, LocalStack, produce
-from tests.integration.helpers import Record, many, outbound, phone
+from tests.integration.helpers import Record, many, metric_sum, outbound, phone
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +23,6 @@ FULL = os.environ.get("FAULTS") == "full"
 
 def size(full: int, bounded: int) -> int:
     return full if FULL else bounded
-
-
-async def metric_sum(url: str, name: str) -> float:
-    """The sum of a metric's samples on a worker's /metrics."""
-    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
-        text = await r.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
 
 
 def report(name: str, tally, expected: list[str], **figures: object) -> None:  # type: ignore[no-untyped-def]

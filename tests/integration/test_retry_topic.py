@@ -10,7 +10,7 @@ import pytest
 
 import topics
 from connector.stack import Follower, LocalStack, produce
-from tests.integration.helpers import outbound, phone
+from tests.integration.helpers import metric_sum, outbound, phone
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +108,34 @@ async def test_kill_9_while_messages_wait_in_the_retry_topic_loses_and_repeats_n
     # each: 2 failed calls in place, 1 accepted from the retry topic; a message caught between its
     # last call and its hand-off at the kill is in doubt and sent again (resend policy)
     assert 3 * n <= stats["requests"] <= 3 * n + 32
+
+
+async def test_a_worker_joining_while_messages_wait_takes_their_partitions_with_their_ledger(
+        stack: LocalStack) -> None:
+    n = 1000
+    env = retry_env(in_place=2, cap=6, delay_s=10)
+    first = await stack.start_worker(env=env, routes=ROUTE)
+    ids = [f"move-{i}" for i in range(n)]
+    async with Follower(stack.kafka) as f:
+        f.tally.keep_records = True
+        await stack.set_faults("smpp_rest", error_rate=1.0)
+        await produce(stack.kafka, [outbound(cid, phone(i % 200), f"message {i}") for i, cid in enumerate(ids)])
+        await _sent_at_least(stack, 2 * n)
+        await stack.set_faults("smpp_rest", error_rate=0.0)
+        # the rebalance hands half the partitions of sms.outbound, of the retry topic and of the
+        # ledger to the newcomer while their retry records wait; the first worker then leaves
+        second = await stack.start_worker(env=env, routes=ROUTE)
+        assert await f.wait_for(ids, timeout=120, settle_s=2.0), f"missing {len(f.tally.missing(ids))}"
+        # every message was handed off before the newcomer joined: what it accepted came from the
+        # retry partitions it took over
+        taken_over = await metric_sum(second.url, "sms_outbound_accepted_total")
+        assert await first.stop(timeout=40) == 0 and second.alive
+    stats = await stack.sim_stats("smpp_rest")
+    dups = f.tally.duplicates(ids)
+    print(f"\nworker joins while {n} messages wait in the retry topic: terminal {sum(f.tally.seen[c] for c in ids)}, "
+          f"duplicates {dups}, provider calls {stats['requests']} (expected {3 * n}), "
+          f"sent by the worker that joined {taken_over:.0f}")
+    assert f.tally.missing(ids) == [] and dups == 0
+    assert {r[0]["attempts"] for r in f.tally.records.values()} == {3}
+    assert stats["requests"] == 3 * n          # no retry record was sent twice, none was lost
+    assert 0 < taken_over < n
