@@ -49,7 +49,7 @@ from typing import IO, Any, Callable, Mapping
 import click
 
 from connector.config import ENV_PREFIX, ConfigError, Secret, Settings, load, redacted
-from connector.policy import HandOffPolicy, longest_schedule_s
+from connector.policy import handoff_policy, longest_schedule_s
 
 __all__ = ["CheckReport", "CheckRow", "Status", "check_command", "config_rows", "problem_row", "render",
            "run_check"]
@@ -206,9 +206,9 @@ def config_rows(settings: Settings) -> list[CheckRow]:
                              f"empty with {len(settings.routes)} routes: records that name no route and match "
                              f"no rule fail with reason invalid. Fix: set routing.default_route"))
     d = settings.dispatch
-    if d.idempotency_window_s > 0 and d.max_attempts > d.retry_max_attempts:
-        longest = longest_schedule_s(HandOffPolicy(d.max_attempts, d.retry_topic_delay_s, d.retry_topic_max_delay_s),
-                                     d.retry_max_attempts)
+    handoff = handoff_policy(d)
+    if handoff is not None and d.idempotency_window_s > 0:
+        longest = longest_schedule_s(handoff, d.retry_max_attempts)
         if longest > d.idempotency_window_s:
             rows.append(CheckRow("config", "dispatch.idempotency_window_s", Status.WARN,
                                  f"{d.idempotency_window_s:g} s, but a message may wait up to {longest:g} s in the "

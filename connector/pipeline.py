@@ -76,7 +76,8 @@ class Pipeline:
             metrics.DEAD_LETTERED.labels(exc.reason).inc()
             return Terminal("dlq", None, exc.reason, exc.message, exc.field)
         known = ledger.state(msg.client_message_id) if ledger is not None else None
-        if known == RETRYING and ledger is not None:
+        if known == RETRYING:
+            assert ledger is not None
             if retry is None or retry.token != ledger.token(msg.client_message_id):
                 # its hand-off is durable: the original read again, a duplicate, or an older retry record
                 metrics.LEDGER_REPLAYS.labels("retrying").inc()
@@ -104,6 +105,7 @@ class Pipeline:
         except InvalidMessage as exc:
             return self.failed(o, exc)
         cid = None
+        has_intent = known == INTENT   # recorded now or before a crash: the route's in-doubt policy applies
         if ledger is not None:
             cid = msg.client_message_id
             if known == INTENT:
@@ -118,6 +120,7 @@ class Pipeline:
                 # intent and one without are both sent again on replay, so writing it (a produce
                 # awaited before every call) would change nothing.
                 await ledger.intent(cid, o.route)
+                has_intent = True
         budget = self.handoff.max_attempts - earlier if self.handoff is not None else None
         sent = await sender.send(prepared, budget=budget)
         if isinstance(sent.result, CircuitOpen) and sender.failover_route:
@@ -131,7 +134,7 @@ class Pipeline:
             except InvalidMessage as exc:
                 return self.failed(o, exc)
             o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
-            if ledger is not None and known is None and sender.in_doubt == "fail":
+            if ledger is not None and not has_intent and sender.in_doubt == "fail":
                 await ledger.intent(msg.client_message_id, o.route)   # the failover route is at-most-once
             before_failover = sent.attempts
             sent = await sender.send(prepared, may_fail_over=False,

@@ -8,17 +8,21 @@ everything else fails at once with the error's reason. Retries come in two tiers
   holds its place in its key's order;
 - ``hand_off``: once that budget is spent, the message goes to the retry topic and is sent again
   at a due time minutes away (``HandOffPolicy``), so a slow message never holds up its partition;
-  after the attempt cap across all passes it fails with the last error's reason. No I/O, no clock reads except through
-arguments, so every rule is a table-driven unit test.
+  after the attempt cap across all passes it fails with the last error's reason.
+
+No I/O, no clock reads except through arguments, so every rule is a table-driven unit test.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from connector.errors import SmsError, Throttled
+
+if TYPE_CHECKING:
+    from connector.config import DispatchSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,14 @@ class HandOffPolicy:
     max_attempts: int = 12          # provider calls in all, across passes; then the message fails
     delay_s: float = 30.0           # before the first pass from the retry topic; doubles per pass
     max_delay_s: float = 600.0      # cap per pass, Retry-After included
+
+
+def handoff_policy(d: DispatchSettings) -> HandOffPolicy | None:
+    """The retry topic's policy from the dispatch settings; None when the attempt cap leaves no
+    calls beyond the in-place budget (no retry topic)."""
+    if d.max_attempts <= d.retry_max_attempts:
+        return None
+    return HandOffPolicy(d.max_attempts, d.retry_topic_delay_s, d.retry_topic_max_delay_s)
 
 
 def hand_off(error: SmsError, attempts: int, passes: int, policy: HandOffPolicy,

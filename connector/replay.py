@@ -50,6 +50,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 import topics
+from connector import retries
 from connector.config import ConfigError, KafkaSettings
 
 __all__ = ["FILTER_FIELDS", "HEADER_REPLAYED_FROM", "ReplaySummary", "dlq_group", "kafka_settings",
@@ -60,11 +61,9 @@ FILTER_FIELDS = ("reason", "provider", "route", "client_message_id", "key")
 _ALIASES = {"id": "client_message_id", "cid": "client_message_id"}
 # Headers the dispatcher adds to a dead-lettered record (and ours, and a retry record's): not part of
 # the original; a replayed record starts again as a first pass.
-_ADDED_HEADERS = frozenset({topics.HEADER_SOURCE_TOPIC, topics.HEADER_SOURCE_PARTITION, topics.HEADER_SOURCE_OFFSET,
-                            topics.HEADER_ERROR_REASON, topics.HEADER_ERROR_MESSAGE, topics.HEADER_ERROR_FIELD,
-                            topics.HEADER_ERROR_AT, HEADER_REPLAYED_FROM, topics.HEADER_RETRY_ATTEMPTS,
-                            topics.HEADER_RETRY_PASSES, topics.HEADER_RETRY_DUE_AT, topics.HEADER_RETRY_TOKEN,
-                            topics.HEADER_RETRY_REASON})
+_ADDED_HEADERS = retries.SOURCE_HEADERS | retries.RETRY_HEADERS | frozenset({
+    topics.HEADER_ERROR_REASON, topics.HEADER_ERROR_MESSAGE, topics.HEADER_ERROR_FIELD, topics.HEADER_ERROR_AT,
+    HEADER_REPLAYED_FROM})
 
 Filters = dict[str, frozenset[str]]
 Headers = list[tuple[str, bytes]]

@@ -47,7 +47,7 @@ class HandOff:
     attempts: int        # provider calls made in all
     passes: int          # hand-offs including this one
     due_at: float        # epoch seconds
-    token: str = ""
+    token: str           # random: tells this hand-off's retry record from a replayed older one
 
     @staticmethod
     def new(attempts: int, passes: int, due_at: float) -> HandOff:
@@ -67,17 +67,6 @@ def state(headers: Sequence[tuple[str, bytes]] | None) -> RetryState | None:
                           token=found[topics.HEADER_RETRY_TOKEN].decode())
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
-
-
-def due_at_ms(headers: Sequence[tuple[str, bytes]] | None) -> int:
-    """When a retry record may be sent (0 when it says nothing: at once)."""
-    for k, v in headers or ():
-        if k == topics.HEADER_RETRY_DUE_AT:
-            try:
-                return int(v)
-            except ValueError:
-                return 0
-    return 0
 
 
 def retry_headers(original: Sequence[tuple[str, bytes]] | None, source: Headers, h: HandOff,

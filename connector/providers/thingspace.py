@@ -800,15 +800,6 @@ def _parse_xml(body: bytes) -> Element:
 _NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 
 
-def _child(el: Element | None, name: str) -> Element | None:
-    if el is None:
-        return None
-    for c in el:
-        if _local(c.tag) == name and c.get(_NIL) != "true":
-            return c
-    return None
-
-
 def _text(el: Element | None) -> str | None:
     if el is None or el.text is None:
         return None
@@ -827,8 +818,8 @@ def _confirmation(value: str | None) -> str | None:
 
 
 def _children(el: Element | None) -> dict[str, Element]:
-    """Local name -> the first child of that name that is not xsi:nil (what ``_child`` finds),
-    for every child at once: the callback reads a dozen names of the same element."""
+    """Local name -> the first child of that name that is not xsi:nil, for every child at once:
+    the callback reads a dozen names of the same element."""
     found: dict[str, Element] = {}
     if el is not None:
         for c in el:
@@ -856,7 +847,7 @@ def _from_soap(body: bytes) -> ThingSpaceCallback:
         device_id=_text(device.get("Identifier")),
         comment=_text(inner.get("Comment")),
         confirmation=_confirmation(_text(delivery.get("Confirmation"))),
-        num_devices_requested=_int(_text(_child(inner.get("Summary"), "NumDevicesRequested"))),
+        num_devices_requested=_int(_text(_children(inner.get("Summary")).get("NumDevicesRequested"))),
         callback_count=_int(_text(inner.get("CallbackCount"))),
         max_callback_threshold=_int(_text(inner.get("MaxCallbackThreshold"))),
         fault=_text(fault.get("faultstring")) or _text(fault.get("faultcode")),

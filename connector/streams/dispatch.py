@@ -47,14 +47,13 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
 import topics
-from connector import metrics
+from connector import metrics, retries
 from connector.config import Settings
 from connector.kafka import client_options, key_partition
 from connector.offsets import PartitionProgress
 from connector.pipeline import Pipeline, Terminal
-from connector.policy import HandOffPolicy
+from connector.policy import handoff_policy
 from connector.records import iso
-from connector import retries
 from connector.streams.batcher import Batcher
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.routing import Router
@@ -70,9 +69,7 @@ class Dispatcher:
                  optouts: Container[str] = frozenset()) -> None:
         self.settings = settings
         d = settings.dispatch
-        handoff = (HandOffPolicy(d.max_attempts, d.retry_topic_delay_s, d.retry_topic_max_delay_s)
-                   if d.max_attempts > d.retry_max_attempts else None)
-        self.pipeline = Pipeline(senders, router, optouts, handoff)
+        self.pipeline = Pipeline(senders, router, optouts, handoff_policy(d))
         self.topic_correlation = topics.spec("correlation").name
         self.topic_in = topics.spec("outbound").name
         self.topic_retry = topics.spec("retry").name
@@ -85,7 +82,7 @@ class Dispatcher:
         self._capacity.set()
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._active: dict[TopicPartition, int] = {}     # records of a partition being processed
-        self._chains: dict[tuple[int, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
+        self._chains: dict[tuple[TopicPartition, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._partitions: dict[str, int] = {}
         # retry records held until due: (due, seq, tp, record) with a count per partition
@@ -143,14 +140,16 @@ class Dispatcher:
         if self.settings.dispatch.idempotency_window_s > 0:
             self.ledger = Ledger(k, self._batcher, self.settings.dispatch.idempotency_window_s,
                                  self.settings.dispatch.idempotency_max_entries)
+        topic_ledger = topics.spec("ledger").name
         for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry,
-                      self.topic_correlation):
+                      self.topic_correlation, topic_ledger):
             self._partitions[topic] = len(await self._producer.partitions_for(topic))
-        if self._partitions[self.topic_retry] != self._partitions[self.topic_in]:
-            raise RuntimeError(
-                f"topic {self.topic_retry} has {self._partitions[self.topic_retry]} partitions and "
-                f"{self.topic_in} has {self._partitions[self.topic_in]}: they must be equal (a retry record "
-                f"is written to its input's partition number, whose owner holds its ledger)")
+        for topic in (self.topic_retry, topic_ledger):
+            if self._partitions[topic] != self._partitions[self.topic_in]:
+                raise RuntimeError(
+                    f"topic {topic} has {self._partitions[topic]} partitions and {self.topic_in} has "
+                    f"{self._partitions[self.topic_in]}: they must be equal (both are written to the input's "
+                    f"partition number, whose owner reads them)")
         try:
             self._consumer.subscribe([self.topic_in, self.topic_retry], listener=_Listener(self))
             await self._consumer.start()
@@ -201,14 +200,12 @@ class Dispatcher:
         metrics.CONSUMED.inc(len(records))
         for rec in records:
             if progress.take(rec.offset):   # False: already taken in this assignment (a re-delivered fetch)
-                self._start(tp, progress, rec, tp.partition)
+                self._start(tp, progress, rec)
 
-    def _start(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes],
-               lane: Any) -> None:
-        """Run ``rec`` after the records of its key taken before it (``lane`` separates the
-        input's chains from the retry topic's)."""
+    def _start(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes]) -> None:
+        """Run ``rec`` after the records of its key taken before it in the same topic-partition."""
         self.in_flight += 1
-        ck = (lane, rec.key if rec.key is not None else ("offset", rec.offset))
+        ck = (tp, rec.key if rec.key is not None else ("offset", rec.offset))
         chain = self._chains.get(ck)
         if chain is not None:
             chain.append(rec)
@@ -226,9 +223,10 @@ class Dispatcher:
         for rec in records:
             if not progress.take(rec.offset):
                 continue
-            due = retries.due_at_ms(rec.headers) / 1000
+            state = retries.state(rec.headers)
+            due = state.due_at_ms / 1000 if state is not None else 0.0   # unreadable: at once
             if due <= now:
-                self._start(tp, progress, rec, ("retry", tp.partition))
+                self._start(tp, progress, rec)
                 continue
             self._waiting_seq += 1
             heapq.heappush(self._waiting, (due, self._waiting_seq, tp, rec))
@@ -256,7 +254,7 @@ class Dispatcher:
             self._waiting_by_tp[tp] -= 1
             progress = self._progress.get(tp)
             if progress is not None and not progress.revoked and not progress.closing:
-                self._start(tp, progress, rec, ("retry", tp.partition))
+                self._start(tp, progress, rec)
         self._schedule_wake()
         if self._retry_paused and len(self._waiting) < self._max_waiting // 2 and self._consumer is not None:
             self._retry_paused = False
@@ -272,7 +270,7 @@ class Dispatcher:
         for tp in gone:
             self._waiting_by_tp.pop(tp, None)
 
-    async def _run_chain(self, ck: tuple[int, Any], tp: TopicPartition, progress: PartitionProgress,
+    async def _run_chain(self, ck: tuple[TopicPartition, Any], tp: TopicPartition, progress: PartitionProgress,
                          rec: ConsumerRecord[bytes, bytes]) -> None:
         chain = self._chains[ck]
         while True:

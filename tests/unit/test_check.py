@@ -254,7 +254,9 @@ def test_facts_and_matching() -> None:
 
 def test_replay_headers_drop_what_the_pipeline_added() -> None:
     original = [("trace", b"t-1"), (topics.HEADER_SOURCE_OFFSET, b"7"), (topics.HEADER_ERROR_REASON, b"internal"),
-                (HEADER_REPLAYED_FROM, b"old:0:1"), ("trace", b"t-2")]
+                (HEADER_REPLAYED_FROM, b"old:0:1"), ("trace", b"t-2"),
+                # a message dead-lettered during a retry pass: replayed, it starts again as a first pass
+                (topics.HEADER_RETRY_TOKEN, b"abc"), (topics.HEADER_RETRY_ATTEMPTS, b"8")]
     assert replay_headers(original, "sms.outbound.dlq", 2, 15) == [
         ("trace", b"t-1"), ("trace", b"t-2"), (HEADER_REPLAYED_FROM, b"sms.outbound.dlq:2:15")]
 

@@ -10,8 +10,10 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 
 import topics
+from connector import retries
 from connector.config import load
 from connector.offsets import PartitionProgress
+from connector.retries import HandOff
 from connector.routing import Router
 from connector.streams.dispatch import Dispatcher
 
@@ -30,16 +32,15 @@ class Consumer:
 
 
 def record(partition: int, offset: int, due_in_s: float) -> ConsumerRecord[bytes, bytes]:
-    due = str(int((time.time() + due_in_s) * 1000)).encode()
-    return ConsumerRecord(RETRY, partition, offset, 0, 0, b"k%d" % offset, b"{}", None, 2, 2,
-                          [(topics.HEADER_RETRY_DUE_AT, due)])
+    headers = retries.retry_headers([], [], HandOff.new(4, 1, time.time() + due_in_s), "unavailable")
+    return ConsumerRecord(RETRY, partition, offset, 0, 0, b"k%d" % offset, b"{}", None, 2, 2, headers)
 
 
-def dispatcher(max_waiting: int) -> tuple[Dispatcher, list[tuple[Any, int]], Consumer]:
+def dispatcher(max_waiting: int) -> tuple[Dispatcher, list[tuple[int, int]], Consumer]:
     settings = load(environ={"SMS_CONNECTOR_DISPATCH__RETRY_TOPIC_MAX_WAITING": str(max_waiting)})
     d = Dispatcher(settings, {}, Router.from_settings(settings.routing, {}))
-    started: list[tuple[Any, int]] = []
-    d._start = lambda tp, progress, rec, lane: started.append((lane, rec.offset))  # type: ignore[method-assign]
+    started: list[tuple[int, int]] = []
+    d._start = lambda tp, progress, rec: started.append((tp.partition, rec.offset))  # type: ignore[method-assign]
     consumer = Consumer()
     d._consumer = consumer  # type: ignore[assignment]
     return d, started, consumer
@@ -50,9 +51,9 @@ async def test_due_records_start_at_once_and_the_others_at_their_due_time() -> N
     tp = TopicPartition(RETRY, 3)
     d._progress[tp] = PartitionProgress()
     d._take(tp, [record(3, 10, -1), record(3, 11, 0.15), record(3, 12, 0.05)])
-    assert started == [(("retry", 3), 10)] and len(d._waiting) == 2
+    assert started == [(3, 10)] and len(d._waiting) == 2
     await asyncio.sleep(0.1)
-    assert started[-1] == (("retry", 3), 12)
+    assert started[-1] == (3, 12)
     await asyncio.sleep(0.1)
     assert [o for _, o in started] == [10, 12, 11] and not d._waiting
     assert d._progress[tp].in_flight == 3    # taken, unfinished: the commit stays behind them
