@@ -125,8 +125,8 @@ class DispatchSettings:
     retry_max_delay_s: float = setting(5.0, doc="Backoff cap per wait.", minimum=0, maximum=600)
     idempotency_window_s: float = setting(3600.0, doc="How long the idempotency ledger remembers a client_message_id "
                                                       "(0 turns the ledger off). A replay or duplicate within the window "
-                                                      "calls no provider again. Memory: about 100 bytes per message. At most 7 days, "
-                                                      "the ledger topic's retention.",
+                                                      "calls no provider again, as long as idempotency_max_entries holds that many "
+                                                      "messages. At most 7 days, the ledger topic's retention.",
                                           minimum=0, maximum=7 * 86400)
     idempotency_max_entries: int = setting(250_000, doc="Most client_message_ids the ledger keeps in memory per worker "
                                                         "(about 200 bytes each). Beyond it the oldest are forgotten "

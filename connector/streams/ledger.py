@@ -3,8 +3,9 @@
 Before a provider call on an at-most-once route (``in_doubt = fail``) the dispatcher records an
 *intent*; once the message's terminal record is acknowledged it records *done*. (On a ``resend``
 route the intent is not written: a message with an intent and one without would both be sent
-again on replay, so it would only cost a produce awaited before every call.) A message read again (a crash or rebalance replays everything
-after the last commit, or upstream produced it twice) then:
+again on replay, so it would only cost a produce awaited before every call.) A message read
+again (a crash or rebalance replays everything after the last commit, or upstream produced it
+twice) then:
 
 - ``done``: no provider call and nothing republished (its terminal record already exists),
   except a record re-injected by ``sms-connector dlq replay`` (header ``sms.replayed-from``)
@@ -29,7 +30,7 @@ new) and ``sms_ledger_evicted_total`` counts them, so an operator sees the windo
 
 Entries expire after ``dispatch.idempotency_window_s``: faust tables have no key TTL and
 compaction keeps the latest record forever, so each entry stores its time and an older entry is
-ignored on read; memory is pruned periodically (about 100 bytes per entry), and the topic is
+ignored on read; memory is pruned periodically (about 200 bytes per entry), and the topic is
 ``compact,delete`` with a 7-day retention (the longest window allowed), which bounds the log.
 
 Reading to the end: each partition is read until its position reaches the end offset. On the
