@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from typing import Callable
+
 import aiohttp
 
 from connector.demo import DEMO_HEADER
 from connector.records import OutboundSms, Recipient, encode_outbound
 
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+FULL = os.environ.get("FAULTS") == "full"   # `make faults`; CI runs the bounded sizes
+
+
+def size(full: int, bounded: int) -> int:
+    """A fault scenario's size: full under `make faults`, bounded in `make test`."""
+    return full if FULL else bounded
+
+
+async def until(predicate: Callable[[], bool], timeout: float) -> None:
+    """Wait until ``predicate()`` holds; fail the test after ``timeout`` seconds."""
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
 
 
 def phone(i: int) -> str:

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 import time
 
 import pytest
 
 from connector.stack import Follower, LocalStack, produce
-from tests.integration.helpers import many
+from tests.integration.helpers import FULL, many, size, until
 
 pytestmark = pytest.mark.integration
 
 ROUTE = {"smpp": {"provider": "smpp_rest", "batch_max": "20", "concurrency": "16"}}
 
 
-async def _until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
-FULL = os.environ.get("FAULTS") == "full"   # `make faults`; CI runs the bounded version
-
-
-def size_crash(full: int, bounded: int) -> int:
-    return full if FULL else bounded
 
 
 @pytest.mark.parametrize("kills, n", [(3, 20000)] if FULL else [(1, 4000)])
@@ -46,9 +31,9 @@ async def test_kill_9_loses_nothing(stack: LocalStack, kills: int, n: int) -> No
         rates = []
         for k in range(kills):
             target = n * (k + 1) // (kills + 2)
-            await _until(lambda: f.tally.done(expected) > 0, 60)
+            await until(lambda: f.tally.done(expected) > 0, 60)
             t0, d0 = time.monotonic(), f.tally.done(expected)
-            await _until(lambda: f.tally.done(expected) >= target, 60)
+            await until(lambda: f.tally.done(expected) >= target, 60)
             rates.append((f.tally.done(expected) - d0) / max(time.monotonic() - t0, 0.05))
             worker.proc.send_signal(signal.SIGKILL)
             await worker.proc.wait()
@@ -77,7 +62,7 @@ async def test_sigterm_drains_commits_and_exits_0(stack: LocalStack) -> None:
     expected = [f"term-{i}" for i in range(n)]
     async with Follower(stack.kafka) as f:
         await produce(stack.kafka, records)
-        await _until(lambda: f.tally.done(expected) >= n // 3, 60)
+        await until(lambda: f.tally.done(expected) >= n // 3, 60)
         assert await worker.stop(timeout=40) == 0
         await stack.start_worker(routes=ROUTE)
         assert await f.wait_for(expected, timeout=120, settle_s=2.0)
@@ -87,7 +72,7 @@ async def test_sigterm_drains_commits_and_exits_0(stack: LocalStack) -> None:
 
 
 async def test_kill_9_on_an_at_most_once_route_never_calls_the_provider_twice(stack: LocalStack) -> None:
-    n, max_in_flight = size_crash(8000, 3000), 500
+    n, max_in_flight = size(8000, 3000), 500
     await stack.set_faults("smpp_rest", latency_ms=20)
     route = {"smpp": {**ROUTE["smpp"], "in_doubt": "fail"}}
     env = {"SMS_CONNECTOR_DISPATCH__MAX_IN_FLIGHT": str(max_in_flight)}
@@ -96,7 +81,7 @@ async def test_kill_9_on_an_at_most_once_route_never_calls_the_provider_twice(st
     async with Follower(stack.kafka) as f:
         f.tally.keep_records = True
         await produce(stack.kafka, many(n, keys=300, prefix="amo"))
-        await _until(lambda: f.tally.done(expected) >= n // 3, 60)
+        await until(lambda: f.tally.done(expected) >= n // 3, 60)
         worker.kill()
         await worker.proc.wait()
         await stack.start_worker(env=env, routes=route)

@@ -5,7 +5,6 @@ margin. `make faults` runs the full sizes (FAULTS=full); CI a bounded version.""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 
@@ -14,15 +13,10 @@ import pytest
 
 from connector.demo import DEMO_HEADER
 from connector.stack import Follower, LocalStack, produce
-from tests.integration.helpers import Record, many, metric_sum, outbound, phone
+from tests.integration.helpers import Record, many, metric_sum, outbound, phone, size, until
 
 pytestmark = pytest.mark.integration
 
-FULL = os.environ.get("FAULTS") == "full"
-
-
-def size(full: int, bounded: int) -> int:
-    return full if FULL else bounded
 
 
 def report(name: str, tally, expected: list[str], **figures: object) -> None:  # type: ignore[no-untyped-def]
@@ -74,10 +68,7 @@ async def test_a_stalled_broker_recovers_without_a_restart(stack: LocalStack) ->
     expected = [f"stall-{i}" for i in range(n)]
     async with Follower(stack.kafka) as f:
         await produce(stack.kafka, many(n, keys=300, prefix="stall"))
-        for _ in range(600):
-            if f.tally.done(expected) >= n // 4:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: f.tally.done(expected) >= n // 4, 30)
         assert stack.broker is not None
         stack.broker.pause()            # SIGSTOP: the broker answers nothing
         await asyncio.sleep(stall_s)
@@ -145,15 +136,9 @@ async def test_a_second_worker_joins_and_leaves_under_load(stack: LocalStack) ->
     expected = [f"join-{i}" for i in range(n)]
     async with Follower(stack.kafka) as f:
         await produce(stack.kafka, many(n, keys=400, prefix="join"))
-        for _ in range(600):
-            if f.tally.done(expected) >= n // 5:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: f.tally.done(expected) >= n // 5, 30)
         second = await stack.start_worker(routes=route)
-        for _ in range(1200):
-            if f.tally.done(expected) >= n * 3 // 5:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: f.tally.done(expected) >= n * 3 // 5, 60)
         assert await second.stop(timeout=40) == 0      # leaves gracefully while the first goes on
         assert await f.wait_for(expected, timeout=180, settle_s=2.0)
     stats = await stack.sim_stats("smpp_rest")
