@@ -45,7 +45,7 @@ def worker_text() -> str:
     """/metrics of one worker, produced by the connector's own metric definitions."""
     reg = CollectorRegistry()
     m = {name: clone(getattr(metrics, name), reg) for name in (
-        "CONSUMED", "ACCEPTED", "FAILED", "DEAD_LETTERED", "SEGMENTS", "IN_FLIGHT", "OLDEST_PENDING",
+        "CONSUMED", "ACCEPTED", "FAILED", "DEAD_LETTERED", "SEGMENTS", "IN_FLIGHT", "RETRY_WAITING", "OLDEST_PENDING",
         "PARTITIONS_ASSIGNED", "PROVIDER_RETRIES", "CALLBACKS", "MO_RECEIVED", "OPTOUT_SUPPRESSED",
         "DELIVERY_LATENCY", "CIRCUIT_STATE", "PROVIDER_REQUEST", "COMMITS")}
     m["CONSUMED"].inc(120)
@@ -58,6 +58,7 @@ def worker_text() -> str:
     m["DEAD_LETTERED"].labels("invalid-record").inc(4)
     m["SEGMENTS"].labels("smpp", "smpp_rest").inc(130)
     m["IN_FLIGHT"].set(5)
+    m["RETRY_WAITING"].set(11)
     m["OLDEST_PENDING"].set(1.25)
     m["PARTITIONS_ASSIGNED"].set(6)
     m["PROVIDER_RETRIES"].labels("smpp", "smpp_rest", "throttled").inc(7)
@@ -88,6 +89,7 @@ def test_parse_metrics_reads_the_connectors_metrics(worker_text: str) -> None:
     assert s.dead_lettered == {"invalid-record": 4}
     assert (s.accepted_total, s.failed_total, s.dead_lettered_total, s.terminal_total) == (105, 6, 4, 115)
     assert (s.in_flight, s.oldest_pending_s, s.partitions_assigned, s.segments) == (5, 1.25, 6, 130)
+    assert s.retry_waiting == 11
     assert s.retries == {"smpp_rest": 7}
     assert s.callbacks == {("thingspace", "ok"): 8, ("thingspace", "unauthorized"): 1}
     assert s.mo_received == {"ogangi": 2} and s.optout_suppressed == {"smpp": 3}
@@ -131,7 +133,7 @@ def test_merge_sums_workers_but_takes_the_oldest_pending_and_worst_circuit(worke
     assert m.workers == 2 and m.errors == ["http://w3:8080/metrics: refused"]
     assert m.consumed == 240 and m.accepted == {"smpp_rest": 190, "revio": 20}
     assert m.failed[("smpp_rest", "rejected")] == 8 and m.dead_lettered == {"invalid-record": 8}
-    assert (m.in_flight, m.partitions_assigned, m.oldest_pending_s) == (10, 12, 9.0)
+    assert (m.in_flight, m.retry_waiting, m.partitions_assigned, m.oldest_pending_s) == (10, 22, 12, 9.0)
     assert m.circuits == {"revio": 2, "smpp": 0, "ogangi": 1}
     assert m.delivery_latency[("thingspace", "delivered")].count == 10
     assert m.callbacks_total == 18 and m.mo_total == 4 and m.optout_total == 6 and m.retries_total == 14
