@@ -464,8 +464,8 @@ class Ogangi(Provider):
 
     # -- sending -------------------------------------------------------------------------------
     def address(self, msg: OutboundSms) -> str:
-        e164 = msg.recipient.require_e164()
-        return e164 if self.config.number_format == "e164" else e164[1:]
+        number = self.recipient_number(msg)
+        return number.e164 if self.config.number_format == "e164" else number.digits
 
     def prepare(self, msg: OutboundSms) -> Prepared:
         prepared = super().prepare(msg)

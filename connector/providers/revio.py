@@ -62,6 +62,7 @@ from xml.etree.ElementTree import Element, ParseError, SubElement, tostring
 import defusedxml.ElementTree as SafeET
 
 from connector.config import Secret, setting
+from connector import numbers
 from connector.encoding import analyse
 from connector.errors import AuthFailed, InDoubt, InvalidMessage, ProviderError, Rejected, Retriable, for_http_status
 from connector.http import HttpRequest, HttpResponse
@@ -210,9 +211,9 @@ def with_auth(request: HttpRequest, auth: Element) -> HttpRequest:
 
 
 def normalize_tn(number: str) -> str:
-    """``+1XXXXXXXXXX`` -> its 10 digits; anything else unchanged (Rev.io judges it)."""
-    m = _NANP.match(number.strip())
-    return m.group(1) if m else number
+    """A +1 number in any accepted form -> its 10 digits; anything else unchanged (Rev.io judges it)."""
+    e164 = numbers.canonical(number)
+    return numbers.parse(e164).nanp10() if e164 and e164.startswith("+1") and len(e164) == 12 else number
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,11 +493,11 @@ class RevIo(Provider):
         return RevIoAuth(self.config)
 
     def address(self, msg: OutboundSms) -> str:
-        m = _NANP.match(msg.recipient.require_e164())
-        if m is None:
+        number = self.recipient_number(msg)
+        if not number.e164.startswith("+1") or len(number.e164) != 12:
             raise InvalidMessage("Rev.io sends to North American numbers only (+1 and 10 digits)",
                                  field="recipient.phone")
-        return m.group(1)
+        return number.nanp10()
 
     def profile(self, msg: OutboundSms) -> tuple[int | None, str | None]:
         """(SmsProfileID, FromNumber) to send with, at most one set; InvalidMessage when both are."""

@@ -58,7 +58,7 @@ class SmppRest(Provider):
         return BearerAuth(self.config.api_key)
 
     def address(self, msg):  # type: ignore[no-untyped-def]
-        return msg.recipient.require_e164()[1:]
+        return self.recipient_number(msg).digits
 
     def build_send(self, batch: Sequence[Prepared]) -> HttpRequest:
         channel = self.config.channel

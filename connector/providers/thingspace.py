@@ -72,6 +72,7 @@ from connector.errors import (
     for_http_status,
 )
 from connector.http import HttpRequest, HttpResponse
+from connector.numbers import DEFAULT_LEVEL
 from connector.providers.base import Auth, Prepared, Provider, SendResult
 from connector.records import DEVICE_KINDS, Accepted, OutboundSms
 
@@ -102,7 +103,6 @@ SERVICE_DELIVERY = "SMSDeliveryConfirmation"
 
 _MDN = re.compile(r"^[0-9]{10}$")
 _DEVICE_ID = re.compile(r"^[0-9A-Za-z]{1,64}$")
-_NANP = re.compile(r"^\+1([0-9]{10})$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -455,7 +455,8 @@ def send_target(msg: OutboundSms, config: ThingSpaceConfig) -> dict[str, Any]:
     return _target(msg, _options(msg), config)
 
 
-def _target(msg: OutboundSms, opts: Mapping[str, Any], config: ThingSpaceConfig) -> dict[str, Any]:
+def _target(msg: OutboundSms, opts: Mapping[str, Any], config: ThingSpaceConfig,
+            level: str = DEFAULT_LEVEL) -> dict[str, Any]:
     selection = any(opts.get(k) is not None for k in SELECTION_OPTIONS)
     rcpt = msg.recipient
     has_recipient = rcpt.phone is not None or rcpt.device_id is not None
@@ -467,12 +468,11 @@ def _target(msg: OutboundSms, opts: Mapping[str, Any], config: ThingSpaceConfig)
     if rcpt.device_id is not None:
         return {"deviceIds": [_device(rcpt.device_kind or "", rcpt.device_id)]}
     if rcpt.phone is not None:
-        m = _NANP.match(rcpt.phone)
-        if m is None:
-            rcpt.require_e164()  # the clearer message for a malformed number
+        number = rcpt.number(level)   # the clearer message for a malformed number
+        if not number.e164.startswith("+1") or len(number.e164) != 12:
             raise InvalidMessage("ThingSpace reaches US numbers only (+1 and 10 digits)",
                                  field="recipient.phone")
-        return {"deviceIds": [{"kind": "MDN", "id": m.group(1)}]}
+        return {"deviceIds": [{"kind": "MDN", "id": number.nanp10()}]}
     raise InvalidMessage("no recipient: give a device id, a phone number or a selection "
                          "(options.thingspace.group_name, ...)", field="recipient")
 
@@ -515,7 +515,7 @@ class ThingSpace(Provider):
         if not msg.text:
             raise InvalidMessage("text is empty", field="text")
         opts = _options(msg)
-        to = _describe(_target(msg, opts, self.config))
+        to = _describe(_target(msg, opts, self.config, self.number_check))
         data_encoding = opts.get("data_encoding") or self.config.default_data_encoding
         sms_message, encoded = encode_message(msg.text, data_encoding)
         # ThingSpace has no sender id: the device sees the account's short code.

@@ -15,7 +15,7 @@ Credentials ``signature_encoding`` (hex|base64), ``signature_covers`` (encoded|d
 
 State: sent messages get an id (a signed 64-bit number, like the samples) and a status that
 advances with time: ``SENT``, then ``SENT_TO_CARRIER`` after ``carrier_delay_s``, then
-``DELIVERED_TO_DEVICE`` after ``device_delay_s``. Numbers the base class rejects (``…0000`` or
+``DELIVERED_TO_DEVICE`` after ``device_delay_s``. Numbers the base class rejects (``…0666`` or
 the ``reject_rate`` fault) and malformed numbers are refused at once: sendSMS answers OK with the
 message in status ``BAD_TO`` (its answer carries per-message status), sendMT and the PIN call
 answer ``ERROR`` (their answers carry none). Numbers ending in ``9999`` are accepted and end

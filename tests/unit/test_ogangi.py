@@ -555,11 +555,11 @@ async def test_sim_signature_overrides_mirror_the_adapters(env):
 
 async def test_sim_rejected_numbers(env):
     p = env.provider()
-    result = await env.send(p, sms(phone="+13050000000"))
+    result = await env.send(p, sms(phone="+13050000666"))
     assert isinstance(result, Rejected) and result.code == "BAD_TO"
     # sendMT answers carry no message: the refusal is an ERROR envelope
     with pytest.raises(Rejected) as err:
-        await env.send(env.provider(send_method="sendMT"), sms(phone="+13050000000"))
+        await env.send(env.provider(send_method="sendMT"), sms(phone="+13050000666"))
     assert err.value.text == "Message not sent. Invalid 'to' parameter."
     assert (env.sim.stats.accepted, env.sim.stats.rejected) == (0, 2)
     assert [m.final for m in env.sim.messages.values()] == ["BAD_TO"]
