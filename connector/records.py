@@ -84,7 +84,7 @@ class Recipient:
     def key(self) -> str:
         """The sms.outbound key convention: the number, ``KIND:ID``, or ``selection:...``."""
         if self.phone is not None:
-            return self.phone
+            return numbers.canonical(self.phone) or self.phone
         if self.selection is not None:
             return "selection:" + ",".join(f"{k}={v}" for k, v in sorted(self.selection.items()) if isinstance(v, str))
         return f"{self.device_kind}:{self.device_id}"
