@@ -411,6 +411,28 @@ def test_send_errors_are_classified(response: HttpResponse, error: type, code: s
     assert type(info.value) is error and info.value.code == code
 
 
+@pytest.mark.parametrize("header, error", [
+    # A per-message refusal mentioning "authorized" is a rejection: no re-login, no breaker count.
+    ("<Message>SMS to '8504700000' could not be sent: number not authorized for SMS.</Message>", errors.Rejected),
+    ("<Message>The destination is not authorized to receive messages.</Message>", errors.Rejected),
+    ("<Message>Access denied for this destination.</Message>", errors.Rejected),
+    ("<Message>'8504700000' is not authorized: session limit reached for this number.</Message>", errors.Rejected),
+    # The code decides first: a coded refusal is never an auth failure, whatever its words.
+    ("<Message>Session profile not found.</Message><Error_Code>S2010</Error_Code>", errors.Rejected),
+    ("<Message>Password change required for profile 1000.</Message><Error_Code>S4001</Error_Code>",
+     errors.Rejected),
+    # Without a code, the caller's own login words (the simulator's messages) stay auth failures.
+    ("<Message>No Credentials or Session were supplied.</Message>", errors.AuthFailed),
+    ("<Message>Invalid Username, Password or Client. Login failed.</Message>", errors.AuthFailed),
+    ("<Message>Invalid SessionKey: the session does not exist.</Message>", errors.AuthFailed),
+    ("<Message>The session has expired. Create a new session with Sessions_Create.</Message>", errors.AuthFailed),
+])
+def test_send_refusals_classified_by_code_first(header: str, error: type) -> None:
+    with pytest.raises(errors.ProviderError) as info:
+        parse_sms_send(_header_only("SMS_Send", "<Success>false</Success>" + header))
+    assert type(info.value) is error, info.value.message
+
+
 def test_throttling_carries_retry_after() -> None:
     with pytest.raises(errors.Throttled) as info:
         parse_sms_send(HttpResponse(429, b"", {"retry-after": "7"}))
