@@ -80,7 +80,7 @@ __all__ = [
     "BearerRefused", "CallbackRegistration", "DATA_ENCODINGS", "MoMessage", "MoPage", "SessionRefused",
     "ThingSpace", "ThingSpaceAuth", "ThingSpaceCallback", "ThingSpaceConfig",
     "build_delete_callback", "build_list_callbacks", "build_mo_history", "build_register_callback",
-    "build_start_callbacks", "callback_credentials_match", "classify_error", "encode_message",
+    "build_start_callbacks", "callback_credentials_match", "callback_format", "classify_error", "encode_message",
     "is_lock_error", "is_session_error",
     "parse_callback", "parse_delete_callback", "parse_list_callbacks", "parse_mo_history",
     "parse_register_callback", "parse_start_callbacks", "send_target",
@@ -903,14 +903,30 @@ def _from_json(body: bytes) -> ThingSpaceCallback:
     )
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def callback_format(body: bytes, content_type: str = "") -> str | None:
+    """``xml`` or ``json``, by the body's content (its first byte after whitespace and a BOM),
+    whatever the Content-Type says; the Content-Type only decides an empty or odd body."""
+    head = body.lstrip().removeprefix(_BOM).lstrip()[:1]
+    if head == b"<":
+        return "xml"
+    if head in (b"{", b"["):
+        return "json"
+    ctype = content_type.lower()
+    return "xml" if "xml" in ctype else "json" if "json" in ctype else None
+
+
 def parse_callback(body: bytes, content_type: str = "") -> ThingSpaceCallback:
-    """A received callback, SOAP XML or JSON (by content type, else by its first byte).
+    """A received callback, SOAP XML or JSON (``callback_format``).
 
     XML is parsed with defusedxml (no DTD, no entity expansion); raises ``InvalidRecord`` when
-    the body cannot be read."""
-    head = body.lstrip()[:1]
-    if "xml" in content_type.lower() or head == b"<":
-        return _from_soap(body)
-    if "json" in content_type.lower() or head in (b"{", b"["):
+    the body cannot be read. Whitespace (or a BOM) before the XML declaration is tolerated: XML
+    forbids it, senders add it, and refusing makes ThingSpace resend the callback forever."""
+    fmt = callback_format(body, content_type)
+    if fmt == "xml":
+        return _from_soap(body.lstrip().removeprefix(_BOM).lstrip())
+    if fmt == "json":
         return _from_json(body)
     raise InvalidRecord(f"callback body is neither XML nor JSON (content type {content_type!r})")

@@ -479,3 +479,36 @@ def test_mo_without_device_is_invalid() -> None:
     cb = ts.ThingSpaceCallback(request_id=None, device_kind=None, device_id=None, message="hi")
     with pytest.raises(InvalidRecord):
         mo_from_callback(cb, "", Keywords())
+
+
+# --- what senders really send (issue 12) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", [b"\n", b"\r\n  ", b"\t \n", b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n"])
+@pytest.mark.parametrize("sample, kind, state, device_kind, device_id, request_id, status", SEED_CASES)
+async def test_whitespace_before_the_xml_declaration_is_accepted(
+        ep: Endpoint, prefix: bytes, sample: str, kind: str, state: str, device_kind: str | None,
+        device_id: str | None, request_id: str, status: str) -> None:
+    body = prefix + b'<?xml version="1.0" encoding="utf-8"?>' + with_credentials(sample)
+    assert await ep.post(body) == (200, {"status": "ok"})
+    (rec,) = ep.producer.records()
+    assert (rec["kind"], rec["state"], rec["provider_request_id"], rec["raw_format"]) == (
+        kind, state, request_id, "xml")
+
+
+@pytest.mark.parametrize("content_type", ["text/xml; charset=utf-8", "text/plain", "application/octet-stream", ""])
+async def test_json_is_recognised_by_its_content_whatever_the_content_type(ep: Endpoint, content_type: str) -> None:
+    body = b"\n " + orjson.dumps({"username": USERNAME, "password": PASSWORD, "requestId": "r-43",
+                                  "device": {"kind": "MDN", "id": "8589268379"},
+                                  "data": {"smsDelivery": {"confirmation": "Delivered"}}})
+    headers = {"Content-Type": content_type} if content_type else {}
+    assert (await ep.post(body, headers))[0] == 200
+    (rec,) = ep.producer.records()
+    assert (rec["kind"], rec["state"], rec["raw_format"]) == ("delivery-confirmation", "delivered", "json")
+
+
+def test_callback_format_reads_the_content_first() -> None:
+    assert ts.callback_format(b"  <?xml version='1.0'?><a/>", "application/json") == "xml"
+    assert ts.callback_format(b'{"a": 1}', "text/xml") == "json"
+    assert ts.callback_format(b"", "text/xml") == "xml"
+    assert ts.callback_format(b"plain", "text/plain") is None
