@@ -144,7 +144,7 @@ class OgangiConfig:
                                                     "whoever verifies PINs instead of the private key.",
                                           secret=True, example="env:OGANGI_PIN_HASH_KEY")
     signature_encoding: str = setting("hex", doc="Signature form: lowercase hex (assumed) or standard base64 "
-                                                 "(percent-encoded in the path).", choices=("hex", "base64"))
+                                                 "(its `/` percent-encoded in the path).", choices=("hex", "base64"))
     signature_covers: str = setting("decoded", doc="What the signature covers: the parameter values as they "
                                                    "are (decoded, as in the provider's Java example) or "
                                                    "as sent (percent-encoded).",
@@ -154,7 +154,7 @@ class OgangiConfig:
                                                 "`+` stay literal) or strict (everything but letters, digits "
                                                 "and `-._~`).", choices=("minimal", "strict"))
     base64_alphabet: str = setting("standard", doc="Base64 alphabet of text and number parameters: standard "
-                                                   "(assumed; `+/=` percent-encoded) or urlsafe (`-_`).",
+                                                   "(assumed; `/` percent-encoded in the path, `+` and `=` literal) or urlsafe (`-_`).",
                                    choices=("standard", "urlsafe"))
     number_format: str = setting("digits", doc="Mobile numbers as international digits without `+` (assumed) "
                                                "or E.164 with `+`.", choices=("digits", "e164"))
