@@ -64,10 +64,16 @@ class PhoneNumber:
         """E.164 without ``+`` (the SMPP gateway's and Ogangi's form)."""
         return self.e164[1:]
 
-    def nanp10(self) -> str:
-        """The 10 national digits of a +1 number (Rev.io ``TN``, ThingSpace MDN)."""
-        if not self.e164.startswith("+1") or len(self.e164) != 12:
-            raise InvalidMessage("this route takes North American (+1) numbers only", field=_FIELD)
+    @property
+    def is_nanp(self) -> bool:
+        """A North American (+1, 10 national digits) number."""
+        return self.e164.startswith("+1") and len(self.e164) == 12
+
+    def nanp10(self, refusal: str = "this route takes North American (+1) numbers only") -> str:
+        """The 10 national digits of a +1 number (Rev.io ``TN``, ThingSpace MDN); else
+        InvalidMessage(``refusal``)."""
+        if not self.is_nanp:
+            raise InvalidMessage(refusal, field=_FIELD)
         return self.e164[2:]
 
 

@@ -221,8 +221,11 @@ def with_auth(request: HttpRequest, auth: Element) -> HttpRequest:
 
 def normalize_tn(number: str) -> str:
     """A +1 number in any accepted form -> its 10 digits; anything else unchanged (Rev.io judges it)."""
-    e164 = numbers.canonical(number)
-    return numbers.parse(e164).nanp10() if e164 and e164.startswith("+1") and len(e164) == 12 else number
+    try:
+        parsed = numbers.parse(number)
+    except InvalidMessage:
+        return number
+    return parsed.nanp10() if parsed.is_nanp else number
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,11 +509,7 @@ class RevIo(Provider):
         return RevIoAuth(self.config)
 
     def address(self, msg: OutboundSms) -> str:
-        number = self.recipient_number(msg)
-        if not number.e164.startswith("+1") or len(number.e164) != 12:
-            raise InvalidMessage("Rev.io sends to North American numbers only (+1 and 10 digits)",
-                                 field="recipient.phone")
-        return number.nanp10()
+        return self.recipient_number(msg).nanp10("Rev.io sends to North American numbers only (+1 and 10 digits)")
 
     def profile(self, msg: OutboundSms) -> tuple[int | None, str | None]:
         """(SmsProfileID, FromNumber) to send with, at most one set; InvalidMessage when both are."""

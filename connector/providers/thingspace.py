@@ -468,11 +468,8 @@ def _target(msg: OutboundSms, opts: Mapping[str, Any], config: ThingSpaceConfig,
     if rcpt.device_id is not None:
         return {"deviceIds": [_device(rcpt.device_kind or "", rcpt.device_id)]}
     if rcpt.phone is not None:
-        number = rcpt.number(level)   # the clearer message for a malformed number
-        if not number.e164.startswith("+1") or len(number.e164) != 12:
-            raise InvalidMessage("ThingSpace reaches US numbers only (+1 and 10 digits)",
-                                 field="recipient.phone")
-        return {"deviceIds": [{"kind": "MDN", "id": number.nanp10()}]}
+        mdn = rcpt.number(level).nanp10("ThingSpace reaches US numbers only (+1 and 10 digits)")
+        return {"deviceIds": [{"kind": "MDN", "id": mdn}]}
     raise InvalidMessage("no recipient: give a device id, a phone number or a selection "
                          "(options.thingspace.group_name, ...)", field="recipient")
 
