@@ -512,3 +512,17 @@ def test_callback_format_reads_the_content_first() -> None:
     assert ts.callback_format(b'{"a": 1}', "text/xml") == "json"
     assert ts.callback_format(b"", "text/xml") == "xml"
     assert ts.callback_format(b"plain", "text/plain") is None
+
+
+async def test_a_stop_from_a_device_addressed_by_its_number_opts_the_number_out(ep: Endpoint) -> None:
+    # ThingSpace's form of a number is the device's MDN (10 digits): its STOP blocks +1 and those
+    # digits on every route (issue 12), as one from Ogangi's international digits does.
+    body = with_credentials(SEED_000_CB_PER_DEVICE).replace(b"<Comment>", b"<SMSMessage>STOP</SMSMessage> <Comment>")
+    body = body.replace(b"<Kind>meid</Kind> <Identifier>A100001F702731</Identifier>",
+                        b"<Kind>MDN</Kind> <Identifier>8589268379</Identifier>")
+    assert await ep.post(body) == (200, {"status": "ok"})
+    sent = {topic: (key, orjson.loads(value)) for topic, key, value in ep.producer.sent}
+    key, optout = sent[topics.spec("optout").name]
+    jsonschema.validate(optout, topics.schema("optout.json"))
+    assert (key, optout["phone"], optout["opted_out"]) == (b"+18589268379", "+18589268379", True)
+    assert sent[INBOUND][0] == b"MDN:8589268379"
