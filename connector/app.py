@@ -46,7 +46,8 @@ def build_senders(settings: Settings) -> dict[str, RouteSender]:
     for name, route in settings.routes.items():
         c = route.common
         provider = REGISTRY[c.provider](route.provider, route=name, segment_policy=c.segment_policy,
-                                        max_segments=c.max_segments, sender=c.sender)
+                                        max_segments=c.max_segments, sender=c.sender,
+                                        number_check=c.number_check)
         transport = HttpTransport(timeout_s=h.provider_timeout_s,
                                   max_connections=min(h.provider_max_connections, c.concurrency))
         limiter = RouteLimiter(c.rate_limit or None, min_rate=c.rate_limit_min, concurrency=c.concurrency)

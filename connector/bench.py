@@ -198,7 +198,7 @@ class _Progress:
 
 
 def phone(k: int) -> str:
-    """Recipient k as E.164; ends in 1, so never in 0000 (the simulators' reject rule)."""
+    """Recipient k as E.164; ends in 1, so never in the simulators' reject suffix."""
     return f"+4477{k % 10_000_000:07d}1"
 
 

@@ -198,6 +198,12 @@ class RouteSettings:
                                           "between the call and its recorded outcome): resend (at-least-once) or "
                                           "fail (at-most-once: a failed record, reason in-doubt).",
                             choices=("resend", "fail"))
+    number_check: str = setting("possible", doc="How strictly a recipient number is checked before sending "
+                                                "(libphonenumber): possible (a known country code and a possible "
+                                                "length for it) or valid (also inside an allocated range of the "
+                                                "country's number plan; refuses numbers the library's tables do "
+                                                "not know yet). A number that fails ends as failed, reason invalid.",
+                                choices=("possible", "valid"))
     failover_route: str = setting("", doc="Route that takes this route's messages while its circuit is open "
                                           "(one hop). Empty: they wait for the route to recover.",
                                   example="backup")

@@ -17,6 +17,7 @@ from typing import Iterator
 import orjson
 
 from connector.records import OutboundSms, Recipient, encode_outbound
+from connector.simulators.base import REJECT_SUFFIX
 
 DEMO_HEADER = "sms.demo.id"
 
@@ -65,7 +66,7 @@ def generate(n: int, seed: int = 7, prefix: str = "demo") -> Iterator[DemoRecord
         if roll < 0.04 and rcpt.phone:
             kind, rcpt = "invalid", Recipient(phone=rcpt.phone[:5])
         elif roll < 0.06 and rcpt.phone:
-            kind, rcpt = "rejected", Recipient(phone=rcpt.phone[:-4] + "0000")
+            kind, rcpt = "rejected", Recipient(phone=rcpt.phone[:-4] + REJECT_SUFFIX)
         elif roll < 0.08:
             kind, expires = "expired", 1_000_000_000.0
         elif roll < 0.09:

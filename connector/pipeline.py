@@ -97,7 +97,9 @@ class Pipeline:
             o.provider = sender.provider.name
             if msg.expires_at is not None and msg.expires_at <= time.time():
                 raise Expired(f"expired at {iso(msg.expires_at)} before it could be sent", field="expires_at")
-            if msg.recipient.phone is not None and msg.recipient.phone in self.optouts:
+            # By canonical number: a STOP in any provider's form blocks every form of the number.
+            e164 = msg.recipient.e164
+            if e164 is not None and e164 in self.optouts:
                 metrics.OPTOUT_SUPPRESSED.labels(o.route).inc()
                 raise OptedOut("the recipient opted out (sms.optout); not sent", field="recipient")
             prepared = sender.provider.prepare(msg)

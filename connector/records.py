@@ -9,7 +9,6 @@ contract and the code cannot drift apart. Schema version: 1 for every record typ
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -18,11 +17,12 @@ import fastjsonschema
 import orjson
 
 import topics
+from connector import numbers
 from connector.errors import InvalidMessage, InvalidRecord
 
 SCHEMA_VERSION = 1
 DEVICE_KINDS = frozenset({"ESN", "ICCID", "IMEI", "MDN", "MEID", "MSISDN", "IMSI", "EID"})
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_NUMBER_KINDS = {"MDN": "nanp10", "MSISDN": "digits"}   # device ids that are phone numbers
 
 _validate_outbound = fastjsonschema.compile(topics.schema("outbound_sms.json"))
 
@@ -84,7 +84,7 @@ class Recipient:
     def key(self) -> str:
         """The sms.outbound key convention: the number, ``KIND:ID``, or ``selection:...``."""
         if self.phone is not None:
-            return self.phone
+            return numbers.canonical(self.phone) or self.phone
         if self.selection is not None:
             return "selection:" + ",".join(f"{k}={v}" for k, v in sorted(self.selection.items()) if isinstance(v, str))
         return f"{self.device_kind}:{self.device_id}"
@@ -96,13 +96,37 @@ class Recipient:
         value = self.phone if self.phone is not None else f"{self.device_kind}:{self.device_id}"
         return value[:4] + "…" + value[-2:] if len(value) > 6 else "…"
 
-    def require_e164(self) -> str:
+    @classmethod
+    def from_phone(cls, text: str) -> Recipient:
+        """A phone recipient as a producer wrote it: its canonical E.164 when it is a number
+        (``connector.numbers``), else as given (the route then fails it, reason invalid)."""
+        return cls(phone=numbers.canonical(text) or text)
+
+    def number(self, level: str = numbers.DEFAULT_LEVEL) -> numbers.PhoneNumber:
+        """The parsed phone number at a route's validation level; InvalidMessage otherwise."""
         if self.phone is None:
             raise InvalidMessage("this route needs a phone number, not a device id", field="recipient")
-        if not E164.match(self.phone):
-            raise InvalidMessage("recipient.phone is not an E.164 number (+ and 7-15 digits)",
-                                 field="recipient.phone")
-        return self.phone
+        return numbers.check(numbers.parse(self.phone), level)
+
+    @property
+    def e164(self) -> str | None:
+        """The canonical number of this person: a phone recipient's, or a device addressed by
+        its number (MDN: 10 North American digits; MSISDN: international digits), else None.
+        The opt-out table and routing look it up, so a STOP blocks every form of the number."""
+        if self.phone is not None:
+            return numbers.canonical(self.phone)
+        if self.device_id is not None and self.device_kind in _NUMBER_KINDS:
+            return numbers.from_provider(self.device_id, _NUMBER_KINDS[self.device_kind])
+        return None
+
+    @property
+    def region(self) -> str | None:
+        """ISO 3166-1 country of the number (None: a device, a non-geographic or invalid number)."""
+        e164 = self.e164
+        return numbers.parse(e164).region if e164 is not None else None
+
+    def require_e164(self, level: str = numbers.DEFAULT_LEVEL) -> str:
+        return self.number(level).e164
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +182,7 @@ def decode_outbound(value: bytes | None) -> OutboundSms:
         expires_at = when.timestamp()
     rcpt = data["recipient"]
     if "phone" in rcpt:
-        recipient = Recipient(phone=rcpt["phone"])
+        recipient = Recipient.from_phone(rcpt["phone"])
     elif "selection" in rcpt:
         recipient = Recipient(selection=rcpt["selection"])
     else:
@@ -240,6 +264,7 @@ def encode_accepted(o: Outcome, accepted: Accepted, completed_at: float) -> byte
         "outcome": "accepted",
         "client_message_id": msg.client_message_id,
         "recipient": msg.recipient.as_json(),
+        "recipient_region": msg.recipient.region,
         "metadata": msg.metadata,
         "route": o.route,
         "provider": o.provider,
@@ -265,6 +290,7 @@ def encode_failed(o: Outcome, reason: str, error: str, completed_at: float, *,
         "outcome": "failed",
         "client_message_id": msg.client_message_id,
         "recipient": msg.recipient.as_json(),
+        "recipient_region": msg.recipient.region,
         "metadata": msg.metadata,
         "route": o.route,
         "provider": o.provider,

@@ -29,7 +29,9 @@ class Router:
     def from_settings(cls, routing: RoutingSettings, providers: Mapping[str, str]) -> Router:
         routes = tuple(providers)
         default = routing.default_route or (routes[0] if len(routes) == 1 else None)
-        prefixes = tuple(sorted(parse_prefix_routes(routing.prefix_routes), key=lambda r: -len(r[0])))
+        # Prefixes compare with the canonical E.164 number: "+1 415" means "+1415".
+        prefixes = tuple(sorted(((_digits_only(p), r) for p, r in parse_prefix_routes(routing.prefix_routes)),
+                                key=lambda r: -len(r[0])))
         return cls(routes, dict(providers), routing.device_route or None, prefixes, default)
 
     def choose(self, msg: OutboundSms) -> str:
@@ -46,10 +48,14 @@ class Router:
             if self.device_route or self.default_route:
                 return self.device_route or self.default_route  # type: ignore[return-value]
             raise InvalidMessage("no route for device recipients (set routing.device_route)", field="recipient")
-        phone = msg.recipient.phone or ""
+        phone = msg.recipient.e164 or msg.recipient.phone or ""
         for prefix, route in self.prefixes:
             if phone.startswith(prefix):
                 return route
         if self.default_route:
             return self.default_route
         raise InvalidMessage("no route matches this message and there is no default route", field="route")
+
+
+def _digits_only(prefix: str) -> str:
+    return "".join(ch for ch in prefix if ch.isascii() and (ch.isdigit() or ch == "+"))

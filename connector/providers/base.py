@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 from connector.encoding import EncodedText, Encoding, analyse, split
 from connector.errors import InvalidMessage, ProviderError
 from connector.http import HttpRequest, HttpResponse
+from connector.numbers import DEFAULT_LEVEL, PhoneNumber
 from connector.records import Accepted, OutboundSms
 
 
@@ -79,8 +80,9 @@ class Provider:
     Config: ClassVar[type]
 
     def __init__(self, config: Any, *, route: str, segment_policy: str = "whole",
-                 max_segments: int = 10, sender: str = "") -> None:
+                 max_segments: int = 10, sender: str = "", number_check: str = DEFAULT_LEVEL) -> None:
         self.config = config
+        self.number_check = number_check
         self.route = route
         self.segment_policy = segment_policy
         self.route_max_segments = max_segments
@@ -91,9 +93,13 @@ class Provider:
     def make_auth(self) -> Auth:
         return Auth()
 
+    def recipient_number(self, msg: OutboundSms) -> PhoneNumber:
+        """The recipient's canonical number, checked at this route's level (``number_check``)."""
+        return msg.recipient.number(self.number_check)
+
     def address(self, msg: OutboundSms) -> str:
         """The recipient in the provider's form; InvalidMessage when it cannot take it."""
-        return msg.recipient.require_e164()
+        return self.recipient_number(msg).e164
 
     def build_send(self, batch: Sequence[Prepared]) -> HttpRequest:
         raise NotImplementedError

@@ -14,13 +14,16 @@ Assumptions where the documentation is silent (route settings named in brackets 
 
 - Signature: HMAC-SHA256 keyed with the private key (UTF-8, never sent) over the call's path
   parameters joined with ``/`` in URL order; method name, publicKey and signature excluded. The
-  provider's Java example (messangi.com restapi:appx_call_ex) signs ``params`` and builds the
-  URL as ``base + method + params + "/" + publicKey + "/" + signature``, so the signature covers
-  the parameters as they appear in the URL, i.e. percent-encoded [``signature_covers``]. Its
-  output form is not shown: lowercase hex [``signature_encoding``: ``base64`` is standard
-  base64, percent-encoded as a path segment].
-- Every parameter value is percent-encoded as one path segment with nothing left safe
-  (``quote(value, safe="")``): base64's ``+ / =`` travel as ``%2B %2F %3D``.
+  provider's public Java example ("Java Example Call") signs the parameter string as written,
+  ``signHmacSHA256("8/peter/peterpassword", PRIVATE_KEY.getBytes())``, and appends
+  ``/{publicKey}/{signature}``: the signature covers the values as they are, not
+  percent-encoded [``signature_covers``: ``encoded`` signs the segments as sent]. Its output form
+  is not shown: lowercase hex [``signature_encoding``: ``base64`` is standard base64].
+- In the URL each value is one path segment, percent-encoding only what must be: ``/``, ``%`` and
+  characters outside RFC 3986's segment set (``pchar``); ``=``, ``+`` and the other sub-delims
+  stay literal. A base64 text without ``/`` then reads the same raw or decoded, so the server's
+  check succeeds whichever it verifies [``path_encoding``: ``strict`` encodes every character
+  but the unreserved ones, ``+`` as ``%2B``, ``=`` as ``%3D``].
 - Base64 parameters are the UTF-8 bytes in standard base64 with padding [``base64_alphabet``:
   ``urlsafe`` for a server that refuses ``%2F`` in a path, as Tomcat does by default].
 - Mobile numbers are international digits without ``+`` (the samples: ``13056708084``)
@@ -96,7 +99,7 @@ __all__ = [
     "API_PATH", "CALL_PATHS", "DeliveryState", "Envelope", "FiredMo", "MessageStatus", "MoMessage",
     "MoPage", "Ogangi", "OgangiConfig", "SendCall", "b64", "check_envelope", "classify_error",
     "map_status", "mo_parameters", "parse_fire_message", "parse_get_message",
-    "parse_get_mo_messages", "path_segment", "pin_digest", "read_envelope", "sign", "signed_url",
+    "decode_body", "parse_get_mo_messages", "path_segment", "pin_digest", "read_envelope", "sign", "signed_url",
     "verify_pin",
 ]
 
@@ -141,12 +144,17 @@ class OgangiConfig:
                                                     "whoever verifies PINs instead of the private key.",
                                           secret=True, example="env:OGANGI_PIN_HASH_KEY")
     signature_encoding: str = setting("hex", doc="Signature form: lowercase hex (assumed) or standard base64 "
-                                                 "(percent-encoded in the path).", choices=("hex", "base64"))
-    signature_covers: str = setting("encoded", doc="What the signature covers: the parameters as sent "
-                                                   "(percent-encoded, assumed) or decoded.",
-                                    choices=("encoded", "decoded"))
+                                                 "(its `/` percent-encoded in the path).", choices=("hex", "base64"))
+    signature_covers: str = setting("decoded", doc="What the signature covers: the parameter values as they "
+                                                   "are (decoded, as in the provider's Java example) or "
+                                                   "as sent (percent-encoded).",
+                                    choices=("decoded", "encoded"))
+    path_encoding: str = setting("minimal", doc="Percent-encoding of parameters in the URL: minimal (only `/`, "
+                                                "`%` and characters outside RFC 3986 path segments; `=` and "
+                                                "`+` stay literal) or strict (everything but letters, digits "
+                                                "and `-._~`).", choices=("minimal", "strict"))
     base64_alphabet: str = setting("standard", doc="Base64 alphabet of text and number parameters: standard "
-                                                   "(assumed; `+/=` percent-encoded) or urlsafe (`-_`).",
+                                                   "(assumed; `/` percent-encoded in the path, `+` and `=` literal) or urlsafe (`-_`).",
                                    choices=("standard", "urlsafe"))
     number_format: str = setting("digits", doc="Mobile numbers as international digits without `+` (assumed) "
                                                "or E.164 with `+`.", choices=("digits", "e164"))
@@ -171,9 +179,14 @@ def sign(private_key: str | bytes, segments: Sequence[str], *, encoding: str = "
     raise ValueError(f"signature encoding {encoding!r} is not hex or base64")
 
 
-def path_segment(value: str) -> str:
-    """One parameter as a path segment: percent-encoded, nothing left safe."""
-    return quote(value, safe="")
+# RFC 3986 pchar without "%" (always encoded): unreserved (quote keeps them), sub-delims, ":" and "@".
+SEGMENT_SAFE = "!$&'()*+,;=:@"
+
+
+def path_segment(value: str, encoding: str = "minimal") -> str:
+    """One parameter as a path segment: ``minimal`` percent-encodes only what must be (``/``,
+    ``%``, anything outside RFC 3986 ``pchar``); ``strict`` everything but the unreserved."""
+    return quote(value, safe=SEGMENT_SAFE if encoding == "minimal" else "")
 
 
 def b64(value: str, alphabet: str = "standard") -> str:
@@ -184,20 +197,21 @@ def b64(value: str, alphabet: str = "standard") -> str:
 
 
 def signed_url(base_url: str, call: str, params: Sequence[str], *, public_key: str, private_key: str,
-               signature_encoding: str = "hex", signature_covers: str = "encoded") -> str:
+               signature_encoding: str = "hex", signature_covers: str = "decoded",
+               path_encoding: str = "minimal") -> str:
     """``{base_url}/rest/api/{call}/{params...}/{publicKey}/{signature}``.
 
     ``call`` is the path of the method (``CALL_PATHS``); ``params`` are the decoded values, each
-    percent-encoded as one segment; the signature covers them as sent unless
-    ``signature_covers`` is ``decoded``.
+    one path segment (``path_segment``); the signature covers the values as they are unless
+    ``signature_covers`` is ``encoded`` (then the segments as sent).
     """
     values = [str(p) for p in params]
     if any(v == "" for v in values):
         raise ValueError(f"{call}: empty path parameter (position {values.index('')})")
-    segments = [path_segment(v) for v in values]
+    segments = [path_segment(v, path_encoding) for v in values]
     signature = sign(private_key, segments if signature_covers == "encoded" else values,
                      encoding=signature_encoding)
-    tail = "/".join([*segments, path_segment(public_key), path_segment(signature)])
+    tail = "/".join([*segments, path_segment(public_key, path_encoding), path_segment(signature, path_encoding)])
     return f"{base_url.rstrip('/')}{API_PATH}{call}/{tail}"
 
 
@@ -295,9 +309,9 @@ class Envelope:
     result: Element | None = field(default=None, compare=False)
 
 
-def read_envelope(body: bytes) -> Envelope | None:
-    """Parse an answer; None when it is not an Ogangi envelope (no ``<status>``)."""
-    root = _parse_xml(body)
+def read_envelope(body: bytes, content_type: str = "") -> Envelope | None:
+    """Parse an answer (decoded by ``decode_body``); None when it is not an Ogangi envelope."""
+    root = _parse_xml(decode_body(body, content_type))
     if root is None:
         return None
     if root.find("status") is None:
@@ -329,7 +343,7 @@ def check_envelope(response: HttpResponse, *, call: str, sends: bool = False) ->
 
     ``sends``: the call may have sent a message, so an unreadable 2xx is InDoubt, not Retriable.
     """
-    env = read_envelope(response.body) if response.body else None
+    env = read_envelope(response.body, response.content_type) if response.body else None
     desc = env.description if env else None
     status = (env.status or "").strip().upper() if env else ""
     if status == "BAD_SIGNATURE":
@@ -464,8 +478,8 @@ class Ogangi(Provider):
 
     # -- sending -------------------------------------------------------------------------------
     def address(self, msg: OutboundSms) -> str:
-        e164 = msg.recipient.require_e164()
-        return e164 if self.config.number_format == "e164" else e164[1:]
+        number = self.recipient_number(msg)
+        return number.e164 if self.config.number_format == "e164" else number.digits
 
     def prepare(self, msg: OutboundSms) -> Prepared:
         prepared = super().prepare(msg)
@@ -595,7 +609,7 @@ class Ogangi(Provider):
             raise AuthFailed(f"route {self.route}: Ogangi private_key is not configured")
         url = signed_url(c.base_url, CALL_PATHS[method], params, public_key=c.public_key,
                          private_key=c.private_key.value, signature_encoding=c.signature_encoding,
-                         signature_covers=c.signature_covers)
+                         signature_covers=c.signature_covers, path_encoding=c.path_encoding)
         return HttpRequest("GET", url, {"Accept": "application/xml"})
 
     def _pin_key(self) -> str:
@@ -637,8 +651,32 @@ _ENTITY = re.compile(r"&(#x[0-9a-fA-F]+|#[0-9]+|lt|gt|amp|quot|apos);")
 _NAMED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
 
 
-def _parse_xml(body: bytes) -> Element | None:
-    text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
+_CHARSET = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.I)
+_XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
+
+
+def decode_body(body: bytes, content_type: str = "") -> str:
+    """An answer's text, by its declared charset: the Content-Type's ``charset`` (RFC 7303: it
+    wins), else the XML declaration's ``encoding``, else a BOM, else UTF-8. A declared charset
+    that cannot decode the bytes gives way to the next; the last resort replaces bad bytes."""
+    declared: list[str] = []
+    m = _CHARSET.search(content_type or "")
+    if m:
+        declared.append(m.group(1))
+    m = _XML_ENCODING.match(body.removeprefix(b"\xef\xbb\xbf"))
+    if m:
+        declared.append(m.group(1).decode("ascii"))
+    if body.startswith((b"\xff\xfe", b"\xfe\xff")):
+        declared.append("utf-16")
+    for charset in [*declared, "utf-8"]:
+        try:
+            return body.decode(charset).lstrip("\ufeff")
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return body.decode("utf-8", errors="replace").lstrip("\ufeff")
+
+
+def _parse_xml(text: str) -> Element | None:
     text = _DECLARATION.sub("", text, count=1)
     if "<" not in text or _DTD.search(text):
         return None                 # no markup, or a DTD: not an Ogangi answer, never expanded

@@ -14,7 +14,10 @@ Assumptions where Rev.io's documentation is silent (PROVIDERS.md §2 lists the s
 
 - Authentication failures come back as HTTP 200, ``Success=false`` and a ``Message`` about
   credentials, login or session (no documented ``Error_Code``): ``AuthFailed``, so the sender
-  forgets the session and logs in again once. HTTP 401/403 are ``AuthFailed`` too.
+  forgets the session and logs in again once. HTTP 401/403 are ``AuthFailed`` too. The
+  ``Error_Code`` decides first (any code: ``Rejected``); the wording only when there is none,
+  and a refusal that names a number or only says "not authorized" is a ``Rejected`` message,
+  not a failed login (``_AUTH_WORDS``).
 - A ``Sessions_Create`` answered ``Success=false`` is a refused login (``AuthFailed``: the sender's
   login breaker opens, nothing loops). When the operation answers but yields no session (a
   ``soap:Client`` fault such as an unknown SOAPAction, a 4xx, or ``Success=true`` without a
@@ -62,6 +65,7 @@ from xml.etree.ElementTree import Element, ParseError, SubElement, tostring
 import defusedxml.ElementTree as SafeET
 
 from connector.config import Secret, setting
+from connector import numbers
 from connector.encoding import analyse
 from connector.errors import AuthFailed, InDoubt, InvalidMessage, ProviderError, Rejected, Retriable, for_http_status
 from connector.http import HttpRequest, HttpResponse
@@ -83,8 +87,14 @@ OPTOUT_OPERATIONS: dict[str, str] = {"create": "SMSOptOut_Create", "delete": "SM
 _NANP = re.compile(r"^\+1([0-9]{10})$")
 _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _BARE_AMP = re.compile(rb"&(?!(?:[A-Za-z_][\w.-]*|#[0-9]+|#x[0-9A-Fa-f]+);)")
-_AUTH_WORDS = re.compile(r"credential|session|log\s*-?\s*in\b|logon|password|user\s*name|authenticat|"
-                         r"authori[sz]|access denied|client code|impersonat", re.I)
+# Last resort, for a refusal without an Error_Code: wording about the caller's own login. Not
+# "authorized" / "access denied": a per-message refusal says those about a recipient ("number not
+# authorized for SMS"), and mistaking it for an auth failure re-logs in and counts a breaker failure.
+_AUTH_WORDS = re.compile(r"credential|session\s*key|\bsession\b.*\b(expired|invalid|not exist|unknown)|"
+                         r"log\s*-?\s*in failed|logon failed|invalid (user\s*name|password)|password|user\s*name|"
+                         r"authenticat|client code|impersonat", re.I)
+# A refusal naming a number ('8504700000') is about a message, whatever its words.
+_QUOTED_NUMBER = re.compile(r"'\+?[0-9][0-9 ,-]*'")
 # "'1234567890' is already in the opt-out list." / "'a, b' are already in the opt-out list."
 _ALREADY_LISTED = re.compile(r"^'(?P<tns>[^']*)' (?:is|are) already (?:in|on) the opt-?out list\.?$", re.I)
 # Not in the seed: delete's "not listed" answer, recognised in its likely wordings.
@@ -210,9 +220,12 @@ def with_auth(request: HttpRequest, auth: Element) -> HttpRequest:
 
 
 def normalize_tn(number: str) -> str:
-    """``+1XXXXXXXXXX`` -> its 10 digits; anything else unchanged (Rev.io judges it)."""
-    m = _NANP.match(number.strip())
-    return m.group(1) if m else number
+    """A +1 number in any accepted form -> its 10 digits; anything else unchanged (Rev.io judges it)."""
+    try:
+        parsed = numbers.parse(number)
+    except InvalidMessage:
+        return number
+    return parsed.nanp10() if parsed.is_nanp else number
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,14 +347,18 @@ def read_result(operation: str, response: HttpResponse,
 
 
 def header_error(operation: str, header: ResponseHeader) -> ProviderError:
-    """The error for ``Success=false``: AuthFailed for auth wording, else Rejected (permanent)."""
+    """The error for ``Success=false``, by ``Error_Code`` first: every code (``S2010`` is the only
+    documented one) is a permanent ``Rejected``. Without a code, and only then, the wording
+    decides, as a documented last resort: the caller's own login (credentials, session, password)
+    is ``AuthFailed``; anything else, or a refusal naming a number, is ``Rejected``."""
     text = header.message or header.error_description or "no message"
     code, description = header.error_code, header.error_description
     detail = f" ({code}: {description})" if code and description else f" ({code})" if code else ""
     message = f"Rev.io {operation} refused: {text}{detail}"
-    wording = " ".join(filter(None, (header.message, header.error_description)))
-    if code != INVALID_INPUT and _AUTH_WORDS.search(wording):
-        return AuthFailed(message, code=code, text=text)
+    if code is None:
+        wording = " ".join(filter(None, (header.message, header.error_description)))
+        if _AUTH_WORDS.search(wording) and not _QUOTED_NUMBER.search(wording):
+            return AuthFailed(message, code=code, text=text)
     return Rejected(message, code=code, text=text)
 
 
@@ -492,11 +509,7 @@ class RevIo(Provider):
         return RevIoAuth(self.config)
 
     def address(self, msg: OutboundSms) -> str:
-        m = _NANP.match(msg.recipient.require_e164())
-        if m is None:
-            raise InvalidMessage("Rev.io sends to North American numbers only (+1 and 10 digits)",
-                                 field="recipient.phone")
-        return m.group(1)
+        return self.recipient_number(msg).nanp10("Rev.io sends to North American numbers only (+1 and 10 digits)")
 
     def profile(self, msg: OutboundSms) -> tuple[int | None, str | None]:
         """(SmsProfileID, FromNumber) to send with, at most one set; InvalidMessage when both are."""

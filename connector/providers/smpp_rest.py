@@ -12,6 +12,8 @@ client_message_id), so a resend after a timeout is recognisable by the gateway.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 from xml.etree.ElementTree import Element, SubElement, tostring
@@ -20,7 +22,7 @@ import defusedxml.ElementTree as SafeET
 import orjson
 
 from connector.config import Secret, setting
-from connector.errors import ProviderError, Rejected, Retriable, for_http_status
+from connector.errors import AuthFailed, InDoubt, ProviderError, Rejected, Retriable, Throttled, for_http_status
 from connector.http import HttpRequest, HttpResponse
 from connector.providers.base import Auth, Prepared, Provider, SendResult
 from connector.records import Accepted
@@ -58,7 +60,7 @@ class SmppRest(Provider):
         return BearerAuth(self.config.api_key)
 
     def address(self, msg):  # type: ignore[no-untyped-def]
-        return msg.recipient.require_e164()[1:]
+        return self.recipient_number(msg).digits
 
     def build_send(self, batch: Sequence[Prepared]) -> HttpRequest:
         channel = self.config.channel
@@ -75,43 +77,145 @@ class SmppRest(Provider):
     def parse_send(self, batch: Sequence[Prepared], response: HttpResponse) -> list[SendResult]:
         body = _parse_body(response)
         status = response.status
-        if status != 200:
+        if not 200 <= status < 300:
             code, text = _status_error(body)
             raise for_http_status(status, f"SMPP REST API answered HTTP {status}" + (f": {text}" if text else ""),
                                   code=code, text=text, retry_after=response.header("Retry-After"))
+        # Any 2xx is judged by its body, not by its status code.
         if body is None:
-            # A 200 we cannot read: the gateway may have taken the messages. Resending is safe
+            # A 2xx we cannot read: the gateway may have taken the messages. Resending is safe
             # because it dedupes by clientMessageId.
-            raise Retriable("SMPP REST API answered 200 with an unreadable body")
-        results = body.get("messages") or []
-        by_id = {r["msg"]["clientMessageId"]: r for r in results
-                 if isinstance(r.get("msg"), dict) and r["msg"].get("clientMessageId")}
+            raise Retriable(f"SMPP REST API answered {status} with an unreadable body")
+        results = body.get("messages")
+        results = results if isinstance(results, list) else []
+        if not results:
+            code, text = _status_error(body)
+            if code or text:
+                raise classify_request_error(code, text)
+        ids = [client_message_id(p, i) for p in batch for i in range(len(p.parts))]
+        tos = [p.to for p in batch for _ in p.parts]
+        matched = match_results(ids, tos, results)
+        leftover = len(results) - sum(r is not None for r in matched)
         out: list[SendResult] = []
         position = 0
         for p in batch:
             accepted_ids: list[str] = []
             failure: ProviderError | None = None
-            for i in range(len(p.parts)):
-                r = by_id.get(client_message_id(p, i))
-                if r is None and not by_id and position < len(results):
-                    r = results[position]
+            for _ in p.parts:
+                r = matched[position]
                 position += 1
                 if r is None:
-                    failure = failure or Retriable("SMPP REST API returned no result for this message")
-                elif r.get("accepted") is True:
-                    accepted_ids.append(str(r.get("apiMessageId") or ""))
+                    # No result of its own: resend only when the gateway said nothing it could be
+                    # about; an answer we cannot attribute may be this message's rejection.
+                    failure = failure or (Retriable("SMPP REST API returned no result for this message")
+                                          if leftover == 0 else
+                                          InDoubt(f"SMPP REST API returned {leftover} result(s) that cannot be "
+                                                  "matched to their messages (no msg echo, no unique to)"))
+                    continue
+                verdict = _verdict(r)
+                if isinstance(verdict, str):
+                    accepted_ids.append(verdict)
                 else:
-                    err = str(r.get("error") or "not accepted")
-                    failure = failure or Rejected(f"SMPP REST API rejected the message: {err}", text=err)
+                    failure = failure or verdict
             if failure is not None and not accepted_ids:
                 out.append(failure)
             elif failure is not None:
                 # Some parts went out: resending would duplicate them; report what happened.
                 out.append(Rejected(f"{len(accepted_ids)} of {len(p.parts)} parts accepted: {failure.message}",
-                                    text=failure.text))
+                                    code=failure.code, text=failure.text))
             else:
                 out.append(Accepted(provider_message_id=",".join(accepted_ids) or None))
         return out
+
+
+def match_results(ids: Sequence[str], tos: Sequence[str], results: Sequence[object]) -> list[dict | None]:  # type: ignore[type-arg]
+    """Each sent message's result entry (None: none found). By the ``msg.clientMessageId`` echo
+    first; the entries without one by position when exactly the unmatched messages are left (and
+    their ``to`` agrees), else by ``to`` when it names one unmatched message. Entries that are not
+    objects match nothing."""
+    entries = [r for r in results if isinstance(r, dict)]
+    matched: list[dict | None] = [None] * len(ids)  # type: ignore[type-arg]
+    index = {cid: i for i, cid in enumerate(ids)}
+    rest = []
+    for r in entries:
+        echo = r.get("msg")
+        cid = echo.get("clientMessageId") if isinstance(echo, dict) else None
+        i = index.get(cid) if isinstance(cid, str) else None
+        if i is not None and matched[i] is None:
+            matched[i] = r
+        else:
+            rest.append(r)
+    open_ = [i for i, r in enumerate(matched) if r is None]
+    if rest and len(rest) == len(open_) and all(_same_to(r, tos[i]) for r, i in zip(rest, open_)):
+        for r, i in zip(rest, open_):
+            matched[i] = r
+        return matched
+    per_to = Counter(_to_digits(r.get("to")) for r in rest)
+    for r in rest:
+        to = _to_digits(r.get("to"))
+        candidates = [i for i in open_ if tos[i].lstrip("+") == to]
+        if to is not None and per_to[to] == 1 and len(candidates) == 1:
+            matched[candidates[0]] = r
+    return matched
+
+
+def _to_digits(value: object) -> str | None:
+    return value.strip().lstrip("+") if isinstance(value, str) and value.strip() else None
+
+
+def _same_to(result: dict, to: str) -> bool:  # type: ignore[type-arg]
+    got = _to_digits(result.get("to"))
+    return got is None or got == to.lstrip("+")
+
+
+def _verdict(r: dict) -> str | ProviderError:  # type: ignore[type-arg]
+    """An entry's answer: the apiMessageId when accepted, else the classified refusal. A
+    malformed entry is classified too: never raised."""
+    accepted = r.get("accepted")
+    if isinstance(accepted, str) and accepted.strip().lower() in ("true", "false"):
+        accepted = accepted.strip().lower() == "true"
+    error = r.get("error")
+    error = str(error) if error not in (None, "") else None
+    if accepted is True and error is None:
+        return str(r.get("apiMessageId") or "")
+    if accepted is False or error is not None:
+        text = error or "not accepted"
+        return Rejected(f"SMPP REST API rejected the message: {text}", text=text)
+    return InDoubt(f"SMPP REST API returned a malformed result for this message (accepted={accepted!r})")
+
+
+# A 2xx carrying a top-level ``error`` / ``ResponseStatus.ErrorCode`` and no per-message results.
+# ServiceStack's ErrorCode is the server exception's type name; the gateway's own codes are not
+# public. Classified by meaning: the code first, then (last resort) words of the text; unknown
+# meanings are permanent (code and text kept on the failed record, replay after a fix).
+_CODE_CLASSES: dict[str, type[ProviderError]] = {
+    "unauthorized": AuthFailed, "unauthorizedaccessexception": AuthFailed, "authenticationexception": AuthFailed,
+    "forbidden": AuthFailed, "invalidapikey": AuthFailed, "tokenexception": AuthFailed,
+    "toomanyrequests": Throttled, "ratelimitexceeded": Throttled, "throttled": Throttled,
+    "serviceunavailable": Retriable, "timeoutexception": Retriable, "timeout": Retriable,
+    "internalservererror": Retriable, "gatewaytimeout": Retriable,
+    "insufficientcredit": Rejected, "insufficientfunds": Rejected, "paymentrequired": Rejected,
+    "accountsuspended": Rejected, "accountdisabled": Rejected, "validationexception": Rejected,
+    "argumentexception": Rejected, "argumentnullexception": Rejected, "badrequest": Rejected,
+    "notfound": Rejected, "invalidoperationexception": Rejected,
+}
+_TEXT_CLASSES: tuple[tuple[re.Pattern[str], type[ProviderError]], ...] = (
+    (re.compile(r"credit|balance|fund|payment|suspend|disabled|blocked account|account (is )?(locked|closed)",
+                re.I), Rejected),
+    (re.compile(r"rate.?limit|too many|throttl", re.I), Throttled),
+    (re.compile(r"invalid (api )?key|api.?key (is )?(invalid|missing)|authenticat|unauthori[sz]ed|forbidden",
+                re.I), AuthFailed),
+    (re.compile(r"temporar|unavailable|time.?out|try again", re.I), Retriable),
+)
+
+
+def classify_request_error(code: str | None, text: str | None) -> ProviderError:
+    """The error of a 2xx whose body refuses the whole request (see ``_CODE_CLASSES``)."""
+    cls = _CODE_CLASSES.get(re.sub(r"[^a-z]", "", (code or "").lower()))
+    if cls is None:
+        cls = next((c for pattern, c in _TEXT_CLASSES if pattern.search(f"{code or ''} {text or ''}")), Rejected)
+    what = ": ".join(x for x in (code, text) if x)
+    return cls(f"SMPP REST API refused the request: {what}", code=code, text=text)
 
 
 def client_message_id(p: Prepared, part: int) -> str:

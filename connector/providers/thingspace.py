@@ -72,6 +72,7 @@ from connector.errors import (
     for_http_status,
 )
 from connector.http import HttpRequest, HttpResponse
+from connector.numbers import DEFAULT_LEVEL
 from connector.providers.base import Auth, Prepared, Provider, SendResult
 from connector.records import DEVICE_KINDS, Accepted, OutboundSms
 
@@ -79,7 +80,7 @@ __all__ = [
     "BearerRefused", "CallbackRegistration", "DATA_ENCODINGS", "MoMessage", "MoPage", "SessionRefused",
     "ThingSpace", "ThingSpaceAuth", "ThingSpaceCallback", "ThingSpaceConfig",
     "build_delete_callback", "build_list_callbacks", "build_mo_history", "build_register_callback",
-    "build_start_callbacks", "callback_credentials_match", "classify_error", "encode_message",
+    "build_start_callbacks", "callback_credentials_match", "callback_format", "classify_error", "encode_message",
     "is_lock_error", "is_session_error",
     "parse_callback", "parse_delete_callback", "parse_list_callbacks", "parse_mo_history",
     "parse_register_callback", "parse_start_callbacks", "send_target",
@@ -102,7 +103,6 @@ SERVICE_DELIVERY = "SMSDeliveryConfirmation"
 
 _MDN = re.compile(r"^[0-9]{10}$")
 _DEVICE_ID = re.compile(r"^[0-9A-Za-z]{1,64}$")
-_NANP = re.compile(r"^\+1([0-9]{10})$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -455,7 +455,8 @@ def send_target(msg: OutboundSms, config: ThingSpaceConfig) -> dict[str, Any]:
     return _target(msg, _options(msg), config)
 
 
-def _target(msg: OutboundSms, opts: Mapping[str, Any], config: ThingSpaceConfig) -> dict[str, Any]:
+def _target(msg: OutboundSms, opts: Mapping[str, Any], config: ThingSpaceConfig,
+            level: str = DEFAULT_LEVEL) -> dict[str, Any]:
     selection = any(opts.get(k) is not None for k in SELECTION_OPTIONS)
     rcpt = msg.recipient
     has_recipient = rcpt.phone is not None or rcpt.device_id is not None
@@ -467,12 +468,8 @@ def _target(msg: OutboundSms, opts: Mapping[str, Any], config: ThingSpaceConfig)
     if rcpt.device_id is not None:
         return {"deviceIds": [_device(rcpt.device_kind or "", rcpt.device_id)]}
     if rcpt.phone is not None:
-        m = _NANP.match(rcpt.phone)
-        if m is None:
-            rcpt.require_e164()  # the clearer message for a malformed number
-            raise InvalidMessage("ThingSpace reaches US numbers only (+1 and 10 digits)",
-                                 field="recipient.phone")
-        return {"deviceIds": [{"kind": "MDN", "id": m.group(1)}]}
+        mdn = rcpt.number(level).nanp10("ThingSpace reaches US numbers only (+1 and 10 digits)")
+        return {"deviceIds": [{"kind": "MDN", "id": mdn}]}
     raise InvalidMessage("no recipient: give a device id, a phone number or a selection "
                          "(options.thingspace.group_name, ...)", field="recipient")
 
@@ -515,7 +512,7 @@ class ThingSpace(Provider):
         if not msg.text:
             raise InvalidMessage("text is empty", field="text")
         opts = _options(msg)
-        to = _describe(_target(msg, opts, self.config))
+        to = _describe(_target(msg, opts, self.config, self.number_check))
         data_encoding = opts.get("data_encoding") or self.config.default_data_encoding
         sms_message, encoded = encode_message(msg.text, data_encoding)
         # ThingSpace has no sender id: the device sees the account's short code.
@@ -903,14 +900,30 @@ def _from_json(body: bytes) -> ThingSpaceCallback:
     )
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def callback_format(body: bytes, content_type: str = "") -> str | None:
+    """``xml`` or ``json``, by the body's content (its first byte after whitespace and a BOM),
+    whatever the Content-Type says; the Content-Type only decides an empty or odd body."""
+    head = body.lstrip().removeprefix(_BOM).lstrip()[:1]
+    if head == b"<":
+        return "xml"
+    if head in (b"{", b"["):
+        return "json"
+    ctype = content_type.lower()
+    return "xml" if "xml" in ctype else "json" if "json" in ctype else None
+
+
 def parse_callback(body: bytes, content_type: str = "") -> ThingSpaceCallback:
-    """A received callback, SOAP XML or JSON (by content type, else by its first byte).
+    """A received callback, SOAP XML or JSON (``callback_format``).
 
     XML is parsed with defusedxml (no DTD, no entity expansion); raises ``InvalidRecord`` when
-    the body cannot be read."""
-    head = body.lstrip()[:1]
-    if "xml" in content_type.lower() or head == b"<":
-        return _from_soap(body)
-    if "json" in content_type.lower() or head in (b"{", b"["):
+    the body cannot be read. Whitespace (or a BOM) before the XML declaration is tolerated: XML
+    forbids it, senders add it, and refusing makes ThingSpace resend the callback forever."""
+    fmt = callback_format(body, content_type)
+    if fmt == "xml":
+        return _from_soap(body.lstrip().removeprefix(_BOM).lstrip())
+    if fmt == "json":
         return _from_json(body)
     raise InvalidRecord(f"callback body is neither XML nor JSON (content type {content_type!r})")

@@ -11,8 +11,10 @@ This module gives each one the same operator surface:
   are visible), and the highest messages-per-second seen in any one-second window.
 - ``POST /_sim/reset`` clears counters and faults; ``GET /_sim/health`` answers 200.
 
-Recipients whose number ends in ``0000`` are rejected by every simulator as an invalid
-destination, so demo traffic shows provider rejections without any fault set.
+Recipients whose number ends in ``0666`` are rejected by every simulator as an invalid
+destination, so demo traffic shows provider rejections without any fault set. The suffix is one
+no sample request of the seed documents uses (Rev.io's SMS_Send sample sends to 8504700000):
+each simulator answers the seed samples as the documents show (tests/unit/test_seed_samples.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-REJECT_SUFFIX = "0000"
+REJECT_SUFFIX = "0666"
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Simulator:
         raise NotImplementedError
 
     def should_reject(self, address: str) -> bool:
-        """Per-message rejection: numbers ending in 0000, plus the reject_rate fault."""
+        """Per-message rejection: numbers ending in REJECT_SUFFIX, plus the reject_rate fault."""
         if address.endswith(REJECT_SUFFIX):
             return True
         return self.faults.reject_rate > 0 and self.random.random() < self.faults.reject_rate

@@ -8,14 +8,16 @@ It checks what the real API checks: the public key and the HMAC-SHA256 signature
 gets ``BAD_SIGNATURE`` / "Invalid signature, access denied", HTTP 200), then the instance id,
 the base64 parameters (standard alphabet, UTF-8), numbers (7 to 15 digits), PIN length, page
 numbers and MO filters (anything wrong: ``ERROR`` with a description). The signature is checked
-over the parameters re-encoded with ``quote(value, safe="")``: the value the adapter signs,
-whatever re-quoting an HTTP client did on the way (aiohttp turns ``%3D`` into ``=``).
-Credentials ``signature_encoding`` (hex|base64), ``signature_covers`` (encoded|decoded) and
-``base64_alphabet`` (standard|urlsafe) mirror the adapter's overrides.
+as the provider's Java example computes it: over the parameter values as they are (each path
+segment percent-decoded), joined by ``/``; so a path sent raw (``=`` and ``+`` literal) and one
+an HTTP client re-quoted (``%3D``, ``%2B``) verify alike. Credentials ``signature_encoding``
+(hex|base64), ``signature_covers`` (decoded|encoded: then over the values re-encoded as the
+adapter's ``path_encoding``, minimal|strict, sends them) and ``base64_alphabet``
+(standard|urlsafe) mirror the adapter's overrides.
 
 State: sent messages get an id (a signed 64-bit number, like the samples) and a status that
 advances with time: ``SENT``, then ``SENT_TO_CARRIER`` after ``carrier_delay_s``, then
-``DELIVERED_TO_DEVICE`` after ``device_delay_s``. Numbers the base class rejects (``…0000`` or
+``DELIVERED_TO_DEVICE`` after ``device_delay_s``. Numbers the base class rejects (``…0666`` or
 the ``reject_rate`` fault) and malformed numbers are refused at once: sendSMS answers OK with the
 message in status ``BAD_TO`` (its answer carries per-message status), sendMT and the PIN call
 answer ``ERROR`` (their answers carry none). Numbers ending in ``9999`` are accepted and end
@@ -138,8 +140,9 @@ class OgangiSimulator(Simulator):
 
     def signature(self, params: list[str]) -> str:
         """What the adapter signs, from the decoded parameters."""
-        covered = params if self.credentials.get("signature_covers") == "decoded" else \
-            [quote(p, safe="") for p in params]
+        safe = "" if self.credentials.get("path_encoding") == "strict" else "!$&'()*+,;=:@"   # RFC 3986 pchar
+        covered = [quote(p, safe=safe) for p in params] if self.credentials.get("signature_covers") == "encoded" \
+            else params
         digest = hmac.new(self.credentials["private_key"].encode("utf-8"), "/".join(covered).encode("utf-8"),
                           hashlib.sha256).digest()
         if self.credentials.get("signature_encoding") == "base64":

@@ -23,7 +23,7 @@ Working assumptions (the same ones the adapter documents):
 - Input errors are ``S2010`` "Invalid input received." (the only documented code). The opt-out
   calls are all-or-nothing: one invalid, already listed (create) or unlisted (delete) TN refuses
   the whole request and changes nothing. Delete's "not listed" wording is invented.
-- A destination rejected by ``should_reject`` (numbers ending 0000, ``reject_rate``) fails with
+- A destination rejected by ``should_reject`` (numbers ending 0666, ``reject_rate``) fails with
   the invented code ``S3010`` "SMS could not be sent."; the opt-out list does not block
   ``SMS_Send`` (the seed says it applies to SMS sent by Rev.io's own SMS events).
 """

@@ -12,7 +12,7 @@ with the right password, until ``POST /_sim/reset`` or ``POST /_sim/thingspace/u
 per kind) or a selection (``accountName`` / ``groupName`` plus ``servicePlan`` /
 ``customFields``), never both; ``dataEncoding`` one of the four values; ``smsMessage`` one
 segment (160 GSM-7 characters, or 140 bytes after base64-decoding in 8-bit). A device id ending
-in ``0000`` (or the ``reject_rate`` fault) gets a 400 ``DeviceNotFound``. Each accepted send is
+in ``0666`` (or the ``reject_rate`` fault) gets a 400 ``DeviceNotFound``. Each accepted send is
 recorded (``sent``, ``stats.sends_by_id`` keyed by ``KIND:id|text``) and answered
 ``{requestId}``.
 

@@ -141,8 +141,8 @@ def redact_password(text: str, password: str | None = None) -> str:
 
 
 def _raw_format(body: bytes, content_type: str) -> str:
-    # The same choice parse_callback makes: by content type, else by the first byte.
-    return "xml" if "xml" in content_type.lower() or body.lstrip()[:1] == b"<" else "json"
+    # The same choice parse_callback makes (by content first).
+    return thingspace.callback_format(body, content_type) or "json"
 
 
 def _receipt_kind_state(cb: ThingSpaceCallback) -> tuple[str, str, str | None]:

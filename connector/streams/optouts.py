@@ -19,6 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 import topics
+from connector import numbers
 from connector.config import KafkaSettings
 from connector.inbound import OptOutChange
 from connector.kafka import client_options, topic_partitions
@@ -37,6 +38,13 @@ class OptOutTable:
 
     def __contains__(self, phone: object) -> bool:
         return phone in self.numbers
+
+    @staticmethod
+    def canonical(key: bytes) -> str:
+        """The table's key for a record key: its canonical E.164 (``connector.numbers``), so a
+        key written with formatting, or by an older version, still blocks the number."""
+        text = key.decode(errors="replace")
+        return numbers.canonical(text) or text
 
     async def start(self, timeout: float = 60.0) -> None:
         """Load the table up to its current end, then keep following it in the background."""
@@ -70,7 +78,7 @@ class OptOutTable:
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
             return
-        phone = key.decode(errors="replace")
+        phone = self.canonical(key)
         try:
             record: dict[str, Any] | None = orjson.loads(value) if value else None
         except orjson.JSONDecodeError:

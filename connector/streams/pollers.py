@@ -79,7 +79,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import topics
-from connector import metrics
+from connector import metrics, numbers
 from connector.config import KafkaSettings, Settings
 from connector.errors import Rejected, Throttled
 from connector.inbound import InboundSms, Keywords, first_word, stable_id
@@ -119,16 +119,11 @@ def thingspace_inbound(m: ts.MoMessage, keywords: Keywords, now: float) -> Inbou
                       keyword=first_word(m.text), occurred_at=m.timestamp, optout=keywords.classify(m.text))
 
 
-def _e164(number: str) -> str | None:
-    digits = number.strip().removeprefix("+")
-    return "+" + digits if digits.isdigit() and 7 <= len(digits) <= 15 else None
-
-
 def ogangi_inbound(m: og.MoMessage, keywords: Keywords, now: float) -> InboundSms:
     """The ``InboundSms`` of one Ogangi MO (``from`` is the user's number, ``to`` the short code).
     A sender that is not a number is kept as given and never opts out (the table is by number)."""
     text = m.text or ""
-    phone = _e164(m.sender or "")
+    phone = numbers.from_provider(m.sender, "digits")
     raw = {"text": m.text, "from": m.sender, "to": m.to, "encoding": m.encoding, "keyword": m.keyword,
            "carrier": m.carrier, "sendDate": m.send_date}
     return InboundSms(provider="ogangi", sender=Recipient(phone=phone or (m.sender or "").strip()), text=text,

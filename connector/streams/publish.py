@@ -43,8 +43,10 @@ class InboundPublisher:
         """sms.inbound, then the opt-out table when the MO is a keyword. Raises KafkaError."""
         await produce_durably(self.producer, self.topic_inbound, mo.key, mo.encode())
         metrics.MO_RECEIVED.labels(mo.provider).inc()
-        if mo.optout and mo.sender.phone:
-            change = OptOutChange(phone=mo.sender.phone, opted_out=mo.optout == "stop", at=time.time(),
+        # The sender's canonical number (a phone, or a device addressed by its MDN / MSISDN): the
+        # table is by E.164, so this STOP blocks the person on every route, in every form.
+        if mo.optout and mo.sender.e164:
+            change = OptOutChange(phone=mo.sender.e164, opted_out=mo.optout == "stop", at=time.time(),
                                   source=f"{mo.provider} MO", keyword=(mo.text or "").strip().upper()[:32])
             await self.record_optout(change)
 

@@ -33,12 +33,12 @@ class Case:
 
 
 CASES = [
-    Case("smpp_rest", Recipient(phone="+447700900123"), Recipient(phone="+447700900000"), "api_key"),
-    Case("revio", Recipient(phone="+14155550123"), Recipient(phone="+14155550000"), "password"),
-    Case("ogangi", Recipient(phone="+582125550123"), Recipient(phone="+582125550000"), "private_key",
+    Case("smpp_rest", Recipient(phone="+447700900123"), Recipient(phone="+447700900666"), "api_key"),
+    Case("revio", Recipient(phone="+14155550123"), Recipient(phone="+14155550666"), "password"),
+    Case("ogangi", Recipient(phone="+582125550123"), Recipient(phone="+582125550666"), "private_key",
          (("sender", "24365"),)),
     Case("thingspace", Recipient(device_kind="IMEI", device_id="990000862471854"),
-         Recipient(device_kind="MDN", device_id="4155550000"), "client_secret"),
+         Recipient(device_kind="MDN", device_id="4155550666"), "client_secret"),
 ]
 
 

@@ -32,7 +32,7 @@ def env_for(route: str, provider: str, url: str, **extra: str) -> dict[str, str]
 
 async def send_many(p: Pipeline, n: int, text: str = "hello") -> list:
     async def one(i: int):
-        v = encode_outbound(OutboundSms(client_message_id=f"m{i}-{time.time()}", recipient=Recipient(phone=f"+4477009{i:05d}1"), text=text))
+        v = encode_outbound(OutboundSms(client_message_id=f"m{i}-{time.time()}", recipient=Recipient(phone=f"+44770090{i:04d}"), text=text))
         return await p.outcome(v, int(time.time() * 1000))
     return await asyncio.gather(*(one(i) for i in range(n)))
 

@@ -54,7 +54,7 @@ async def test_bad_records_are_dead_lettered_untouched_while_good_ones_flow(stac
     ]
     good = many(200, keys=50, prefix="good")
     invalid = [outbound("invalid-number", "+1415"), outbound("too-long", phone(1), "x" * 1700, route="smpp"),
-               outbound("unknown-route", phone(2), route="nowhere"), outbound("rejected", "+14155550000"),
+               outbound("unknown-route", phone(2), route="nowhere"), outbound("rejected", "+14155550666"),
                outbound("expired", phone(3), expires_at=time.time() - 5)]
     records = good[:100] + bad + invalid + good[100:]
     expected = [h[0][1].decode() for _, _, h in records]

@@ -94,3 +94,25 @@ async def test_seed_callback_and_stop(full: LocalStack) -> None:
         assert await f.wait_for(["after-stop"], timeout=60)
         failed = f.tally.records["after-stop"][0]
         assert (failed["outcome"], failed["reason"], failed["attempts"]) == ("failed", "opted-out", 0)
+
+        # The same person in every other form and on every route: never sent (issue 12).
+        before = {name: (await full.sim_stats(name))["messages"] for name in full.simulators}
+        variants = [
+            ("v-newline", Recipient(phone="+14155550123\n"), None, "invalid"),
+            ("v-zero-width", Recipient(phone="+1415555\u200b0123"), None, "invalid"),
+            ("v-formatted", Recipient(phone="+1 (415) 555-0123"), None, "opted-out"),
+            ("v-smpp", Recipient(phone=" +14155550123 "), "smpp", "opted-out"),
+            ("v-ogangi", Recipient(phone="+1.415.555.0123"), "ogangi", "opted-out"),
+            ("v-thingspace", Recipient(phone="+14155550123"), "thingspace", "opted-out"),
+            ("v-mdn", Recipient(device_kind="MDN", device_id="4155550123"), None, "opted-out"),
+        ]
+        records = []
+        for cid, recipient, route, _ in variants:
+            msg = OutboundSms(client_message_id=cid, recipient=recipient, text="hello", route=route)
+            records.append((recipient_key(msg), encode_outbound(msg), [("sms.demo.id", cid.encode())]))
+        await produce(full.kafka, records)
+        assert await f.wait_for([v[0] for v in variants], timeout=60)
+        got = {cid: (f.tally.records[cid][0]["outcome"], f.tally.records[cid][0]["reason"]) for cid, *_ in variants}
+        assert got == {cid: ("failed", reason) for cid, _, _, reason in variants}
+        after = {name: (await full.sim_stats(name))["messages"] for name in full.simulators}
+        assert after == before, "a message to the opted-out person reached a provider"

@@ -479,3 +479,50 @@ def test_mo_without_device_is_invalid() -> None:
     cb = ts.ThingSpaceCallback(request_id=None, device_kind=None, device_id=None, message="hi")
     with pytest.raises(InvalidRecord):
         mo_from_callback(cb, "", Keywords())
+
+
+# --- what senders really send (issue 12) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", [b"\n", b"\r\n  ", b"\t \n", b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n"])
+@pytest.mark.parametrize("sample, kind, state, device_kind, device_id, request_id, status", SEED_CASES)
+async def test_whitespace_before_the_xml_declaration_is_accepted(
+        ep: Endpoint, prefix: bytes, sample: str, kind: str, state: str, device_kind: str | None,
+        device_id: str | None, request_id: str, status: str) -> None:
+    body = prefix + b'<?xml version="1.0" encoding="utf-8"?>' + with_credentials(sample)
+    assert await ep.post(body) == (200, {"status": "ok"})
+    (rec,) = ep.producer.records()
+    assert (rec["kind"], rec["state"], rec["provider_request_id"], rec["raw_format"]) == (
+        kind, state, request_id, "xml")
+
+
+@pytest.mark.parametrize("content_type", ["text/xml; charset=utf-8", "text/plain", "application/octet-stream", ""])
+async def test_json_is_recognised_by_its_content_whatever_the_content_type(ep: Endpoint, content_type: str) -> None:
+    body = b"\n " + orjson.dumps({"username": USERNAME, "password": PASSWORD, "requestId": "r-43",
+                                  "device": {"kind": "MDN", "id": "8589268379"},
+                                  "data": {"smsDelivery": {"confirmation": "Delivered"}}})
+    headers = {"Content-Type": content_type} if content_type else {}
+    assert (await ep.post(body, headers))[0] == 200
+    (rec,) = ep.producer.records()
+    assert (rec["kind"], rec["state"], rec["raw_format"]) == ("delivery-confirmation", "delivered", "json")
+
+
+def test_callback_format_reads_the_content_first() -> None:
+    assert ts.callback_format(b"  <?xml version='1.0'?><a/>", "application/json") == "xml"
+    assert ts.callback_format(b'{"a": 1}', "text/xml") == "json"
+    assert ts.callback_format(b"", "text/xml") == "xml"
+    assert ts.callback_format(b"plain", "text/plain") is None
+
+
+async def test_a_stop_from_a_device_addressed_by_its_number_opts_the_number_out(ep: Endpoint) -> None:
+    # ThingSpace's form of a number is the device's MDN (10 digits): its STOP blocks +1 and those
+    # digits on every route (issue 12), as one from Ogangi's international digits does.
+    body = with_credentials(SEED_000_CB_PER_DEVICE).replace(b"<Comment>", b"<SMSMessage>STOP</SMSMessage> <Comment>")
+    body = body.replace(b"<Kind>meid</Kind> <Identifier>A100001F702731</Identifier>",
+                        b"<Kind>MDN</Kind> <Identifier>8589268379</Identifier>")
+    assert await ep.post(body) == (200, {"status": "ok"})
+    sent = {topic: (key, orjson.loads(value)) for topic, key, value in ep.producer.sent}
+    key, optout = sent[topics.spec("optout").name]
+    jsonschema.validate(optout, topics.schema("optout.json"))
+    assert (key, optout["phone"], optout["opted_out"]) == (b"+18589268379", "+18589268379", True)
+    assert sent[INBOUND][0] == b"MDN:8589268379"

@@ -92,9 +92,18 @@ def sms(text: str = "OGANGI TEST MESSAGE", phone: str = "+13056708084", *, cid: 
                        options={"ogangi": options} if options is not None else {})
 
 
-def expected_url(call: str, segments: list[str], key: str = "PRIVKEY") -> str:
-    sig = hmac.new(key.encode(), "/".join(segments).encode(), hashlib.sha256).hexdigest()
-    return f"{BASE}/rest/api/{call}/" + "/".join(segments) + f"/PUBKEY/{sig}"
+_PCHAR = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@")
+
+
+def segment(value: str) -> str:
+    """RFC 3986 path segment, written out here: pchar literal, every other byte %XX."""
+    return "".join(ch if ch in _PCHAR else "".join(f"%{b:02X}" for b in ch.encode()) for ch in value)
+
+
+def expected_url(call: str, values: list[str], key: str = "PRIVKEY") -> str:
+    """As the provider's Java example: the signature over the values as they are, joined by '/'."""
+    sig = hmac.new(key.encode(), "/".join(values).encode(), hashlib.sha256).hexdigest()
+    return f"{BASE}/rest/api/{call}/" + "/".join(segment(v) for v in values) + f"/PUBKEY/{sig}"
 
 
 def ok(body: bytes, status: int = 200, **headers: str) -> HttpResponse:
@@ -121,20 +130,34 @@ def test_sign_joins_parameters_with_slash_as_in_the_providers_java_example():
         "954221dc7ba612b2633c0ff1e0f5c4058f2bf982902faada38c78c4f044f5ef4"
 
 
-def test_sign_base64_is_standard_and_percent_encoded_in_the_url():
+def test_sign_base64_is_standard_and_only_its_slash_encoded_in_the_url():
     assert sign("key", ["The quick brown fox jumps over the lazy dog"], encoding="base64") == \
         "97yD9DBThCSxMpjmqm+xQ+9NWaFJRhdZl0edvC0aPNg="
     url = signed_url("http://h", "x", ["a"], public_key="P", private_key="key", signature_encoding="base64")
-    assert url.endswith("/P/" + sign("key", ["a"], encoding="base64")
-                        .replace("+", "%2B").replace("/", "%2F").replace("=", "%3D"))
+    assert url.endswith("/P/" + sign("key", ["a"], encoding="base64").replace("/", "%2F"))
 
 
-def test_signature_covers_encoded_segments_unless_configured_decoded():
+def test_signature_covers_the_values_as_they_are_and_the_url_keeps_pchar_literal():
     value = "b2s/IH4+fiBvaw=="                     # base64 with / + and =
-    enc = signed_url("http://h", "c", ["1", value], public_key="P", private_key="k")
-    assert enc == "http://h/rest/api/c/1/b2s%2FIH4%2BfiBvaw%3D%3D/P/" + sign("k", ["1", "b2s%2FIH4%2BfiBvaw%3D%3D"])
-    dec = signed_url("http://h", "c", ["1", value], public_key="P", private_key="k", signature_covers="decoded")
-    assert dec.endswith("/P/" + sign("k", ["1", value]))
+    url = signed_url("http://h", "c", ["1", value], public_key="P", private_key="k")
+    # The Java example: signHmacSHA256("1/b2s/IH4+fiBvaw==", key); only '/' must be encoded.
+    assert url == "http://h/rest/api/c/1/b2s%2FIH4+fiBvaw==/P/" + hmac.new(
+        b"k", b"1/b2s/IH4+fiBvaw==", hashlib.sha256).hexdigest()
+    # Overrides: signed as sent, and every reserved character encoded.
+    enc = signed_url("http://h", "c", ["1", value], public_key="P", private_key="k", signature_covers="encoded")
+    assert enc == "http://h/rest/api/c/1/b2s%2FIH4+fiBvaw==/P/" + sign("k", ["1", "b2s%2FIH4+fiBvaw=="])
+    strict = signed_url("http://h", "c", ["1", value], public_key="P", private_key="k", path_encoding="strict",
+                        signature_covers="encoded")
+    assert strict == "http://h/rest/api/c/1/b2s%2FIH4%2BfiBvaw%3D%3D/P/" + sign("k", ["1", "b2s%2FIH4%2BfiBvaw%3D%3D"])
+
+
+@pytest.mark.parametrize("value, in_url", [
+    ("a=b+c", "a=b+c"), ("x/y", "x%2Fy"), ("50%", "50%25"), ("a b", "a%20b"), ("^.*", "%5E.*"),
+    ("ñ", "%C3%B1"), ("q?#", "q%3F%23"), ("!$&'()*,;:@", "!$&'()*,;:@"),
+])
+def test_path_segments_encode_only_what_must_be(value: str, in_url: str) -> None:
+    url = signed_url("http://h", "c", [value], public_key="P", private_key="k")
+    assert url == f"http://h/rest/api/c/{in_url}/P/" + hmac.new(b"k", value.encode(), hashlib.sha256).hexdigest()
 
 
 def test_sign_rejects_unknown_encoding():
@@ -150,17 +173,17 @@ def test_send_sms_url_is_the_documented_shape():
     req = p.build_send([p.prepare(sms())])
     assert req.method == "GET" and req.body == b""
     assert req.url == expected_url("tools/sendSMS", [
-        "43", "carrierName", "19893653744", "MTMwNTY3MDgwODQ%3D", "T0dBTkdJIFRFU1QgTUVTU0FHRQ%3D%3D"])
+        "43", "carrierName", "19893653744", "MTMwNTY3MDgwODQ=", "T0dBTkdJIFRFU1QgTUVTU0FHRQ=="])
 
 
 def test_send_mt_url_plain_number_null_carrier_and_flags():
     p = provider(send_method="sendMT")
     req = p.build_send([p.prepare(sms())])
     assert req.url == expected_url("sendMT", [
-        "43", "19893653744", "null", "13056708084", "T0dBTkdJIFRFU1QgTUVTU0FHRQ%3D%3D"])
+        "43", "19893653744", "null", "13056708084", "T0dBTkdJIFRFU1QgTUVTU0FHRQ=="])
     req = p.build_send([p.prepare(sms(options={"flags": "f1,f 2"}))])
     assert req.url == expected_url("sendMT", [
-        "43", "19893653744", "null", "13056708084", "T0dBTkdJIFRFU1QgTUVTU0FHRQ%3D%3D", "f1%2Cf%202"])
+        "43", "19893653744", "null", "13056708084", "T0dBTkdJIFRFU1QgTUVTU0FHRQ==", "f1,f 2"])
     # config flags, and method chosen per message
     p = provider(mt_flags="BATCH")
     req = p.build_send([p.prepare(sms(options={"method": "sendMT"}))])
@@ -189,8 +212,8 @@ def test_get_mo_messages_url_with_and_without_filters():
     req = p.build_get_mo_messages(2, 10, {"FROM": "13056708084", "order": "desc", "to": "19893143924",
                                           "keyword": "^OGANGI.*", "carrier": ["movistar", "digitel"]})
     assert req.url == expected_url("tools/getMOMessages", [
-        "43", "2", "10", "from%3D13056708084%26order%3DDESC%26to%3D19893143924%26keyword%3D%5EOGANGI.%2A"
-        "%26carrier%3Dmovistar%2Cdigitel"])
+        "43", "2", "10", "from=13056708084&order=DESC&to=19893143924&keyword=^OGANGI.*"
+        "&carrier=movistar,digitel"])
     with pytest.raises(ValueError):
         p.build_get_mo_messages(0, 10)
 
@@ -220,10 +243,10 @@ def test_overrides_urlsafe_base64_e164_numbers_and_base64_signature():
     p = provider(base64_alphabet="urlsafe", number_format="e164", signature_encoding="base64")
     req = p.build_send([p.prepare(sms("ok? ~>~ ok"))])
     segments = req.url.split("/rest/api/tools/sendSMS/")[1].split("/")
-    assert segments[3] == b64("+13056708084", "urlsafe").replace("=", "%3D")
-    assert segments[4] == "b2s_IH4-fiBvaw%3D%3D"
-    expected_sig = sign("PRIVKEY", segments[:5], encoding="base64")
-    assert segments[6] == expected_sig.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+    assert segments[3] == b64("+13056708084", "urlsafe")
+    assert segments[4] == "b2s_IH4-fiBvaw=="
+    expected_sig = sign("PRIVKEY", segments[:5], encoding="base64")   # nothing encoded: values as sent
+    assert segments[6] == expected_sig.replace("/", "%2F")
 
 
 def test_missing_private_key_fails_as_auth_before_any_call():
@@ -233,6 +256,30 @@ def test_missing_private_key_fails_as_auth_before_any_call():
 
 
 # -- parsing the seed's answers --------------------------------------------------------------------
+
+
+def _mo_page(text: str) -> str:
+    return GET_MO_SAMPLE.decode().replace("<text>Test</text>", f"<text>{text}</text>")
+
+
+@pytest.mark.parametrize("body, content_type", [
+    # declared in the XML declaration only
+    (('<?xml version="1.0" encoding="ISO-8859-1"?>' + _mo_page("Señal: ¿sí? ÑANDÚ")).encode("latin-1"), "text/xml"),
+    # declared in the Content-Type only
+    (_mo_page("Señal: ¿sí? ÑANDÚ").encode("latin-1"), "application/xml; charset=ISO-8859-1"),
+    (_mo_page("Señal: ¿sí? ÑANDÚ").encode("cp1252"), 'text/xml; charset="windows-1252"'),
+    # the Content-Type is wrong about the bytes: the declaration decides
+    (('<?xml version="1.0" encoding="ISO-8859-1"?>' + _mo_page("Señal: ¿sí? ÑANDÚ")).encode("latin-1"),
+     "text/xml; charset=UTF-8"),
+    # nothing declared: UTF-8
+    (_mo_page("Señal: ¿sí? ÑANDÚ").encode("utf-8"), "text/xml"),
+    (("\ufeff" + _mo_page("Señal: ¿sí? ÑANDÚ")).encode("utf-16"), "text/xml"),
+])
+def test_answers_are_decoded_by_their_declared_charset(body: bytes, content_type: str) -> None:
+    page = parse_get_mo_messages(ok(body, content_type=content_type))
+    assert page.messages[0].text == "Señal: ¿sí? ÑANDÚ"
+
+
 
 
 def test_send_sms_sample_is_accepted_with_the_message_id():
@@ -430,7 +477,7 @@ def test_ucs2_text_travels_as_utf8_base64():
     p = provider()
     prepared = p.prepare(sms("Hola ж €"))
     assert prepared.encoded.encoding.value == "ucs2"
-    assert "/SG9sYSDQtiDigqw%3D/PUBKEY/" in p.build_send([prepared]).url
+    assert "/SG9sYSDQtiDigqw=/PUBKEY/" in p.build_send([prepared]).url
 
 
 def test_config_builds_from_strings_like_the_environment_gives():
@@ -546,20 +593,33 @@ async def test_sim_refuses_bad_signatures(env):
 
 
 async def test_sim_signature_overrides_mirror_the_adapters(env):
-    env.sim.credentials.update(signature_encoding="base64", signature_covers="decoded")
-    overrides = {"signature_encoding": "base64", "signature_covers": "decoded"}
+    env.sim.credentials.update(signature_encoding="base64", signature_covers="encoded", path_encoding="strict")
+    overrides = {"signature_encoding": "base64", "signature_covers": "encoded", "path_encoding": "strict"}
     assert isinstance(await env.send(env.provider(**overrides), sms("a+b/c=?")), Accepted)
     with pytest.raises(AuthFailed):
         await env.send(env.provider(), sms("a+b/c=?"))
 
 
+async def test_sim_verifies_the_values_whether_the_path_arrives_raw_or_percent_encoded(env):
+    # As the Java example signs: the values as they are. '=' and '+' travel literally; a proxy or
+    # client that percent-encodes them (or leaves them) changes nothing for the check.
+    p = env.provider()
+    request = p.build_send([p.prepare(sms("ok? ~>~ ok", cid="raw"))])
+    assert "/b2s%2FIH4+fiBvaw==/" in request.url
+    head, sig = request.url.rsplit("/", 1)
+    for url in (request.url, head.replace("=", "%3D").replace("+", "%2B") + "/" + sig):
+        response = await env.call(dataclasses.replace(request, url=url))
+        assert b"<status>OK</status>" in response.body, (url, response.body)
+    assert [m.text for m in env.sim.messages.values()] == ["ok? ~>~ ok"] * 2
+
+
 async def test_sim_rejected_numbers(env):
     p = env.provider()
-    result = await env.send(p, sms(phone="+13050000000"))
+    result = await env.send(p, sms(phone="+13050000666"))
     assert isinstance(result, Rejected) and result.code == "BAD_TO"
     # sendMT answers carry no message: the refusal is an ERROR envelope
     with pytest.raises(Rejected) as err:
-        await env.send(env.provider(send_method="sendMT"), sms(phone="+13050000000"))
+        await env.send(env.provider(send_method="sendMT"), sms(phone="+13050000666"))
     assert err.value.text == "Message not sent. Invalid 'to' parameter."
     assert (env.sim.stats.accepted, env.sim.stats.rejected) == (0, 2)
     assert [m.final for m in env.sim.messages.values()] == ["BAD_TO"]

@@ -151,9 +151,9 @@ def test_thingspace_record() -> None:
 
 
 @pytest.mark.parametrize("sender, text, keyword, phone, optout, kw", [
-    ("58123456789", "STOP", "^STOP.*", "+58123456789", "stop", "^STOP.*"),
-    ("+58123456789", "start!", None, "+58123456789", "start", "START"),
-    ("58123456789", "hello there", "", "+58123456789", None, "HELLO"),
+    ("584121234567", "STOP", "^STOP.*", "+584121234567", "stop", "^STOP.*"),
+    ("+584121234567", "start!", None, "+584121234567", "start", "START"),
+    ("584121234567", "hello there", "", "+584121234567", None, "HELLO"),
     ("shortcode", "x", None, "shortcode", None, "X"),
     ("shortcode", "STOP", None, "shortcode", None, "STOP"),      # not a number: cannot opt out
 ])

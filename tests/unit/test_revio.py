@@ -411,6 +411,28 @@ def test_send_errors_are_classified(response: HttpResponse, error: type, code: s
     assert type(info.value) is error and info.value.code == code
 
 
+@pytest.mark.parametrize("header, error", [
+    # A per-message refusal mentioning "authorized" is a rejection: no re-login, no breaker count.
+    ("<Message>SMS to '8504700000' could not be sent: number not authorized for SMS.</Message>", errors.Rejected),
+    ("<Message>The destination is not authorized to receive messages.</Message>", errors.Rejected),
+    ("<Message>Access denied for this destination.</Message>", errors.Rejected),
+    ("<Message>'8504700000' is not authorized: session limit reached for this number.</Message>", errors.Rejected),
+    # The code decides first: a coded refusal is never an auth failure, whatever its words.
+    ("<Message>Session profile not found.</Message><Error_Code>S2010</Error_Code>", errors.Rejected),
+    ("<Message>Password change required for profile 1000.</Message><Error_Code>S4001</Error_Code>",
+     errors.Rejected),
+    # Without a code, the caller's own login words (the simulator's messages) stay auth failures.
+    ("<Message>No Credentials or Session were supplied.</Message>", errors.AuthFailed),
+    ("<Message>Invalid Username, Password or Client. Login failed.</Message>", errors.AuthFailed),
+    ("<Message>Invalid SessionKey: the session does not exist.</Message>", errors.AuthFailed),
+    ("<Message>The session has expired. Create a new session with Sessions_Create.</Message>", errors.AuthFailed),
+])
+def test_send_refusals_classified_by_code_first(header: str, error: type) -> None:
+    with pytest.raises(errors.ProviderError) as info:
+        parse_sms_send(_header_only("SMS_Send", "<Success>false</Success>" + header))
+    assert type(info.value) is error, info.value.message
+
+
 def test_throttling_carries_retry_after() -> None:
     with pytest.raises(errors.Throttled) as info:
         parse_sms_send(HttpResponse(429, b"", {"retry-after": "7"}))
@@ -596,7 +618,7 @@ async def test_sim_validates_what_rev_io_validates(sim) -> None:  # type: ignore
             parse_sms_send(await call(session, _raw_send(config, *fields)))
         assert (info.value.code, info.value.text) == ("S2010", text)
     with pytest.raises(errors.Rejected) as info:   # the simulators' rejected numbers
-        parse_sms_send(await call(session, _raw_send(config, _el("ToNumber", "8505550000"), _el("Message", "hi"))))
+        parse_sms_send(await call(session, _raw_send(config, _el("ToNumber", "8505550666"), _el("Message", "hi"))))
     assert info.value.code == "S3010"
     assert (s.stats.messages, s.stats.accepted, s.stats.rejected) == (6, 0, 6)
 
@@ -609,18 +631,13 @@ async def test_sim_takes_the_seed_sample_in_the_seed_namespace(sim) -> None:  # 
     body = (b'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/'
             b'envelope/"><soap:Body>' + SEED_SMS_SEND_REQUEST.replace(
                 b"xyzabc123", escape(p.auth.session_key).encode()) + b"</soap:Body></soap:Envelope>")
-    # The seed's ToNumber ends in 0000: every simulator rejects those on purpose (simulators.base).
-    rejected = await call(session, HttpRequest("POST", url + "/v20/default.asmx", {
-        "Content-Type": "text/xml; charset=utf-8", "SOAPAction": '"http://api.myh2o.com/SMS_Send"'}, body))
-    with pytest.raises(errors.Rejected):
-        parse_sms_send(rejected)
-    body = body.replace(b"8504700000", b"8504701234")
+    # The seed's own ToNumber (8504700000) is accepted: no simulator trigger is a seed sample's.
     response = await call(session, HttpRequest("POST", url + "/v20/default.asmx", {
         "Content-Type": "text/xml; charset=utf-8", "SOAPAction": '"http://api.myh2o.com/SMS_Send"'}, body))
     assert b'<SMS_SendResponse xmlns="http://api.myh2o.com/">' in response.body
     result = parse_sms_send(response)
     assert result.provider_message_id == str(s.sent[-1]["id"])
-    assert (s.sent[-1]["to"], s.sent[-1]["message"]) == ("8504701234", "Test Message from Rev.io")
+    assert (s.sent[-1]["to"], s.sent[-1]["message"]) == ("8504700000", "Test Message from Rev.io")
 
 
 async def test_sim_opt_out_list_is_idempotent_for_the_adapter(sim) -> None:  # type: ignore[no-untyped-def]

@@ -153,3 +153,91 @@ def test_split_sends_parts_with_derived_ids() -> None:
     ok = orjson.dumps({"messages": [{"apiMessageId": "1", "accepted": True, "msg": {"clientMessageId": "a#1"}},
                                     {"apiMessageId": "2", "accepted": True, "msg": {"clientMessageId": "a#2"}}]})
     assert p.parse_send([pr], HttpResponse(200, ok)) == [Accepted("1,2")]
+
+
+# --------------------------------------------------------------------------------------------
+# 2xx answers are judged by their body (issue 12). Shapes from seed 003's SMPPMsgResponse:
+# top-level `error`, `ResponseStatus{ErrorCode, Message, Errors[]}`, `messages[]`.
+
+SEED_XML_REQUEST_ERROR = b"""<SMPPMsgResponse xmlns:i="http://www.w3.org/2001/XMLSchema-instance" xmlns="http://schemas.datacontract.org/2004/07/digitaluapi.ServiceModel">
+<ResponseStatus xmlns:d2p1="http://schemas.servicestack.net/types">
+<d2p1:ErrorCode>InsufficientCredit</d2p1:ErrorCode>
+<d2p1:Message>Account balance too low</d2p1:Message>
+</ResponseStatus>
+<error>Account balance too low</error>
+<messages></messages>
+</SMPPMsgResponse>"""
+
+
+@pytest.mark.parametrize("status, body, cls, code, text", [
+    (200, b'{"error": "Insufficient credit on account"}', errors.Rejected, None, "Insufficient credit on account"),
+    (200, b'{"messages": [], "ResponseStatus": {"ErrorCode": "InsufficientCredit", "Message": "no credit"}}',
+     errors.Rejected, "InsufficientCredit", "no credit"),
+    (200, b'{"ResponseStatus": {"ErrorCode": "Unauthorized", "Message": "Invalid API key"}}',
+     errors.AuthFailed, "Unauthorized", "Invalid API key"),
+    (200, b'{"ResponseStatus": {"ErrorCode": "TooManyRequests", "Message": "slow down"}}',
+     errors.Throttled, "TooManyRequests", "slow down"),
+    (200, b'{"ResponseStatus": {"ErrorCode": "ServiceUnavailable", "Message": "SMSC link down"}}',
+     errors.Retriable, "ServiceUnavailable", "SMSC link down"),
+    (200, b'{"ResponseStatus": {"ErrorCode": "ValidationException", "Message": "bad",'
+          b' "Errors": [{"FieldName": "Messages", "Message": "empty"}]}}',
+     errors.Rejected, "ValidationException", "bad (Messages: empty)"),
+    (200, b'{"error": "Rate limit exceeded"}', errors.Throttled, None, "Rate limit exceeded"),   # words: last resort
+    (200, b'{"error": "Something odd"}', errors.Rejected, None, "Something odd"),               # unknown: permanent
+    (202, b'{"error": "Account suspended"}', errors.Rejected, None, "Account suspended"),       # any 2xx
+    (200, SEED_XML_REQUEST_ERROR, errors.Rejected, "InsufficientCredit", "Account balance too low"),
+])
+def test_a_2xx_refusing_the_request_keeps_the_providers_code_and_text(status: int, body: bytes, cls: type,
+                                                                      code: str | None, text: str) -> None:
+    with pytest.raises(errors.ProviderError) as err:
+        P.parse_send([prepared("a"), prepared("b")], HttpResponse(status, body))
+    assert type(err.value) is cls
+    assert (err.value.code, err.value.text) == (code, text)
+
+
+def test_a_result_without_the_msg_echo_is_matched_by_to() -> None:
+    batch = [prepared("a", phone="+27821234567"), prepared("b", phone="+27829999999")]
+    body = orjson.dumps({"messages": [
+        {"apiMessageId": "A", "accepted": True, "msg": {"clientMessageId": "a"}},
+        {"accepted": False, "error": "ESME_RINVDSTADR", "to": "27829999999"},     # no echo
+        {"accepted": False, "error": "stray", "to": "27820000000"}]})               # matches nothing
+    results = P.parse_send(batch, HttpResponse(200, body))
+    assert results[0] == Accepted("A")
+    assert isinstance(results[1], errors.Rejected) and results[1].text == "ESME_RINVDSTADR"
+
+
+def test_an_unattributable_result_never_becomes_a_retry() -> None:
+    # Two messages to one number, one echo-less refusal besides an echoed acceptance of another:
+    # the refusal is someone's, so the unmatched message is in doubt, not resent.
+    batch = [prepared("a"), prepared("b"), prepared("c")]
+    body = orjson.dumps({"messages": [
+        {"apiMessageId": "A", "accepted": True, "msg": {"clientMessageId": "a"}},
+        {"accepted": False, "error": "refused"}]})
+    results = P.parse_send(batch, HttpResponse(200, body))
+    assert results[0] == Accepted("A")
+    assert all(isinstance(r, errors.InDoubt) and not r.retriable for r in results[1:])
+
+
+@pytest.mark.parametrize("entry, cls", [
+    ("not an object", errors.InDoubt),
+    (None, errors.InDoubt),
+    ([1, 2], errors.InDoubt),
+    ({"msg": "x", "accepted": "yes"}, errors.InDoubt),
+    ({"msg": {"clientMessageId": "a"}, "accepted": "false", "error": "bad"}, errors.Rejected),
+    ({"msg": {"clientMessageId": "a"}, "accepted": "true", "apiMessageId": 7}, Accepted),
+    ({"msg": {"clientMessageId": "a"}, "accepted": None}, errors.InDoubt),
+    ({"msg": {"clientMessageId": "a"}, "accepted": True, "error": "but also an error"}, errors.Rejected),
+    ({"msg": {"clientMessageId": ["a"]}, "accepted": True}, Accepted),      # matched by position
+])
+def test_malformed_result_entries_are_classified_never_raised(entry: object, cls: type) -> None:
+    [result] = P.parse_send([prepared("a")], HttpResponse(200, orjson.dumps({"messages": [entry]})))
+    assert isinstance(result, cls), result
+
+
+@pytest.mark.parametrize("body", [b'{"messages": "nope"}', b'{"messages": {"a": 1}}', b'[1, 2]', b'"x"'])
+def test_malformed_bodies_are_classified_never_raised(body: bytes) -> None:
+    try:
+        results = P.parse_send([prepared("a")], HttpResponse(200, body))
+    except errors.ProviderError as exc:
+        results = [exc]
+    assert [type(r) for r in results] == [errors.Retriable]

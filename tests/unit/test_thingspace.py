@@ -845,7 +845,7 @@ async def _post_sms(lb: Loopback, p: ThingSpace, body: Any, headers: dict[str, s
     ({"accountName": "0000999999-00001", "smsMessage": "x"}, "UnifiedWebService.REQUEST_FAILED.AccountNotFound"),
     ({"groupName": "g", "customFields": [{"key": "Color", "value": "red"}], "smsMessage": "x"},
      "DeviceService.INPUT_INVALID.CustomField.InvalidName"),
-    ({"deviceIds": [{"kind": "MDN", "id": "7022890000"}], "smsMessage": "x"},
+    ({"deviceIds": [{"kind": "MDN", "id": "7022890666"}], "smsMessage": "x"},
      "UnifiedWebService.REQUEST_FAILED.DeviceNotFound"),
 ])
 async def test_sim_send_validation(lb: Loopback, body: dict[str, Any], code: str) -> None:

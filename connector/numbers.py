@@ -1,0 +1,196 @@
+"""The one canonical recipient: every phone number is parsed here once, with ``phonenumbers``.
+
+``parse(text)`` turns a number as a producer wrote it into a ``PhoneNumber`` (E.164, region,
+number type) or raises ``InvalidMessage`` saying why, with the library's own reason. What is
+accepted: ``+``, the country code and the number, ASCII digits only, optionally formatted with
+plain spaces, ``-``, ``.``, ``(`` ``)`` or ``/`` (removed). What is refused, never guessed at:
+control and format characters (a trailing newline, a zero-width space, a direction mark), any
+other whitespace (tab, no-break space), digits that only look like ASCII digits (fullwidth,
+Arabic-Indic, ...), letters (``O`` for ``0``, vanity numbers), a number without ``+``.
+
+Provider forms go both ways here too, so the opt-out table, routing, the records and every
+provider see the same string for the same person: ``nanp10`` (Rev.io's ``ToNumber``/``TN``,
+ThingSpace's MDN: the 10 national digits of a +1 number) and ``digits`` (the SMPP gateway's
+``to``, Ogangi's numbers: E.164 without ``+``). ``from_provider(text, form)`` reads a number a
+provider sent back (a STOP, an MO sender) into its canonical E.164, or None.
+
+Validation levels (per route, ``routes.<name>.number_check``): ``possible`` (default) checks
+what libphonenumber can check without its number-plan tables going stale: a known country code
+and a possible length for it; ``valid`` adds libphonenumber's full number-plan check (the
+number falls in an allocated range). ``possible`` is the default because the plan tables lag
+real allocations (a new range is refused until the library is upgraded), and a refused number
+cannot be retried; a route that pays per attempt or wants strictness sets ``valid``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType, ValidationResult
+
+from connector.errors import InvalidMessage
+
+LEVELS = ("possible", "valid")
+DEFAULT_LEVEL = "possible"
+FORMATTING = frozenset(" -.()/")
+_ASCII_DIGITS = frozenset("0123456789")
+_TYPE_NAMES = {v: k.lower().replace("_", "-") for k, v in vars(PhoneNumberType).items()
+               if k.isupper() and isinstance(v, int)}
+_FIELD = "recipient.phone"
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneNumber:
+    """A parsed number: ``e164`` is the canonical form every table, route and record uses."""
+
+    e164: str
+    region: str | None       # ISO 3166-1 alpha-2; None for non-geographic numbers (+800, +882, ...)
+
+    @property
+    def valid(self) -> bool:
+        """libphonenumber's full number-plan check."""
+        return _valid(self.e164)
+
+    @property
+    def number_type(self) -> str:
+        """``mobile``, ``fixed-line``, ``fixed-line-or-mobile``, ``toll-free``, ... or ``unknown``."""
+        return _type(self.e164)
+
+    @property
+    def digits(self) -> str:
+        """E.164 without ``+`` (the SMPP gateway's and Ogangi's form)."""
+        return self.e164[1:]
+
+    @property
+    def is_nanp(self) -> bool:
+        """A North American (+1, 10 national digits) number."""
+        return self.e164.startswith("+1") and len(self.e164) == 12
+
+    def nanp10(self, refusal: str = "this route takes North American (+1) numbers only") -> str:
+        """The 10 national digits of a +1 number (Rev.io ``TN``, ThingSpace MDN); else
+        InvalidMessage(``refusal``)."""
+        if not self.is_nanp:
+            raise InvalidMessage(refusal, field=_FIELD)
+        return self.e164[2:]
+
+
+def _describe(ch: str) -> str:
+    return f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed')}"
+
+
+def clean(text: str) -> str:
+    """``text`` without its formatting characters; InvalidMessage for anything not a digit,
+    ``+`` or formatting (see the module docstring)."""
+    kept: list[str] = []
+    for ch in text:
+        if ch in _ASCII_DIGITS:
+            kept.append(ch)
+        elif ch in FORMATTING:
+            continue
+        elif ch == "+":
+            if kept:
+                raise InvalidMessage("'+' may only start the number", field=_FIELD)
+            kept.append(ch)
+        else:
+            category = unicodedata.category(ch)
+            if category in ("Cc", "Cf", "Cs", "Co", "Cn"):
+                what = "a control or invisible character"
+            elif category.startswith("Z"):
+                what = "whitespace other than a plain space"
+            elif category == "Nd" or category.startswith("N"):
+                what = "a digit that is not an ASCII digit 0-9"
+            elif category.startswith("L"):
+                what = "a letter (lookalike or vanity digits are not accepted)"
+            else:
+                what = "a character that is neither a digit nor phone formatting"
+            raise InvalidMessage(f"recipient.phone contains {what} ({_describe(ch)})", field=_FIELD)
+    return "".join(kept)
+
+
+def parse(text: str) -> PhoneNumber:
+    """The canonical number for ``text``, or InvalidMessage (reason invalid) with the reason."""
+    if not isinstance(text, str):
+        raise InvalidMessage("recipient.phone is not a string", field=_FIELD)
+    cleaned = clean(text)
+    if not cleaned.startswith("+"):
+        raise InvalidMessage("recipient.phone must be E.164: '+', the country code and the number "
+                             "(e.g. +14155550100)", field=_FIELD)
+    return _parse_clean(cleaned)
+
+
+@lru_cache(maxsize=65536)
+def _parse_clean(cleaned: str) -> PhoneNumber:
+    # Cached: the library's parse is ~40 us, and a recipient's messages come in runs.
+    try:
+        number = phonenumbers.parse(cleaned, None)
+    except NumberParseException as exc:
+        raise InvalidMessage(f"recipient.phone is not a phone number: {_parse_reason(exc)} "
+                             f"(libphonenumber: {exc._msg})", field=_FIELD) from None
+    result = phonenumbers.is_possible_number_with_reason(number)
+    if result != ValidationResult.IS_POSSIBLE:
+        raise InvalidMessage(f"recipient.phone is not a possible number: {_possible_reason(result)} "
+                             f"(libphonenumber)", field=_FIELD)
+    region = phonenumbers.region_code_for_number(number)
+    return PhoneNumber(e164=phonenumbers.format_number(number, PhoneNumberFormat.E164),
+                       region=region if region and region.isalpha() and region != "ZZ" else None)
+
+
+def _parse_reason(exc: NumberParseException) -> str:
+    names = {v: k for k, v in vars(NumberParseException).items() if k.isupper() and isinstance(v, int)}
+    return names.get(exc.error_type, str(exc.error_type))
+
+
+def _possible_reason(result: int) -> str:
+    names = {v: k for k, v in vars(ValidationResult).items() if k.isupper() and isinstance(v, int)}
+    return names.get(result, str(result))
+
+
+@lru_cache(maxsize=65536)
+def _valid(e164: str) -> bool:
+    return phonenumbers.is_valid_number(phonenumbers.parse(e164, None))
+
+
+@lru_cache(maxsize=4096)
+def _type(e164: str) -> str:
+    return _TYPE_NAMES.get(phonenumbers.number_type(phonenumbers.parse(e164, None)), "unknown")
+
+
+def check(number: PhoneNumber, level: str) -> PhoneNumber:
+    """``number`` if it passes the route's validation level, else InvalidMessage."""
+    if level == "valid" and not number.valid:
+        raise InvalidMessage("recipient.phone is not a valid number: NOT_IN_NUMBER_PLAN (libphonenumber: "
+                             "no allocated range of its country matches it)", field=_FIELD)
+    return number
+
+
+def canonical(text: str) -> str | None:
+    """The E.164 form of ``text`` (any accepted formatting), or None when it is not a number."""
+    try:
+        return parse(text).e164
+    except InvalidMessage:
+        return None
+
+
+def from_provider(text: str | None, form: str) -> str | None:
+    """The canonical E.164 of a number in a provider's ``form`` (``e164``, ``digits``:
+    international digits with or without ``+``, ``nanp10``: 10 national digits of a +1
+    number, or 11 with the leading 1), or None when it is not one. For numbers a provider
+    sends back (MO senders, STOPs): surrounding whitespace is tolerated here, never inside."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    if form == "nanp10":
+        digits = text.removeprefix("+")
+        if len(digits) == 10 and digits.isascii() and digits.isdigit():
+            return canonical("+1" + digits)
+        if len(digits) == 11 and digits.startswith("1"):
+            return canonical("+" + digits)
+        return None
+    if form == "digits":
+        return canonical(text if text.startswith("+") else "+" + text)
+    if form == "e164":
+        return canonical(text)
+    raise ValueError(f"unknown number form {form!r}")
