@@ -54,6 +54,9 @@ PRODUCE_ERRORS = Counter("sms_kafka_produce_errors_total",
 CALLBACKS = Counter("sms_callbacks_received_total", "Provider callbacks received, by kind and outcome "
                     "(ok, duplicate, unauthorized, invalid, too_large, error).", ["provider", "kind", "outcome"])
 MO_RECEIVED = Counter("sms_mo_received_total", "Mobile-originated messages published to sms.inbound.", ["provider"])
+MO_PAGES_AT_RISK = Counter("sms_mo_pages_at_risk_total", "MO pages that may have been acknowledged to the provider "
+                           "unseen (ThingSpace's open window): a poll without a token whose answer was lost "
+                           "(reason no-answer) or in flight at a crash (reason crash).", ["provider", "reason"])
 MO_POLLED = Counter("sms_mo_polled_total", "MO messages fetched by pollers (before de-duplication).", ["provider"])
 CORRELATION = Counter("sms_correlation_total", "Delivery receipts by correlation outcome (matched, unmatched, "
                       "duplicate).", ["provider", "outcome"])

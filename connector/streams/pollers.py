@@ -73,7 +73,7 @@ import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, ClassVar, Container, Iterable, Mapping, Sequence
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -81,7 +81,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import topics
 from connector import metrics
 from connector.config import KafkaSettings, Settings
-from connector.errors import Rejected, Throttled
+from connector.errors import ProviderError, Rejected, Retriable, Throttled, Timeout
 from connector.inbound import InboundSms, Keywords, first_word, stable_id
 from connector.kafka import client_options, topic_partitions
 from connector.policy import RetryPolicy, backoff
@@ -258,10 +258,14 @@ class MoState:
     position: dict[str, Any] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
     intent: Intent | None = None
+    polling: float | None = None      # a token-less ThingSpace poll was sent at this time, answer not yet safe
 
     def as_json(self) -> dict[str, Any]:
-        return {"v": STATE_VERSION, "position": self.position, "seen": self.seen,
-                "intent": self.intent.as_json() if self.intent else None, "updated_at": time.time()}
+        d = {"v": STATE_VERSION, "position": self.position, "seen": self.seen,
+             "intent": self.intent.as_json() if self.intent else None, "updated_at": time.time()}
+        if self.polling is not None:
+            d["polling"] = self.polling
+        return d
 
     @classmethod
     def from_json(cls, d: Any) -> MoState:
@@ -270,7 +274,8 @@ class MoState:
             raise ValueError(f"not a version {STATE_VERSION} poller state")
         try:
             intent = Intent.from_json(d["intent"]) if d.get("intent") else None
-            return cls(dict(d.get("position") or {}), [str(k) for k in d.get("seen") or ()], intent)
+            polling = float(d["polling"]) if d.get("polling") is not None else None
+            return cls(dict(d.get("position") or {}), [str(k) for k in d.get("seen") or ()], intent, polling)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"unreadable poller state: {type(exc).__name__}: {exc}") from None
 
@@ -426,9 +431,36 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
+@dataclass
+class Fetched:
+    """A block as fetched: its records, the position to move to once they are out, and the end
+    offsets of ``sms.inbound`` taken before the request (so the intent needs no other round trip)."""
+
+    records: list[InboundSms]
+    after: dict[str, Any]
+    offsets: dict[int, int] | None = None
+
+
+def answer_may_be_lost(exc: BaseException) -> bool:
+    """Whether a failed request may still have been served by the provider: no answer in time,
+    or the connection broke after it was sent (never a refused connection or an HTTP answer)."""
+    if isinstance(exc, Timeout):
+        return True
+    text = str(exc)
+    return isinstance(exc, Retriable) and any(s in text for s in _BROKEN_AFTER_SEND)
+
+
+_BROKEN_AFTER_SEND = ("ServerDisconnected", "ClientOSError", "ClientPayloadError", "Connection reset")
+
+
 class MoPoller:
     """One provider's MO source: ``poll_once`` fetches and hands blocks to ``deliver``, which
-    runs the intent / publish / commit steps; ``recover`` finishes an interrupted block."""
+    runs the intent / publish / commit steps; ``recover`` finishes an interrupted block.
+
+    Invariant: no new request goes to the provider while a fetched block is not durable (its
+    intent or its commit saved): ``settle`` finishes it first, however long the broker is away.
+    ``on_step`` (tests only) is awaited at each step: fetched, acknowledged, intent, published,
+    committed."""
 
     provider: ClassVar[str]
 
@@ -446,8 +478,11 @@ class MoPoller:
         self.position: dict[str, Any] = {}
         self.seen = SeenKeys(seen_window)
         self.intent: Intent | None = None
+        self.polling: float | None = None     # durable marker: a token-less poll's answer is not yet safe
+        self.fetched: Fetched | None = None   # a block fetched whose intent / commit is not durable yet
         self.failing: str | None = None       # the current error, for one log line per change
         self.published = 0
+        self.on_step: Callable[[str], Awaitable[None]] | None = None
         self._m_polled = metrics.MO_POLLED.labels(self.provider)
 
     # -- state ----------------------------------------------------------------------------------
@@ -460,11 +495,30 @@ class MoPoller:
         except ValueError as exc:
             log.error("poller state unreadable; starting from scratch", extra={"poller": self.name, "error": str(exc)})
             return
-        self.position, self.intent = st.position, st.intent
+        self.position, self.intent, self.polling = st.position, st.intent, st.polling
         self.seen = SeenKeys(self.seen.capacity, st.seen)
+        if st.polling is not None and st.intent is None:
+            self.at_risk("crash", "the poller stopped while a poll without a token was in flight")
 
-    async def save(self) -> None:
-        await self.state.save(self.name, MoState(self.position, self.seen.to_list(), self.intent).as_json())
+    def at_risk(self, reason: str, what: str) -> None:
+        """The provider's open window (ThingSpace, PROVIDERS.md §1): a last page (200, no token)
+        served to a token-less poll whose answer we never kept is acknowledged by our next poll."""
+        metrics.MO_PAGES_AT_RISK.labels(self.provider, reason).inc()
+        log.error("MO page may be acknowledged unseen: " + what + "; if the provider answered it with a last "
+                  "page, the next poll acknowledges that page and its messages are lost",
+                  extra={"poller": self.name, "reason": reason})
+
+    async def save(self, position: dict[str, Any] | None = None, intent: Intent | None = None,
+                   polling: float | None = None, seen: SeenKeys | None = None) -> None:
+        """Write the state durably, then adopt it (memory never runs ahead of the topic)."""
+        position = self.position if position is None else position
+        seen = seen or self.seen
+        await self.state.save(self.name, MoState(position, seen.to_list(), intent, polling).as_json())
+        self.position, self.intent, self.polling, self.seen = position, intent, polling, seen
+
+    async def _step(self, name: str) -> None:
+        if self.on_step is not None:
+            await self.on_step(name)
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -474,8 +528,7 @@ class MoPoller:
         attempt = 0
         while not stop.is_set():
             try:
-                if self.intent is not None:
-                    await self.recover()
+                await self.settle()
                 more = await self.poll_once()
             except asyncio.CancelledError:
                 raise
@@ -490,10 +543,20 @@ class MoPoller:
             if not more:
                 await _sleep_unless(stop, self.interval_s)
 
+    async def settle(self) -> None:
+        """Finish what is in progress before anything new is asked of the provider: an
+        interrupted block (its intent), then a block fetched but not yet durable."""
+        if self.intent is not None:
+            await self.recover()
+        if self.fetched is not None:
+            await self.deliver(self.fetched)
+
     def _failed(self, exc: Exception) -> None:
         what = f"{type(exc).__name__}: {exc}"
         if what != self.failing:
-            log.warning("MO polling failed; retrying with backoff", extra={"poller": self.name, "error": what})
+            log.warning("MO polling failed; retrying with backoff",
+                        extra={"poller": self.name, "error": what, "block_held": self.fetched is not None
+                               or self.intent is not None})
         self.failing = what
 
     def _recovered(self) -> None:
@@ -510,38 +573,53 @@ class MoPoller:
         raise NotImplementedError
 
     # -- exactly once ---------------------------------------------------------------------------
-    async def deliver(self, records: Sequence[InboundSms], after: dict[str, Any]) -> int:
-        """Publish the unseen ``records``, then move to ``after``; returns how many were published."""
-        fresh = fresh_records(records, self.seen)
+    async def deliver(self, block: Fetched) -> int:
+        """Publish the block's unseen records, then move to its position; returns how many were
+        published. Until its intent (or, with nothing new, its commit) is durable the block stays
+        in ``fetched``, and ``settle`` delivers it again before any new request."""
+        self.fetched = block
+        await self._step("fetched")
+        fresh = fresh_records(block.records, self.seen)
         if fresh:
-            self.intent = Intent(fresh, await self.inbound.end_offsets(), dict(after))
-            await self.save()                                   # 1. intent, before any produce
-            await self._publish(fresh)                          # 2. publish (raises on any failure)
-        changed = bool(fresh) or after != self.position
-        self.seen.add(r.dedupe_key for r in records)
-        self.position, self.intent = dict(after), None
-        if changed:
-            await self.save()                                   # 3. commit
+            offsets = block.offsets if block.offsets is not None else await self.inbound.end_offsets()
+            await self.save(intent=Intent(fresh, offsets, dict(block.after)))    # 1. intent, before any produce
+            self.fetched = None
+            await self._step("intent")
+            await self._publish(fresh)                                          # 2. publish (raises on failure)
+            await self._step("published")
+        seen = SeenKeys(self.seen.capacity, self.seen.to_list())
+        seen.add(r.dedupe_key for r in block.records)
+        if fresh or block.after != self.position or self.polling is not None:
+            await self.save(dict(block.after), seen=seen)                       # 3. commit
+        else:
+            self.seen = seen
+        self.fetched = None
+        await self._step("committed")
         return len(fresh)
 
     async def recover(self) -> None:
-        """Finish the block of a saved intent: publish what ``sms.inbound`` does not have yet."""
+        """Finish the block of a saved intent: publish what ``sms.inbound`` does not have yet,
+        and derive again the opt-out changes of what it has (a crash may have come between an
+        MO's record and its opt-out record: the table must never miss a STOP that is in
+        ``sms.inbound``; writing a change twice is harmless, and each sender's changes are
+        written again in their order)."""
         intent = self.intent
         assert intent is not None
         keys = [r.dedupe_key for r in intent.records]
         found = await self.inbound.find(self.provider, keys, intent.offsets)
-        missing = [r for r in intent.records if r.dedupe_key not in found]
-        if missing:
-            await self._publish(missing)
-        self.seen.add(keys)
-        self.position, self.intent = dict(intent.after), None
-        await self.save()
+        await self._publish(intent.records, already=found)
+        seen = SeenKeys(self.seen.capacity, self.seen.to_list())
+        seen.add(keys)
+        await self.save(dict(intent.after), seen=seen)
         log.info("interrupted MO block finished", extra={"poller": self.name, "already_published": len(found),
-                                                         "published_now": len(missing)})
+                                                         "published_now": len(keys) - len(found)})
 
-    async def _publish(self, records: Sequence[InboundSms]) -> None:
+    async def _publish(self, records: Sequence[InboundSms], already: Container[str] = frozenset()) -> None:
         async def in_order(group: list[InboundSms]) -> None:
             for r in group:
+                if r.dedupe_key in already:
+                    await self.publisher.derive_optout(r)
+                    continue
                 await self.publisher.publish_mo(r)
                 self.published += 1
 
@@ -553,7 +631,11 @@ class MoPoller:
 
 class ThingSpaceMoPoller(MoPoller):
     """``GET /m2m/v1/sms/{account}/history``: a block is acknowledged by the next request that
-    carries its token, sent only after the block is committed. Position: ``{"token": ...}``."""
+    carries its token, sent only after the block is committed; the last page (200, no token) by
+    the next request without one. Before a token-less request the state is marked ``polling``
+    (durably): its answer may be a last page that only this process has seen, which a restart's
+    first poll would acknowledge; the marker is cleared by the block's intent or commit, and a
+    restart that finds it reports the page as at risk. Position: ``{"token": ...}``."""
 
     provider = "thingspace"
     _no_token = False     # "more data" without a token: warned once, until it changes
@@ -564,6 +646,9 @@ class ThingSpaceMoPoller(MoPoller):
 
     async def poll_once(self) -> bool:
         token = self.position.get("token")
+        offsets = await self.inbound.end_offsets()   # taken first: the intent follows the answer at once
+        if token is None and self.polling is None:
+            await self.save(polling=self.clock())
         try:
             page = await self.sender.call(lambda: ts.build_mo_history(self.config, token), ts.parse_mo_history)
         except Rejected as exc:
@@ -571,9 +656,14 @@ class ThingSpaceMoPoller(MoPoller):
                 raise
             log.warning("ThingSpace refused the acknowledgement token; polling without it",
                         extra={"poller": self.name, "error": str(exc)})
-            self.position = {"token": None}
-            await self.save()
+            await self.save({"token": None})
             return True
+        except ProviderError as exc:
+            if token is None and answer_may_be_lost(exc):
+                self.at_risk("no-answer", f"a poll without a token got no answer ({type(exc).__name__})")
+            raise
+        if token is not None:
+            await self._step("acknowledged")
         self._m_polled.inc(len(page.messages))
         now = self.clock()
         records = [thingspace_inbound(m, self.keywords, now) for m in page.messages]
@@ -583,7 +673,7 @@ class ThingSpaceMoPoller(MoPoller):
             if self._no_token:
                 log.warning("ThingSpace says more MO data but gives no next token; polling at the interval",
                             extra={"poller": self.name})
-        await self.deliver(records, {"token": page.next_token if more else None})
+        await self.deliver(Fetched(records, {"token": page.next_token if more else None}, offsets))
         return more
 
 
@@ -614,13 +704,12 @@ class OgangiMoPoller(MoPoller):
             if reset is not None:
                 log.warning("Ogangi MO list is shorter than the cursor; reading its tail again",
                             extra={"poller": self.name, "cursor": cursor, "total": page.total, "new_cursor": reset})
-                self.position = {"cursor": reset}
-                await self.save()
+                await self.save({"cursor": reset})
                 return True
             now = self.clock()
             records = [ogangi_inbound(m, self.keywords, now) for m in page.messages[skip:]]
             cursor = ogangi_cursor_after(cursor, page_no, self.per_page, len(page.messages))
-            await self.deliver(records, {"cursor": cursor})
+            await self.deliver(Fetched(records, {"cursor": cursor}))
             if not page.messages or not page.more_after(page_no, self.per_page):
                 return False
             page_no, skip = page_no + 1, 0

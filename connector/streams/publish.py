@@ -43,6 +43,11 @@ class InboundPublisher:
         """sms.inbound, then the opt-out table when the MO is a keyword. Raises KafkaError."""
         await produce_durably(self.producer, self.topic_inbound, mo.key, mo.encode())
         metrics.MO_RECEIVED.labels(mo.provider).inc()
+        await self.derive_optout(mo)
+
+    async def derive_optout(self, mo: InboundSms) -> None:
+        """The opt-out table change an MO makes, if any (also what a poller's recovery writes
+        again for an MO it finds already in sms.inbound). Raises KafkaError."""
         if mo.optout and mo.sender.phone:
             change = OptOutChange(phone=mo.sender.phone, opted_out=mo.optout == "stop", at=time.time(),
                                   source=f"{mo.provider} MO", keyword=(mo.text or "").strip().upper()[:32])
