@@ -61,8 +61,8 @@ Both: an MO whose text is an opt-out or opt-in keyword alone (``inbound.optout_*
 marked ``optout`` and ``publish_mo`` updates ``sms.optout`` when the sender is a phone number
 (Ogangi; a ``from`` that is not 7-15 digits is kept as given and never opts out). ThingSpace
 senders are devices (``<kind>:<id>``, so a reply is routed to the device): the record says
-``optout`` but the opt-out table, keyed by phone number, is left alone. ``keyword`` is the provider's keyword
-(Ogangi) or the first word, upper-cased.
+``optout`` but the opt-out table, keyed by phone number, is left alone. ``keyword`` is the first word, upper-cased
+(Ogangi's own ``keyword`` field is a matching rule such as ``^STOP.*``; it stays in ``raw``).
 """
 
 from __future__ import annotations
@@ -126,7 +126,9 @@ def _e164(number: str) -> str | None:
 
 def ogangi_inbound(m: og.MoMessage, keywords: Keywords, now: float) -> InboundSms:
     """The ``InboundSms`` of one Ogangi MO (``from`` is the user's number, ``to`` the short code).
-    A sender that is not a number is kept as given and never opts out (the table is by number)."""
+    A sender that is not a number is kept as given and never opts out (the table is by number).
+    ``keyword`` is the text's first word: Ogangi's own ``keyword`` field is the rule that matched
+    (seed 004: ``^OGANGI.*``), not a keyword; it stays in ``raw``."""
     text = m.text or ""
     phone = _e164(m.sender or "")
     raw = {"text": m.text, "from": m.sender, "to": m.to, "encoding": m.encoding, "keyword": m.keyword,
@@ -134,7 +136,7 @@ def ogangi_inbound(m: og.MoMessage, keywords: Keywords, now: float) -> InboundSm
     return InboundSms(provider="ogangi", sender=Recipient(phone=phone or (m.sender or "").strip()), text=text,
                       received_at=now, raw=orjson.dumps(raw).decode(),
                       dedupe_key=stable_id(m.sender, m.to, m.send_date, m.text), to=m.to,
-                      keyword=m.keyword or first_word(text), occurred_at=m.send_date,
+                      keyword=first_word(text), occurred_at=m.send_date,
                       optout=keywords.classify(text) if phone else None)
 
 

@@ -154,7 +154,8 @@ def test_thingspace_record() -> None:
 
 
 @pytest.mark.parametrize("sender, text, keyword, phone, optout, kw", [
-    ("58123456789", "STOP", "^STOP.*", "+58123456789", "stop", "^STOP.*"),
+    ("58123456789", "STOP", "^STOP.*", "+58123456789", "stop", "STOP"),      # the provider's rule stays in raw
+    ("58123456789", "stop now", "^STOP.*", "+58123456789", None, "STOP"),
     ("+58123456789", "start!", None, "+58123456789", "start", "START"),
     ("58123456789", "hello there", "", "+58123456789", None, "HELLO"),
     ("shortcode", "x", None, "shortcode", None, "X"),
