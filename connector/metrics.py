@@ -46,6 +46,13 @@ HANDED_OFF = Counter("sms_outbound_retry_handoffs_total", "Messages handed off t
                      "in-place retries, by the error's reason.", ["route", "reason"])
 RETRY_WAITING = Gauge("sms_outbound_retry_waiting", "Retry-topic records held by this worker until their due time.")
 PARTITIONS_ASSIGNED = Gauge("sms_kafka_partitions_assigned", "Input partitions assigned to this worker.")
+OWNERSHIP_LOST = Counter("sms_kafka_ownership_lost_total", "Times this worker found it may have lost its partitions "
+                         "(expelled from the group, generation reset, or a session timeout without a successful "
+                         "heartbeat): it stopped sending and rejoined.")
+OWNERSHIP_WAITS = Counter("sms_kafka_ownership_waits_total", "Provider calls held because no heartbeat had succeeded "
+                          "for most of a session timeout (they go ahead once one does).")
+ABANDONED = Counter("sms_outbound_abandoned_total", "Records taken but dropped unsent and uncommitted because this worker "
+                    "may no longer own their partition (the new owner sends them).")
 COMMITS = Counter("sms_kafka_commits_total", "Offset commits, by outcome.", ["outcome"])
 PRODUCE_ERRORS = Counter("sms_kafka_produce_errors_total",
                          "Failed produce attempts of result records (retried until they succeed).", ["topic"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from connector import metrics
 from connector.breaker import CircuitBreaker, CircuitOpen, classify_call
@@ -34,6 +34,7 @@ from connector.http import HttpRequest, HttpResponse
 from connector.providers.base import Prepared, Provider, SendResult
 from connector.ratelimit import RouteLimiter
 from connector.records import Accepted
+from connector.streams.membership import OwnershipLost
 from connector.transport import HttpTransport
 
 LOGIN_COOL_DOWN_S = 60.0
@@ -71,6 +72,10 @@ class RouteSender:
         self._login_lock = asyncio.Lock()
         self._login_blocked_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Awaited right before each send call (after its rate-limit and concurrency wait): the
+        # dispatcher's membership check, which raises OwnershipLost when the worker may no longer
+        # own the partitions the messages came from (connector.streams.membership).
+        self.gate: Callable[[], Awaitable[None]] | None = None
         labels = (self.route, provider.name)
         self._m_accepted = metrics.ACCEPTED.labels(*labels)
         self._m_segments = metrics.SEGMENTS.labels(*labels)
@@ -164,7 +169,13 @@ class RouteSender:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, batch: list[tuple[Prepared, asyncio.Future[SendResult]]]) -> None:
-        results = await self._send_batch([p for p, _ in batch])
+        try:
+            results = await self._send_batch([p for p, _ in batch])
+        except OwnershipLost as exc:      # each waiting message's task gets it: they are all dropped
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
         for (_, fut), result in zip(batch, results):
             if not fut.done():
                 fut.set_result(result)
@@ -179,6 +190,8 @@ class RouteSender:
             async with self.limiter.slot(sum(p.segments for p in prepared)) as waited:
                 if waited:
                     self._m_rate_waited.inc(waited)
+                if self.gate is not None:
+                    await self.gate()
                 results = await self._call(prepared)
         except Exception as exc:  # noqa: BLE001 - a bug must still end each message
             results = [ProviderError(f"internal error while sending: {type(exc).__name__}: {exc}")] * len(prepared)

@@ -56,6 +56,7 @@ from connector.policy import handoff_policy
 from connector.records import iso
 from connector.streams.batcher import Batcher
 from connector.streams.ledger import Ledger, PartitionLedger
+from connector.streams.membership import Membership, OwnershipLost
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -95,6 +96,12 @@ class Dispatcher:
         self.ledger: Ledger | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        k = settings.kafka
+        self.heartbeat_interval_s = max(1.0, k.session_timeout_s / 5)
+        self.membership = Membership(k.session_timeout_s, self.heartbeat_interval_s)
+        self.membership.on_lost = self._on_lost
+        for sender in senders.values():
+            sender.gate = self.membership.check
         self._batcher: Batcher | None = None
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
@@ -128,7 +135,7 @@ class Dispatcher:
         self._consumer = AIOKafkaConsumer(
             **common, group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(k.session_timeout_s * 1000),
-            heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)),
+            heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
             request_timeout_ms=int(k.request_timeout_s * 1000) + int(k.session_timeout_s * 1000),
             max_poll_interval_ms=300_000, max_partition_fetch_bytes=1024 * 1024,
             fetch_max_wait_ms=k.fetch_max_wait_ms,
@@ -153,6 +160,7 @@ class Dispatcher:
         try:
             self._consumer.subscribe([self.topic_in, self.topic_retry], listener=_Listener(self))
             await self._consumer.start()
+            self.membership.attach(self._consumer)
             self.started.set()
             log.info("dispatch started", extra={"topic": self.topic_in, "group": k.group_id})
             commits = asyncio.create_task(self._commit_loop())
@@ -177,6 +185,7 @@ class Dispatcher:
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                self.membership.state()    # notices a lost session even when no call is waiting
                 room = self.max_in_flight - self.in_flight
                 if room <= 0:
                     self._capacity.clear()
@@ -192,7 +201,7 @@ class Dispatcher:
 
     def _take(self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         progress = self._progress.get(tp)
-        if progress is None or progress.closing or progress.revoked:
+        if progress is None or progress.closing or progress.revoked or self.membership.lost:
             return
         if tp.topic == self.topic_retry:
             self._hold(tp, progress, records)
@@ -281,13 +290,23 @@ class Dispatcher:
                     if self.ledger is not None:   # loaded: no await (the common case)
                         ledger = self.ledger.partitions.get(tp.partition) or await self.ledger.ready(tp.partition)
                     if not progress.revoked and (self.ledger is None or ledger is not None):
-                        terminal = await self._handle(tp, rec, ledger)
-                        await self._produce(rec, terminal)
-                        if terminal.ledger_cid is not None and ledger is not None:
-                            await self._record_done(ledger, terminal)
-                        progress.finish(rec.offset)
+                        try:
+                            terminal: Terminal | None = await self._handle(tp, rec, ledger)
+                        except OwnershipLost:
+                            # not sent, not finished, not committed: the partition's next owner
+                            # sends it (and the rest of this chain)
+                            terminal = None
+                            progress.revoked = True
+                            metrics.ABANDONED.inc()
+                        if terminal is not None:
+                            await self._produce(rec, terminal)
+                            if terminal.ledger_cid is not None and ledger is not None:
+                                await self._record_done(ledger, terminal)
+                            progress.finish(rec.offset)
                 finally:
                     self._active[tp] -= 1
+            elif progress.revoked and self.membership.lost_reason is not None:
+                metrics.ABANDONED.inc()
             self.in_flight -= 1
             if not self._capacity.is_set() and self.in_flight < self.max_in_flight:
                 self._capacity.set()
@@ -404,8 +423,8 @@ class Dispatcher:
                 last_prune = time.monotonic()
 
     async def _commit(self, only: Sequence[TopicPartition] | None = None) -> None:
-        if self._consumer is None:
-            return
+        if self._consumer is None or self.membership.lost_reason is not None:
+            return   # an expelled member's commit is refused (or, on a lax broker, stale)
         offsets: dict[TopicPartition, int] = {}
         for tp in (only if only is not None else list(self._progress)):
             progress = self._progress.get(tp)
@@ -437,7 +456,8 @@ class Dispatcher:
         def busy() -> bool:   # held retry records are not waited for (not due; re-read by the next owner)
             if only is None:
                 return self.in_flight > 0
-            return any(self._progress[tp].in_flight > self._waiting_by_tp.get(tp, 0)
+            return any(self._active.get(tp, 0) > 0 if self._progress[tp].revoked   # given up: calls in progress only
+                       else self._progress[tp].in_flight > self._waiting_by_tp.get(tp, 0)
                        for tp in only if tp in self._progress)
 
         while busy() and time.monotonic() < deadline:
@@ -452,14 +472,37 @@ class Dispatcher:
                     if tp in self._progress:
                         self._progress[tp].revoked = True
 
+    # -- ownership ---------------------------------------------------------------------------
+    def _on_lost(self, reason: str) -> None:
+        """The worker may no longer own its partitions (``Membership``): start nothing more.
+        Records taken but not started are dropped uncommitted, for the new owner; calls in
+        progress finish (in doubt, as after a crash); retry records held are forgotten."""
+        for progress in self._progress.values():
+            progress.revoked = True
+        self._forget_waiting(list(self._progress))
+        log.warning("partitions given up: records not yet sent are left to their next owner",
+                    extra={"in_flight": self.in_flight, "reason": reason})
+
+    async def _settle_lost(self, tps: Sequence[TopicPartition], timeout: float) -> None:
+        """After a loss: wait only for the calls already in progress (they record their outcome)."""
+        deadline = time.monotonic() + timeout
+        while any(self._active.get(tp, 0) > 0 for tp in tps) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         mine = [tp for tp in revoked if tp in self._progress]
+        lost = self.membership.lost_reason is not None
         for tp in mine:
             self._progress[tp].closing = True
+            if lost:
+                self._progress[tp].revoked = True
         self._forget_waiting(mine)
-        if mine:
+        if mine and lost:
+            await self._settle_lost(mine, self.settings.dispatch.shutdown_timeout_s)
+        elif mine:
             await self._drain(self.settings.dispatch.shutdown_timeout_s, mine)
-            await self._commit(mine)
+            if self.membership.lost_reason is None:
+                await self._commit(mine)
         for tp in mine:
             progress = self._progress.pop(tp, None)
             if progress is not None:
@@ -468,10 +511,15 @@ class Dispatcher:
             for partition in {tp.partition for tp in mine} - {tp.partition for tp in self._progress}:
                 self.ledger.revoke(partition)
         metrics.PARTITIONS_ASSIGNED.set(self.assigned)
+        if not any(tp.topic == self.topic_in for tp in self._progress):
+            self.membership.revoked()
         if mine:
-            log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
+            log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine
+                                                                       if tp.topic == self.topic_in),
+                                                  "given_up": lost})
 
     def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.membership.assigned()
         for tp in assigned:
             if tp not in self._progress:
                 self._progress[tp] = PartitionProgress()
