@@ -26,6 +26,11 @@ PROVIDER_REQUEST = Histogram(
     "sms_provider_request_duration_seconds", "Duration of provider HTTP calls, by outcome.",
     ["provider", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+MESSAGES_IN_CALLS = Gauge("sms_provider_messages_in_calls", "Messages inside provider send calls right now (a crash "
+                          "or a freeze leaves at most these in doubt).", ["route"])
+UNRECORDED = Gauge("sms_outbound_unrecorded", "Messages whose provider call has returned and whose outcome is not yet "
+                   "durable (terminal record and ledger entry): with sms_provider_messages_in_calls, what a crash or "
+                   "a freeze now would leave in doubt.")
 PROVIDER_RETRIES = Counter("sms_provider_retries_total", "Provider calls retried, by reason.",
                            ["route", "provider", "reason"])
 PROVIDER_LOGINS = Counter("sms_provider_logins_total", "Provider logins / session refreshes, by outcome.",

@@ -81,6 +81,7 @@ class RouteSender:
         self._m_segments = metrics.SEGMENTS.labels(*labels)
         self._m_rate_waited = metrics.RATE_LIMITED_SECONDS.labels(self.route)
         self._m_circuit_waited = metrics.CIRCUIT_WAIT_SECONDS.labels(self.route)
+        self._m_in_call = metrics.MESSAGES_IN_CALLS.labels(self.route)
         metrics.ROUTE_RATE_LIMIT.labels(self.route).set_function(lambda: self.limiter.rate or 0.0)
         metrics.CIRCUIT_STATE.labels(self.route).set_function(lambda: self.breaker.state_code)
 
@@ -192,7 +193,11 @@ class RouteSender:
                     self._m_rate_waited.inc(waited)
                 if self.gate is not None:
                     await self.gate()
-                results = await self._call(prepared)
+                self._m_in_call.inc(len(prepared))
+                try:
+                    results = await self._call(prepared)
+                finally:
+                    self._m_in_call.dec(len(prepared))
         except Exception as exc:  # noqa: BLE001 - a bug must still end each message
             results = [ProviderError(f"internal error while sending: {type(exc).__name__}: {exc}")] * len(prepared)
         except BaseException:

@@ -109,6 +109,8 @@ class Dispatcher:
             lambda: max((p.oldest_age() for tp, p in list(self._progress.items()) if tp.topic == self.topic_in),
                         default=0.0))
         metrics.RETRY_WAITING.set_function(lambda: len(self._waiting))
+        self._unrecorded = 0   # messages sent whose outcome is not durable yet (in doubt if the worker dies)
+        metrics.UNRECORDED.set_function(lambda: self._unrecorded)
 
     # -- health ------------------------------------------------------------------------------
     @property
@@ -299,9 +301,14 @@ class Dispatcher:
                             progress.revoked = True
                             metrics.ABANDONED.inc()
                         if terminal is not None:
-                            await self._produce(rec, terminal)
-                            if terminal.ledger_cid is not None and ledger is not None:
-                                await self._record_done(ledger, terminal)
+                            called = terminal.ledger_cid is not None   # a provider call was made
+                            self._unrecorded += called
+                            try:
+                                await self._produce(rec, terminal)
+                                if terminal.ledger_cid is not None and ledger is not None:
+                                    await self._record_done(ledger, terminal)
+                            finally:
+                                self._unrecorded -= called
                             progress.finish(rec.offset)
                 finally:
                     self._active[tp] -= 1
@@ -519,6 +526,8 @@ class Dispatcher:
                                                   "given_up": lost})
 
     def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        if self._consumer is not None:
+            self.membership.attach(self._consumer)
         self.membership.assigned()
         for tp in assigned:
             if tp not in self._progress:

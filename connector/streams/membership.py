@@ -63,8 +63,11 @@ class Membership:
 
     # -- wiring ------------------------------------------------------------------------------
     def attach(self, consumer: Any) -> None:
-        """Follow the consumer's group coordinator (after ``consumer.start()``)."""
+        """Follow the consumer's group coordinator (once it exists: ``consumer.start()`` creates
+        it, and the first assignment may come before ``start()`` returns). Idempotent."""
         coordinator = getattr(consumer, "_coordinator", None)
+        if coordinator is not None and coordinator is self._coordinator:
+            return
         original = getattr(coordinator, "_do_heartbeat", None)
         if coordinator is None or original is None or not hasattr(coordinator, "generation"):
             raise RuntimeError("aiokafka's group coordinator has no _do_heartbeat / generation: the membership "
