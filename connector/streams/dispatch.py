@@ -30,6 +30,11 @@ in-flight events; an agent acks an event when it asks for the next one). Here:
 - **Rebalance / shutdown:** revoked partitions take no new records and let every record already
   taken finish (up to ``dispatch.shutdown_timeout_s``), then commit: nothing is replayed.
   Retry records still waiting for their due time are not waited for: the next owner re-reads them.
+- **Lost membership** (``streams.membership``): every provider call first asks whether the worker
+  may still own its partitions. When it may not (expelled, generation reset, a session without
+  a successful heartbeat: a frozen worker waking up), nothing more starts: records taken but not
+  sent are abandoned uncommitted for the new owner, the revocation that follows waits only for
+  calls already in progress (no drain, no commit), and the worker rejoins with a new member id.
 """
 
 from __future__ import annotations

@@ -22,10 +22,19 @@ point leaves a state from which a restart converges to "every key once" in ``sms
    (``seen_window``, default 500), the intent cleared. Only then is the next page requested
    (for ThingSpace: with the token, which acknowledges the block).
 
+Nothing new is asked of the provider while a fetched block is not durable: if the intent (or,
+with nothing new in the block, the commit) cannot be written, the block stays in memory
+(``MoPoller.fetched``) and ``settle`` writes it again before any request, however long the
+broker is away; the end offsets the intent needs are taken *before* the request, so the intent
+follows the provider's answer with no other round trip.
+
 A poller that starts (or recovers from a failed publish) with an intent in its state does not
 guess: it reads ``sms.inbound`` from the intent's offsets to the current end and collects the
 intent's keys already there (the crash came after their produce), publishes the others from the
-intent itself, then commits. Reading from offsets taken *before* the first produce is complete
+intent itself, and writes again the opt-out change of every keyword MO it found already
+published (a crash between an MO's record and its opt-out record must not lose the STOP;
+rewriting a change is harmless, and one sender's changes are rewritten in their order), then
+commits. Reading from offsets taken *before* the first produce is complete
 whatever the broker batched; stopping once each partition's position reaches its end offset is
 exact on Kafka and also on Tansu, whose ListOffsets answer for multi-record batches is the base
 offset of the last batch + 1 (too low, never too high) and a fetch returns whole batches. The
@@ -44,9 +53,14 @@ to send next is part of the committed state, so after a restart the first reques
 if it was already used, the provider answers the current block again (the simulator's rule for a
 retried request) and the dedupe window drops what was published; a refused token (400) is
 dropped and the poll repeated without one. The one window the API leaves open: a last page
-fetched by a request *without* a token, then a crash before its intent is saved (milliseconds),
-then a restart whose poll acknowledges it unseen. PROVIDERS.md assumes the real service may send
-it again; nothing on our side can close that window.
+(200, no token) answered to a request *without* a token exists only in this process until its
+intent is durable (one produce round trip); if the process dies in between, or the answer is
+lost (a timeout, a connection broken after the request was sent), the next token-less poll
+acknowledges the page unseen and nothing can fetch it again. It is detected, never silent: a
+durable ``polling`` marker is written before every token-less request and cleared by the
+block's intent or commit; a restart that finds it, or a token-less request whose answer may be
+lost, counts ``sms_mo_pages_at_risk_total`` and logs "MO page may be acknowledged unseen" (a
+conservative signal: the answer may as well have been a 202 block, served again, or empty).
 
 Ogangi specifics (PROVIDERS.md §4): ``getMOMessages`` is a list, not a queue: messages stay, new
 ones appear. It is read with ``ORDER=ASC`` (oldest first, ``page`` from 1), where new messages
