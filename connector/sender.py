@@ -111,6 +111,11 @@ class RouteSender:
             metrics.PROVIDER_RETRIES.labels(self.route, self.provider.name, result.reason).inc()
             await asyncio.sleep(action.after_s)
 
+    async def await_gate(self) -> None:
+        """Return when a send may start now; raise ``OwnershipLost`` when it must not (``gate``)."""
+        if self.gate is not None:
+            await self.gate()
+
     async def call(self, build: Callable[[], HttpRequest], parse: Callable[[HttpResponse], T]) -> T:
         """One provider operation other than a send (MO history, opt-out list, status poll...),
         with the route's login, session refresh-once and concurrency. Raises ProviderError."""
@@ -191,8 +196,7 @@ class RouteSender:
             async with self.limiter.slot(sum(p.segments for p in prepared)) as waited:
                 if waited:
                     self._m_rate_waited.inc(waited)
-                if self.gate is not None:
-                    await self.gate()
+                await self.await_gate()
                 self._m_in_call.inc(len(prepared))
                 try:
                     results = await self._call(prepared)
