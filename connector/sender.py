@@ -76,6 +76,7 @@ class RouteSender:
         # dispatcher's membership check, which raises OwnershipLost when the worker may no longer
         # own the partitions the messages came from (connector.streams.membership).
         self.gate: Callable[[], Awaitable[None]] | None = None
+        self.in_calls = 0      # messages inside send calls now
         labels = (self.route, provider.name)
         self._m_accepted = metrics.ACCEPTED.labels(*labels)
         self._m_segments = metrics.SEGMENTS.labels(*labels)
@@ -100,6 +101,8 @@ class RouteSender:
                 self._m_circuit_waited.inc(await self.breaker.wait_until_allowed())
             attempt += 1
             started = time.time()
+            if self._batch_max > 1:
+                await self.await_gate()    # this message's own check (the batch's call checks again)
             result = await (self._send_one(p) if self._batch_max == 1 else self._submit(p))
             if isinstance(result, Accepted):
                 self._m_accepted.inc()
@@ -198,10 +201,12 @@ class RouteSender:
                     self._m_rate_waited.inc(waited)
                 await self.await_gate()
                 self._m_in_call.inc(len(prepared))
+                self.in_calls += len(prepared)
                 try:
                     results = await self._call(prepared)
                 finally:
                     self._m_in_call.dec(len(prepared))
+                    self.in_calls -= len(prepared)
         except Exception as exc:  # noqa: BLE001 - a bug must still end each message
             results = [ProviderError(f"internal error while sending: {type(exc).__name__}: {exc}")] * len(prepared)
         except BaseException:

@@ -40,6 +40,7 @@ in-flight events; an agent acks an event when it asks for the next one). Here:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import logging
 import time
@@ -67,6 +68,9 @@ from connector.sender import RouteSender
 
 log = logging.getLogger("sms_connector.dispatch")
 
+# the assignment (PartitionProgress) a chain task works for: its provider calls check it
+_OWNER: contextvars.ContextVar[PartitionProgress | None] = contextvars.ContextVar("sms_dispatch_owner", default=None)
+
 Headers = list[tuple[str, bytes]]
 
 
@@ -88,7 +92,9 @@ class Dispatcher:
         self._capacity.set()
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._active: dict[TopicPartition, int] = {}     # records of a partition being processed
-        self._chains: dict[tuple[TopicPartition, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
+        # chains by (progress, key): a chain belongs to one assignment of its partition, so
+        # records of a later assignment never run in a chain left over from an earlier one
+        self._chains: dict[tuple[PartitionProgress, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._partitions: dict[str, int] = {}
         # retry records held until due: (due, seq, tp, record) with a count per partition
@@ -106,7 +112,7 @@ class Dispatcher:
         self.membership = Membership(k.session_timeout_s, self.heartbeat_interval_s)
         self.membership.on_lost = self._on_lost
         for sender in senders.values():
-            sender.gate = self.membership.check
+            sender.gate = self._may_call
         self._batcher: Batcher | None = None
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
@@ -221,7 +227,7 @@ class Dispatcher:
     def _start(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes]) -> None:
         """Run ``rec`` after the records of its key taken before it in the same topic-partition."""
         self.in_flight += 1
-        ck = (tp, rec.key if rec.key is not None else ("offset", rec.offset))
+        ck = (progress, rec.key if rec.key is not None else ("offset", rec.offset))
         chain = self._chains.get(ck)
         if chain is not None:
             chain.append(rec)
@@ -286,9 +292,10 @@ class Dispatcher:
         for tp in gone:
             self._waiting_by_tp.pop(tp, None)
 
-    async def _run_chain(self, ck: tuple[TopicPartition, Any], tp: TopicPartition, progress: PartitionProgress,
+    async def _run_chain(self, ck: tuple[PartitionProgress, Any], tp: TopicPartition, progress: PartitionProgress,
                          rec: ConsumerRecord[bytes, bytes]) -> None:
         chain = self._chains[ck]
+        _OWNER.set(progress)     # this task's provider calls are for this assignment of tp (see _may_call)
         while True:
             if not progress.revoked and not self._abandon:
                 self._active[tp] = self._active.get(tp, 0) + 1
@@ -468,8 +475,9 @@ class Dispatcher:
         def busy() -> bool:   # held retry records are not waited for (not due; re-read by the next owner)
             if only is None:
                 return self.in_flight > 0
-            return any(self._active.get(tp, 0) > 0 if self._progress[tp].revoked   # given up: calls in progress only
-                       else self._progress[tp].in_flight > self._waiting_by_tp.get(tp, 0)
+            if self.membership.lost_reason is not None:
+                return self._calls_in_progress() > 0      # given up: calls in progress only
+            return any(self._progress[tp].in_flight > self._waiting_by_tp.get(tp, 0)
                        for tp in only if tp in self._progress)
 
         while busy() and time.monotonic() < deadline:
@@ -485,6 +493,20 @@ class Dispatcher:
                         self._progress[tp].revoked = True
 
     # -- ownership ---------------------------------------------------------------------------
+    async def _may_call(self) -> None:
+        """The senders' gate, awaited right before each provider call: raises OwnershipLost when
+        the record's assignment was given up (revoked, or the worker's membership lost), waits
+        while a heartbeat is late."""
+        owner = _OWNER.get()
+        if owner is not None and owner.revoked:
+            raise OwnershipLost("the record's partition was given up")
+        await self.membership.check()
+        if owner is not None and owner.revoked:
+            raise OwnershipLost("the record's partition was given up")
+
+    def _calls_in_progress(self) -> int:
+        return sum(s.in_calls for s in self.pipeline.senders.values())
+
     def _on_lost(self, reason: str) -> None:
         """The worker may no longer own its partitions (``Membership``): start nothing more.
         Records taken but not started are dropped uncommitted, for the new owner; calls in
@@ -495,10 +517,12 @@ class Dispatcher:
         log.warning("partitions given up: records not yet sent are left to their next owner",
                     extra={"in_flight": self.in_flight, "reason": reason})
 
-    async def _settle_lost(self, tps: Sequence[TopicPartition], timeout: float) -> None:
-        """After a loss: wait only for the calls already in progress (they record their outcome)."""
+    async def _settle_lost(self, timeout: float) -> None:
+        """After a loss: wait only for the provider calls already in progress (they record their
+        outcome), not for records waiting before their call (an open circuit, a backoff, the
+        rate limit): those are refused by the gate when they get there."""
         deadline = time.monotonic() + timeout
-        while any(self._active.get(tp, 0) > 0 for tp in tps) and time.monotonic() < deadline:
+        while self._calls_in_progress() > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
@@ -510,7 +534,7 @@ class Dispatcher:
                 self._progress[tp].revoked = True
         self._forget_waiting(mine)
         if mine and lost:
-            await self._settle_lost(mine, self.settings.dispatch.shutdown_timeout_s)
+            await self._settle_lost(self.settings.dispatch.shutdown_timeout_s)
         elif mine:
             await self._drain(self.settings.dispatch.shutdown_timeout_s, mine)
             if self.membership.lost_reason is None:
