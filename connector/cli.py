@@ -7,6 +7,7 @@ variable (generated from ``connector.config``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import uuid
 
@@ -74,7 +75,13 @@ def worker(config: str | None, roles: tuple[str, ...]) -> None:
     if "dispatch" in chosen and not settings.routes:
         raise click.ClickException("no routes configured: add a [routes.NAME] section "
                                    "(see `sms-connector worker --help`)")
-    _run(run_worker(settings, roles=frozenset(chosen)))
+    from connector.kafka import KafkaAccessError
+
+    try:
+        _run(run_worker(settings, roles=frozenset(chosen)))
+    except KafkaAccessError as exc:   # one line naming the setting to fix, no traceback, no retrying
+        logging.getLogger("connector.worker").error("cannot use Kafka: %s", exc)
+        sys.exit(2)
 
 
 def _format_epilog(self: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -120,7 +127,7 @@ def topics_check(config: str | None) -> None:
     states = asyncio.run(check_topics(settings.kafka))
     bad = 0
     for s in states:
-        status = "ok" if s.ok else ("missing" if not s.exists else f"{s.partitions} partitions < {s.expected_partitions}")
+        status = "ok" if s.ok else ("not authorized" if not s.authorized else "missing" if not s.exists else f"{s.partitions} partitions < {s.expected_partitions}")
         bad += not s.ok
         click.echo(f"{'ok' if s.ok else 'FAIL':4} {s.name:28} {status}")
     if bad:
