@@ -22,14 +22,14 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import topics
 from connector.app import build_senders, inbound_producer
 from connector.config import Settings, load
 from connector.embedded_broker import free_port
 from connector.inbound import InboundSms
-from connector.kafka import client_options
+from connector.kafka import client_options, topic_partitions
 from connector.providers import thingspace as ts
 from connector.sender import RouteSender
 from connector.simulators.thingspace import ThingSpaceSimulator
@@ -50,9 +50,8 @@ OG_POLLER = "ogangi-mo:1001"
 # --- the stack --------------------------------------------------------------------------------
 
 @pytest.fixture
-async def mo_stack() -> AsyncIterator[LocalStack]:
-    s = LocalStack()
-    await s.start_broker()
+async def mo_stack(broker: LocalStack) -> AsyncIterator[LocalStack]:
+    s = broker
     try:
         await asyncio.gather(s.start_simulator("thingspace"), s.start_simulator("ogangi"))
         yield s
@@ -62,14 +61,14 @@ async def mo_stack() -> AsyncIterator[LocalStack]:
 
 def env_for(stack: LocalStack, routes: Mapping[str, Mapping[str, str]], **extra: str) -> dict[str, str]:
     assert stack.broker is not None
-    env = worker_env(stack.broker.bootstrap_servers, stack.sim_urls, free_port(), routes, default_route=next(iter(routes)))
+    env = worker_env(stack.kafka, stack.sim_urls, free_port(), routes, default_route=next(iter(routes)))
     env["SMS_CONNECTOR_INBOUND__MO_POLL_INTERVAL_S"] = "0.2"
     env.update(extra)
     return env
 
 
 def producer_for(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(**client_options(settings.kafka), acks="all", enable_idempotence=False)
+    return AIOKafkaProducer(**client_options(settings.kafka), acks="all", enable_idempotence=settings.kafka.idempotent_producer)
 
 
 @contextlib.asynccontextmanager
@@ -126,14 +125,7 @@ class Watch:
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
-            tps = []
-            for t in names:
-                for _ in range(100):
-                    if consumer.partitions_for_topic(t):
-                        break
-                    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-                    await asyncio.sleep(0.1)
-                tps += [TopicPartition(t, p) for p in consumer.partitions_for_topic(t) or ()]
+            tps = [tp for t in names for tp in await topic_partitions(consumer, t)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             self._ready.set()
