@@ -148,3 +148,64 @@ async def test_no_provider_call_starts_when_the_gate_refuses(batch_max: int) -> 
     results = await asyncio.gather(*(sender.send(msg(i, sender.provider)) for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, OwnershipLost) for r in results) and calls == []
     await sender.aclose()
+
+
+# --- the dispatcher on a loss --------------------------------------------------------------------
+
+async def test_a_dispatcher_that_lost_its_partitions_starts_no_call_and_leaves_its_records_uncommitted() -> None:
+    from aiokafka import ConsumerRecord, TopicPartition
+
+    import topics
+    from connector.config import load
+    from connector.offsets import PartitionProgress
+    from connector.pipeline import Terminal
+    from connector.routing import Router
+    from connector.streams.dispatch import Dispatcher
+
+    settings = load(environ={})
+    d = Dispatcher(settings, {}, Router.from_settings(settings.routing, {}))
+    d.ledger = None
+    clock, coordinator = Clock(), Coordinator()
+    d.membership.clock = clock
+    d.membership.attach(type("Consumer", (), {"_coordinator": coordinator})())
+    tp = TopicPartition(topics.spec("outbound").name, 4)
+    d.on_assigned([tp])
+    calls: list[int] = []
+    first_call = asyncio.Event()
+    release = asyncio.Event()
+
+    async def outcome(value: Any, *args: Any) -> Terminal:
+        await d._may_call()                   # what every sender does right before its call
+        calls.append(int(value))
+        if len(calls) == 1:
+            first_call.set()
+            await release.wait()              # a call in progress when the worker freezes
+        return Terminal("failed", b"{}")
+
+    async def produce(rec: Any, t: Terminal) -> None:
+        return None
+
+    d.pipeline.outcome = outcome              # type: ignore[method-assign]
+    d._produce = produce                      # type: ignore[method-assign]
+    records = [ConsumerRecord(tp.topic, 4, i, 0, 0, b"same-key", str(i).encode(), None, 8, 1, [])
+               for i in range(5)] + [ConsumerRecord(tp.topic, 4, 5, 0, 0, b"other", b"5", None, 5, 1, [])]
+    d._take(tp, records)                      # key "same-key": a chain of five; key "other": one
+    await asyncio.wait_for(first_call.wait(), 1)
+    await asyncio.sleep(0.01)
+    assert calls == [0, 5] or calls == [0]    # the other key may have gone through already
+    clock.now += 30                           # frozen past the session
+    release.set()                             # the call in progress finishes after waking
+    for _ in range(100):
+        if d.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert d.in_flight == 0 and calls[0] == 0 and set(calls) <= {0, 5} and 1 not in calls
+    assert d.membership.lost and coordinator.resets == 1
+    progress = d._progress[tp]
+    assert progress.revoked and progress.committable() == 1   # only the finished record is before it
+    d._take(tp, [ConsumerRecord(tp.topic, 4, 6, 0, 0, b"k", b"6", None, 1, 1, [])])
+    assert d.in_flight == 0                   # nothing more is taken
+    await d.on_revoked([tp])                  # the rejoin: no drain, no commit
+    assert tp not in d._progress
+    d.on_assigned([tp])                       # a fresh assignment after the rejoin
+    assert d.membership.state() == OK and isinstance(d._progress[tp], PartitionProgress)
