@@ -1,6 +1,8 @@
 # sms-connector: two commands on a fresh machine.
 #   make dev    set up, then run the pipeline on an embedded broker with demo traffic (Ctrl-C stops)
-#   make test   set up, then run the whole suite (unit, contract, integration, e2e)
+#   make test   set up, then run the whole suite (unit, contract, integration, e2e); integration and
+#               e2e run on Apache Kafka (needs Java 17 + Maven: the broker's jars are fetched from
+#               Maven Central once), else on the embedded Tansu broker with a notice (CI=true: an error)
 # Also: make faults (full fault-injection suite), make bench, make clean.
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= 1000
 export HYPOTHESIS_STORAGE_DIRECTORY ?= $(CURDIR)/.venv/hypothesis
 
-.PHONY: install dev test unit integration faults bench soak bench-clients docs helm clean
+.PHONY: install dev test unit integration faults bench soak bench-clients docs helm kafka clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +38,11 @@ integration: $(STAMP)
 
 faults: $(STAMP)
 	bash scripts/install-prometheus.sh
-	FAULTS=full $(BIN)/pytest -q -s tests/integration/test_faults.py tests/integration/test_crash.py tests/integration/test_retry_topic.py
+	FAULTS=full $(BIN)/pytest -q -s tests/integration/test_faults.py tests/integration/test_crash.py tests/integration/test_retry_topic.py \
+		tests/integration/test_frozen_worker.py tests/integration/test_mo_durability.py
+
+kafka: $(STAMP)
+	$(BIN)/python -m connector.kafka_broker
 
 bench: $(STAMP)
 	$(BIN)/sms-connector bench

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from connector import metrics
 from connector.breaker import CircuitBreaker
 from connector.config import Settings
-from connector.kafka import client_options
+from connector.kafka import access_problem, client_options
 from connector.policy import RetryPolicy
 from connector.providers import REGISTRY
 from connector.ratelimit import RouteLimiter
@@ -100,6 +100,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    refused = await access_problem(settings.kafka)   # wrong password / untrusted CA: say so, exit
+    if refused is not None:
+        raise refused
     senders = build_senders(settings)
     checks: list[ReadyPart] = []
     jobs: list[Awaitable[Any]] = []

@@ -75,6 +75,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import topics
 from connector.config import KafkaSettings
 from connector.embedded_broker import free_port
+from connector.kafka_broker import KAFKA_VERSION, KafkaCluster
 from connector.kafka import client_options, topic_partitions
 from connector.simulators import SIMULATORS
 from connector.stack import LocalStack, Process, wait_http, worker_env
@@ -151,7 +152,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
                      "half the measured throughput (callbacks: HTTP round trip to the 2xx)."
                      + (" On the embedded broker an idle fetch is answered only when the consumer's "
                         "kafka.fetch_max_wait_ms (100 ms by default) expires, which bounds these figures." if
-                        any(r.get("broker") == "embedded" for r in results) else ""))
+                        any(r.get("broker") == EMBEDDED for r in results) else ""))
+    brokers = sorted({str(r.get("broker")) for r in results if r.get("broker")})
+    if brokers:
+        notes.insert(0, f"broker: {', '.join(brokers)}")
     if notes:
         out += ["", *notes]
     return "\n".join(out)
@@ -537,11 +541,11 @@ class RssSampler:
         return round(sum((t - mx) * (v - my) for t, v in half) / den * 60, 2) if den else None
 
 
-async def start_worker(stack: LocalStack, bootstrap: str, routes: Mapping[str, Mapping[str, str]],
+async def start_worker(stack: LocalStack, kafka: KafkaSettings, routes: Mapping[str, Mapping[str, str]],
                        env: Mapping[str, str], args: tuple[str, ...] = ()) -> Process:
     """A worker process with explicit routes, settings and command-line arguments (``--role``)."""
     port = free_port()
-    full_env = {**worker_env(bootstrap, stack.sim_urls, port, routes, default_route=next(iter(routes))), **env}
+    full_env = {**worker_env(kafka, stack.sim_urls, port, routes, default_route=next(iter(routes))), **env}
     proc, log = await stack.spawn(f"worker-{len(stack.workers)}", "worker", *args, env=full_env)
     w = Process(f"worker {len(stack.workers)}", proc, f"http://127.0.0.1:{port}", log)
     stack.workers.append(w)
@@ -563,12 +567,26 @@ async def wait_ready(w: Process, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{w.name} not ready within {timeout:.0f}s: {_tail(w)}")
 
 
+EMBEDDED = "embedded Tansu"
+
+
+def broker_label(o: Options) -> str:
+    """Which broker gave a row's figures (the README's tables say it)."""
+    if o.bootstrap_servers:
+        return o.bootstrap_servers
+    return f"Apache Kafka {KAFKA_VERSION} (1 local broker)" if o.broker == "kafka" else EMBEDDED
+
+
 @contextlib.asynccontextmanager
-async def local_stack(bootstrap_servers: str | None) -> AsyncIterator[tuple[LocalStack, KafkaSettings]]:
-    """A fresh stack: the embedded broker (or the given cluster) and room for simulators / workers."""
+async def local_stack(bootstrap_servers: str | None, broker: str = "tansu"
+                      ) -> AsyncIterator[tuple[LocalStack, KafkaSettings]]:
+    """A fresh stack: the embedded broker, a local Apache Kafka broker (``broker="kafka"``, Java 17
+    + Maven) or the given cluster, and room for simulators / workers."""
     stack = LocalStack()
     try:
         if bootstrap_servers is None:
+            if broker == "kafka":
+                stack.broker = await asyncio.to_thread(KafkaCluster(directory=stack.logdir / "kafka").start)
             await stack.start_broker()
             kafka = stack.kafka
         else:
@@ -810,6 +828,7 @@ def _track(written: dict[TopicPartition, int], topic: str, last: Mapping[int, in
 class Options:
     records: int
     bootstrap_servers: str | None
+    broker: str = "tansu"              # without bootstrap_servers: "tansu" (embedded) or "kafka" (local Apache Kafka)
     baseline_records: int = 2000
     soak_records: int = 1_000_000
     concurrency: int | None = None
@@ -827,11 +846,11 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
     concurrency = o.concurrency or sc.concurrency
     topic_in = topics.spec("outbound").name
     result_topics = [topics.spec(r).name for r in ("accepted", "failed", "dlq")]
-    row: dict[str, Any] = {"scenario": sc.name, "records": n, "broker": o.bootstrap_servers or "embedded",
+    row: dict[str, Any] = {"scenario": sc.name, "records": n, "broker": broker_label(o),
                            "provider_latency_ms": sc.latency_ms,
                            "batch_max": sc.batch_max, "concurrency": concurrency, "max_in_flight": sc.max_in_flight,
                            "keys": o.keys, "target": sc.target}
-    async with local_stack(o.bootstrap_servers) as (stack, kafka):
+    async with local_stack(o.bootstrap_servers, o.broker) as (stack, kafka):
         opts = ("--latency-ms", f"{sc.latency_ms:g}") if sc.latency_ms else ()
         sim_url = await stack.start_simulator(SMPP, *opts)
         written: dict[TopicPartition, int] = {}
@@ -861,8 +880,6 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
                "SMS_CONNECTOR_DISPATCH__MAX_IN_FLIGHT": str(sc.max_in_flight),
                "SMS_CONNECTOR_HTTP__PROVIDER_MAX_CONNECTIONS": str(max(concurrency, 1)),
                "SMS_CONNECTOR_LOG__LEVEL": "WARNING"}
-        if o.bootstrap_servers is not None:
-            env["SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER"] = str(kafka.idempotent_producer).lower()
         tag = f"{o.run_id}-{sc.name}"
         timeout = 120 + n / 300
         if not soak:
@@ -870,7 +887,7 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
             _track(written, topic_in, await produce_tracked(kafka, make_records(tag + "-t", n, o.keys), topic_in))
             sim0 = await stack.sim_stats(SMPP)
             # The worker starts on the backlog as soon as it has joined: measure from its start.
-            worker = await start_worker(stack, kafka.bootstrap_servers, {"bench": route}, env)
+            worker = await start_worker(stack, kafka, {"bench": route}, env)
             cpu = CpuMeter(_pids(stack, worker)).start()
             spy = await start_profiler(worker.proc.pid, _profile_path(o, sc.name)) if o.profile_dir else None
             rss = RssSampler(worker.proc.pid).start()
@@ -896,7 +913,7 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
                 row["cpu_pct"] = cpu.over(min(ts), max(ts))[0]
             _cpu_per_record(row, rate)
         else:
-            worker = await start_worker(stack, kafka.bootstrap_servers, {"bench": route}, env)
+            worker = await start_worker(stack, kafka, {"bench": route}, env)
             rss = RssSampler(worker.proc.pid, every_s=2.0).start()
             await wait_ready(worker)
             cpu = CpuMeter(_pids(stack, worker), every_s=1.0).start()
@@ -984,7 +1001,8 @@ def _cpu_per_record(row: dict[str, Any], rate: float | None) -> None:
 
 
 def _pids(stack: LocalStack, worker: Process) -> dict[str, int | None]:
-    broker = stack.broker.process.pid if stack.broker is not None and stack.broker.process is not None else None
+    nodes = stack.broker.members if isinstance(stack.broker, KafkaCluster) else [stack.broker] if stack.broker else []
+    broker = next((n.process.pid for n in nodes if n.process is not None), None)
     sim = stack.simulators.get(SMPP)
     return {"worker": worker.proc.pid, "simulator": sim.proc.pid if sim else None, "broker": broker,
             "bench": os.getpid()}
@@ -1090,16 +1108,14 @@ def callback_settings_env() -> dict[str, str]:
 async def callbacks_scenario(sc: Scenario, o: Options, say: _Progress) -> dict[str, Any]:
     n = o.records
     concurrency = o.concurrency or sc.concurrency
-    row: dict[str, Any] = {"scenario": sc.name, "records": n, "broker": o.bootstrap_servers or "embedded",
+    row: dict[str, Any] = {"scenario": sc.name, "records": n, "broker": broker_label(o),
                            "concurrency": concurrency, "target": sc.target}
-    async with local_stack(o.bootstrap_servers) as (stack, kafka):
+    async with local_stack(o.bootstrap_servers, o.broker) as (stack, kafka):
         routes = {"thingspace": {"provider": "thingspace"}}
         env = {"SMS_CONNECTOR_KAFKA__GROUP_ID": f"sms-bench-{o.run_id}-callbacks", "SMS_CONNECTOR_LOG__LEVEL": "WARNING",
                **callback_settings_env()}
-        if o.bootstrap_servers is not None:
-            env["SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER"] = str(kafka.idempotent_producer).lower()
         try:
-            worker = await start_worker(stack, kafka.bootstrap_servers, routes, env, ("--role", "callbacks"))
+            worker = await start_worker(stack, kafka, routes, env, ("--role", "callbacks"))
         except RuntimeError as exc:
             return _unavailable(row, f"callbacks worker did not start: {exc}")
         rss = RssSampler(worker.proc.pid).start()
@@ -1184,7 +1200,7 @@ def _unavailable(row: dict[str, Any], note: str) -> dict[str, Any]:
 
 
 async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: TextIO = sys.stdout,
-                    bootstrap_servers: str | None = None, baseline_records: int = 2000,
+                    bootstrap_servers: str | None = None, broker: str = "tansu", baseline_records: int = 2000,
                     soak_records: int = 1_000_000, concurrency: int | None = None, keys: int = 2000,
                     latency_load: float = 0.5, profile_dir: str | None = None,
                     err: TextIO | None = sys.stderr) -> list[dict[str, Any]]:
@@ -1201,7 +1217,9 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)} (known: {', '.join(SCENARIO_NAMES)})")
     if records < 2:
         raise ValueError("records must be at least 2")
-    o = Options(records=records, bootstrap_servers=bootstrap_servers, baseline_records=baseline_records,
+    if broker not in ("tansu", "kafka"):
+        raise ValueError(f"unknown broker {broker!r} (tansu or kafka)")
+    o = Options(records=records, bootstrap_servers=bootstrap_servers, broker=broker, baseline_records=baseline_records,
                 soak_records=soak_records, concurrency=concurrency, keys=max(1, min(keys, records)),
                 latency_load=latency_load, profile_dir=profile_dir, run_id=f"bench{int(time.time() * 1000) % 10**10}")
     say = _Progress(err)

@@ -48,6 +48,7 @@ from typing import IO, Any, Callable, Mapping
 
 import click
 
+import topics
 from connector.config import ENV_PREFIX, ConfigError, Secret, Settings, load, redacted
 from connector.policy import handoff_policy, longest_schedule_s
 
@@ -312,7 +313,7 @@ def _err(exc: BaseException) -> str:
 async def check_kafka(settings: Settings, timeout: float) -> list[CheckRow]:
     """Reach the brokers (bootstrap + metadata) and check the topics of the contract
     (``kafka.check_topics``), all within ``timeout``."""
-    from connector.kafka import check_topics
+    from connector.kafka import access_problem, check_topics
 
     k = settings.kafka
     where = k.bootstrap_servers
@@ -324,10 +325,19 @@ async def check_kafka(settings: Settings, timeout: float) -> list[CheckRow]:
         return [CheckRow("kafka", "broker", Status.FAIL,
                          f"broker unreachable at {where}: no answer within {timeout:g}s. Fix: {fix}")]
     except Exception as exc:  # noqa: BLE001 - connection, SASL, TLS, authorization: report, never a traceback
+        refused = await access_problem(k, timeout)   # the clients only say "unable to bootstrap": why?
+        if refused is not None:
+            return [CheckRow("kafka", "broker", Status.FAIL, str(refused))]
         return [CheckRow("kafka", "broker", Status.FAIL, f"broker unreachable at {where}: {_err(exc)}. Fix: {fix}")]
     rows = [CheckRow("kafka", "broker", Status.OK, f"reachable at {where} (metadata answered)")]
     bad = [s for s in states if not s.ok]
     for s in bad:
+        if not s.authorized:
+            rows.append(CheckRow("topics", s.name, Status.FAIL,
+                                 f"not authorized to Describe it (TOPIC_AUTHORIZATION_FAILED) as "
+                                 f"'{k.sasl_username or 'this client'}'. Fix: grant the connector's user the ACLs of the "
+                                 f"chart's KafkaUser on {s.name} (Describe, Read{', Write' if topics.spec(s.role).direction != 'input' else ''})"))
+            continue
         what = "missing" if not s.exists else f"{s.partitions} partitions, the contract says {s.expected_partitions}"
         rows.append(CheckRow("topics", s.name, Status.FAIL,
                              f"{what}. Fix: run `sms-connector topics apply` (or create it with at least "

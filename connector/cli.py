@@ -7,6 +7,7 @@ variable (generated from ``connector.config``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import uuid
 
@@ -74,7 +75,13 @@ def worker(config: str | None, roles: tuple[str, ...]) -> None:
     if "dispatch" in chosen and not settings.routes:
         raise click.ClickException("no routes configured: add a [routes.NAME] section "
                                    "(see `sms-connector worker --help`)")
-    _run(run_worker(settings, roles=frozenset(chosen)))
+    from connector.kafka import KafkaAccessError
+
+    try:
+        _run(run_worker(settings, roles=frozenset(chosen)))
+    except KafkaAccessError as exc:   # one line naming the setting to fix, no traceback, no retrying
+        logging.getLogger("connector.worker").error("cannot use Kafka: %s", exc)
+        sys.exit(2)
 
 
 def _format_epilog(self: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -120,7 +127,7 @@ def topics_check(config: str | None) -> None:
     states = asyncio.run(check_topics(settings.kafka))
     bad = 0
     for s in states:
-        status = "ok" if s.ok else ("missing" if not s.exists else f"{s.partitions} partitions < {s.expected_partitions}")
+        status = "ok" if s.ok else ("not authorized" if not s.authorized else "missing" if not s.exists else f"{s.partitions} partitions < {s.expected_partitions}")
         bad += not s.ok
         click.echo(f"{'ok' if s.ok else 'FAIL':4} {s.name:28} {status}")
     if bad:
@@ -169,26 +176,32 @@ def send(config: str | None, phone: str | None, device: str | None, text: str, c
 @click.option("--concurrency", type=int, default=None,
               help="Override every scenario's route concurrency (the raw ceiling uses the same).")
 @click.option("--keys", type=int, default=2000, show_default=True, help="Distinct recipients (Kafka keys).")
+@click.option("--broker", type=click.Choice(["tansu", "kafka"]), default="tansu", show_default=True,
+              help="The local broker of each scenario: tansu (embedded, no Java) or kafka (Apache Kafka, "
+                   "production client defaults; needs Java 17 and Maven, fetched once).")
 @click.option("--bootstrap-servers", default=None, help="Run against this Kafka cluster (topics must exist; "
-              "SMS_CONNECTOR_KAFKA__* for security) instead of the embedded broker.")
+              "SMS_CONNECTOR_KAFKA__* for security) instead of a local broker.")
 @click.option("--profile", "profile_dir", type=click.Path(file_okay=False), default=None,
               help="Profile the worker with py-spy into this directory; hotspots go into the JSON and notes.")
 @click.option("--json", "json_out", is_flag=True, help="One JSON object per scenario instead of the table.")
 def bench(scenarios: str, records: int, soak_records: int, baseline_records: int, concurrency: int | None,
-          keys: int, bootstrap_servers: str | None, profile_dir: str | None, json_out: bool) -> None:
+          keys: int, broker: str, bootstrap_servers: str | None, profile_dir: str | None, json_out: bool) -> None:
     """Measure one worker against the simulators: records/s, p50/p99 latency, peak RSS, with the
     raw ceiling (aiohttp alone) and a typical faust + httpx baseline from the same run.
 
     Progress goes to stderr; the table (or --json lines) to stdout."""
     from connector.bench import run_bench
+    from connector.embedded_broker import BrokerUnavailable
 
     names = [s.strip() for s in scenarios.split(",") if s.strip()]
     try:
-        asyncio.run(run_bench(names, records, json_out=json_out, bootstrap_servers=bootstrap_servers,
+        asyncio.run(run_bench(names, records, json_out=json_out, bootstrap_servers=bootstrap_servers, broker=broker,
                               baseline_records=baseline_records, soak_records=soak_records,
                               concurrency=concurrency, keys=keys, profile_dir=profile_dir))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()

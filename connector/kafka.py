@@ -15,7 +15,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (AuthenticationFailedError, IllegalSaslStateError, KafkaError,
+                             SaslAuthenticationFailed, TopicAlreadyExistsError, TopicAuthorizationFailedError,
+                             UnknownTopicOrPartitionError, UnsupportedSaslMechanismError)
 
 import topics
 from connector.config import KafkaSettings
@@ -91,10 +93,11 @@ class TopicState:
     exists: bool
     partitions: int | None
     expected_partitions: int
+    authorized: bool = True        # False: the broker refused to describe it (TOPIC_AUTHORIZATION_FAILED)
 
     @property
     def ok(self) -> bool:
-        return self.exists and self.partitions is not None and self.partitions >= self.expected_partitions
+        return self.authorized and self.exists and self.partitions is not None and self.partitions >= self.expected_partitions
 
 
 async def apply_topics(k: KafkaSettings, partitions: int | None = None) -> list[tuple[str, str]]:
@@ -125,17 +128,110 @@ async def apply_topics(k: KafkaSettings, partitions: int | None = None) -> list[
 
 
 async def check_topics(k: KafkaSettings) -> list[TopicState]:
+    """Each topic of the contract as the brokers describe it to this client: existing, with how
+    many partitions, or not authorized (a missing Describe ACL). Never creates a topic, even on a
+    broker with auto.create.topics.enable."""
+    from aiokafka.protocol.metadata import MetadataRequest
+
     admin = AIOKafkaAdminClient(**client_options(k))
     await admin.start()
     try:
         names = [s.name for s in topics.specs().values()]
-        existing = set(await admin.list_topics())
-        described = {t["topic"]: t for t in await admin.describe_topics([n for n in names if n in existing])}
+        response = await admin._send_request(MetadataRequest(names, allow_auto_topic_creation=False))  # noqa: SLF001
+        described = {t["topic"]: t for t in response.to_object()["topics"]}
         states = []
         for spec in topics.specs().values():
-            d = described.get(spec.name)
-            parts = len(d["partitions"]) if d and d.get("partitions") is not None else None
-            states.append(TopicState(spec.role, spec.name, spec.name in existing, parts, spec.partitions))
+            d = described.get(spec.name) or {"error_code": UnknownTopicOrPartitionError.errno}
+            found = d["error_code"] == 0
+            parts = len(d["partitions"]) if found and d.get("partitions") is not None else None
+            states.append(TopicState(spec.role, spec.name, found, parts, spec.partitions,
+                                     authorized=d["error_code"] != TopicAuthorizationFailedError.errno))
         return states
+    finally:
+        await admin.close()
+
+
+async def wait_for_leaders(k: KafkaSettings, timeout: float = 60.0) -> None:
+    """Wait until every partition of every topic of the contract has a leader in the metadata a
+    client gets (CreateTopics answers before every broker has caught up)."""
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    names = [s.name for s in topics.specs().values()]
+    admin = AIOKafkaAdminClient(**client_options(k))
+    await admin.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            response = await admin._send_request(MetadataRequest(names, allow_auto_topic_creation=False))  # noqa: SLF001
+            found = response.to_object()["topics"]
+            if len(found) == len(names) and all(t["error_code"] == 0 and t["partitions"] and
+                                                all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])
+                                                for t in found):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"topics without a leader after {timeout:.0f}s")
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
+class KafkaAccessError(RuntimeError):
+    """The brokers refuse this client for a reason a setting fixes (SASL credentials, TLS trust).
+    The message is one line that names the setting."""
+
+
+async def access_problem(k: KafkaSettings, timeout: float = 10.0) -> KafkaAccessError | None:
+    """Connect to the first bootstrap server as the clients do and say why it is refused: a TLS
+    certificate not trusted, a TLS handshake failing, SASL credentials or mechanism rejected.
+    None when the connection works, or fails for another reason (unreachable, timeout): the
+    clients' own errors and retries handle those."""
+    from aiokafka.conn import create_conn
+
+    host, _, port = k.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    opts = client_options(k)
+    where = f"{host}:{port}"
+    try:
+        conn = await asyncio.wait_for(create_conn(
+            host, int(port), ssl_context=opts.get("ssl_context"), security_protocol=k.security_protocol,
+            sasl_mechanism=opts.get("sasl_mechanism"), sasl_plain_username=opts.get("sasl_plain_username"),
+            sasl_plain_password=opts.get("sasl_plain_password"), request_timeout_ms=int(timeout * 1000)), timeout)
+    except ssl.SSLCertVerificationError as exc:
+        return KafkaAccessError(
+            f"the TLS certificate of the broker at {where} is not trusted ({exc.verify_message}). Fix: set "
+            f"kafka.ssl_cafile to the CA that signed the brokers' certificates"
+            f"{' (now ' + k.ssl_cafile + ')' if k.ssl_cafile else ' (now empty: the system CAs)'}")
+    except ssl.SSLError as exc:
+        return KafkaAccessError(f"TLS handshake with the broker at {where} failed ({exc.reason or exc}). Fix: check "
+                                f"kafka.security_protocol ({k.security_protocol}) matches the listener, and kafka.ssl_*")
+    except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
+        return KafkaAccessError(
+            f"SASL authentication as '{k.sasl_username}' ({k.sasl_mechanism}) failed at {where}. Fix: check "
+            f"kafka.sasl_password (and kafka.sasl_username, kafka.sasl_mechanism)"
+            + (f": {exc.args[0]}" if exc.args and "invalid credentials" not in str(exc.args[0]) else ""))
+    except (UnsupportedSaslMechanismError, IllegalSaslStateError):
+        return KafkaAccessError(f"the broker at {where} does not accept SASL mechanism {k.sasl_mechanism}. Fix: set "
+                                f"kafka.sasl_mechanism to one its listener enables")
+    except (OSError, asyncio.TimeoutError, KafkaError):
+        return None
+    conn.close()
+    return None
+
+
+async def delete_topics(k: KafkaSettings, timeout: float = 60.0) -> list[str]:
+    """Delete every topic but Kafka's own (``__*``) and wait until the cluster no longer lists them.
+
+    The tests share one broker per run: each test starts from an empty contract this way."""
+    admin = AIOKafkaAdminClient(**client_options(k))
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if not t.startswith("__")]
+        if names:
+            await admin.delete_topics(names)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while set(names) & set(await admin.list_topics()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"topics not deleted within {timeout:.0f}s: {sorted(names)}")
+            await asyncio.sleep(0.05)
+        return names
     finally:
         await admin.close()

@@ -26,6 +26,11 @@ PROVIDER_REQUEST = Histogram(
     "sms_provider_request_duration_seconds", "Duration of provider HTTP calls, by outcome.",
     ["provider", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+MESSAGES_IN_CALLS = Gauge("sms_provider_messages_in_calls", "Messages inside provider send calls right now (a crash "
+                          "or a freeze leaves at most these in doubt).", ["route"])
+UNRECORDED = Gauge("sms_outbound_unrecorded", "Messages whose provider call has returned and whose outcome is not yet "
+                   "durable (terminal record and ledger entry): with sms_provider_messages_in_calls, what a crash or "
+                   "a freeze now would leave in doubt.")
 PROVIDER_RETRIES = Counter("sms_provider_retries_total", "Provider calls retried, by reason.",
                            ["route", "provider", "reason"])
 PROVIDER_LOGINS = Counter("sms_provider_logins_total", "Provider logins / session refreshes, by outcome.",
@@ -46,6 +51,13 @@ HANDED_OFF = Counter("sms_outbound_retry_handoffs_total", "Messages handed off t
                      "in-place retries, by the error's reason.", ["route", "reason"])
 RETRY_WAITING = Gauge("sms_outbound_retry_waiting", "Retry-topic records held by this worker until their due time.")
 PARTITIONS_ASSIGNED = Gauge("sms_kafka_partitions_assigned", "Input partitions assigned to this worker.")
+OWNERSHIP_LOST = Counter("sms_kafka_ownership_lost_total", "Times this worker found it may have lost its partitions "
+                         "(expelled from the group, generation reset, or a session timeout without a successful "
+                         "heartbeat): it stopped sending and rejoined.")
+OWNERSHIP_WAITS = Counter("sms_kafka_ownership_waits_total", "Provider calls held because no heartbeat had succeeded "
+                          "for most of a session timeout (they go ahead once one does).")
+ABANDONED = Counter("sms_outbound_abandoned_total", "Records taken but dropped unsent and uncommitted because this worker "
+                    "may no longer own their partition (the new owner sends them).")
 COMMITS = Counter("sms_kafka_commits_total", "Offset commits, by outcome.", ["outcome"])
 PRODUCE_ERRORS = Counter("sms_kafka_produce_errors_total",
                          "Failed produce attempts of result records (retried until they succeed).", ["topic"])
@@ -54,6 +66,9 @@ PRODUCE_ERRORS = Counter("sms_kafka_produce_errors_total",
 CALLBACKS = Counter("sms_callbacks_received_total", "Provider callbacks received, by kind and outcome "
                     "(ok, duplicate, unauthorized, invalid, too_large, error).", ["provider", "kind", "outcome"])
 MO_RECEIVED = Counter("sms_mo_received_total", "Mobile-originated messages published to sms.inbound.", ["provider"])
+MO_PAGES_AT_RISK = Counter("sms_mo_pages_at_risk_total", "MO pages that may have been acknowledged to the provider "
+                           "unseen (ThingSpace's open window): a poll without a token whose answer was lost "
+                           "(reason no-answer) or in flight at a crash (reason crash).", ["provider", "reason"])
 MO_POLLED = Counter("sms_mo_polled_total", "MO messages fetched by pollers (before de-duplication).", ["provider"])
 CORRELATION = Counter("sms_correlation_total", "Delivery receipts by correlation outcome (matched, unmatched, "
                       "duplicate).", ["provider", "outcome"])

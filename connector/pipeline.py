@@ -121,6 +121,7 @@ class Pipeline:
                 # Only an at-most-once route needs the intent: under ``resend`` a message with an
                 # intent and one without are both sent again on replay, so writing it (a produce
                 # awaited before every call) would change nothing.
+                await sender.await_gate()   # a worker that lost the partition leaves no intent behind
                 await ledger.intent(cid, o.route)
                 has_intent = True
         budget = self.handoff.max_attempts - earlier if self.handoff is not None else None

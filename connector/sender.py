@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from connector import metrics
 from connector.breaker import CircuitBreaker, CircuitOpen, classify_call
@@ -34,6 +34,7 @@ from connector.http import HttpRequest, HttpResponse
 from connector.providers.base import Prepared, Provider, SendResult
 from connector.ratelimit import RouteLimiter
 from connector.records import Accepted
+from connector.streams.membership import OwnershipLost
 from connector.transport import HttpTransport
 
 LOGIN_COOL_DOWN_S = 60.0
@@ -71,11 +72,17 @@ class RouteSender:
         self._login_lock = asyncio.Lock()
         self._login_blocked_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Awaited right before each send call (after its rate-limit and concurrency wait): the
+        # dispatcher's membership check, which raises OwnershipLost when the worker may no longer
+        # own the partitions the messages came from (connector.streams.membership).
+        self.gate: Callable[[], Awaitable[None]] | None = None
+        self.in_calls = 0      # messages inside send calls now
         labels = (self.route, provider.name)
         self._m_accepted = metrics.ACCEPTED.labels(*labels)
         self._m_segments = metrics.SEGMENTS.labels(*labels)
         self._m_rate_waited = metrics.RATE_LIMITED_SECONDS.labels(self.route)
         self._m_circuit_waited = metrics.CIRCUIT_WAIT_SECONDS.labels(self.route)
+        self._m_in_call = metrics.MESSAGES_IN_CALLS.labels(self.route)
         metrics.ROUTE_RATE_LIMIT.labels(self.route).set_function(lambda: self.limiter.rate or 0.0)
         metrics.CIRCUIT_STATE.labels(self.route).set_function(lambda: self.breaker.state_code)
 
@@ -94,6 +101,8 @@ class RouteSender:
                 self._m_circuit_waited.inc(await self.breaker.wait_until_allowed())
             attempt += 1
             started = time.time()
+            if self._batch_max > 1:
+                await self.await_gate()    # this message's own check (the batch's call checks again)
             result = await (self._send_one(p) if self._batch_max == 1 else self._submit(p))
             if isinstance(result, Accepted):
                 self._m_accepted.inc()
@@ -104,6 +113,11 @@ class RouteSender:
                 return SendOutcome(result, attempt, started)
             metrics.PROVIDER_RETRIES.labels(self.route, self.provider.name, result.reason).inc()
             await asyncio.sleep(action.after_s)
+
+    async def await_gate(self) -> None:
+        """Return when a send may start now; raise ``OwnershipLost`` when it must not (``gate``)."""
+        if self.gate is not None:
+            await self.gate()
 
     async def call(self, build: Callable[[], HttpRequest], parse: Callable[[HttpResponse], T]) -> T:
         """One provider operation other than a send (MO history, opt-out list, status poll...),
@@ -164,7 +178,13 @@ class RouteSender:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, batch: list[tuple[Prepared, asyncio.Future[SendResult]]]) -> None:
-        results = await self._send_batch([p for p, _ in batch])
+        try:
+            results = await self._send_batch([p for p, _ in batch])
+        except OwnershipLost as exc:      # each waiting message's task gets it: they are all dropped
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
         for (_, fut), result in zip(batch, results):
             if not fut.done():
                 fut.set_result(result)
@@ -179,7 +199,14 @@ class RouteSender:
             async with self.limiter.slot(sum(p.segments for p in prepared)) as waited:
                 if waited:
                     self._m_rate_waited.inc(waited)
-                results = await self._call(prepared)
+                await self.await_gate()
+                self._m_in_call.inc(len(prepared))
+                self.in_calls += len(prepared)
+                try:
+                    results = await self._call(prepared)
+                finally:
+                    self._m_in_call.dec(len(prepared))
+                    self.in_calls -= len(prepared)
         except Exception as exc:  # noqa: BLE001 - a bug must still end each message
             results = [ProviderError(f"internal error while sending: {type(exc).__name__}: {exc}")] * len(prepared)
         except BaseException:

@@ -28,6 +28,7 @@ import topics
 from connector.config import KafkaSettings
 from connector.demo import DEMO_HEADER
 from connector.embedded_broker import EmbeddedBroker, free_port
+from connector.kafka_broker import KafkaCluster
 from connector.kafka import apply_topics, client_options, topic_partitions
 from connector.simulators import SIMULATORS
 
@@ -90,13 +91,31 @@ async def wait_http(url: str, timeout: float = 30.0, proc: asyncio.subprocess.Pr
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def worker_env(bootstrap: str, sims: Mapping[str, str], http_port: int,
+def kafka_env(k: KafkaSettings) -> dict[str, str]:
+    """The SMS_CONNECTOR_KAFKA__* environment that gives a child process these client settings."""
+    env = {"SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+           "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": str(k.idempotent_producer).lower(),
+           "SMS_CONNECTOR_KAFKA__GROUP_ID": k.group_id,
+           "SMS_CONNECTOR_KAFKA__REPLICATION_FACTOR": str(k.replication_factor),
+           "SMS_CONNECTOR_KAFKA__SECURITY_PROTOCOL": k.security_protocol}
+    if k.security_protocol.startswith("SASL_"):
+        env.update({"SMS_CONNECTOR_KAFKA__SASL_MECHANISM": k.sasl_mechanism,
+                    "SMS_CONNECTOR_KAFKA__SASL_USERNAME": k.sasl_username,
+                    "SMS_CONNECTOR_KAFKA__SASL_PASSWORD": k.sasl_password.value if k.sasl_password else ""})
+    if k.ssl_cafile:
+        env["SMS_CONNECTOR_KAFKA__SSL_CAFILE"] = k.ssl_cafile
+    return env
+
+
+def worker_env(kafka: str | KafkaSettings, sims: Mapping[str, str], http_port: int,
                routes: Mapping[str, Mapping[str, str]] | None = None,
                default_route: str = LOCAL_DEFAULT_ROUTE) -> dict[str, str]:
-    """Environment that configures a worker for the local stack."""
+    """Environment that configures a worker for the local stack (a bootstrap address alone means
+    the embedded broker, which lacks the idempotent producer)."""
+    if isinstance(kafka, str):
+        kafka = KafkaSettings(bootstrap_servers=kafka, idempotent_producer=False, replication_factor=1)
     env = {
-        "SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": "false",   # the embedded broker lacks it
+        **kafka_env(kafka),
         "SMS_CONNECTOR_KAFKA__SESSION_TIMEOUT_S": "10",
         "SMS_CONNECTOR_HTTP__HOST": "127.0.0.1",
         "SMS_CONNECTOR_HTTP__PORT": str(http_port),
@@ -121,22 +140,27 @@ def worker_env(bootstrap: str, sims: Mapping[str, str], http_port: int,
 @dataclass
 class LocalStack:
     logdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sms-connector-")))
-    broker: EmbeddedBroker | None = None
+    broker: EmbeddedBroker | KafkaCluster | None = None
+    owns_broker: bool = True          # False: a broker shared by many stacks (the test session's)
+    group_id: str = KafkaSettings.group_id
     simulators: dict[str, Process] = field(default_factory=dict)
     workers: list[Process] = field(default_factory=list)
 
     @property
     def kafka(self) -> KafkaSettings:
         assert self.broker is not None
+        if isinstance(self.broker, KafkaCluster):
+            return self.broker.settings(group_id=self.group_id)
         return KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers, idempotent_producer=False,
-                             replication_factor=1)
+                             replication_factor=1, group_id=self.group_id)
 
     @property
     def sim_urls(self) -> dict[str, str]:
         return {name: p.url for name, p in self.simulators.items()}
 
     async def start_broker(self, partitions: int | None = None) -> None:
-        self.broker = EmbeddedBroker(log_path=self.logdir / "broker.log").start()
+        if self.broker is None:
+            self.broker = EmbeddedBroker(log_path=self.logdir / "broker.log").start()
         await apply_topics(self.kafka, partitions)
 
     async def spawn(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> tuple[asyncio.subprocess.Process, Path]:
@@ -171,7 +195,7 @@ class LocalStack:
                            roles: tuple[str, ...] = ("dispatch",)) -> Process:
         assert self.broker is not None
         http_port = http_port or free_port()
-        full_env = {**worker_env(self.broker.bootstrap_servers, self.sim_urls, http_port, routes), **(env or {})}
+        full_env = {**worker_env(self.kafka, self.sim_urls, http_port, routes), **(env or {})}
         role_args = [arg for role in roles for arg in ("--role", role)]
         proc, log = await self.spawn(f"worker-{len(self.workers)}", "worker", *role_args, env=full_env)
         w = Process(f"worker {len(self.workers)}", proc, f"http://127.0.0.1:{http_port}", log)
@@ -184,7 +208,7 @@ class LocalStack:
             await w.stop()
         for s in self.simulators.values():
             await s.stop(5)
-        if self.broker is not None:
+        if self.broker is not None and self.owns_broker:
             self.broker.stop()
 
 

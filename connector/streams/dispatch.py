@@ -30,11 +30,17 @@ in-flight events; an agent acks an event when it asks for the next one). Here:
 - **Rebalance / shutdown:** revoked partitions take no new records and let every record already
   taken finish (up to ``dispatch.shutdown_timeout_s``), then commit: nothing is replayed.
   Retry records still waiting for their due time are not waited for: the next owner re-reads them.
+- **Lost membership** (``streams.membership``): every provider call first asks whether the worker
+  may still own its partitions. When it may not (expelled, generation reset, a session without
+  a successful heartbeat: a frozen worker waking up), nothing more starts: records taken but not
+  sent are abandoned uncommitted for the new owner, the revocation that follows waits only for
+  calls already in progress (no drain, no commit), and the worker rejoins with a new member id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import logging
 import time
@@ -56,10 +62,14 @@ from connector.policy import handoff_policy
 from connector.records import iso
 from connector.streams.batcher import Batcher
 from connector.streams.ledger import Ledger, PartitionLedger
+from connector.streams.membership import Membership, OwnershipLost
 from connector.routing import Router
 from connector.sender import RouteSender
 
 log = logging.getLogger("sms_connector.dispatch")
+
+# the assignment (PartitionProgress) a chain task works for: its provider calls check it
+_OWNER: contextvars.ContextVar[PartitionProgress | None] = contextvars.ContextVar("sms_dispatch_owner", default=None)
 
 Headers = list[tuple[str, bytes]]
 
@@ -82,7 +92,9 @@ class Dispatcher:
         self._capacity.set()
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._active: dict[TopicPartition, int] = {}     # records of a partition being processed
-        self._chains: dict[tuple[TopicPartition, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
+        # chains by (progress, key): a chain belongs to one assignment of its partition, so
+        # records of a later assignment never run in a chain left over from an earlier one
+        self._chains: dict[tuple[PartitionProgress, Any], deque[ConsumerRecord[bytes, bytes]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._partitions: dict[str, int] = {}
         # retry records held until due: (due, seq, tp, record) with a count per partition
@@ -95,6 +107,12 @@ class Dispatcher:
         self.ledger: Ledger | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        k = settings.kafka
+        self.heartbeat_interval_s = max(1.0, k.session_timeout_s / 5)
+        self.membership = Membership(k.session_timeout_s, self.heartbeat_interval_s)
+        self.membership.on_lost = self._on_lost
+        for sender in senders.values():
+            sender.gate = self._may_call
         self._batcher: Batcher | None = None
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
@@ -102,6 +120,8 @@ class Dispatcher:
             lambda: max((p.oldest_age() for tp, p in list(self._progress.items()) if tp.topic == self.topic_in),
                         default=0.0))
         metrics.RETRY_WAITING.set_function(lambda: len(self._waiting))
+        self._unrecorded = 0   # messages sent whose outcome is not durable yet (in doubt if the worker dies)
+        metrics.UNRECORDED.set_function(lambda: self._unrecorded)
 
     # -- health ------------------------------------------------------------------------------
     @property
@@ -128,7 +148,7 @@ class Dispatcher:
         self._consumer = AIOKafkaConsumer(
             **common, group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(k.session_timeout_s * 1000),
-            heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)),
+            heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
             request_timeout_ms=int(k.request_timeout_s * 1000) + int(k.session_timeout_s * 1000),
             max_poll_interval_ms=300_000, max_partition_fetch_bytes=1024 * 1024,
             fetch_max_wait_ms=k.fetch_max_wait_ms,
@@ -153,6 +173,7 @@ class Dispatcher:
         try:
             self._consumer.subscribe([self.topic_in, self.topic_retry], listener=_Listener(self))
             await self._consumer.start()
+            self.membership.attach(self._consumer)
             self.started.set()
             log.info("dispatch started", extra={"topic": self.topic_in, "group": k.group_id})
             commits = asyncio.create_task(self._commit_loop())
@@ -177,6 +198,7 @@ class Dispatcher:
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                self.membership.state()    # notices a lost session even when no call is waiting
                 room = self.max_in_flight - self.in_flight
                 if room <= 0:
                     self._capacity.clear()
@@ -192,7 +214,7 @@ class Dispatcher:
 
     def _take(self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         progress = self._progress.get(tp)
-        if progress is None or progress.closing or progress.revoked:
+        if progress is None or progress.closing or progress.revoked or self.membership.lost:
             return
         if tp.topic == self.topic_retry:
             self._hold(tp, progress, records)
@@ -205,7 +227,7 @@ class Dispatcher:
     def _start(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes]) -> None:
         """Run ``rec`` after the records of its key taken before it in the same topic-partition."""
         self.in_flight += 1
-        ck = (tp, rec.key if rec.key is not None else ("offset", rec.offset))
+        ck = (progress, rec.key if rec.key is not None else ("offset", rec.offset))
         chain = self._chains.get(ck)
         if chain is not None:
             chain.append(rec)
@@ -270,9 +292,10 @@ class Dispatcher:
         for tp in gone:
             self._waiting_by_tp.pop(tp, None)
 
-    async def _run_chain(self, ck: tuple[TopicPartition, Any], tp: TopicPartition, progress: PartitionProgress,
+    async def _run_chain(self, ck: tuple[PartitionProgress, Any], tp: TopicPartition, progress: PartitionProgress,
                          rec: ConsumerRecord[bytes, bytes]) -> None:
         chain = self._chains[ck]
+        _OWNER.set(progress)     # this task's provider calls are for this assignment of tp (see _may_call)
         while True:
             if not progress.revoked and not self._abandon:
                 self._active[tp] = self._active.get(tp, 0) + 1
@@ -281,13 +304,28 @@ class Dispatcher:
                     if self.ledger is not None:   # loaded: no await (the common case)
                         ledger = self.ledger.partitions.get(tp.partition) or await self.ledger.ready(tp.partition)
                     if not progress.revoked and (self.ledger is None or ledger is not None):
-                        terminal = await self._handle(tp, rec, ledger)
-                        await self._produce(rec, terminal)
-                        if terminal.ledger_cid is not None and ledger is not None:
-                            await self._record_done(ledger, terminal)
-                        progress.finish(rec.offset)
+                        try:
+                            terminal: Terminal | None = await self._handle(tp, rec, ledger)
+                        except OwnershipLost:
+                            # not sent, not finished, not committed: the partition's next owner
+                            # sends it (and the rest of this chain)
+                            terminal = None
+                            progress.revoked = True
+                            metrics.ABANDONED.inc()
+                        if terminal is not None:
+                            called = terminal.ledger_cid is not None   # a provider call was made
+                            self._unrecorded += called
+                            try:
+                                await self._produce(rec, terminal)
+                                if terminal.ledger_cid is not None and ledger is not None:
+                                    await self._record_done(ledger, terminal)
+                            finally:
+                                self._unrecorded -= called
+                            progress.finish(rec.offset)
                 finally:
                     self._active[tp] -= 1
+            elif progress.revoked and self.membership.lost_reason is not None:
+                metrics.ABANDONED.inc()
             self.in_flight -= 1
             if not self._capacity.is_set() and self.in_flight < self.max_in_flight:
                 self._capacity.set()
@@ -404,8 +442,8 @@ class Dispatcher:
                 last_prune = time.monotonic()
 
     async def _commit(self, only: Sequence[TopicPartition] | None = None) -> None:
-        if self._consumer is None:
-            return
+        if self._consumer is None or self.membership.lost_reason is not None:
+            return   # an expelled member's commit is refused (or, on a lax broker, stale)
         offsets: dict[TopicPartition, int] = {}
         for tp in (only if only is not None else list(self._progress)):
             progress = self._progress.get(tp)
@@ -437,6 +475,8 @@ class Dispatcher:
         def busy() -> bool:   # held retry records are not waited for (not due; re-read by the next owner)
             if only is None:
                 return self.in_flight > 0
+            if self.membership.lost_reason is not None:
+                return self._calls_in_progress() > 0      # given up: calls in progress only
             return any(self._progress[tp].in_flight > self._waiting_by_tp.get(tp, 0)
                        for tp in only if tp in self._progress)
 
@@ -452,14 +492,53 @@ class Dispatcher:
                     if tp in self._progress:
                         self._progress[tp].revoked = True
 
+    # -- ownership ---------------------------------------------------------------------------
+    async def _may_call(self) -> None:
+        """The senders' gate, awaited right before each provider call: raises OwnershipLost when
+        the record's assignment was given up (revoked, or the worker's membership lost), waits
+        while a heartbeat is late."""
+        owner = _OWNER.get()
+        if owner is not None and owner.revoked:
+            raise OwnershipLost("the record's partition was given up")
+        await self.membership.check()
+        if owner is not None and owner.revoked:
+            raise OwnershipLost("the record's partition was given up")
+
+    def _calls_in_progress(self) -> int:
+        return sum(s.in_calls for s in self.pipeline.senders.values())
+
+    def _on_lost(self, reason: str) -> None:
+        """The worker may no longer own its partitions (``Membership``): start nothing more.
+        Records taken but not started are dropped uncommitted, for the new owner; calls in
+        progress finish (in doubt, as after a crash); retry records held are forgotten."""
+        for progress in self._progress.values():
+            progress.revoked = True
+        self._forget_waiting(list(self._progress))
+        log.warning("partitions given up: records not yet sent are left to their next owner",
+                    extra={"in_flight": self.in_flight, "reason": reason})
+
+    async def _settle_lost(self, timeout: float) -> None:
+        """After a loss: wait only for the provider calls already in progress (they record their
+        outcome), not for records waiting before their call (an open circuit, a backoff, the
+        rate limit): those are refused by the gate when they get there."""
+        deadline = time.monotonic() + timeout
+        while self._calls_in_progress() > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         mine = [tp for tp in revoked if tp in self._progress]
+        lost = self.membership.lost_reason is not None
         for tp in mine:
             self._progress[tp].closing = True
+            if lost:
+                self._progress[tp].revoked = True
         self._forget_waiting(mine)
-        if mine:
+        if mine and lost:
+            await self._settle_lost(self.settings.dispatch.shutdown_timeout_s)
+        elif mine:
             await self._drain(self.settings.dispatch.shutdown_timeout_s, mine)
-            await self._commit(mine)
+            if self.membership.lost_reason is None:
+                await self._commit(mine)
         for tp in mine:
             progress = self._progress.pop(tp, None)
             if progress is not None:
@@ -468,10 +547,17 @@ class Dispatcher:
             for partition in {tp.partition for tp in mine} - {tp.partition for tp in self._progress}:
                 self.ledger.revoke(partition)
         metrics.PARTITIONS_ASSIGNED.set(self.assigned)
+        if not any(tp.topic == self.topic_in for tp in self._progress):
+            self.membership.revoked()
         if mine:
-            log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine)})
+            log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in mine
+                                                                       if tp.topic == self.topic_in),
+                                                  "given_up": lost})
 
     def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        if self._consumer is not None:
+            self.membership.attach(self._consumer)
+        self.membership.assigned()
         for tp in assigned:
             if tp not in self._progress:
                 self._progress[tp] = PartitionProgress()

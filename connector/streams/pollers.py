@@ -22,10 +22,19 @@ point leaves a state from which a restart converges to "every key once" in ``sms
    (``seen_window``, default 500), the intent cleared. Only then is the next page requested
    (for ThingSpace: with the token, which acknowledges the block).
 
+Nothing new is asked of the provider while a fetched block is not durable: if the intent (or,
+with nothing new in the block, the commit) cannot be written, the block stays in memory
+(``MoPoller.fetched``) and ``settle`` writes it again before any request, however long the
+broker is away; the end offsets the intent needs are taken *before* the request, so the intent
+follows the provider's answer with no other round trip.
+
 A poller that starts (or recovers from a failed publish) with an intent in its state does not
 guess: it reads ``sms.inbound`` from the intent's offsets to the current end and collects the
 intent's keys already there (the crash came after their produce), publishes the others from the
-intent itself, then commits. Reading from offsets taken *before* the first produce is complete
+intent itself, and writes again the opt-out change of every keyword MO it found already
+published (a crash between an MO's record and its opt-out record must not lose the STOP;
+rewriting a change is harmless, and one sender's changes are rewritten in their order), then
+commits. Reading from offsets taken *before* the first produce is complete
 whatever the broker batched; stopping once each partition's position reaches its end offset is
 exact on Kafka and also on Tansu, whose ListOffsets answer for multi-record batches is the base
 offset of the last batch + 1 (too low, never too high) and a fetch returns whole batches. The
@@ -44,9 +53,14 @@ to send next is part of the committed state, so after a restart the first reques
 if it was already used, the provider answers the current block again (the simulator's rule for a
 retried request) and the dedupe window drops what was published; a refused token (400) is
 dropped and the poll repeated without one. The one window the API leaves open: a last page
-fetched by a request *without* a token, then a crash before its intent is saved (milliseconds),
-then a restart whose poll acknowledges it unseen. PROVIDERS.md assumes the real service may send
-it again; nothing on our side can close that window.
+(200, no token) answered to a request *without* a token exists only in this process until its
+intent is durable (one produce round trip); if the process dies in between, or the answer is
+lost (a timeout, a connection broken after the request was sent), the next token-less poll
+acknowledges the page unseen and nothing can fetch it again. It is detected, never silent: a
+durable ``polling`` marker is written before every token-less request and cleared by the
+block's intent or commit; a restart that finds it, or a token-less request whose answer may be
+lost, counts ``sms_mo_pages_at_risk_total`` and logs "MO page may be acknowledged unseen" (a
+conservative signal: the answer may as well have been a 202 block, served again, or empty).
 
 Ogangi specifics (PROVIDERS.md §4): ``getMOMessages`` is a list, not a queue: messages stay, new
 ones appear. It is read with ``ORDER=ASC`` (oldest first, ``page`` from 1), where new messages
@@ -61,8 +75,8 @@ Both: an MO whose text is an opt-out or opt-in keyword alone (``inbound.optout_*
 marked ``optout`` and ``publish_mo`` updates ``sms.optout`` when the sender is a phone number
 (Ogangi; a ``from`` that is not 7-15 digits is kept as given and never opts out). ThingSpace
 senders are devices (``<kind>:<id>``, so a reply is routed to the device): the record says
-``optout`` but the opt-out table, keyed by phone number, is left alone. ``keyword`` is the provider's keyword
-(Ogangi) or the first word, upper-cased.
+``optout`` but the opt-out table, keyed by phone number, is left alone. ``keyword`` is the first word, upper-cased
+(Ogangi's own ``keyword`` field is a matching rule such as ``^STOP.*``; it stays in ``raw``).
 """
 
 from __future__ import annotations
@@ -73,7 +87,7 @@ import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, ClassVar, Container, Iterable, Mapping, Sequence
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -81,7 +95,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import topics
 from connector import metrics, numbers
 from connector.config import KafkaSettings, Settings
-from connector.errors import Rejected, Throttled
+from connector.errors import ProviderError, Rejected, Retriable, Throttled, Timeout
 from connector.inbound import InboundSms, Keywords, first_word, stable_id
 from connector.kafka import client_options, topic_partitions
 from connector.policy import RetryPolicy, backoff
@@ -121,7 +135,9 @@ def thingspace_inbound(m: ts.MoMessage, keywords: Keywords, now: float) -> Inbou
 
 def ogangi_inbound(m: og.MoMessage, keywords: Keywords, now: float) -> InboundSms:
     """The ``InboundSms`` of one Ogangi MO (``from`` is the user's number, ``to`` the short code).
-    A sender that is not a number is kept as given and never opts out (the table is by number)."""
+    A sender that is not a number is kept as given and never opts out (the table is by number).
+    ``keyword`` is the text's first word: Ogangi's own ``keyword`` field is the rule that matched
+    (seed 004: ``^OGANGI.*``), not a keyword; it stays in ``raw``."""
     text = m.text or ""
     phone = numbers.from_provider(m.sender, "digits")
     raw = {"text": m.text, "from": m.sender, "to": m.to, "encoding": m.encoding, "keyword": m.keyword,
@@ -129,7 +145,7 @@ def ogangi_inbound(m: og.MoMessage, keywords: Keywords, now: float) -> InboundSm
     return InboundSms(provider="ogangi", sender=Recipient(phone=phone or (m.sender or "").strip()), text=text,
                       received_at=now, raw=orjson.dumps(raw).decode(),
                       dedupe_key=stable_id(m.sender, m.to, m.send_date, m.text), to=m.to,
-                      keyword=m.keyword or first_word(text), occurred_at=m.send_date,
+                      keyword=first_word(text), occurred_at=m.send_date,
                       optout=keywords.classify(text) if phone else None)
 
 
@@ -253,10 +269,14 @@ class MoState:
     position: dict[str, Any] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
     intent: Intent | None = None
+    polling: float | None = None      # a token-less ThingSpace poll was sent at this time, answer not yet safe
 
     def as_json(self) -> dict[str, Any]:
-        return {"v": STATE_VERSION, "position": self.position, "seen": self.seen,
-                "intent": self.intent.as_json() if self.intent else None, "updated_at": time.time()}
+        d = {"v": STATE_VERSION, "position": self.position, "seen": self.seen,
+             "intent": self.intent.as_json() if self.intent else None, "updated_at": time.time()}
+        if self.polling is not None:
+            d["polling"] = self.polling
+        return d
 
     @classmethod
     def from_json(cls, d: Any) -> MoState:
@@ -265,7 +285,8 @@ class MoState:
             raise ValueError(f"not a version {STATE_VERSION} poller state")
         try:
             intent = Intent.from_json(d["intent"]) if d.get("intent") else None
-            return cls(dict(d.get("position") or {}), [str(k) for k in d.get("seen") or ()], intent)
+            polling = float(d["polling"]) if d.get("polling") is not None else None
+            return cls(dict(d.get("position") or {}), [str(k) for k in d.get("seen") or ()], intent, polling)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"unreadable poller state: {type(exc).__name__}: {exc}") from None
 
@@ -421,9 +442,36 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
+@dataclass
+class Fetched:
+    """A block as fetched: its records, the position to move to once they are out, and the end
+    offsets of ``sms.inbound`` taken before the request (so the intent needs no other round trip)."""
+
+    records: list[InboundSms]
+    after: dict[str, Any]
+    offsets: dict[int, int] | None = None
+
+
+def answer_may_be_lost(exc: BaseException) -> bool:
+    """Whether a failed request may still have been served by the provider: no answer in time,
+    or the connection broke after it was sent (never a refused connection or an HTTP answer)."""
+    if isinstance(exc, Timeout):
+        return True
+    text = str(exc)
+    return isinstance(exc, Retriable) and any(s in text for s in _BROKEN_AFTER_SEND)
+
+
+_BROKEN_AFTER_SEND = ("ServerDisconnected", "ClientOSError", "ClientPayloadError", "Connection reset")
+
+
 class MoPoller:
     """One provider's MO source: ``poll_once`` fetches and hands blocks to ``deliver``, which
-    runs the intent / publish / commit steps; ``recover`` finishes an interrupted block."""
+    runs the intent / publish / commit steps; ``recover`` finishes an interrupted block.
+
+    Invariant: no new request goes to the provider while a fetched block is not durable (its
+    intent or its commit saved): ``settle`` finishes it first, however long the broker is away.
+    ``on_step`` (tests only) is awaited at each step: fetched, acknowledged, intent, published,
+    committed."""
 
     provider: ClassVar[str]
 
@@ -441,8 +489,11 @@ class MoPoller:
         self.position: dict[str, Any] = {}
         self.seen = SeenKeys(seen_window)
         self.intent: Intent | None = None
+        self.polling: float | None = None     # durable marker: a token-less poll's answer is not yet safe
+        self.fetched: Fetched | None = None   # a block fetched whose intent / commit is not durable yet
         self.failing: str | None = None       # the current error, for one log line per change
         self.published = 0
+        self.on_step: Callable[[str], Awaitable[None]] | None = None
         self._m_polled = metrics.MO_POLLED.labels(self.provider)
 
     # -- state ----------------------------------------------------------------------------------
@@ -455,11 +506,30 @@ class MoPoller:
         except ValueError as exc:
             log.error("poller state unreadable; starting from scratch", extra={"poller": self.name, "error": str(exc)})
             return
-        self.position, self.intent = st.position, st.intent
+        self.position, self.intent, self.polling = st.position, st.intent, st.polling
         self.seen = SeenKeys(self.seen.capacity, st.seen)
+        if st.polling is not None and st.intent is None:
+            self.at_risk("crash", "the poller stopped while a poll without a token was in flight")
 
-    async def save(self) -> None:
-        await self.state.save(self.name, MoState(self.position, self.seen.to_list(), self.intent).as_json())
+    def at_risk(self, reason: str, what: str) -> None:
+        """The provider's open window (ThingSpace, PROVIDERS.md §1): a last page (200, no token)
+        served to a token-less poll whose answer we never kept is acknowledged by our next poll."""
+        metrics.MO_PAGES_AT_RISK.labels(self.provider, reason).inc()
+        log.error("MO page may be acknowledged unseen: " + what + "; if the provider answered it with a last "
+                  "page, the next poll acknowledges that page and its messages are lost",
+                  extra={"poller": self.name, "reason": reason})
+
+    async def save(self, position: dict[str, Any] | None = None, intent: Intent | None = None,
+                   polling: float | None = None, seen: SeenKeys | None = None) -> None:
+        """Write the state durably, then adopt it (memory never runs ahead of the topic)."""
+        position = self.position if position is None else position
+        seen = seen or self.seen
+        await self.state.save(self.name, MoState(position, seen.to_list(), intent, polling).as_json())
+        self.position, self.intent, self.polling, self.seen = position, intent, polling, seen
+
+    async def _step(self, name: str) -> None:
+        if self.on_step is not None:
+            await self.on_step(name)
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -469,8 +539,7 @@ class MoPoller:
         attempt = 0
         while not stop.is_set():
             try:
-                if self.intent is not None:
-                    await self.recover()
+                await self.settle()
                 more = await self.poll_once()
             except asyncio.CancelledError:
                 raise
@@ -485,10 +554,20 @@ class MoPoller:
             if not more:
                 await _sleep_unless(stop, self.interval_s)
 
+    async def settle(self) -> None:
+        """Finish what is in progress before anything new is asked of the provider: an
+        interrupted block (its intent), then a block fetched but not yet durable."""
+        if self.intent is not None:
+            await self.recover()
+        if self.fetched is not None:
+            await self.deliver(self.fetched)
+
     def _failed(self, exc: Exception) -> None:
         what = f"{type(exc).__name__}: {exc}"
         if what != self.failing:
-            log.warning("MO polling failed; retrying with backoff", extra={"poller": self.name, "error": what})
+            log.warning("MO polling failed; retrying with backoff",
+                        extra={"poller": self.name, "error": what, "block_held": self.fetched is not None
+                               or self.intent is not None})
         self.failing = what
 
     def _recovered(self) -> None:
@@ -505,38 +584,53 @@ class MoPoller:
         raise NotImplementedError
 
     # -- exactly once ---------------------------------------------------------------------------
-    async def deliver(self, records: Sequence[InboundSms], after: dict[str, Any]) -> int:
-        """Publish the unseen ``records``, then move to ``after``; returns how many were published."""
-        fresh = fresh_records(records, self.seen)
+    async def deliver(self, block: Fetched) -> int:
+        """Publish the block's unseen records, then move to its position; returns how many were
+        published. Until its intent (or, with nothing new, its commit) is durable the block stays
+        in ``fetched``, and ``settle`` delivers it again before any new request."""
+        self.fetched = block
+        await self._step("fetched")
+        fresh = fresh_records(block.records, self.seen)
         if fresh:
-            self.intent = Intent(fresh, await self.inbound.end_offsets(), dict(after))
-            await self.save()                                   # 1. intent, before any produce
-            await self._publish(fresh)                          # 2. publish (raises on any failure)
-        changed = bool(fresh) or after != self.position
-        self.seen.add(r.dedupe_key for r in records)
-        self.position, self.intent = dict(after), None
-        if changed:
-            await self.save()                                   # 3. commit
+            offsets = block.offsets if block.offsets is not None else await self.inbound.end_offsets()
+            await self.save(intent=Intent(fresh, offsets, dict(block.after)))    # 1. intent, before any produce
+            self.fetched = None
+            await self._step("intent")
+            await self._publish(fresh)                                          # 2. publish (raises on failure)
+            await self._step("published")
+        seen = SeenKeys(self.seen.capacity, self.seen.to_list())
+        seen.add(r.dedupe_key for r in block.records)
+        if fresh or block.after != self.position or self.polling is not None:
+            await self.save(dict(block.after), seen=seen)                       # 3. commit
+        else:
+            self.seen = seen
+        self.fetched = None
+        await self._step("committed")
         return len(fresh)
 
     async def recover(self) -> None:
-        """Finish the block of a saved intent: publish what ``sms.inbound`` does not have yet."""
+        """Finish the block of a saved intent: publish what ``sms.inbound`` does not have yet,
+        and derive again the opt-out changes of what it has (a crash may have come between an
+        MO's record and its opt-out record: the table must never miss a STOP that is in
+        ``sms.inbound``; writing a change twice is harmless, and each sender's changes are
+        written again in their order)."""
         intent = self.intent
         assert intent is not None
         keys = [r.dedupe_key for r in intent.records]
         found = await self.inbound.find(self.provider, keys, intent.offsets)
-        missing = [r for r in intent.records if r.dedupe_key not in found]
-        if missing:
-            await self._publish(missing)
-        self.seen.add(keys)
-        self.position, self.intent = dict(intent.after), None
-        await self.save()
+        await self._publish(intent.records, already=found)
+        seen = SeenKeys(self.seen.capacity, self.seen.to_list())
+        seen.add(keys)
+        await self.save(dict(intent.after), seen=seen)
         log.info("interrupted MO block finished", extra={"poller": self.name, "already_published": len(found),
-                                                         "published_now": len(missing)})
+                                                         "published_now": len(keys) - len(found)})
 
-    async def _publish(self, records: Sequence[InboundSms]) -> None:
+    async def _publish(self, records: Sequence[InboundSms], already: Container[str] = frozenset()) -> None:
         async def in_order(group: list[InboundSms]) -> None:
             for r in group:
+                if r.dedupe_key in already:
+                    await self.publisher.derive_optout(r)
+                    continue
                 await self.publisher.publish_mo(r)
                 self.published += 1
 
@@ -548,7 +642,11 @@ class MoPoller:
 
 class ThingSpaceMoPoller(MoPoller):
     """``GET /m2m/v1/sms/{account}/history``: a block is acknowledged by the next request that
-    carries its token, sent only after the block is committed. Position: ``{"token": ...}``."""
+    carries its token, sent only after the block is committed; the last page (200, no token) by
+    the next request without one. Before a token-less request the state is marked ``polling``
+    (durably): its answer may be a last page that only this process has seen, which a restart's
+    first poll would acknowledge; the marker is cleared by the block's intent or commit, and a
+    restart that finds it reports the page as at risk. Position: ``{"token": ...}``."""
 
     provider = "thingspace"
     _no_token = False     # "more data" without a token: warned once, until it changes
@@ -559,6 +657,9 @@ class ThingSpaceMoPoller(MoPoller):
 
     async def poll_once(self) -> bool:
         token = self.position.get("token")
+        offsets = await self.inbound.end_offsets()   # taken first: the intent follows the answer at once
+        if token is None and self.polling is None:
+            await self.save(polling=self.clock())
         try:
             page = await self.sender.call(lambda: ts.build_mo_history(self.config, token), ts.parse_mo_history)
         except Rejected as exc:
@@ -566,9 +667,14 @@ class ThingSpaceMoPoller(MoPoller):
                 raise
             log.warning("ThingSpace refused the acknowledgement token; polling without it",
                         extra={"poller": self.name, "error": str(exc)})
-            self.position = {"token": None}
-            await self.save()
+            await self.save({"token": None})
             return True
+        except ProviderError as exc:
+            if token is None and answer_may_be_lost(exc):
+                self.at_risk("no-answer", f"a poll without a token got no answer ({type(exc).__name__})")
+            raise
+        if token is not None:
+            await self._step("acknowledged")
         self._m_polled.inc(len(page.messages))
         now = self.clock()
         records = [thingspace_inbound(m, self.keywords, now) for m in page.messages]
@@ -578,7 +684,7 @@ class ThingSpaceMoPoller(MoPoller):
             if self._no_token:
                 log.warning("ThingSpace says more MO data but gives no next token; polling at the interval",
                             extra={"poller": self.name})
-        await self.deliver(records, {"token": page.next_token if more else None})
+        await self.deliver(Fetched(records, {"token": page.next_token if more else None}, offsets))
         return more
 
 
@@ -609,13 +715,12 @@ class OgangiMoPoller(MoPoller):
             if reset is not None:
                 log.warning("Ogangi MO list is shorter than the cursor; reading its tail again",
                             extra={"poller": self.name, "cursor": cursor, "total": page.total, "new_cursor": reset})
-                self.position = {"cursor": reset}
-                await self.save()
+                await self.save({"cursor": reset})
                 return True
             now = self.clock()
             records = [ogangi_inbound(m, self.keywords, now) for m in page.messages[skip:]]
             cursor = ogangi_cursor_after(cursor, page_no, self.per_page, len(page.messages))
-            await self.deliver(records, {"cursor": cursor})
+            await self.deliver(Fetched(records, {"cursor": cursor}))
             if not page.messages or not page.more_after(page_no, self.per_page):
                 return False
             page_no, skip = page_no + 1, 0

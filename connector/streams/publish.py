@@ -43,6 +43,11 @@ class InboundPublisher:
         """sms.inbound, then the opt-out table when the MO is a keyword. Raises KafkaError."""
         await produce_durably(self.producer, self.topic_inbound, mo.key, mo.encode())
         metrics.MO_RECEIVED.labels(mo.provider).inc()
+        await self.derive_optout(mo)
+
+    async def derive_optout(self, mo: InboundSms) -> None:
+        """The opt-out table change an MO makes, if any (also what a poller's recovery writes
+        again for an MO it finds already in sms.inbound). Raises KafkaError."""
         # The sender's canonical number (a phone, or a device addressed by its MDN / MSISDN): the
         # table is by E.164, so this STOP blocks the person on every route, in every form.
         if mo.optout and mo.sender.e164:

@@ -14,11 +14,11 @@ from click.testing import CliRunner, Result
 import topics
 from connector.check import check_command
 from connector.config import load
-from connector.embedded_broker import EmbeddedBroker, free_port
-from connector.kafka import client_options
+from connector.embedded_broker import free_port
+from connector.kafka import client_options, delete_topics
 from connector.replay import dlq_group
 from connector.simulators import SIMULATORS
-from connector.stack import LocalStack, worker_env
+from connector.stack import LocalStack, kafka_env, worker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -91,9 +91,8 @@ def test_unreachable_broker_fails_with_the_address_and_what_to_check() -> None:
 
 
 @pytest.fixture
-async def dev_stack() -> AsyncIterator[LocalStack]:
-    s = LocalStack()
-    await s.start_broker()
+async def dev_stack(broker: LocalStack) -> AsyncIterator[LocalStack]:
+    s = broker
     await asyncio.gather(*(s.start_simulator(name) for name in SIMULATORS))
     try:
         yield s
@@ -104,7 +103,7 @@ async def dev_stack() -> AsyncIterator[LocalStack]:
 async def test_check_connect_is_all_green_for_the_dev_configuration_and_catches_bad_credentials(
         dev_stack: LocalStack) -> None:
     assert dev_stack.broker is not None
-    env = worker_env(dev_stack.broker.bootstrap_servers, dev_stack.sim_urls, http_port=0)
+    env = worker_env(dev_stack.kafka, dev_stack.sim_urls, http_port=0)
     stats_before = {name: await dev_stack.sim_stats(name) for name in SIMULATORS}
 
     result = await asyncio.to_thread(invoke, "check", "--connect", env=env)
@@ -135,8 +134,7 @@ async def test_check_connect_is_all_green_for_the_dev_configuration_and_catches_
 async def test_dlq_replay_command(broker: LocalStack) -> None:
     dev_stack = broker
     assert dev_stack.broker is not None
-    env = {"SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": dev_stack.broker.bootstrap_servers,
-           "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": "false"}
+    env = kafka_env(dev_stack.kafka)
     producer = AIOKafkaProducer(**client_options(dev_stack.kafka), acks="all")
     await producer.start()
     try:
@@ -163,19 +161,20 @@ async def test_dlq_replay_command(broker: LocalStack) -> None:
     assert bad.exit_code == 1 and "kafka.linger_ms" in bad.output and "Traceback" not in bad.output
 
 
-def test_missing_topics_and_a_stalled_broker_fail_with_what_to_do() -> None:
-    with EmbeddedBroker() as bare:       # no `topics apply`
-        env = {**SMPP, "SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": bare.bootstrap_servers,
-               "SMS_CONNECTOR_ROUTES__SMPP__BASE_URL": f"http://127.0.0.1:{free_port()}"}
-        result = invoke("check", "--connect", "--timeout", "2", "--no-settings", env=env)
-        assert result.exit_code == 1
-        missing = [r for r in rows(result.output) if r[:2] == ["FAIL", "topics"]]
-        assert {r[2] for r in missing} == {s.name for s in topics.specs().values()}
-        assert "run `sms-connector topics apply`" in result.output
-        bare.pause()
-        try:
-            result = invoke("check", "--connect", "--timeout", "1", "--no-settings", env=env)
-        finally:
-            bare.resume()
-        assert result.exit_code == 1
-        assert f"broker unreachable at {bare.bootstrap_servers}: no answer within 1s" in result.output
+async def test_missing_topics_and_a_stalled_broker_fail_with_what_to_do(broker: LocalStack) -> None:
+    bare = broker.broker
+    assert bare is not None
+    await delete_topics(broker.kafka)       # as before `topics apply`
+    env = {**SMPP, **kafka_env(broker.kafka), "SMS_CONNECTOR_ROUTES__SMPP__BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    result = await asyncio.to_thread(invoke, "check", "--connect", "--timeout", "2", "--no-settings", env=env)
+    assert result.exit_code == 1
+    missing = [r for r in rows(result.output) if r[:2] == ["FAIL", "topics"]]
+    assert {r[2] for r in missing} == {s.name for s in topics.specs().values()}
+    assert "run `sms-connector topics apply`" in result.output
+    bare.pause()
+    try:
+        result = await asyncio.to_thread(invoke, "check", "--connect", "--timeout", "1", "--no-settings", env=env)
+    finally:
+        bare.resume()
+    assert result.exit_code == 1
+    assert f"broker unreachable at {bare.bootstrap_servers}: no answer within 1s" in result.output

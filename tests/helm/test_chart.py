@@ -964,7 +964,10 @@ def test_prometheus_rules(scenario: str) -> None:
                 alerts[rule["alert"]] = rule["expr"]
         expected = {"SmsConnectorTargetDown"}
         if values["dispatch"]["enabled"]:
-            expected |= {"SmsConnectorErrorRatioHigh", "SmsConnectorDeadLettersGrowing", "SmsConnectorConsumerLagHigh"}
+            expected |= {"SmsConnectorErrorRatioHigh", "SmsConnectorDeadLettersGrowing", "SmsConnectorConsumerLagHigh",
+                         "SmsConnectorWorkerLostItsPartitions"}
+        if values["pollers"]["enabled"]:
+            expected.add("SmsConnectorMoPageAtRisk")
         if values["callbacks"]["enabled"]:
             expected.add("SmsConnectorCallbackErrors")
         assert expected <= set(alerts)

@@ -10,15 +10,13 @@ from connector.stack import LocalStack
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[LocalStack]:
-    s = LocalStack()
-    await s.start_broker()
-    await s.start_simulator("smpp_rest")
+async def stack(broker: LocalStack) -> AsyncIterator[LocalStack]:
+    await broker.start_simulator("smpp_rest")
     try:
-        yield s
+        yield broker
     finally:
-        await s.stop()
-        for w in s.workers:   # show what the workers said when a test fails
+        await broker.stop()
+        for w in broker.workers:   # show what the workers said when a test fails
             if w.log and w.log.exists():
                 tail = w.log.read_text(errors="replace").splitlines()[-15:]
                 print(f"--- {w.name} log tail ({w.log})", *tail, sep="\n")

@@ -8,16 +8,20 @@ import json
 import pytest
 
 from connector.bench import FIELDS, format_table, run_bench, summarize_profile
+from tests.conftest import ON_KAFKA
 
 pytestmark = pytest.mark.integration
 
 
 async def test_reduced_bench_reports_every_field() -> None:
     out = io.StringIO()
+    broker = "kafka" if ON_KAFKA else "tansu"     # `bench --broker`: each scenario on a fresh local broker
     results = await run_bench(["single", "batch", "callbacks"], 500, json_out=True, out=out,
-                              baseline_records=100, err=None)
+                              baseline_records=100, err=None, broker=broker)
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["scenario"] for r in rows] == ["single", "batch", "callbacks"]
+    label = "Apache Kafka" if ON_KAFKA else "embedded Tansu"
+    assert all(r["broker"].startswith(label) for r in rows), [r["broker"] for r in rows]
     assert rows == json.loads(json.dumps(results, default=str))
 
     for r in rows[:2]:
@@ -46,6 +50,7 @@ async def test_reduced_bench_reports_every_field() -> None:
 
     table = format_table(results)
     assert table.splitlines()[0].startswith("scenario") and all(s in table for s in ("single", "batch", "callbacks"))
+    assert f"broker: {rows[0]['broker']}" in table
 
 
 def test_profile_summary_and_table_of_collapsed_stacks(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -17,11 +17,11 @@ import jsonschema
 import orjson
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import topics
 from connector.config import CallbacksSettings, InboundSettings, Secret, Settings
-from connector.kafka import client_options
+from connector.kafka import client_options, topic_partitions
 from connector.stack import LocalStack
 from connector.streams.callbacks import THINGSPACE_PATH, CallbackReceiver
 from connector.streams.publish import InboundPublisher
@@ -50,7 +50,7 @@ class Served:
         self.produce_timeout_s = produce_timeout_s
 
     async def __aenter__(self) -> Served:
-        self.producer = AIOKafkaProducer(**client_options(self.stack.kafka), acks="all", enable_idempotence=False,
+        self.producer = AIOKafkaProducer(**client_options(self.stack.kafka), acks="all", enable_idempotence=self.stack.kafka.idempotent_producer,
                                          request_timeout_ms=self.request_timeout_ms, linger_ms=0)
         await self.producer.start()
         self.receiver = CallbackReceiver(SETTINGS, self.producer, InboundPublisher(self.producer),
@@ -87,8 +87,7 @@ async def read_receipts(stack: LocalStack, expected: int, timeout: float = 20.0,
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
-        parts = [TopicPartition(RECEIPTS, p) for p in sorted(consumer.partitions_for_topic(RECEIPTS) or ())]
-        assert parts, "sms.receipts does not exist"
+        parts = await topic_partitions(consumer, RECEIPTS)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         deadline = time.monotonic() + timeout

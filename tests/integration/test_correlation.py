@@ -9,13 +9,13 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import topics
 from connector.config import load
 from connector.inbound import DeliveryReceipt, correlation_key
-from connector.kafka import client_options
-from connector.stack import Follower, LocalStack, produce
+from connector.kafka import client_options, topic_partitions
+from connector.stack import Follower, LocalStack, kafka_env, produce
 from connector.streams.correlator import Correlator
 from tests.integration.helpers import outbound, phone
 
@@ -43,8 +43,7 @@ async def read_all(stack: LocalStack, role: str, expect: int, timeout: float = 3
     await consumer.start()
     try:
         name = topics.spec(role).name
-        await consumer._client.force_metadata_update()  # noqa: SLF001
-        tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+        tps = await topic_partitions(consumer, name)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[Any] = []
@@ -61,8 +60,7 @@ async def read_all(stack: LocalStack, role: str, expect: int, timeout: float = 3
 
 
 async def test_receipts_are_joined_early_late_and_once(broker: LocalStack) -> None:
-    settings = load(environ={"SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.kafka.bootstrap_servers,
-                             "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": "false",
+    settings = load(environ={**kafka_env(broker.kafka),
                              "SMS_CONNECTOR_INBOUND__CORRELATION_TTL_S": "3"})
     producer = AIOKafkaProducer(**client_options(broker.kafka), acks="all")
     await producer.start()

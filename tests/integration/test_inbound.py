@@ -20,9 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def full() -> LocalStack:
-    s = LocalStack()
-    await s.start_broker()
+async def full(broker: LocalStack) -> LocalStack:
+    s = broker
     for name in ("smpp_rest", "revio", "ogangi", "thingspace"):
         await s.start_simulator(name)
     yield s

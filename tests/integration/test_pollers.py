@@ -22,14 +22,14 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import topics
-from connector.app import build_senders
+from connector.app import build_senders, inbound_producer
 from connector.config import Settings, load
 from connector.embedded_broker import free_port
 from connector.inbound import InboundSms
-from connector.kafka import client_options
+from connector.kafka import client_options, topic_partitions
 from connector.providers import thingspace as ts
 from connector.sender import RouteSender
 from connector.simulators.thingspace import ThingSpaceSimulator
@@ -50,9 +50,8 @@ OG_POLLER = "ogangi-mo:1001"
 # --- the stack --------------------------------------------------------------------------------
 
 @pytest.fixture
-async def mo_stack() -> AsyncIterator[LocalStack]:
-    s = LocalStack()
-    await s.start_broker()
+async def mo_stack(broker: LocalStack) -> AsyncIterator[LocalStack]:
+    s = broker
     try:
         await asyncio.gather(s.start_simulator("thingspace"), s.start_simulator("ogangi"))
         yield s
@@ -62,14 +61,14 @@ async def mo_stack() -> AsyncIterator[LocalStack]:
 
 def env_for(stack: LocalStack, routes: Mapping[str, Mapping[str, str]], **extra: str) -> dict[str, str]:
     assert stack.broker is not None
-    env = worker_env(stack.broker.bootstrap_servers, stack.sim_urls, free_port(), routes, default_route=next(iter(routes)))
+    env = worker_env(stack.kafka, stack.sim_urls, free_port(), routes, default_route=next(iter(routes)))
     env["SMS_CONNECTOR_INBOUND__MO_POLL_INTERVAL_S"] = "0.2"
     env.update(extra)
     return env
 
 
 def producer_for(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(**client_options(settings.kafka), acks="all", enable_idempotence=False)
+    return AIOKafkaProducer(**client_options(settings.kafka), acks="all", enable_idempotence=settings.kafka.idempotent_producer)
 
 
 @contextlib.asynccontextmanager
@@ -126,14 +125,7 @@ class Watch:
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
-            tps = []
-            for t in names:
-                for _ in range(100):
-                    if consumer.partitions_for_topic(t):
-                        break
-                    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-                    await asyncio.sleep(0.1)
-                tps += [TopicPartition(t, p) for p in consumer.partitions_for_topic(t) or ()]
+            tps = [tp for t in names for tp in await topic_partitions(consumer, t)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             self._ready.set()
@@ -253,6 +245,23 @@ class SlowPublisher(InboundPublisher):
             self.hold_s = 0.0
             await super().publish_mo(mo)
 
+    async def record_optout(self, change: Any) -> None:
+        await pause_point("optout")       # between an MO's sms.inbound record and its opt-out record
+        await super().record_optout(change)
+
+
+_counts: Counter[str] = Counter()
+
+
+async def pause_point(step: str) -> None:
+    """``TEST_PAUSE_AT=step:n``: at the n-th time the process reaches ``step``, say so on stderr
+    (the test reads the log) and hold for ``TEST_PAUSE_S`` seconds (default: until killed)."""
+    _counts[step] += 1
+    want = os.environ.get("TEST_PAUSE_AT", "")
+    if want and want == f"{step}:{_counts[step]}":
+        print(f"TEST-PAUSED {want}", file=sys.stderr, flush=True)
+        await asyncio.sleep(float(os.environ.get("TEST_PAUSE_S") or 3600))
+
 
 async def _child_main() -> None:
     from connector import logs
@@ -260,14 +269,17 @@ async def _child_main() -> None:
     settings = load()
     logs.configure(settings.log.level, "json", settings.secrets())
     senders = build_senders(settings)
-    producer = producer_for(settings)
+    producer = inbound_producer(settings)     # the worker's own (its request timeout matters in a stall)
     await producer.start()
     publisher = SlowPublisher(producer, float(os.environ.get("TEST_HOLD_S", "0")),
                               float(os.environ.get("TEST_STEP_S", "0")))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    pollers = Pollers(settings, senders, producer, publisher)
+    for p in pollers.pollers:
+        p.on_step = pause_point
     try:
-        await Pollers(settings, senders, producer, publisher).run(stop)
+        await pollers.run(stop)
     finally:
         await producer.stop()
         for s in senders.values():
@@ -284,14 +296,27 @@ class Child:
         self.proc: asyncio.subprocess.Process | None = None
         self.log = stack.logdir / f"{label}.log"
 
-    async def start(self, hold_s: float = 0.0, step_s: float = 0.0) -> Child:
+    async def start(self, hold_s: float = 0.0, step_s: float = 0.0, pause_at: str = "",
+                    pause_s: float = 0.0) -> Child:
         with open(self.log, "ab") as fh:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", "from tests.integration.test_pollers import _child; _child()",
                 cwd=ROOT, stdout=fh, stderr=fh, stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, **self.env, "PYTHONPATH": str(ROOT), "TEST_HOLD_S": str(hold_s),
-                     "TEST_STEP_S": str(step_s)})
+                     "TEST_STEP_S": str(step_s), "TEST_PAUSE_AT": pause_at, "TEST_PAUSE_S": str(pause_s or "")})
         return self
+
+    def said(self, text: str) -> bool:
+        return self.log.exists() and text in self.log.read_text(errors="replace")
+
+    async def paused(self, timeout: float = 30.0) -> None:
+        """Wait until the child reached its pause point."""
+        deadline = time.monotonic() + timeout
+        while not self.said("TEST-PAUSED"):
+            assert self.proc is not None
+            if self.proc.returncode is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{self.label} never reached its pause point:\n" + self.tail())
+            await asyncio.sleep(0.02)
 
     async def kill_9(self) -> None:
         assert self.proc is not None

@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import topics
 from connector.config import KafkaSettings
 from connector.demo import DEMO_HEADER
-from connector.kafka import client_options
+from connector.kafka import client_options, topic_partitions
 from connector.replay import HEADER_REPLAYED_FROM, parse_filters, replay
 from connector.stack import Follower, LocalStack
 from tests.integration.helpers import outbound, phone
@@ -43,7 +43,7 @@ async def read_all(kafka: KafkaSettings, topic: str, quiet_s: float = 0.5) -> li
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        parts = await topic_partitions(consumer, topic)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         records: list[Any] = []

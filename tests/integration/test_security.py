@@ -1,0 +1,162 @@
+"""SASL_SSL (SCRAM-SHA-512) and authorization on Apache Kafka, as production runs them.
+
+One broker for this module: SASL_SSL only, a CA and certificate made for the test, the standard
+authorizer, and users created at format time: the connector's user (named as the chart's
+KafkaUser) holding exactly the ACLs the chart's KafkaUser grants, and a user missing one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import re
+import sys
+from typing import Any, Iterator
+
+import pytest
+from click.testing import CliRunner
+
+import topics
+from connector.cli import main as cli
+from connector.kafka_broker import Acl, KafkaCluster, grant
+from connector.stack import Follower, LocalStack, kafka_env, produce
+from tests.conftest import session_cluster
+from tests.integration.helpers import outbound, phone
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
+
+PASSWORD = "connector-password"
+
+
+def chart_user() -> tuple[str, str, list[Acl]]:
+    """(user name, consumer group, ACLs) of the chart's KafkaUser in the `full` scenario (SCRAM-SHA-512)."""
+    from tests.helm.test_chart import rendered
+
+    r = rendered("full")
+    user = r.of("KafkaUser")[0]
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    acls = [Acl(a["resource"]["type"], a["resource"]["name"], a["resource"]["patternType"], op)
+            for a in user["spec"]["authorization"]["acls"] for op in a["operations"]]
+    return user["metadata"]["name"], r.configmap["data"]["SMS_CONNECTOR_KAFKA__GROUP_ID"], acls
+
+
+USER, GROUP, ACLS = chart_user()
+PARTIAL = "partial"    # the chart's ACLs but those on sms.delivery (Read and Write imply Describe)
+PARTIAL_LACKS = topics.spec("delivery").name
+
+
+def run_async(coro: Any) -> Any:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@pytest.fixture(scope="module")
+def secure(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
+    for cluster in session_cluster(request, security="sasl_ssl", users={USER: PASSWORD, PARTIAL: PASSWORD}):
+        admin = cluster.settings()
+        run_async(grant(admin, f"User:{USER}", ACLS))
+        run_async(grant(admin, f"User:{PARTIAL}", [a for a in ACLS if a.name != PARTIAL_LACKS]))
+        yield cluster
+
+
+def cli_env(cluster: KafkaCluster, user: str = USER, **overrides: str) -> dict[str, str]:
+    env = kafka_env(cluster.settings(user, group_id=GROUP))
+    env.update({f"SMS_CONNECTOR_KAFKA__{k.upper()}": v for k, v in overrides.items()})
+    return env
+
+
+def invoke(*args: str, env: dict[str, str]) -> Any:
+    """The CLI in-process, with only ``env``'s SMS_CONNECTOR_* settings."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("SMS_CONNECTOR_")}
+    return CliRunner().invoke(cli, list(args), env={**unset, **env}, catch_exceptions=False)
+
+
+async def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
+    """The CLI as a process (a worker must exit by itself: its exit code and output)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "connector.cli", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                                                env={**os.environ, **env})
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
+        return -9, out.decode(errors="replace")
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def test_every_role_and_tool_works_over_sasl_ssl_with_the_charts_acls(secure: KafkaCluster) -> None:
+    admin_env = kafka_env(secure.settings())
+    code, out = await run_cli("topics", "apply", env=admin_env)
+    assert code == 0, out
+
+    stack = LocalStack(broker=secure, owns_broker=False, group_id=GROUP)
+    try:
+        await asyncio.gather(*(stack.start_simulator(n) for n in ("smpp_rest", "revio", "ogangi", "thingspace")))
+        worker = await stack.start_worker(env=cli_env(secure), roles=("all",))
+        ids = [f"sec-{i}" for i in range(40)]
+        async with Follower(stack.kafka) as f:   # the admin reads the results
+            await produce(stack.kafka, [outbound(cid, phone(i)) for i, cid in enumerate(ids)])
+            assert await f.wait_for(ids, timeout=90), f.tally.missing(ids)
+        assert worker.alive
+        assert f.tally.duplicates(ids) == 0
+
+        result = await asyncio.to_thread(invoke, "check", "--connect", "--no-settings",
+                                         env={**cli_env(secure), **worker_routes(stack)})
+        assert result.exit_code == 0, result.output
+        result = await asyncio.to_thread(invoke, "status", "--metrics-url", worker.url + "/metrics", "--once",
+                                         "--interval", "0.2", env=cli_env(secure))
+        assert result.exit_code == 0, result.output
+        assert GROUP in result.output and "Consumer lag" in result.output
+        # dlq replay writes sms.outbound, an input the connector's user only reads: an operator's job
+        result = await asyncio.to_thread(invoke, "dlq", "replay", "--topic", "dlq", "--dry-run", env=admin_env)
+        assert result.exit_code == 0, result.output
+        assert "scanned 0" in result.output
+    finally:
+        await stack.stop()
+    log = worker.log.read_text(errors="replace") if worker.log else ""
+    assert not re.search(r"(?i)authori[sz]ation|not authorized|AccessDenied", log), log[-3000:]
+
+
+def worker_routes(stack: LocalStack) -> dict[str, str]:
+    from connector.stack import worker_env
+
+    return {k: v for k, v in worker_env(stack.kafka, stack.sim_urls, 0).items() if not k.startswith("SMS_CONNECTOR_KAFKA__")}
+
+
+@pytest.mark.parametrize("wrong,setting", [({"sasl_password": "not-the-password"}, "kafka.sasl_password"),
+                                           ({"ssl_cafile": "OTHER_CA"}, "kafka.ssl_cafile")])
+async def test_a_wrong_password_or_an_untrusted_certificate_is_one_clear_line_and_the_worker_exits(
+        secure: KafkaCluster, wrong: dict[str, str], setting: str) -> None:
+    wrong = {k: (str(secure.certificates["other_ca"]) if v == "OTHER_CA" else v) for k, v in wrong.items()}
+    env = {**cli_env(secure, **wrong), "SMS_CONNECTOR_ROUTES__SMPP__PROVIDER": "smpp_rest",
+           "SMS_CONNECTOR_ROUTES__SMPP__BASE_URL": "http://127.0.0.1:9", "SMS_CONNECTOR_ROUTES__SMPP__API_KEY": "k",
+           "SMS_CONNECTOR_HTTP__PORT": "0"}
+    result = await asyncio.to_thread(invoke, "check", "--connect", "--no-settings", "--timeout", "10", env=env)
+    assert result.exit_code == 1
+    failed = [line for line in result.output.splitlines() if line.startswith("FAIL") and " kafka " in line]
+    assert len(failed) == 1 and setting in failed[0], result.output
+
+    for roles in (("--role", "dispatch"), ("--role", "all")):
+        code, out = await run_cli("worker", *roles, env=env, timeout=90)
+        assert code not in (0, -9), f"worker {roles}: exit {code}\n{out[-3000:]}"
+        errors = [line for line in out.splitlines() if setting in line]
+        assert errors, f"no line names {setting}:\n{out[-3000:]}"
+        assert "Traceback" not in out, out[-3000:]
+
+
+async def test_a_missing_acl_is_named_by_check_connect_and_topics_check(secure: KafkaCluster) -> None:
+    code, out = await run_cli("topics", "apply", env=kafka_env(secure.settings()))
+    assert code == 0, out
+    env = {**cli_env(secure, PARTIAL), "SMS_CONNECTOR_ROUTES__SMPP__PROVIDER": "smpp_rest",
+           "SMS_CONNECTOR_ROUTES__SMPP__BASE_URL": "http://127.0.0.1:9", "SMS_CONNECTOR_ROUTES__SMPP__API_KEY": "k"}
+    result = await asyncio.to_thread(invoke, "check", "--connect", "--no-settings", "--timeout", "10", env=env)
+    assert result.exit_code == 1
+    failed = [line for line in result.output.splitlines() if line.startswith("FAIL") and "route" not in line]
+    assert len(failed) == 1, result.output
+    assert PARTIAL_LACKS in failed[0] and "not authorized" in failed[0] and "KafkaUser" in failed[0], result.output
+    result = await asyncio.to_thread(invoke, "topics", "check", env=env)
+    assert result.exit_code != 0 and re.search(rf"FAIL\s+{re.escape(PARTIAL_LACKS)}\s+not authorized", result.output), \
+        result.output
