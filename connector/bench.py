@@ -72,7 +72,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-import topics
+from connector import contract as topics
 from connector.config import KafkaSettings
 from connector.embedded_broker import free_port
 from connector.kafka import client_options, topic_partitions

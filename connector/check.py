@@ -154,6 +154,8 @@ _FIXES: list[tuple[re.Pattern[str], Callable[[str, re.Match[str]], str]]] = [
      lambda p, m: f"set {p} to a value " + (
          f"between {m[1]} and {m[2]}" if m[1] != "None" and m[2] != "None" else
          f"of at least {m[1]}" if m[1] != "None" else f"of at most {m[2]}")),
+    (re.compile(r"is not an http:// or https:// URL$|has no host$"),
+     lambda p, m: f"set {p} to an http:// or https:// URL with a host, e.g. https://api.example.com"),
     (re.compile(r"unknown setting \(known: (.+)\)$"),
      lambda p, m: f"remove {p} or correct its spelling (known here: {m[1]})"),
     (re.compile(r"unknown section \(known: (.+)\)$"),

@@ -358,6 +358,8 @@ def build(cls: type, raw: Mapping[str, Any], path: str, problems: list[str],
     for f in dataclasses.fields(cls):
         if f.name in raw:
             kwargs[f.name] = _coerce(f, hints[f.name], raw.pop(f.name), f"{path}.{f.name}", problems, environ)
+            if f.name.endswith("_url") and isinstance(kwargs[f.name], str):
+                _check_url(kwargs[f.name], f"{path}.{f.name}", problems)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             problems.append(f"{path}.{f.name}: required ({f.metadata.get('doc', '')})")
     for unknown in sorted(raw):
@@ -367,6 +369,18 @@ def build(cls: type, raw: Mapping[str, Any], path: str, problems: list[str],
         return cls(**{k: v for k, v in kwargs.items() if v is not None or _nullable(cls, k)})
     except TypeError:
         return None
+
+
+def _check_url(value: str, path: str, problems: list[str]) -> None:
+    """A ``*_url`` setting (a provider's base_url, callbacks.public_url) is an http(s) URL with a host:
+    the HTTP client would refuse anything else only at the first call, as a retriable error."""
+    if not value:
+        return
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        problems.append(f"{path}: {value!r} is not an http:// or https:// URL")
+    elif not rest.split("/", 1)[0].rpartition("@")[2]:
+        problems.append(f"{path}: {value!r} has no host")
 
 
 def _nullable(cls: type, name: str) -> bool:

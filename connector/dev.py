@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import orjson
 
-import topics
+from connector import contract as topics
 from connector.demo import DEMO_HEADER, generate
 from connector.embedded_broker import free_port
 from connector.simulators import SIMULATORS

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-import topics
+from connector import contract as topics
 from connector.config import KafkaSettings
 
 _M = 0x5BD1E995

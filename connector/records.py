@@ -17,7 +17,7 @@ from typing import Any, Callable
 import fastjsonschema
 import orjson
 
-import topics
+from connector import contract as topics
 from connector.errors import InvalidMessage, InvalidRecord
 
 SCHEMA_VERSION = 1

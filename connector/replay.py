@@ -49,7 +49,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-import topics
+from connector import contract as topics
 from connector import retries
 from connector.config import ConfigError, KafkaSettings
 

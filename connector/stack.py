@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-import topics
+from connector import contract as topics
 from connector.config import KafkaSettings
 from connector.demo import DEMO_HEADER
 from connector.embedded_broker import EmbeddedBroker, free_port

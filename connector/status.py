@@ -55,7 +55,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-import topics
+from connector import contract as topics
 from connector.config import ConfigError, KafkaSettings, load
 from connector.kafka import client_options
 

@@ -7,7 +7,7 @@ import signal
 
 from aiokafka import AIOKafkaProducer
 
-import topics
+from connector import contract as topics
 from connector.config import KafkaSettings
 from connector.kafka import client_options
 from connector.records import OutboundSms

@@ -46,7 +46,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
-import topics
+from connector import contract as topics
 from connector import metrics, retries
 from connector.config import Settings
 from connector.kafka import client_options, key_partition

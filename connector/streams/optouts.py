@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-import topics
+from connector import contract as topics
 from connector.config import KafkaSettings
 from connector.inbound import OptOutChange
 from connector.kafka import client_options, topic_partitions

@@ -78,7 +78,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-import topics
+from connector import contract as topics
 from connector import metrics
 from connector.config import KafkaSettings, Settings
 from connector.errors import Rejected, Throttled

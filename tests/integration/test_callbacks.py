@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-import topics
+from connector import contract as topics
 from connector.config import CallbacksSettings, InboundSettings, Secret, Settings
 from connector.kafka import client_options
 from connector.stack import LocalStack
