@@ -452,14 +452,16 @@ async def check_routes(settings: Settings, timeout: float) -> list[CheckRow]:
 
 
 async def run_check(config_file: str | None, connect: bool, environ: Mapping[str, str] | None = None,
-                    timeout: float = DEFAULT_TIMEOUT_S) -> CheckReport:
+                    timeout: float = DEFAULT_TIMEOUT_S, under: Mapping[str, str] | None = None,
+                    under_source: str = "") -> CheckReport:
     """Validate the configuration and, with ``connect``, reach Kafka and authenticate every
-    route (nothing is sent). Never raises for a bad configuration: every problem is a row."""
+    route (nothing is sent). Never raises for a bad configuration: every problem is a row.
+    ``under``: a running dev's environment (``config.load``), named by ``under_source``."""
     if not config_file and environ is not None:      # None: config.load reads the process environment
         config_file = environ.get(ENV_PREFIX + "CONFIG") or None
     report = CheckReport(config_file=config_file, connected=connect)
     try:
-        settings = load(config_file, environ)
+        settings = load(config_file, environ, under=under)
     except ConfigError as exc:
         report.rows += [problem_row(p) for p in exc.problems]
         if connect:
@@ -468,6 +470,9 @@ async def run_check(config_file: str | None, connect: bool, environ: Mapping[str
         return report
     report.settings = redacted(settings)
     report.sources = _sources(config_file, settings)
+    if under and not config_file:
+        report.rows.append(CheckRow("config", "source", Status.OK,
+                                    f"the running dev stack's settings ({under_source}), under the environment"))
     report.rows += config_rows(settings)
     if connect:
         kafka_rows, route_rows = await asyncio.gather(check_kafka(settings, timeout),
@@ -567,7 +572,11 @@ def check_command(config: str | None, connect: bool, timeout: float, plain: bool
     Exit status 1 when anything failed.
     """
     quiet_client_logs()
-    report = asyncio.run(run_check(config, connect, timeout=timeout))
+    from connector import devmanifest
+
+    under = devmanifest.dev_environment(config)
+    report = asyncio.run(run_check(config, connect, timeout=timeout, under=under,
+                                   under_source=devmanifest.DEFAULT_PATH))
     render(report, sys.stdout, plain=True if plain else None, show_settings=not no_settings)
     if not report.ok:
         sys.exit(1)

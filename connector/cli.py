@@ -18,10 +18,59 @@ from connector.errors import SmsError
 
 
 def _settings(config: str | None) -> Settings:
+    """The worker's settings: its config file and environment only (never a dev manifest)."""
     try:
         return load(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _operator_settings(config: str | None) -> Settings:
+    """An operator command's settings: --config / the environment, else a running dev's."""
+    from connector import devmanifest
+
+    return devmanifest.settings(config)
+
+
+class _Commands(click.Group):
+    """The command group. An operator command meets only expected conditions as one line: Kafka
+    unreachable or refusing is said with what to do; anything unexpected is one line plus the
+    file holding its traceback. The worker is left alone: its failures go to its own logs."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name != "worker":
+            from connector.check import quiet_client_logs
+
+            quiet_client_logs()
+        return name, command, rest
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - turned into one line below
+            if ctx.invoked_subcommand == "worker":
+                raise
+            from connector.devmanifest import kafka_error
+
+            expected = kafka_error(exc)
+            if expected is not None:
+                raise expected from None
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} "
+                                       f"(traceback in {_traceback_file(exc)})") from None
+
+
+def _traceback_file(exc: BaseException) -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="sms-connector-error-", suffix=".log")
+    with open(fd, "w") as fh:
+        fh.write(f"sms-connector {__version__}: {' '.join(sys.argv)}\n")
+        fh.write("".join(traceback.format_exception(exc)))
+    return path
 
 
 def _run(coro: object) -> None:
@@ -37,7 +86,7 @@ config_option = click.option("--config", "-c", type=click.Path(dir_okay=False), 
                              help="TOML config file (also SMS_CONNECTOR_CONFIG). Environment variables override it.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sms-connector")
 def main() -> None:
     """sms-connector: send SMS from Kafka through providers' HTTP APIs, and publish what happened.
@@ -104,7 +153,7 @@ def topics_apply(config: str | None, partitions: int | None) -> None:
     """Create every missing topic (existing ones are left as they are)."""
     from connector.kafka import apply_topics
 
-    settings = _settings(config)
+    settings = _operator_settings(config)
     result = asyncio.run(apply_topics(settings.kafka, partitions))
     for name, state in result:
         click.echo(f"{state:8} {name}")
@@ -116,7 +165,7 @@ def topics_check(config: str | None) -> None:
     """Verify every topic exists with at least its partition count; exit 1 if not."""
     from connector.kafka import check_topics
 
-    settings = _settings(config)
+    settings = _operator_settings(config)
     states = asyncio.run(check_topics(settings.kafka))
     bad = 0
     for s in states:
@@ -139,6 +188,7 @@ def topics_check(config: str | None) -> None:
 def send(config: str | None, phone: str | None, device: str | None, text: str, client_message_id: str | None,
          route: str | None, sender: str | None, metadata: tuple[str, ...]) -> None:
     """Produce one outbound record to sms.outbound (keyed by recipient)."""
+    from connector.devmanifest import notice
     from connector.records import OutboundSms, Recipient, encode_outbound
     from connector.tools import produce_one
 
@@ -154,8 +204,8 @@ def send(config: str | None, phone: str | None, device: str | None, text: str, c
     meta = dict(m.split("=", 1) for m in metadata if "=" in m)
     msg = OutboundSms(client_message_id=client_message_id or str(uuid.uuid4()), recipient=recipient, text=text,
                       route=route, sender=sender, metadata=meta)
-    settings = _settings(config)
-    where = asyncio.run(produce_one(settings.kafka, msg, encode_outbound(msg)))
+    settings = _operator_settings(config)
+    where = asyncio.run(produce_one(settings.kafka, msg, encode_outbound(msg), notice=notice))
     click.echo(f"produced {msg.client_message_id} to {where}")
 
 

@@ -419,11 +419,16 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None,
-         overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Load and validate settings; raises ConfigError listing every problem."""
+         overrides: Mapping[str, Any] | None = None, under: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate settings; raises ConfigError listing every problem.
+
+    ``under``: variables the environment overrides, used only when there is no config file (the
+    operator commands pass a running ``dev``'s, from its manifest)."""
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if under and not config_file:
+        environ = {**under, **environ}
     problems: list[str] = []
     if config_file:
         try:

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import orjson
-
 from connector import contract as topics
+from connector import devmanifest
 from connector.demo import DEMO_HEADER, generate
 from connector.embedded_broker import free_port
 from connector.simulators import SIMULATORS
@@ -55,10 +54,11 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
                         "SMS_CONNECTOR_CALLBACKS__THINGSPACE_PASSWORD": secrets.token_urlsafe(12)}
         worker = await stack.start_worker(env=callback_env, http_port=http_port, roles=("all",))
         say(f"worker     metrics {worker.url}/metrics  health {worker.url}/healthz  logs {stack.logdir}")
-        settings = load(environ=worker_env(stack.kafka.bootstrap_servers, stack.sim_urls, http_port) | callback_env)
+        environment = worker_env(stack.kafka.bootstrap_servers, stack.sim_urls, http_port) | callback_env
+        settings = load(environ=environment)
         for route, service, url in await register_callbacks(settings, None):
             say(f"callbacks  {service} of route {route} -> {url}")
-        manifest.write_bytes(orjson.dumps({
+        devmanifest.write(manifest, {
             "bootstrap_servers": stack.kafka.bootstrap_servers,
             "topics": {role: s.name for role, s in topics.specs().items()},
             "metrics_url": f"{worker.url}/metrics",
@@ -71,7 +71,9 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
                                              "username": callback_env["SMS_CONNECTOR_CALLBACKS__THINGSPACE_USERNAME"],
                                              "password": callback_env["SMS_CONNECTOR_CALLBACKS__THINGSPACE_PASSWORD"]}},
             "logs": str(stack.logdir),
-        }, option=orjson.OPT_INDENT_2))
+            # What the worker runs with: the operator commands run here configure themselves from it.
+            "environment": environment,
+        })
         say(f"manifest   {manifest.resolve()}")
         if demo:
             code = await _demo(stack, demo, until_done, timeout, stop, worker.proc, say, out)

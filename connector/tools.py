@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-
-from aiokafka import AIOKafkaProducer
+from typing import Callable
 
 from connector import contract as topics
 from connector.config import KafkaSettings
-from connector.kafka import client_options
+from connector.kafka import start_producer
 from connector.records import OutboundSms
 from connector.simulators import Simulator, serve
 
@@ -19,9 +18,9 @@ def recipient_key(msg: OutboundSms) -> bytes:
     return msg.recipient.key().encode()
 
 
-async def produce_one(k: KafkaSettings, msg: OutboundSms, value: bytes) -> str:
-    producer = AIOKafkaProducer(**client_options(k), acks="all", enable_idempotence=k.idempotent_producer)
-    await producer.start()
+async def produce_one(k: KafkaSettings, msg: OutboundSms, value: bytes,
+                      notice: Callable[[str], None] | None = None) -> str:
+    producer = await start_producer(k, notice, acks="all")
     try:
         meta = await producer.send_and_wait(topics.spec("outbound").name, value=value, key=recipient_key(msg))
         return f"{meta.topic}[{meta.partition}]@{meta.offset}"
