@@ -143,7 +143,7 @@ worker.format_epilog = _format_epilog.__get__(worker)  # type: ignore[method-ass
 
 @main.group()
 def topics() -> None:
-    """Create or verify the topics of the contract in topics/topics.toml."""
+    """Create, verify or read the topics of the contract in topics/topics.toml."""
 
 
 @topics.command("apply")
@@ -174,6 +174,38 @@ def topics_check(config: str | None) -> None:
         click.echo(f"{'ok' if s.ok else 'FAIL':4} {s.name:28} {status}")
     if bad:
         raise click.ClickException(f"{bad} topic(s) not as the contract says: run `sms-connector topics apply`")
+
+
+@topics.command("tail")
+@config_option
+@click.argument("name")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record (default: only new ones).")
+@click.option("--max-records", "-n", type=click.IntRange(min=1), default=None, help="Stop after N records.")
+@click.option("--no-follow", is_flag=True, help="Stop at the end of the topic instead of waiting for more.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per record (topic, partition, offset, timestamp, key, headers, value).")
+def topics_tail(config: str | None, name: str, from_beginning: bool, max_records: int | None, no_follow: bool,
+                as_json: bool) -> None:
+    """Print the records of topic NAME (a name, or a role of the contract: outbound, accepted,
+    failed, dlq, retry, delivery, inbound, ...) with partition, offset, time, key and headers.
+
+    \b
+    Examples:  sms-connector topics tail accepted --from-beginning
+               sms-connector topics tail sms.outbound.dlq --from-beginning --no-follow --json
+
+    Reads every partition without a consumer group: nothing is committed, no worker is
+    disturbed, and it works on the embedded dev broker (which kcat cannot read; see README).
+    On the embedded broker a tail from the end may first show the last records written
+    before it started (its end offsets are approximate). Ctrl-C stops.
+    """
+    from connector.tools import describe_record, tail, topic_name
+
+    settings = _operator_settings(config)
+    try:
+        asyncio.run(tail(settings.kafka, topic_name(name), lambda r: click.echo(describe_record(r, as_json)),
+                         from_beginning=from_beginning, max_records=max_records, follow=not no_follow))
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
 
 
 @main.command()

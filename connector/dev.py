@@ -2,8 +2,9 @@
 
 Starts a ``LocalStack`` (embedded broker, topics, every provider simulator, a worker; each in its
 own process, as in production), writes the manifest ``.sms-connector-dev.json``, optionally
-produces demo traffic and follows it to its terminal records, and on SIGINT/SIGTERM stops
-everything it started.
+produces demo traffic and follows it to its terminal records, and on SIGINT, SIGTERM or SIGHUP
+stops everything it started (a second signal kills instead of waiting). Its children also die if
+``dev`` itself is killed (connector.children).
 """
 
 from __future__ import annotations
@@ -33,13 +34,24 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
     out = out or sys.stdout
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     stack = LocalStack()
     manifest = Path(manifest_path)
+    starting = asyncio.current_task()   # cancelled by a signal until everything has started
+
+    def on_signal() -> None:
+        if stop.is_set():           # the second one: no orderly stop
+            stack.kill()
+        stop.set()
+        if starting is not None:
+            starting.cancel()
+
+    # SIGHUP too: closing the terminal that runs `make dev` must stop everything, not orphan it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal)
 
     def say(text: str) -> None:
-        print(text, file=out, flush=True)
+        with contextlib.suppress(OSError):      # the terminal may be gone (SIGHUP)
+            print(text, file=out, flush=True)
 
     try:
         await stack.start_broker()
@@ -75,6 +87,7 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
             "environment": environment,
         })
         say(f"manifest   {manifest.resolve()}")
+        starting = None
         if demo:
             code = await _demo(stack, demo, until_done, timeout, stop, worker.proc, say, out)
             if not until_done:
@@ -84,8 +97,16 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
         say("running; Ctrl-C to stop")
         await stop.wait()
         return 0
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        return 0                    # stopped by a signal while starting
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stack.kill)     # another signal while stopping: hurry
         await stack.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         with contextlib.suppress(FileNotFoundError):
             manifest.unlink()
         say("stopped")

@@ -109,10 +109,12 @@ def kafka_hint() -> str:
 
 def kafka_error(exc: BaseException) -> click.ClickException | None:
     """One line for an error that means Kafka could not be used, with what to do; else None."""
-    from connector.kafka import failure_line
+    from connector.kafka import TopicMissing, failure_line
 
     line = failure_line(exc)
-    return None if line is None else click.ClickException(f"{line.rstrip('.')}. Fix: {kafka_hint()}")
+    if line is None or isinstance(exc, TopicMissing):     # a missing topic's line says what to do
+        return None if line is None else click.ClickException(line)
+    return click.ClickException(f"{line.rstrip('.')}. Fix: {kafka_hint()}")
 
 
 def reset() -> None:

@@ -4,6 +4,7 @@ nothing else is installed at the top level (no ``topics`` module another distrib
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -27,8 +28,12 @@ def test_pyproject_lists_every_subpackage() -> None:
 
 
 def test_wheel_carries_the_contract_and_works_outside_the_checkout(tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves build/ behind, which must not pollute the checkout.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                                ".bench", ".hypothesis"))
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(wheels)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(source), "-w", str(wheels)],
                    check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("sms_connector-*.whl")
     with zipfile.ZipFile(wheel) as z:
