@@ -130,3 +130,21 @@ def test_a_manifest_left_by_a_killed_dev_is_ignored_with_a_note(tmp_path: Path) 
     assert result.returncode == 1
     assert f"note: ignoring .sms-connector-dev.json: the dev process that wrote it ({gone.pid}) is gone" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def readme_quick_start_commands() -> list[list[str]]:
+    """The commands the README's quick start suggests running next to `dev`."""
+    text = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return [line.split("#", 1)[0].split()[1:] for line in text.splitlines()
+            if line.startswith(".venv/bin/sms-connector ")]
+
+
+def test_the_readme_quick_start_commands_work_against_dev(dev: DevRun) -> None:
+    commands = readme_quick_start_commands()
+    assert len(commands) >= 5 and {c[0] for c in commands} >= {"send", "topics", "status", "check", "dlq"}
+    for command in commands:
+        # the README's interactive ones stop by themselves here
+        extra = {"tail": ["--no-follow"], "status": ["--once"]}.get(command[1] if command[0] == "topics" else command[0], [])
+        result = cli(*command, *extra, cwd=dev.workdir)
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
