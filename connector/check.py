@@ -286,7 +286,7 @@ def _sources(config_file: str | None, settings: Settings) -> dict[str, str]:
     that source, which is the same effective value."""
     in_file = _file_values(config_file)
     objects: list[tuple[str, Any]] = [(section, getattr(settings, section)) for section in
-                                      ("kafka", "dispatch", "http", "log", "routing", "callbacks", "inbound")]
+                                      ("kafka", "dispatch", "http", "log", "routing", "callbacks", "inbound", "tracing")]
     for name, route in settings.routes.items():
         objects += [(f"routes.{name}", route.common), (f"routes.{name}", route.provider)]
     out: dict[str, str] = {}

@@ -237,6 +237,20 @@ class InboundSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    enabled: bool = setting(False, doc="OpenTelemetry tracing (connector.tracing): a span per outbound message "
+                                       "(child of the producer's traceparent header), per provider call, per "
+                                       "callback and poll, and the trace context on every output record. Off: "
+                                       "no span is made and no header is added.")
+    otlp_url: str = setting("http://localhost:4318/v1/traces", doc="OTLP/HTTP (protobuf) endpoint spans are "
+                            "exported to, in batches.", example="http://otel-collector.observability:4318/v1/traces")
+    sample_ratio: float = setting(1.0, doc="Share of new traces recorded; a message whose producer's traceparent "
+                                           "is sampled (or not) follows its producer's decision.",
+                                  minimum=0.0, maximum=1.0)
+    service_name: str = setting("sms-connector", doc="service.name of the spans.")
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
@@ -245,6 +259,7 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     callbacks: CallbacksSettings = field(default_factory=CallbacksSettings)
     inbound: InboundSettings = field(default_factory=InboundSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     # route name -> (common route settings, provider-specific config object)
     routes: Mapping[str, "Route"] = field(default_factory=dict)
 
@@ -275,7 +290,7 @@ class Route:
 
 SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "dispatch": DispatchSettings, "http": HttpSettings,
                              "log": LogSettings, "routing": RoutingSettings, "callbacks": CallbacksSettings,
-                             "inbound": InboundSettings}
+                             "inbound": InboundSettings, "tracing": TracingSettings}
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
 from connector import contract as topics
-from connector import metrics, retries
+from connector import metrics, retries, tracing
 from connector.config import Settings
 from connector.kafka import client_options, key_partition
 from connector.offsets import PartitionProgress
@@ -281,8 +281,10 @@ class Dispatcher:
                     if self.ledger is not None:   # loaded: no await (the common case)
                         ledger = self.ledger.partitions.get(tp.partition) or await self.ledger.ready(tp.partition)
                     if not progress.revoked and (self.ledger is None or ledger is not None):
-                        terminal = await self._handle(tp, rec, ledger)
-                        await self._produce(rec, terminal)
+                        with tracing.message(rec):
+                            terminal = await self._handle(tp, rec, ledger)
+                            tracing.outcome(terminal)
+                            await self._produce(rec, terminal)
                         if terminal.ledger_cid is not None and ledger is not None:
                             await self._record_done(ledger, terminal)
                         progress.finish(rec.offset)
@@ -337,6 +339,7 @@ class Dispatcher:
         if t.kind == "skip":
             return   # a replay whose terminal record already exists
         topic, value, headers = self._record(rec, t)
+        headers = tracing.inject(headers)
         # The input's partition number (modulo the output's count): the same key stays on one
         # partition, in order, and the pure-Python key hash is skipped on the hot path.
         partition = rec.partition % self._partitions.get(topic, 1)
@@ -350,7 +353,8 @@ class Dispatcher:
                     # partitioned by correlation key as Kafka's default partitioner does:
                     # co-partitioned with sms.receipts, which the callbacks produce with send()
                     n = self._partitions[self.topic_correlation]
-                    related = [batcher.send(self.topic_correlation, key_partition(key, n), key, corr)
+                    trace = tracing.context_headers()
+                    related = [batcher.send(self.topic_correlation, key_partition(key, n), key, corr, trace)
                                for key, corr in t.correlations]
                     await done
                     for fut in related:

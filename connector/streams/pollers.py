@@ -79,7 +79,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connector import contract as topics
-from connector import metrics
+from connector import metrics, tracing
 from connector.config import KafkaSettings, Settings
 from connector.errors import Rejected, Throttled
 from connector.inbound import InboundSms, Keywords, first_word, stable_id
@@ -476,7 +476,7 @@ class MoPoller:
             try:
                 if self.intent is not None:
                     await self.recover()
-                more = await self.poll_once()
+                more = await tracing.traced(f"poll {self.name}", self.poll_once, self.provider)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - an outage must not end the poller

@@ -1,0 +1,314 @@
+"""OpenTelemetry tracing: off by default, and then nothing here costs more than a function call.
+
+When ``tracing.enabled`` is set, ``configure`` installs a tracer (sampled with
+``ParentBased(TraceIdRatioBased(sample_ratio))``, exported in batches over OTLP/HTTP) and the
+worker's hook points do this:
+
+- dispatch (``message``): a CONSUMER span ``process sms.outbound`` per record, child of the
+  producer's ``traceparent`` header (W3C trace context), with the outcome and reason
+  (``outcome``); a retry record's span is the child of the pass before it.
+- every provider call (``TracedTransport``, one per route): a CLIENT span named by the HTTP method
+  with ``http.request.method``, ``server.address``/``server.port``, ``http.response.status_code``
+  or ``error.type``, and ``sms.route``/``sms.provider``; never the URL path or body (numbers, text,
+  signatures and keys live there).
+- every output record gets the current span's ``traceparent`` (and ``tracestate``) header,
+  replacing the input's: accepted, failed, dead-lettered, retry and correlation records
+  (``inject``, ``context_headers``), and whatever the callbacks, pollers and correlator produce
+  (``TracedProducer``, which starts a PRODUCER span when no span is current).
+- callbacks (``instrument``): a SERVER span per ``POST /callbacks/<provider>``, continuing the
+  caller's ``traceparent`` if any; pollers (``traced``): a span per poll.
+- correlator: each receipt is processed in a CONSUMER span (``consuming``), child of the
+  receipt's own trace (its callback or poll) and linked to the outbound message's span, whose
+  context the correlation record carries (``remember``): the delivery event it publishes
+  carries that span's context.
+
+Nothing about a message's recipient or text goes into a span: ids, routes, providers, outcomes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span, SpanContext, Tracer
+
+    from connector.config import TracingSettings
+    from connector.http import HttpRequest, HttpResponse
+    from connector.pipeline import Terminal
+
+T = TypeVar("T")
+Headers = list[tuple[str, bytes]]
+TRACE_HEADERS = ("traceparent", "tracestate")
+REMEMBERED_MAX = 200_000          # correlation key -> message span context, for delivery-event links
+
+_tracer: Tracer | None = None     # None: tracing is off
+_provider: TracerProvider | None = None
+_remembered: OrderedDict[bytes, SpanContext] = OrderedDict()
+_NOOP = contextlib.nullcontext()
+
+
+def active() -> bool:
+    return _tracer is not None
+
+
+def configure(settings: TracingSettings, exporter: Any = None) -> bool:
+    """Install the tracer when ``settings.enabled`` (``exporter``: tests inject one). Returns
+    whether tracing is on."""
+    global _tracer, _provider
+    if not settings.enabled:
+        return False
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from connector import __version__
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": settings.service_name, "service.version": __version__}),
+        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)))
+    provider.add_span_processor(BatchSpanProcessor(exporter or OTLPSpanExporter(endpoint=settings.otlp_url),
+                                                   schedule_delay_millis=1000))
+    _provider, _tracer = provider, provider.get_tracer("sms-connector", __version__)
+    return True
+
+
+def shutdown() -> None:
+    """Export what is buffered and turn tracing off."""
+    global _tracer, _provider
+    provider, _provider, _tracer = _provider, None, None
+    _remembered.clear()
+    if provider is not None:
+        provider.shutdown()
+
+
+# -- trace context in Kafka headers --------------------------------------------------------------
+
+def _carrier(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    return {k: v.decode("latin-1") for k, v in headers or () if k in TRACE_HEADERS and v is not None}
+
+
+def _extract(headers: Sequence[tuple[str, bytes]] | None) -> Context | None:
+    carrier = _carrier(headers)
+    if not carrier:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract(carrier)
+
+
+def _current_headers() -> Headers:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+def inject(headers: Headers) -> Headers:
+    """``headers`` with the current span's trace context instead of any it had (a new list)."""
+    if _tracer is None:
+        return headers
+    return [h for h in headers if h[0] not in TRACE_HEADERS] + _current_headers()
+
+
+def context_headers() -> Headers | tuple[()]:
+    """The current span's trace context as headers (``()`` when off)."""
+    if _tracer is None:
+        return ()
+    return _current_headers()
+
+
+# -- dispatch ---------------------------------------------------------------------------------------
+
+def message(rec: Any) -> contextlib.AbstractContextManager[Any]:
+    """The span of one consumed outbound record (a ``ConsumerRecord``), current inside."""
+    if _tracer is None:
+        return _NOOP
+    return _consumer_span(rec)
+
+
+def _consumer_span(rec: Any, links: Sequence[Any] = ()) -> contextlib.AbstractContextManager[Span]:
+    from opentelemetry.trace import SpanKind
+
+    assert _tracer is not None
+    return _tracer.start_as_current_span(
+        f"process {rec.topic}", context=_extract(rec.headers), kind=SpanKind.CONSUMER, links=links,
+        record_exception=False,
+        attributes={"messaging.system": "kafka", "messaging.operation.type": "process",
+                    "messaging.destination.name": rec.topic, "messaging.destination.partition.id": str(rec.partition),
+                    "messaging.kafka.offset": rec.offset})
+
+
+def outcome(t: Terminal) -> None:
+    """Record how the current message ended on its span (outcome, reason; route and provider
+    of an accepted or failed record)."""
+    if _tracer is None:
+        return
+    from opentelemetry.trace import Status, StatusCode, get_current_span
+
+    span = get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute("sms.outcome", t.kind)
+    if t.reason:
+        span.set_attribute("sms.reason", t.reason)
+    if t.value and t.kind in ("accepted", "failed"):
+        import orjson
+
+        record = orjson.loads(t.value)
+        span.set_attribute("messaging.message.id", record.get("client_message_id") or "")
+        for name in ("route", "provider"):
+            if record.get(name):
+                span.set_attribute(f"sms.{name}", record[name])
+    if t.kind in ("failed", "dlq"):
+        span.set_status(Status(StatusCode.ERROR, t.reason or t.kind))
+
+
+# -- provider calls ---------------------------------------------------------------------------------
+
+class TracedTransport:
+    """A route's transport with a CLIENT span per provider call (sends, logins, polls)."""
+
+    def __init__(self, inner: Any, route: str, provider: str) -> None:
+        self.inner = inner
+        self.route = route
+        self.provider = provider
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        if _tracer is None:
+            return await self.inner.send(request)
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        url = urlsplit(request.url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        with _tracer.start_as_current_span(
+                request.method, kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False,
+                attributes={"http.request.method": request.method, "server.address": url.hostname or "",
+                            "server.port": port, "url.scheme": url.scheme, "sms.route": self.route,
+                            "sms.provider": self.provider}) as span:
+            try:
+                response = await self.inner.send(request)
+            except Exception as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR))
+                raise
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 400:
+                span.set_attribute("error.type", str(response.status))
+                span.set_status(Status(StatusCode.ERROR))
+            return response
+
+
+# -- inbound: callbacks, pollers, correlator --------------------------------------------------------
+
+class TracedProducer:
+    """The inbound producer (callbacks, pollers, correlator): every record it sends carries the
+    current span's context; with no current span, a PRODUCER span of its own."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def send(self, topic: str, value: Any = None, key: Any = None, partition: Any = None,
+                   timestamp_ms: Any = None, headers: Headers | None = None) -> Any:
+        async with self._context(topic):
+            return await self.inner.send(topic, value=value, key=key, partition=partition,
+                                         timestamp_ms=timestamp_ms, headers=inject(list(headers or [])))
+
+    async def send_and_wait(self, topic: str, value: Any = None, key: Any = None, partition: Any = None,
+                            timestamp_ms: Any = None, headers: Headers | None = None) -> Any:
+        return await (await self.send(topic, value, key, partition, timestamp_ms, headers))
+
+    @contextlib.asynccontextmanager
+    async def _context(self, topic: str) -> AsyncIterator[None]:
+        if _tracer is None:
+            yield
+            return
+        from opentelemetry.trace import SpanKind, get_current_span
+
+        if get_current_span().get_span_context().is_valid:
+            yield
+            return
+        with _tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER,
+                                           attributes={"messaging.system": "kafka", "messaging.operation.type": "send",
+                                                       "messaging.destination.name": topic}):
+            yield
+
+
+def instrument(app: web.Application) -> None:
+    """A SERVER span per callback request (``/callbacks/...``), continuing the caller's trace."""
+    if _tracer is None:
+        return
+    from aiohttp import web as aioweb
+
+    @aioweb.middleware
+    async def server_span(request: aioweb.Request, handler: Callable[[aioweb.Request], Awaitable[Any]]) -> Any:
+        if _tracer is None or not request.path.startswith("/callbacks/"):
+            return await handler(request)
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "/callbacks/{provider}"
+        parent = TraceContextTextMapPropagator().extract({k.lower(): v for k, v in request.headers.items()
+                                                          if k.lower() in TRACE_HEADERS})
+        with _tracer.start_as_current_span(
+                f"{request.method} {route}", context=parent, kind=SpanKind.SERVER, record_exception=False,
+                attributes={"http.request.method": request.method, "http.route": route,
+                            "url.scheme": request.scheme, "sms.provider": route.rsplit("/", 1)[-1]}) as span:
+            response = await handler(request)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            return response
+
+    app.middlewares.append(server_span)
+
+
+async def traced(name: str, call: Callable[[], Awaitable[T]], provider: str) -> T:
+    """``await call()`` inside a span named ``name`` (a poll of ``provider``)."""
+    if _tracer is None:
+        return await call()
+    with _tracer.start_as_current_span(name, attributes={"sms.provider": provider}):
+        return await call()
+
+
+def remember(key: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> None:
+    """A correlation record was read: keep its message's span context for the receipts' links."""
+    if _tracer is None or key is None:
+        return
+    context = _extract(headers)
+    if context is None:
+        return
+    from opentelemetry.trace import get_current_span
+
+    span_context = get_current_span(context).get_span_context()
+    if span_context.is_valid:
+        _remembered[key] = span_context
+        _remembered.move_to_end(key)
+        while len(_remembered) > REMEMBERED_MAX:
+            _remembered.popitem(last=False)
+
+
+def consuming(rec: Any) -> contextlib.AbstractContextManager[Any]:
+    """The span of one consumed receipt, linked to its outbound message's span when known."""
+    if _tracer is None:
+        return _NOOP
+    from opentelemetry.trace import Link
+
+    known = _remembered.get(rec.key) if rec.key is not None else None
+    return _consumer_span(rec, [Link(known, {"sms.link": "outbound message"})] if known is not None else [])
+
