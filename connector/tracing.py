@@ -32,6 +32,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
+import orjson
+
 if TYPE_CHECKING:
     from aiohttp import web
     from opentelemetry.context import Context
@@ -71,6 +73,7 @@ def configure(settings: TracingSettings, exporter: Any = None) -> bool:
 
     from connector import __version__
 
+    _bind()
     provider = TracerProvider(
         resource=Resource.create({"service.name": settings.service_name, "service.version": __version__}),
         sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)))
@@ -78,6 +81,26 @@ def configure(settings: TracingSettings, exporter: Any = None) -> bool:
                                                    schedule_delay_millis=1000))
     _provider, _tracer = provider, provider.get_tracer("sms-connector", __version__)
     return True
+
+
+class _Api:
+    """The OpenTelemetry API names the hooks use, imported once by ``configure`` (never when off)."""
+
+    SpanKind: Any
+    Status: Any
+    StatusCode: Any
+    Link: Any
+    get_current_span: Any
+    propagator: Any
+
+
+def _bind() -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    _Api.SpanKind, _Api.Status, _Api.StatusCode, _Api.Link = trace.SpanKind, trace.Status, trace.StatusCode, trace.Link
+    _Api.get_current_span = trace.get_current_span
+    _Api.propagator = TraceContextTextMapPropagator()
 
 
 def shutdown() -> None:
@@ -99,16 +122,12 @@ def _extract(headers: Sequence[tuple[str, bytes]] | None) -> Context | None:
     carrier = _carrier(headers)
     if not carrier:
         return None
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    return TraceContextTextMapPropagator().extract(carrier)
+    return _Api.propagator.extract(carrier)
 
 
 def _current_headers() -> Headers:
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier)
+    _Api.propagator.inject(carrier)
     return [(k, v.encode()) for k, v in carrier.items()]
 
 
@@ -136,11 +155,9 @@ def message(rec: Any) -> contextlib.AbstractContextManager[Any]:
 
 
 def _consumer_span(rec: Any, links: Sequence[Any] = ()) -> contextlib.AbstractContextManager[Span]:
-    from opentelemetry.trace import SpanKind
-
     assert _tracer is not None
     return _tracer.start_as_current_span(
-        f"process {rec.topic}", context=_extract(rec.headers), kind=SpanKind.CONSUMER, links=links,
+        f"process {rec.topic}", context=_extract(rec.headers), kind=_Api.SpanKind.CONSUMER, links=links,
         record_exception=False,
         attributes={"messaging.system": "kafka", "messaging.operation.type": "process",
                     "messaging.destination.name": rec.topic, "messaging.destination.partition.id": str(rec.partition),
@@ -152,24 +169,20 @@ def outcome(t: Terminal) -> None:
     of an accepted or failed record)."""
     if _tracer is None:
         return
-    from opentelemetry.trace import Status, StatusCode, get_current_span
-
-    span = get_current_span()
+    span = _Api.get_current_span()
     if not span.is_recording():
         return
     span.set_attribute("sms.outcome", t.kind)
     if t.reason:
         span.set_attribute("sms.reason", t.reason)
     if t.value and t.kind in ("accepted", "failed"):
-        import orjson
-
         record = orjson.loads(t.value)
         span.set_attribute("messaging.message.id", record.get("client_message_id") or "")
         for name in ("route", "provider"):
             if record.get(name):
                 span.set_attribute(f"sms.{name}", record[name])
     if t.kind in ("failed", "dlq"):
-        span.set_status(Status(StatusCode.ERROR, t.reason or t.kind))
+        span.set_status(_Api.Status(_Api.StatusCode.ERROR, t.reason or t.kind))
 
 
 # -- provider calls ---------------------------------------------------------------------------------
@@ -188,12 +201,14 @@ class TracedTransport:
     async def send(self, request: HttpRequest) -> HttpResponse:
         if _tracer is None:
             return await self.inner.send(request)
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
+        parent = _Api.get_current_span().get_span_context()
+        if parent.is_valid and not parent.trace_flags.sampled:
+            # its span would not be recorded, and nothing carries its context: skip it (the cost)
+            return await self.inner.send(request)
         url = urlsplit(request.url)
         port = url.port or (443 if url.scheme == "https" else 80)
         with _tracer.start_as_current_span(
-                request.method, kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False,
+                request.method, kind=_Api.SpanKind.CLIENT, record_exception=False, set_status_on_exception=False,
                 attributes={"http.request.method": request.method, "server.address": url.hostname or "",
                             "server.port": port, "url.scheme": url.scheme, "sms.route": self.route,
                             "sms.provider": self.provider}) as span:
@@ -201,12 +216,12 @@ class TracedTransport:
                 response = await self.inner.send(request)
             except Exception as exc:
                 span.set_attribute("error.type", type(exc).__name__)
-                span.set_status(Status(StatusCode.ERROR))
+                span.set_status(_Api.Status(_Api.StatusCode.ERROR))
                 raise
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 400:
                 span.set_attribute("error.type", str(response.status))
-                span.set_status(Status(StatusCode.ERROR))
+                span.set_status(_Api.Status(_Api.StatusCode.ERROR))
             return response
 
 
@@ -237,12 +252,10 @@ class TracedProducer:
         if _tracer is None:
             yield
             return
-        from opentelemetry.trace import SpanKind, get_current_span
-
-        if get_current_span().get_span_context().is_valid:
+        if _Api.get_current_span().get_span_context().is_valid:
             yield
             return
-        with _tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER,
+        with _tracer.start_as_current_span(f"send {topic}", kind=_Api.SpanKind.PRODUCER,
                                            attributes={"messaging.system": "kafka", "messaging.operation.type": "send",
                                                        "messaging.destination.name": topic}):
             yield
@@ -258,21 +271,18 @@ def instrument(app: web.Application) -> None:
     async def server_span(request: aioweb.Request, handler: Callable[[aioweb.Request], Awaitable[Any]]) -> Any:
         if _tracer is None or not request.path.startswith("/callbacks/"):
             return await handler(request)
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
         info = request.match_info.route.resource
         route = info.canonical if info is not None else "/callbacks/{provider}"
-        parent = TraceContextTextMapPropagator().extract({k.lower(): v for k, v in request.headers.items()
-                                                          if k.lower() in TRACE_HEADERS})
+        parent = _Api.propagator.extract({k.lower(): v for k, v in request.headers.items()
+                                          if k.lower() in TRACE_HEADERS})
         with _tracer.start_as_current_span(
-                f"{request.method} {route}", context=parent, kind=SpanKind.SERVER, record_exception=False,
+                f"{request.method} {route}", context=parent, kind=_Api.SpanKind.SERVER, record_exception=False,
                 attributes={"http.request.method": request.method, "http.route": route,
                             "url.scheme": request.scheme, "sms.provider": route.rsplit("/", 1)[-1]}) as span:
             response = await handler(request)
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
+                span.set_status(_Api.Status(_Api.StatusCode.ERROR))
             return response
 
     app.middlewares.append(server_span)
@@ -293,9 +303,7 @@ def remember(key: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> 
     context = _extract(headers)
     if context is None:
         return
-    from opentelemetry.trace import get_current_span
-
-    span_context = get_current_span(context).get_span_context()
+    span_context = _Api.get_current_span(context).get_span_context()
     if span_context.is_valid:
         _remembered[key] = span_context
         _remembered.move_to_end(key)
@@ -307,8 +315,6 @@ def consuming(rec: Any) -> contextlib.AbstractContextManager[Any]:
     """The span of one consumed receipt, linked to its outbound message's span when known."""
     if _tracer is None:
         return _NOOP
-    from opentelemetry.trace import Link
-
     known = _remembered.get(rec.key) if rec.key is not None else None
-    return _consumer_span(rec, [Link(known, {"sms.link": "outbound message"})] if known is not None else [])
+    return _consumer_span(rec, [_Api.Link(known, {"sms.link": "outbound message"})] if known is not None else [])
 
