@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from connector.embedded_broker import free_port
-from tests.integration.devrun import DevRun
+from tests.integration.devrun import DevRun, demo_done
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +34,8 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevRun]:
-    run = DevRun(tmp_path_factory.mktemp("dev"), demo=40)
-    try:
-        run.wait_manifest()
-        run.wait_demo_done()
+    with demo_done(tmp_path_factory.mktemp("dev"), 40, remove_logs=True) as run:
         yield run
-    finally:
-        run.stop()
-        run.remove_logs()
 
 
 def tail_json(cwd: Path, topic: str, env: dict[str, str] | None = None) -> list[dict]:
