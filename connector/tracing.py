@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span, SpanContext, Tracer
+    from opentelemetry.trace import Span, Tracer
 
     from connector.config import TracingSettings
     from connector.http import HttpRequest, HttpResponse
@@ -47,11 +47,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Headers = list[tuple[str, bytes]]
 TRACE_HEADERS = ("traceparent", "tracestate")
-REMEMBERED_MAX = 200_000          # correlation key -> message span context, for delivery-event links
+# correlation key -> the message's traceparent, for delivery-event links: the most recent ones
+# (about 200 bytes each, so at most ~20 MB; only while tracing is on)
+REMEMBERED_MAX = 100_000
 
 _tracer: Tracer | None = None     # None: tracing is off
 _provider: TracerProvider | None = None
-_remembered: OrderedDict[bytes, SpanContext] = OrderedDict()
+_remembered: OrderedDict[bytes, bytes] = OrderedDict()
 _NOOP = contextlib.nullcontext()
 
 
@@ -300,21 +302,24 @@ def remember(key: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> 
     """A correlation record was read: keep its message's span context for the receipts' links."""
     if _tracer is None or key is None:
         return
-    context = _extract(headers)
-    if context is None:
+    parent = next((v for k, v in headers or () if k == "traceparent" and v), None)
+    if parent is None:
         return
-    span_context = _Api.get_current_span(context).get_span_context()
-    if span_context.is_valid:
-        _remembered[key] = span_context
-        _remembered.move_to_end(key)
-        while len(_remembered) > REMEMBERED_MAX:
-            _remembered.popitem(last=False)
+    _remembered[key] = parent
+    _remembered.move_to_end(key)
+    if len(_remembered) > REMEMBERED_MAX:
+        _remembered.popitem(last=False)
 
 
 def consuming(rec: Any) -> contextlib.AbstractContextManager[Any]:
     """The span of one consumed receipt, linked to its outbound message's span when known."""
     if _tracer is None:
         return _NOOP
-    known = _remembered.get(rec.key) if rec.key is not None else None
-    return _consumer_span(rec, [_Api.Link(known, {"sms.link": "outbound message"})] if known is not None else [])
+    parent = _remembered.get(rec.key) if rec.key is not None else None
+    links = []
+    if parent is not None:
+        known = _Api.get_current_span(_extract([("traceparent", parent)])).get_span_context()
+        if known.is_valid:
+            links.append(_Api.Link(known, {"sms.link": "outbound message"}))
+    return _consumer_span(rec, links)
 
