@@ -73,6 +73,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connector import contract as topics
+from connector.children import child_options
 from connector.config import KafkaSettings
 from connector.embedded_broker import free_port
 from connector.kafka import client_options, topic_partitions
@@ -607,7 +608,7 @@ async def start_profiler(pid: int, path: str, rate: int = 250) -> asyncio.subpro
     with open(path + ".log", "ab") as log:
         return await asyncio.create_subprocess_exec(
             exe, "record", "-p", str(pid), "-o", path, "--format", "raw", "--rate", str(rate), "--nonblocking",
-            stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
+            stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, **child_options())
 
 
 async def stop_profiler(proc: asyncio.subprocess.Process | None) -> None:
@@ -738,7 +739,8 @@ async def measure_ceiling(url: str, n: int, concurrency: int, batch: int, timeou
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "connector.bench", "--ceiling", url, "--requests", str(n),
         "--concurrency", str(concurrency), "--batch", str(batch),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        **child_options())
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
@@ -775,7 +777,7 @@ async def measure_baseline(stack: LocalStack, kafka: KafkaSettings, sim_url: str
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "connector.baseline", "--bootstrap", kafka.bootstrap_servers, "--url", sim_url,
             "--records", str(n), "--group", group, "--web-port", str(free_port()),
-            stdout=asyncio.subprocess.PIPE, stderr=fh, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            stdout=asyncio.subprocess.PIPE, stderr=fh, stdin=asyncio.subprocess.DEVNULL, **child_options())
     timeout = 120 + n / 50
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
