@@ -48,5 +48,6 @@ def test_a_child_dies_with_its_sigkilled_parent() -> None:
             time.sleep(0.05)
         assert not alive(child)
     finally:
+        parent.stdout.close()
         if alive(child):
             os.kill(child, signal.SIGKILL)
