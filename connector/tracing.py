@@ -10,7 +10,8 @@ worker's hook points do this:
 - every provider call (``TracedTransport``, one per route): a CLIENT span named by the HTTP method
   with ``http.request.method``, ``server.address``/``server.port``, ``http.response.status_code``
   or ``error.type``, and ``sms.route``/``sms.provider``; never the URL path or body (numbers, text,
-  signatures and keys live there).
+  signatures and keys live there). A batched call (``collect`` / ``batch`` in the sender) is the
+  child of its first recorded message and linked to the others.
 - every output record gets the current span's ``traceparent`` (and ``tracestate``) header,
   replacing the input's: accepted, failed, dead-lettered, retry and correlation records
   (``inject``, ``context_headers``), and whatever the callbacks, pollers and correlator produce
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
@@ -55,6 +57,7 @@ _tracer: Tracer | None = None     # None: tracing is off
 _provider: TracerProvider | None = None
 _remembered: OrderedDict[bytes, bytes] = OrderedDict()
 _NOOP = contextlib.nullcontext()
+_batched: ContextVar[tuple[int, tuple[Any, ...]]] = ContextVar("sms_batched_spans", default=(0, ()))
 
 
 def active() -> bool:
@@ -189,8 +192,36 @@ def outcome(t: Terminal) -> None:
 
 # -- provider calls ---------------------------------------------------------------------------------
 
+def collect(into: list[Any]) -> None:
+    """A message joins a batch: keep its span's context (when recorded) for the batch call's links."""
+    if _tracer is None:
+        return
+    context = _Api.get_current_span().get_span_context()
+    if context.is_valid and context.trace_flags.sampled:
+        into.append(context)
+
+
+def batch(spans: Sequence[Any], size: int) -> contextlib.AbstractContextManager[Any]:
+    """Inside: provider calls carry one batch of ``size`` messages, whose recorded spans
+    ``collect`` kept."""
+    if _tracer is None or not spans:
+        return _NOOP
+    return _batch(size, tuple(spans))
+
+
+@contextlib.contextmanager
+def _batch(size: int, spans: tuple[Any, ...]) -> Any:
+    token = _batched.set((size, spans))
+    try:
+        yield
+    finally:
+        _batched.reset(token)
+
+
 class TracedTransport:
-    """A route's transport with a CLIENT span per provider call (sends, logins, polls)."""
+    """A route's transport with a CLIENT span per provider call (sends, logins, polls). A call
+    carrying a batch is the child of the batch's first recorded message and linked to the other
+    messages' spans (``sms.batch_size``: how many messages the call carries)."""
 
     def __init__(self, inner: Any, route: str, provider: str) -> None:
         self.inner = inner
@@ -203,17 +234,29 @@ class TracedTransport:
     async def send(self, request: HttpRequest) -> HttpResponse:
         if _tracer is None:
             return await self.inner.send(request)
+        size, batched = _batched.get()
         parent = _Api.get_current_span().get_span_context()
-        if parent.is_valid and not parent.trace_flags.sampled:
+        if not batched and parent.is_valid and not parent.trace_flags.sampled:
             # its span would not be recorded, and nothing carries its context: skip it (the cost)
             return await self.inner.send(request)
         url = urlsplit(request.url)
         port = url.port or (443 if url.scheme == "https" else 80)
+        attributes = {"http.request.method": request.method, "server.address": url.hostname or "",
+                      "server.port": port, "url.scheme": url.scheme, "sms.route": self.route,
+                      "sms.provider": self.provider}
+        links: list[Any] = []
+        context = None
+        if batched:
+            # the child of the first recorded message in the batch (so it is recorded whenever one
+            # of them is), linked to the others
+            from opentelemetry.trace import NonRecordingSpan, set_span_in_context
+
+            context = set_span_in_context(NonRecordingSpan(batched[0]))
+            links = [_Api.Link(b, {"sms.link": "batched message"}) for b in batched[1:]]
+            attributes["sms.batch_size"] = size
         with _tracer.start_as_current_span(
-                request.method, kind=_Api.SpanKind.CLIENT, record_exception=False, set_status_on_exception=False,
-                attributes={"http.request.method": request.method, "server.address": url.hostname or "",
-                            "server.port": port, "url.scheme": url.scheme, "sms.route": self.route,
-                            "sms.provider": self.provider}) as span:
+                request.method, context=context, kind=_Api.SpanKind.CLIENT, links=links, record_exception=False,
+                set_status_on_exception=False, attributes=attributes) as span:
             try:
                 response = await self.inner.send(request)
             except Exception as exc:

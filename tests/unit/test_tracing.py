@@ -198,3 +198,40 @@ async def test_callback_requests_get_a_server_span_continuing_the_callers_trace(
     assert format(span.context.trace_id, "032x") == trace_id and format(span.parent.span_id, "016x") == span_id
     assert span.attributes["http.route"] == "/callbacks/{provider}"
     assert span.attributes["http.response.status_code"] == 200
+
+
+async def test_a_batched_provider_call_is_a_child_of_one_message_and_linked_to_the_others(
+        spans: InMemorySpanExporter) -> None:
+    from connector.providers import REGISTRY
+    from connector.sender import RouteSender
+    from connector.transport import HttpTransport
+
+    async def gateway(request: HttpRequest) -> HttpResponse:
+        import orjson
+
+        n = len(orjson.loads(request.body)["Messages"])
+        return HttpResponse(200, orjson.dumps({"messages": [{"accepted": True, "apiMessageId": f"m{i}"}
+                                                            for i in range(n)]}), {"content-type": "application/json"})
+
+    from connector.config import Secret
+
+    config = REGISTRY["smpp_rest"].Config(base_url="https://gw.example.com", api_key=Secret("k"))
+    provider = REGISTRY["smpp_rest"](config, route="gw")
+    sender = RouteSender(provider, tracing.TracedTransport(HttpTransport(handler=gateway), "gw", "smpp_rest"),
+                         batch_max=3, batch_linger_ms=50)
+
+    async def one(i: int) -> None:
+        msg = OutboundSms(client_message_id=f"c{i}", recipient=Recipient(phone=f"+1415555012{i}"), text="hi")
+        with tracing.message(Rec(offset=i)):
+            await sender.send(provider.prepare(msg))
+
+    import asyncio
+
+    await asyncio.gather(*(one(i) for i in range(3)))
+    await sender.aclose()
+    done = finished(spans)
+    messages = {s.context.span_id: s for s in done if s.name == "process sms.outbound"}
+    (call,) = [s for s in done if s.kind is SpanKind.CLIENT]
+    assert len(messages) == 3 and call.attributes["sms.batch_size"] == 3
+    assert call.parent.span_id in messages
+    assert {ln.context.span_id for ln in call.links} | {call.parent.span_id} == set(messages)
