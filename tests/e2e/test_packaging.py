@@ -63,3 +63,14 @@ def test_wheel_carries_the_contract_and_works_outside_the_checkout(tmp_path: Pat
     assert where.startswith(str(site))
     assert counts.split()[1:] == ["sms.outbound", "object"]
     assert missing_topics == "None"
+
+
+def test_nothing_imports_the_contract_as_a_top_level_module() -> None:
+    # In a checkout `import topics` still resolves (the folder is on the path), but an installed
+    # wheel has no such module: only `from connector import contract` works everywhere.
+    import re
+
+    offenders = [str(p.relative_to(ROOT)) for folder in ("connector", "tests", "benchmarks", "scripts")
+                 for p in (ROOT / folder).rglob("*.py")
+                 if re.search(r"^\s*(import topics\b|from topics\b)", p.read_text(), re.M)]
+    assert offenders == []
