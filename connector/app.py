@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from aiokafka import AIOKafkaProducer
 
-from connector import metrics
+from connector import metrics, tracing
 from connector.breaker import CircuitBreaker
 from connector.config import Settings
 from connector.kafka import access_problem, client_options
@@ -50,6 +50,8 @@ def build_senders(settings: Settings) -> dict[str, RouteSender]:
                                         number_check=c.number_check)
         transport = HttpTransport(timeout_s=h.provider_timeout_s,
                                   max_connections=min(h.provider_max_connections, c.concurrency))
+        if tracing.active():
+            transport = tracing.TracedTransport(transport, name, c.provider)
         limiter = RouteLimiter(c.rate_limit or None, min_rate=c.rate_limit_min, concurrency=c.concurrency)
         breaker = CircuitBreaker(failure_ratio=c.breaker_failure_ratio, window_s=c.breaker_window_s,
                                  min_calls=c.breaker_min_calls, open_s=c.breaker_open_s,
@@ -86,8 +88,9 @@ def inbound_producer(settings: Settings) -> AIOKafkaProducer:
     """The producer of callbacks, pollers and the correlator: acks=all, small batches, no linger
     (a callback answers 2xx only after its record is acknowledged)."""
     k = settings.kafka
-    return AIOKafkaProducer(**client_options(k), acks="all", enable_idempotence=k.idempotent_producer,
-                            linger_ms=1, request_timeout_ms=int(k.request_timeout_s * 1000))
+    producer = AIOKafkaProducer(**client_options(k), acks="all", enable_idempotence=k.idempotent_producer,
+                                linger_ms=1, request_timeout_ms=int(k.request_timeout_s * 1000))
+    return tracing.TracedProducer(producer) if tracing.active() else producer  # type: ignore[return-value]
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
@@ -103,6 +106,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
     refused = await access_problem(settings.kafka)   # wrong password / untrusted CA: say so, exit
     if refused is not None:
         raise refused
+    tracing.configure(settings.tracing)
     senders = build_senders(settings)
     checks: list[ReadyPart] = []
     jobs: list[Awaitable[Any]] = []
@@ -157,6 +161,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             async def pollers_ready() -> tuple[bool, dict[str, object]]:
                 return bool(pollers.ready), {"pollers": "running" if pollers.ready else "starting"}
             checks.append(pollers_ready)
+        tracing.instrument(web_app)
         runner = await serve(web_app, settings.http.host, settings.http.port)
         log.info("worker started", extra={"roles": sorted(roles), "host": settings.http.host,
                                           "port": settings.http.port})
@@ -177,6 +182,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             await sender.transport.aclose()
         if producer is not None:
             await producer.stop()
+        tracing.shutdown()
 
 
 async def _ready(checks: list[ReadyPart]) -> tuple[bool, dict[str, object]]:

@@ -72,7 +72,8 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-import topics
+from connector import contract as topics
+from connector.children import child_options
 from connector.config import KafkaSettings
 from connector.embedded_broker import free_port
 from connector.kafka_broker import KAFKA_VERSION, KafkaCluster
@@ -625,7 +626,7 @@ async def start_profiler(pid: int, path: str, rate: int = 250) -> asyncio.subpro
     with open(path + ".log", "ab") as log:
         return await asyncio.create_subprocess_exec(
             exe, "record", "-p", str(pid), "-o", path, "--format", "raw", "--rate", str(rate), "--nonblocking",
-            stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
+            stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, **child_options())
 
 
 async def stop_profiler(proc: asyncio.subprocess.Process | None) -> None:
@@ -756,7 +757,8 @@ async def measure_ceiling(url: str, n: int, concurrency: int, batch: int, timeou
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "connector.bench", "--ceiling", url, "--requests", str(n),
         "--concurrency", str(concurrency), "--batch", str(batch),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        **child_options())
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
@@ -793,7 +795,7 @@ async def measure_baseline(stack: LocalStack, kafka: KafkaSettings, sim_url: str
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "connector.baseline", "--bootstrap", kafka.bootstrap_servers, "--url", sim_url,
             "--records", str(n), "--group", group, "--web-port", str(free_port()),
-            stdout=asyncio.subprocess.PIPE, stderr=fh, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            stdout=asyncio.subprocess.PIPE, stderr=fh, stdin=asyncio.subprocess.DEVNULL, **child_options())
     timeout = 120 + n / 50
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -837,6 +839,8 @@ class Options:
     latency_seconds: float = 5.0
     run_id: str = ""
     profile_dir: str | None = None
+    tracing_url: str | None = None       # the worker traces, exported to this OTLP sink
+    tracing_ratio: float = 1.0
 
 
 async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
@@ -880,6 +884,10 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
                "SMS_CONNECTOR_DISPATCH__MAX_IN_FLIGHT": str(sc.max_in_flight),
                "SMS_CONNECTOR_HTTP__PROVIDER_MAX_CONNECTIONS": str(max(concurrency, 1)),
                "SMS_CONNECTOR_LOG__LEVEL": "WARNING"}
+        if o.tracing_url:
+            env |= tracing_env(o.tracing_url, o.tracing_ratio)
+            row["scenario"] = f"{sc.name}+tracing"
+            row["tracing_sample_ratio"] = o.tracing_ratio
         tag = f"{o.run_id}-{sc.name}"
         timeout = 120 + n / 300
         if not soak:
@@ -1203,7 +1211,7 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
                     bootstrap_servers: str | None = None, broker: str = "tansu", baseline_records: int = 2000,
                     soak_records: int = 1_000_000, concurrency: int | None = None, keys: int = 2000,
                     latency_load: float = 0.5, profile_dir: str | None = None,
-                    err: TextIO | None = sys.stderr) -> list[dict[str, Any]]:
+                    err: TextIO | None = sys.stderr, tracing: float | None = None) -> list[dict[str, Any]]:
     """Run the scenarios; print one JSON object per scenario (``json_out``) or a table to ``out``.
 
     ``records`` per scenario (``soak``: ``soak_records``); ``baseline_records`` for the faust
@@ -1211,7 +1219,9 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
     ceiling's); ``keys`` recipients; ``latency_load`` the offered rate of the latency phase as a
     share of the measured throughput; ``profile_dir``: profile the worker with py-spy (when
     installed) during each throughput phase, collapsed stacks there, top functions in the row.
-    Progress goes to ``err`` (None: silent)."""
+    ``tracing``: the dispatch scenarios' worker traces with this sample ratio and exports to an
+    OTLP/HTTP sink in this process; rows are named ``<scenario>+tracing`` and count the spans
+    received. Progress goes to ``err`` (None: silent)."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)} (known: {', '.join(SCENARIO_NAMES)})")
@@ -1226,6 +1236,19 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
     baselines: dict[float, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
     t0 = time.monotonic()
+    async with contextlib.AsyncExitStack() as exits:
+        sink = await exits.enter_async_context(OtlpSink()) if tracing is not None else None
+        o.tracing_url = sink.url if sink else None
+        o.tracing_ratio = tracing if tracing is not None else 1.0
+        await _run_scenarios(scenarios, o, say, baselines, results, json_out, out, sink)
+    say(f"done in {time.monotonic() - t0:.0f}s")
+    if not json_out:
+        print(format_table(results), file=out, flush=True)
+    return results
+
+
+async def _run_scenarios(scenarios: list[str], o: Options, say: _Progress, baselines: dict[float, dict[str, Any]],
+                         results: list[dict[str, Any]], json_out: bool, out: TextIO, sink: OtlpSink | None) -> None:
     for name in scenarios:
         sc = SCENARIOS[name]
         say(f"=== {name} ===")
@@ -1235,13 +1258,53 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
         else:
             row = await dispatch_scenario(sc, o, say, baselines)
         row["scenario_s"] = round(time.monotonic() - started, 1)
+        if sink is not None and name != "callbacks":
+            await asyncio.sleep(2)   # the worker's last export batch (it exports every second)
+            row["spans_exported"] = sink.take()
         results.append(row)
         if json_out:
             print(json.dumps(row, default=str), file=out, flush=True)
-    say(f"done in {time.monotonic() - t0:.0f}s")
-    if not json_out:
-        print(format_table(results), file=out, flush=True)
-    return results
+
+
+def tracing_env(otlp_url: str, sample_ratio: float) -> dict[str, str]:
+    """A worker that traces (``sample_ratio`` of its messages) and exports to ``otlp_url``."""
+    return {"SMS_CONNECTOR_TRACING__ENABLED": "true", "SMS_CONNECTOR_TRACING__OTLP_URL": otlp_url,
+            "SMS_CONNECTOR_TRACING__SAMPLE_RATIO": f"{sample_ratio:g}"}
+
+
+class OtlpSink:
+    """An OTLP/HTTP trace endpoint on loopback that counts the spans it receives (the bench's
+    stand-in for a collector: it decodes every export, as a collector would, and keeps nothing)."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.url = ""
+        self._runner: Any = None
+
+    async def __aenter__(self) -> OtlpSink:
+        from aiohttp import web
+
+        async def traces(request: web.Request) -> web.Response:
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+            export = ExportTraceServiceRequest.FromString(await request.read())
+            self.spans += sum(len(ss.spans) for rs in export.resource_spans for ss in rs.scope_spans)
+            return web.Response(content_type="application/x-protobuf")
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/traces", traces)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1/traces"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+    def take(self) -> int:
+        n, self.spans = self.spans, 0
+        return n
 
 
 def _ceiling_main(argv: list[str] | None = None) -> int:

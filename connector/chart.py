@@ -27,7 +27,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import topics
+from connector import contract as topics
 from connector.config import SECTIONS, RouteSettings
 
 CHART_DIR = Path(__file__).resolve().parents[1] / "helm" / "sms-connector"

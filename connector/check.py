@@ -48,7 +48,7 @@ from typing import IO, Any, Callable, Mapping
 
 import click
 
-import topics
+from connector import contract as topics
 from connector.config import ENV_PREFIX, ConfigError, Secret, Settings, load, redacted
 from connector.policy import handoff_policy, longest_schedule_s
 
@@ -155,6 +155,8 @@ _FIXES: list[tuple[re.Pattern[str], Callable[[str, re.Match[str]], str]]] = [
      lambda p, m: f"set {p} to a value " + (
          f"between {m[1]} and {m[2]}" if m[1] != "None" and m[2] != "None" else
          f"of at least {m[1]}" if m[1] != "None" else f"of at most {m[2]}")),
+    (re.compile(r"is not an http:// or https:// URL$|has no host$"),
+     lambda p, m: f"set {p} to an http:// or https:// URL with a host, e.g. https://api.example.com"),
     (re.compile(r"unknown setting \(known: (.+)\)$"),
      lambda p, m: f"remove {p} or correct its spelling (known here: {m[1]})"),
     (re.compile(r"unknown section \(known: (.+)\)$"),
@@ -285,7 +287,7 @@ def _sources(config_file: str | None, settings: Settings) -> dict[str, str]:
     that source, which is the same effective value."""
     in_file = _file_values(config_file)
     objects: list[tuple[str, Any]] = [(section, getattr(settings, section)) for section in
-                                      ("kafka", "dispatch", "http", "log", "routing", "callbacks", "inbound")]
+                                      ("kafka", "dispatch", "http", "log", "routing", "callbacks", "inbound", "tracing")]
     for name, route in settings.routes.items():
         objects += [(f"routes.{name}", route.common), (f"routes.{name}", route.provider)]
     out: dict[str, str] = {}
@@ -460,14 +462,16 @@ async def check_routes(settings: Settings, timeout: float) -> list[CheckRow]:
 
 
 async def run_check(config_file: str | None, connect: bool, environ: Mapping[str, str] | None = None,
-                    timeout: float = DEFAULT_TIMEOUT_S) -> CheckReport:
+                    timeout: float = DEFAULT_TIMEOUT_S, under: Mapping[str, str] | None = None,
+                    under_source: str = "") -> CheckReport:
     """Validate the configuration and, with ``connect``, reach Kafka and authenticate every
-    route (nothing is sent). Never raises for a bad configuration: every problem is a row."""
+    route (nothing is sent). Never raises for a bad configuration: every problem is a row.
+    ``under``: a running dev's environment (``config.load``), named by ``under_source``."""
     if not config_file and environ is not None:      # None: config.load reads the process environment
         config_file = environ.get(ENV_PREFIX + "CONFIG") or None
     report = CheckReport(config_file=config_file, connected=connect)
     try:
-        settings = load(config_file, environ)
+        settings = load(config_file, environ, under=under)
     except ConfigError as exc:
         report.rows += [problem_row(p) for p in exc.problems]
         if connect:
@@ -476,6 +480,9 @@ async def run_check(config_file: str | None, connect: bool, environ: Mapping[str
         return report
     report.settings = redacted(settings)
     report.sources = _sources(config_file, settings)
+    if under and not config_file:
+        report.rows.append(CheckRow("config", "source", Status.OK,
+                                    f"the running dev stack's settings ({under_source}), under the environment"))
     report.rows += config_rows(settings)
     if connect:
         kafka_rows, route_rows = await asyncio.gather(check_kafka(settings, timeout),
@@ -575,7 +582,11 @@ def check_command(config: str | None, connect: bool, timeout: float, plain: bool
     Exit status 1 when anything failed.
     """
     quiet_client_logs()
-    report = asyncio.run(run_check(config, connect, timeout=timeout))
+    from connector import devmanifest
+
+    under = devmanifest.dev_environment(config)
+    report = asyncio.run(run_check(config, connect, timeout=timeout, under=under,
+                                   under_source=devmanifest.DEFAULT_PATH))
     render(report, sys.stdout, plain=True if plain else None, show_settings=not no_settings)
     if not report.ok:
         sys.exit(1)

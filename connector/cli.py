@@ -19,10 +19,59 @@ from connector.errors import SmsError
 
 
 def _settings(config: str | None) -> Settings:
+    """The worker's settings: its config file and environment only (never a dev manifest)."""
     try:
         return load(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _operator_settings(config: str | None) -> Settings:
+    """An operator command's settings: --config / the environment, else a running dev's."""
+    from connector import devmanifest
+
+    return devmanifest.settings(config)
+
+
+class _Commands(click.Group):
+    """The command group. An operator command meets only expected conditions as one line: Kafka
+    unreachable or refusing is said with what to do; anything unexpected is one line plus the
+    file holding its traceback. The worker is left alone: its failures go to its own logs."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name != "worker":
+            from connector.check import quiet_client_logs
+
+            quiet_client_logs()
+        return name, command, rest
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - turned into one line below
+            if ctx.invoked_subcommand == "worker":
+                raise
+            from connector.devmanifest import kafka_error
+
+            expected = kafka_error(exc)
+            if expected is not None:
+                raise expected from None
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} "
+                                       f"(traceback in {_traceback_file(exc)})") from None
+
+
+def _traceback_file(exc: BaseException) -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="sms-connector-error-", suffix=".log")
+    with open(fd, "w") as fh:
+        fh.write(f"sms-connector {__version__}: {' '.join(sys.argv)}\n")
+        fh.write("".join(traceback.format_exception(exc)))
+    return path
 
 
 def _run(coro: object) -> None:
@@ -38,7 +87,7 @@ config_option = click.option("--config", "-c", type=click.Path(dir_okay=False), 
                              help="TOML config file (also SMS_CONNECTOR_CONFIG). Environment variables override it.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sms-connector")
 def main() -> None:
     """sms-connector: send SMS from Kafka through providers' HTTP APIs, and publish what happened.
@@ -101,7 +150,7 @@ worker.format_epilog = _format_epilog.__get__(worker)  # type: ignore[method-ass
 
 @main.group()
 def topics() -> None:
-    """Create or verify the topics of the contract in topics/topics.toml."""
+    """Create, verify or read the topics of the contract in topics/topics.toml."""
 
 
 @topics.command("apply")
@@ -111,7 +160,7 @@ def topics_apply(config: str | None, partitions: int | None) -> None:
     """Create every missing topic (existing ones are left as they are)."""
     from connector.kafka import apply_topics
 
-    settings = _settings(config)
+    settings = _operator_settings(config)
     result = asyncio.run(apply_topics(settings.kafka, partitions))
     for name, state in result:
         click.echo(f"{state:8} {name}")
@@ -123,7 +172,7 @@ def topics_check(config: str | None) -> None:
     """Verify every topic exists with at least its partition count; exit 1 if not."""
     from connector.kafka import check_topics
 
-    settings = _settings(config)
+    settings = _operator_settings(config)
     states = asyncio.run(check_topics(settings.kafka))
     bad = 0
     for s in states:
@@ -132,6 +181,38 @@ def topics_check(config: str | None) -> None:
         click.echo(f"{'ok' if s.ok else 'FAIL':4} {s.name:28} {status}")
     if bad:
         raise click.ClickException(f"{bad} topic(s) not as the contract says: run `sms-connector topics apply`")
+
+
+@topics.command("tail")
+@config_option
+@click.argument("name")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record (default: only new ones).")
+@click.option("--max-records", "-n", type=click.IntRange(min=1), default=None, help="Stop after N records.")
+@click.option("--no-follow", is_flag=True, help="Stop at the end of the topic instead of waiting for more.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per record (topic, partition, offset, timestamp, key, headers, value).")
+def topics_tail(config: str | None, name: str, from_beginning: bool, max_records: int | None, no_follow: bool,
+                as_json: bool) -> None:
+    """Print the records of topic NAME (a name, or a role of the contract: outbound, accepted,
+    failed, dlq, retry, delivery, inbound, ...) with partition, offset, time, key and headers.
+
+    \b
+    Examples:  sms-connector topics tail accepted --from-beginning
+               sms-connector topics tail sms.outbound.dlq --from-beginning --no-follow --json
+
+    Reads every partition without a consumer group: nothing is committed, no worker is
+    disturbed, and it works on the embedded dev broker (which kcat cannot read; see README).
+    On the embedded broker a tail from the end may first show the last records written
+    before it started (its end offsets are approximate). Ctrl-C stops.
+    """
+    from connector.tools import describe_record, tail, topic_name
+
+    settings = _operator_settings(config)
+    try:
+        asyncio.run(tail(settings.kafka, topic_name(name), lambda r: click.echo(describe_record(r, as_json)),
+                         from_beginning=from_beginning, max_records=max_records, follow=not no_follow))
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
 
 
 @main.command()
@@ -146,6 +227,7 @@ def topics_check(config: str | None) -> None:
 def send(config: str | None, phone: str | None, device: str | None, text: str, client_message_id: str | None,
          route: str | None, sender: str | None, metadata: tuple[str, ...]) -> None:
     """Produce one outbound record to sms.outbound (keyed by recipient)."""
+    from connector.devmanifest import notice
     from connector.records import OutboundSms, Recipient, encode_outbound
     from connector.tools import produce_one
 
@@ -161,8 +243,8 @@ def send(config: str | None, phone: str | None, device: str | None, text: str, c
     meta = dict(m.split("=", 1) for m in metadata if "=" in m)
     msg = OutboundSms(client_message_id=client_message_id or str(uuid.uuid4()), recipient=recipient, text=text,
                       route=route, sender=sender, metadata=meta)
-    settings = _settings(config)
-    where = asyncio.run(produce_one(settings.kafka, msg, encode_outbound(msg)))
+    settings = _operator_settings(config)
+    where = asyncio.run(produce_one(settings.kafka, msg, encode_outbound(msg), notice=notice))
     click.echo(f"produced {msg.client_message_id} to {where}")
 
 
@@ -184,8 +266,12 @@ def send(config: str | None, phone: str | None, device: str | None, text: str, c
 @click.option("--profile", "profile_dir", type=click.Path(file_okay=False), default=None,
               help="Profile the worker with py-spy into this directory; hotspots go into the JSON and notes.")
 @click.option("--json", "json_out", is_flag=True, help="One JSON object per scenario instead of the table.")
+@click.option("--tracing", "tracing_ratio", type=click.FloatRange(0, 1), default=None, metavar="RATIO",
+              help="The worker traces with this sample ratio (1: every message), exporting to an OTLP sink in the "
+                   "bench (rows <scenario>+tracing): what tracing costs.")
 def bench(scenarios: str, records: int, soak_records: int, baseline_records: int, concurrency: int | None,
-          keys: int, broker: str, bootstrap_servers: str | None, profile_dir: str | None, json_out: bool) -> None:
+          keys: int, broker: str, bootstrap_servers: str | None, profile_dir: str | None, json_out: bool,
+          tracing_ratio: float | None) -> None:
     """Measure one worker against the simulators: records/s, p50/p99 latency, peak RSS, with the
     raw ceiling (aiohttp alone) and a typical faust + httpx baseline from the same run.
 
@@ -197,7 +283,8 @@ def bench(scenarios: str, records: int, soak_records: int, baseline_records: int
     try:
         asyncio.run(run_bench(names, records, json_out=json_out, bootstrap_servers=bootstrap_servers, broker=broker,
                               baseline_records=baseline_records, soak_records=soak_records,
-                              concurrency=concurrency, keys=keys, profile_dir=profile_dir))
+                              concurrency=concurrency, keys=keys, profile_dir=profile_dir,
+                              tracing=tracing_ratio))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except BrokerUnavailable as exc:

@@ -243,6 +243,20 @@ class InboundSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    enabled: bool = setting(False, doc="OpenTelemetry tracing (connector.tracing): a span per outbound message "
+                                       "(child of the producer's traceparent header), per provider call, per "
+                                       "callback and poll, and the trace context on every output record. Off: "
+                                       "no span is made and no header is added.")
+    otlp_url: str = setting("http://localhost:4318/v1/traces", doc="OTLP/HTTP (protobuf) endpoint spans are "
+                            "exported to, in batches.", example="http://otel-collector.observability:4318/v1/traces")
+    sample_ratio: float = setting(1.0, doc="Share of new traces recorded; a message whose producer's traceparent "
+                                           "is sampled (or not) follows its producer's decision.",
+                                  minimum=0.0, maximum=1.0)
+    service_name: str = setting("sms-connector", doc="service.name of the spans.")
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
@@ -251,6 +265,7 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     callbacks: CallbacksSettings = field(default_factory=CallbacksSettings)
     inbound: InboundSettings = field(default_factory=InboundSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     # route name -> (common route settings, provider-specific config object)
     routes: Mapping[str, "Route"] = field(default_factory=dict)
 
@@ -281,7 +296,7 @@ class Route:
 
 SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "dispatch": DispatchSettings, "http": HttpSettings,
                              "log": LogSettings, "routing": RoutingSettings, "callbacks": CallbacksSettings,
-                             "inbound": InboundSettings}
+                             "inbound": InboundSettings, "tracing": TracingSettings}
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,6 +379,8 @@ def build(cls: type, raw: Mapping[str, Any], path: str, problems: list[str],
     for f in dataclasses.fields(cls):
         if f.name in raw:
             kwargs[f.name] = _coerce(f, hints[f.name], raw.pop(f.name), f"{path}.{f.name}", problems, environ)
+            if f.name.endswith("_url") and isinstance(kwargs[f.name], str):
+                _check_url(kwargs[f.name], f"{path}.{f.name}", problems)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             problems.append(f"{path}.{f.name}: required ({f.metadata.get('doc', '')})")
     for unknown in sorted(raw):
@@ -373,6 +390,18 @@ def build(cls: type, raw: Mapping[str, Any], path: str, problems: list[str],
         return cls(**{k: v for k, v in kwargs.items() if v is not None or _nullable(cls, k)})
     except TypeError:
         return None
+
+
+def _check_url(value: str, path: str, problems: list[str]) -> None:
+    """A ``*_url`` setting (a provider's base_url, callbacks.public_url) is an http(s) URL with a host:
+    the HTTP client would refuse anything else only at the first call, as a retriable error."""
+    if not value:
+        return
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        problems.append(f"{path}: {value!r} is not an http:// or https:// URL")
+    elif not rest.split("/", 1)[0].rpartition("@")[2]:
+        problems.append(f"{path}: {value!r} has no host")
 
 
 def _nullable(cls: type, name: str) -> bool:
@@ -411,11 +440,16 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None,
-         overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Load and validate settings; raises ConfigError listing every problem."""
+         overrides: Mapping[str, Any] | None = None, under: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate settings; raises ConfigError listing every problem.
+
+    ``under``: variables the environment overrides, used only when there is no config file (the
+    operator commands pass a running ``dev``'s, from its manifest)."""
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if under and not config_file:
+        environ = {**under, **environ}
     problems: list[str] = []
     if config_file:
         try:

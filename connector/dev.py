@@ -2,8 +2,9 @@
 
 Starts a ``LocalStack`` (embedded broker, topics, every provider simulator, a worker; each in its
 own process, as in production), writes the manifest ``.sms-connector-dev.json``, optionally
-produces demo traffic and follows it to its terminal records, and on SIGINT/SIGTERM stops
-everything it started.
+produces demo traffic and follows it to its terminal records, and on SIGINT, SIGTERM or SIGHUP
+stops everything it started (a second signal kills instead of waiting). Its children also die if
+``dev`` itself is killed (connector.children).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import orjson
-
-import topics
+from connector import contract as topics
+from connector import devmanifest
 from connector.demo import DEMO_HEADER, generate
 from connector.embedded_broker import free_port
 from connector.simulators import SIMULATORS
@@ -34,13 +34,24 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
     out = out or sys.stdout
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     stack = LocalStack()
     manifest = Path(manifest_path)
+    starting = asyncio.current_task()   # cancelled by a signal until everything has started
+
+    def on_signal() -> None:
+        if stop.is_set():           # the second one: no orderly stop
+            stack.kill()
+        stop.set()
+        if starting is not None:
+            starting.cancel()
+
+    # SIGHUP too: closing the terminal that runs `make dev` must stop everything, not orphan it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal)
 
     def say(text: str) -> None:
-        print(text, file=out, flush=True)
+        with contextlib.suppress(OSError):      # the terminal may be gone (SIGHUP)
+            print(text, file=out, flush=True)
 
     try:
         await stack.start_broker()
@@ -55,10 +66,11 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
                         "SMS_CONNECTOR_CALLBACKS__THINGSPACE_PASSWORD": secrets.token_urlsafe(12)}
         worker = await stack.start_worker(env=callback_env, http_port=http_port, roles=("all",))
         say(f"worker     metrics {worker.url}/metrics  health {worker.url}/healthz  logs {stack.logdir}")
-        settings = load(environ=worker_env(stack.kafka.bootstrap_servers, stack.sim_urls, http_port) | callback_env)
+        environment = worker_env(stack.kafka.bootstrap_servers, stack.sim_urls, http_port) | callback_env
+        settings = load(environ=environment)
         for route, service, url in await register_callbacks(settings, None):
             say(f"callbacks  {service} of route {route} -> {url}")
-        manifest.write_bytes(orjson.dumps({
+        devmanifest.write(manifest, {
             "bootstrap_servers": stack.kafka.bootstrap_servers,
             "topics": {role: s.name for role, s in topics.specs().items()},
             "metrics_url": f"{worker.url}/metrics",
@@ -71,8 +83,11 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
                                              "username": callback_env["SMS_CONNECTOR_CALLBACKS__THINGSPACE_USERNAME"],
                                              "password": callback_env["SMS_CONNECTOR_CALLBACKS__THINGSPACE_PASSWORD"]}},
             "logs": str(stack.logdir),
-        }, option=orjson.OPT_INDENT_2))
+            # What the worker runs with: the operator commands run here configure themselves from it.
+            "environment": environment,
+        })
         say(f"manifest   {manifest.resolve()}")
+        starting = None
         if demo:
             code = await _demo(stack, demo, until_done, timeout, stop, worker.proc, say, out)
             if not until_done:
@@ -82,8 +97,16 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
         say("running; Ctrl-C to stop")
         await stop.wait()
         return 0
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        return 0                    # stopped by a signal while starting
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stack.kill)     # another signal while stopping: hurry
         await stack.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         with contextlib.suppress(FileNotFoundError):
             manifest.unlink()
         say("stopped")

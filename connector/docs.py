@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import topics
+from connector import contract as topics
 from connector.config import describe
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connector.children import child_options
+
 
 class BrokerUnavailable(RuntimeError):
     """The embedded broker could not be found or did not start."""
@@ -85,8 +87,7 @@ class EmbeddedBroker:
         self.process = subprocess.Popen(
             [str(tansu_binary()), "broker", "--listener-url", url,
              "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, **child_options(),
         )
         if log is not subprocess.DEVNULL:
             log.close()  # the child has its own copy of the descriptor

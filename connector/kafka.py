@@ -11,15 +11,15 @@ import asyncio
 import ssl
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import (AuthenticationFailedError, IllegalSaslStateError, KafkaError,
+from aiokafka.errors import (AuthenticationFailedError, IllegalSaslStateError, KafkaConnectionError, KafkaError,
                              SaslAuthenticationFailed, TopicAlreadyExistsError, TopicAuthorizationFailedError,
-                             UnknownTopicOrPartitionError, UnsupportedSaslMechanismError)
+                             UnknownError, UnknownTopicOrPartitionError, UnsupportedSaslMechanismError)
 
-import topics
+from connector import contract as topics
 from connector.config import KafkaSettings
 
 _M = 0x5BD1E995
@@ -68,6 +68,42 @@ def client_options(k: KafkaSettings) -> dict[str, Any]:
         opts["sasl_plain_username"] = k.sasl_username
         opts["sasl_plain_password"] = k.sasl_password.value if k.sasl_password else ""
     return opts
+
+
+async def start_producer(k: KafkaSettings, notice: Callable[[str], None] | None = None,
+                         **options: Any) -> AIOKafkaProducer:
+    """A started producer with the settings' idempotence. A broker that refuses the idempotent
+    producer (InitProducerId answers an unknown error: the embedded dev broker) gets a plain one
+    instead, and ``notice`` is told. A producer that fails to start is closed, never left behind."""
+    idempotent = k.idempotent_producer
+    while True:
+        producer = AIOKafkaProducer(**client_options(k), enable_idempotence=idempotent, **options)
+        try:
+            await producer.start()
+            return producer
+        except UnknownError:
+            await producer.stop()
+            if not idempotent:
+                raise
+        except BaseException:
+            await producer.stop()
+            raise
+        idempotent = False
+        if notice:
+            notice(f"the broker at {k.bootstrap_servers} has no idempotent producer (as the embedded dev broker): "
+                   f"producing without it; set kafka.idempotent_producer=false to skip the attempt")
+
+
+def failure_line(exc: BaseException) -> str | None:
+    """One line for an error that means Kafka could not be used (unreachable, refused, a topic
+    missing); None for anything else."""
+    if isinstance(exc, (KafkaConnectionError, ConnectionError)):
+        return f"cannot reach Kafka: {str(exc).removeprefix('KafkaConnectionError: ')}"
+    if isinstance(exc, TopicMissing):
+        return str(exc)
+    if isinstance(exc, KafkaError):
+        return f"Kafka refused the request: {type(exc).__name__}{f': {exc}' if str(exc) else ''}"
+    return None
 
 
 class TopicMissing(ValueError):

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import fastjsonschema
 import orjson
 
-import topics
+from connector import contract as topics
 from connector import numbers
 from connector.errors import InvalidMessage, InvalidRecord
 

@@ -49,7 +49,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-import topics
+from connector import contract as topics
 from connector import retries
 from connector.config import ConfigError, KafkaSettings
 
@@ -228,29 +228,28 @@ class _Originals:
 
 async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = None, *, dry_run: bool = False,
                  limit: int | None = None, progress: Progress | None = None, quiet_s: float = 1.0,
-                 max_quiet_s: float = 10.0) -> ReplaySummary:
+                 max_quiet_s: float = 10.0, notice: Callable[[str], None] | None = None) -> ReplaySummary:
     """Replay the matching records of ``topic`` (``dlq`` / ``failed`` or their names) to sms.outbound."""
-    from connector.kafka import client_options, topic_partitions
+    from connector.kafka import client_options, start_producer, topic_partitions
 
     kind, name = topic_kind(topic)
     target = topics.spec("outbound").name
     summary = ReplaySummary(topic=name, target=target, filters=dict(filters or {}), dry_run=dry_run)
     consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    producer = None if dry_run else AIOKafkaProducer(**client_options(kafka), acks="all", linger_ms=5,
-                                                     enable_idempotence=kafka.idempotent_producer)
+    producer: AIOKafkaProducer | None = None
     originals = _Originals(kafka, quiet_s=max(quiet_s, 1.0)) if kind == "failed" else None
     pending: list[asyncio.Future[Any]] = []
-    await consumer.start()
     try:
+        await consumer.start()
         parts = await topic_partitions(consumer, name, attempts=20)
         consumer.assign(parts)
         begin = await consumer.beginning_offsets(parts)
         end = await consumer.end_offsets(parts)
         total = sum(max(0, end[tp] - begin[tp]) for tp in parts)
         await consumer.seek_to_beginning(*parts)
-        if producer is not None:
-            await producer.start()
+        if not dry_run:
+            producer = await start_producer(kafka, notice, acks="all", linger_ms=5)
         if progress:
             progress(0, total, 0)
         last_record = time.monotonic()
@@ -337,10 +336,12 @@ async def _original(kind: str, rec: Any, facts: Mapping[str, str | None], origin
 
 def kafka_settings(config_file: str | None = None) -> KafkaSettings:
     """The Kafka settings, loaded and validated as the worker loads them (the whole configuration
-    must be valid: run replay where the worker's configuration is, e.g. in its pod)."""
+    must be valid: run replay where the worker's configuration is, e.g. in its pod); without a
+    config, a running ``dev``'s (connector.devmanifest)."""
     from connector.config import load
+    from connector.devmanifest import dev_environment
 
-    return load(config_file).kafka
+    return load(config_file, under=dev_environment(config_file)).kafka
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,6 +388,7 @@ def dlq_replay(topic: str, filters: tuple[str, ...], dry_run: bool, limit: int |
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     from connector.check import quiet_client_logs
+    from connector.devmanifest import kafka_error, notice
 
     quiet_client_logs()
     console = Console(stderr=True)
@@ -400,13 +402,14 @@ def dlq_replay(topic: str, filters: tuple[str, ...], dry_run: bool, limit: int |
             bar.update(task, completed=scanned, total=total, matched=matched)
 
         try:
-            summary = asyncio.run(replay(kafka, topic, parsed, dry_run=dry_run, limit=limit, progress=on_progress))
+            summary = asyncio.run(replay(kafka, topic, parsed, dry_run=dry_run, limit=limit, progress=on_progress,
+                                         notice=notice))
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
         except (KafkaError, OSError) as exc:
-            raise click.ClickException(f"Kafka at {kafka.bootstrap_servers}: {type(exc).__name__}: {exc}. "
-                                       f"Check kafka.bootstrap_servers / security settings "
-                                       f"(`sms-connector check --connect`)") from None
+            raise kafka_error(exc) or click.ClickException(
+                f"Kafka at {kafka.bootstrap_servers}: {type(exc).__name__}: {exc}. Check kafka.bootstrap_servers / "
+                f"security settings (`sms-connector check --connect`)") from None
     for line in summary.lines():
         click.echo(line)
     if not summary.ok:

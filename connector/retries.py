@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-import topics
+from connector import contract as topics
 
 Headers = list[tuple[str, bytes]]
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence, TypeVar
 
-from connector import metrics
+from connector import metrics, tracing
 from connector.breaker import CircuitBreaker, CircuitOpen, classify_call
 from connector.errors import AuthFailed, LoginLocked, ProviderError, SmsError, Throttled
 from connector.policy import Fail, RetryPolicy, decide
@@ -67,6 +67,7 @@ class RouteSender:
         self._batch_max = max(1, min(batch_max, provider.max_batch))
         self._linger = batch_linger_ms / 1000
         self._pending: list[tuple[Prepared, asyncio.Future[SendResult]]] = []
+        self._pending_traces: list[object] = []    # the batched messages' spans (connector.tracing)
         self._pending_segments = 0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._login_lock = asyncio.Lock()
@@ -156,6 +157,7 @@ class RouteSender:
         if cap is not None and self._pending and self._pending_segments + p.segments > cap:
             self._flush()
         self._pending.append((p, fut))
+        tracing.collect(self._pending_traces)
         self._pending_segments += p.segments
         if len(self._pending) >= self._batch_max:
             self._flush()
@@ -168,18 +170,20 @@ class RouteSender:
             self._flush_handle.cancel()
             self._flush_handle = None
         batch, self._pending = self._pending, []
+        traces, self._pending_traces = self._pending_traces, []
         self._pending_segments = 0
         if batch:
-            self._spawn(batch)
+            self._spawn(batch, traces)
 
-    def _spawn(self, batch: list[tuple[Prepared, asyncio.Future[SendResult]]]) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+    def _spawn(self, batch: list[tuple[Prepared, asyncio.Future[SendResult]]], traces: list[object]) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch, traces))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_batch(self, batch: list[tuple[Prepared, asyncio.Future[SendResult]]]) -> None:
+    async def _run_batch(self, batch: list[tuple[Prepared, asyncio.Future[SendResult]]], traces: list[object]) -> None:
         try:
-            results = await self._send_batch([p for p, _ in batch])
+            with tracing.batch(traces, len(batch)):
+                results = await self._send_batch([p for p, _ in batch])
         except OwnershipLost as exc:      # each waiting message's task gets it: they are all dropped
             for _, fut in batch:
                 if not fut.done():

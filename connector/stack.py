@@ -24,7 +24,8 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-import topics
+from connector import contract as topics
+from connector.children import child_options
 from connector.config import KafkaSettings
 from connector.demo import DEMO_HEADER
 from connector.embedded_broker import EmbeddedBroker, free_port
@@ -168,7 +169,7 @@ class LocalStack:
         fh = open(log, "ab")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "connector.cli", *args, stdout=fh, stderr=fh,
-            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
+            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})}, **child_options())
         fh.close()
         return proc, log
 
@@ -176,8 +177,8 @@ class LocalStack:
         port = free_port()
         proc, log = await self.spawn(f"sim-{name}", "simulate", name, "--port", str(port), *options)
         url = f"http://127.0.0.1:{port}"
+        self.simulators[name] = Process(f"simulator {name}", proc, url, log)   # stop() stops it even if it never answers
         await wait_http(url + "/_sim/health", proc=proc)
-        self.simulators[name] = Process(f"simulator {name}", proc, url, log)
         return url
 
     async def set_faults(self, name: str, **faults: Any) -> None:
@@ -202,6 +203,14 @@ class LocalStack:
         self.workers.append(w)
         await wait_http(w.url + "/healthz", proc=proc)
         return w
+
+    def kill(self) -> None:
+        """SIGKILL every process at once (a second Ctrl-C: no orderly stop)."""
+        for p in [*self.workers, *self.simulators.values()]:
+            p.kill()
+        if self.broker is not None and self.broker.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.broker.process.kill()
 
     async def stop(self) -> None:
         for w in self.workers:

@@ -38,13 +38,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import IO, Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
 import click
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -55,11 +53,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-import topics
+from connector import contract as topics
+from connector import devmanifest
 from connector.config import ConfigError, KafkaSettings, load
 from connector.kafka import client_options
 
-DEFAULT_MANIFEST = ".sms-connector-dev.json"
+DEFAULT_MANIFEST = devmanifest.DEFAULT_PATH
 DEFAULT_INTERVAL_S = 2.0
 METRICS_TIMEOUT_S = 5.0
 TANSU_CLUSTER_PREFIX = "tansu"
@@ -853,22 +852,12 @@ class LiveStatus:
 # The command (registered in connector.cli: ``main.add_command(status_command)``)
 
 
-def read_manifest(path: str | Path) -> dict[str, Any] | None:
-    p = Path(path)
-    try:
-        return orjson.loads(p.read_bytes())
-    except FileNotFoundError:
-        return None
-    except orjson.JSONDecodeError as exc:
-        raise click.ClickException(f"{p}: not a dev manifest ({exc})") from None
-
-
 def resolve_sources(metrics_urls: Sequence[str], config: str | None, manifest: str
                     ) -> tuple[list[str], KafkaSettings, bool | None, str]:
     """(metrics URLs, Kafka settings, dev broker?, where they came from). With no URL the dev
     manifest is used when it exists (its bootstrap servers and metrics URL); else the config."""
     if not metrics_urls:
-        m = read_manifest(manifest)
+        m = devmanifest.read(manifest)
         if m is not None:
             if not m.get("bootstrap_servers") or not m.get("metrics_url"):
                 raise click.ClickException(f"{manifest}: no bootstrap_servers / metrics_url in the dev manifest")

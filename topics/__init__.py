@@ -1,5 +1,8 @@
 """The topic contract, loaded from ``topics/topics.toml`` and ``topics/schemas/*.json``.
 
+The folder installs as ``connector.contract`` (pyproject.toml maps it): import it as
+``from connector import contract``.
+
 This package owns the names, partition counts, retention and keys of every topic, and the JSON
 Schema of every record type. The worker, the CLI, the Helm chart and the README all read it here,
 so the contract analytics teams read is the one the code enforces.

@@ -80,7 +80,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from defusedxml import DefusedXmlException
 
-import topics
+from connector import contract as topics
 from connector import metrics
 from connector.config import Settings
 from connector.errors import InvalidRecord

@@ -42,8 +42,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
-import topics
-from connector import metrics
+from connector import contract as topics
+from connector import metrics, tracing
 from connector.config import Settings
 from connector.errors import SmsError
 from connector.inbound import DeliveryReceipt, correlation_key
@@ -132,10 +132,12 @@ class Correlator:
                         continue
                     for r in records:
                         if tp.topic == self.topic_corr:
+                            tracing.remember(r.key, r.headers)
                             pending += await self._on_correlation(st, r.key, r.value)
                         else:
                             st.progress.take(r.offset)
-                            pending += await self._on_receipt(st, r.key, r.value, r.offset)
+                            with tracing.consuming(r):
+                                pending += await self._on_receipt(st, r.key, r.value, r.offset)
                 await self._settle(pending)
         finally:
             for t in tasks:

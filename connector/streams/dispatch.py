@@ -52,8 +52,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
-import topics
-from connector import metrics, retries
+from connector import contract as topics
+from connector import metrics, retries, tracing
 from connector.config import Settings
 from connector.kafka import client_options, key_partition
 from connector.offsets import PartitionProgress
@@ -304,24 +304,26 @@ class Dispatcher:
                     if self.ledger is not None:   # loaded: no await (the common case)
                         ledger = self.ledger.partitions.get(tp.partition) or await self.ledger.ready(tp.partition)
                     if not progress.revoked and (self.ledger is None or ledger is not None):
-                        try:
-                            terminal: Terminal | None = await self._handle(tp, rec, ledger)
-                        except OwnershipLost:
-                            # not sent, not finished, not committed: the partition's next owner
-                            # sends it (and the rest of this chain)
-                            terminal = None
-                            progress.revoked = True
-                            metrics.ABANDONED.inc()
-                        if terminal is not None:
-                            called = terminal.ledger_cid is not None   # a provider call was made
-                            self._unrecorded += called
+                        with tracing.message(rec):
                             try:
-                                await self._produce(rec, terminal)
-                                if terminal.ledger_cid is not None and ledger is not None:
-                                    await self._record_done(ledger, terminal)
-                            finally:
-                                self._unrecorded -= called
-                            progress.finish(rec.offset)
+                                terminal: Terminal | None = await self._handle(tp, rec, ledger)
+                            except OwnershipLost:
+                                # not sent, not finished, not committed: the partition's next owner
+                                # sends it (and the rest of this chain)
+                                terminal = None
+                                progress.revoked = True
+                                metrics.ABANDONED.inc()
+                            if terminal is not None:
+                                tracing.outcome(terminal)
+                                called = terminal.ledger_cid is not None   # a provider call was made
+                                self._unrecorded += called
+                                try:
+                                    await self._produce(rec, terminal)
+                                    if terminal.ledger_cid is not None and ledger is not None:
+                                        await self._record_done(ledger, terminal)
+                                finally:
+                                    self._unrecorded -= called
+                                progress.finish(rec.offset)
                 finally:
                     self._active[tp] -= 1
             elif progress.revoked and self.membership.lost_reason is not None:
@@ -375,6 +377,7 @@ class Dispatcher:
         if t.kind == "skip":
             return   # a replay whose terminal record already exists
         topic, value, headers = self._record(rec, t)
+        headers = tracing.inject(headers)
         # The input's partition number (modulo the output's count): the same key stays on one
         # partition, in order, and the pure-Python key hash is skipped on the hot path.
         partition = rec.partition % self._partitions.get(topic, 1)
@@ -388,7 +391,8 @@ class Dispatcher:
                     # partitioned by correlation key as Kafka's default partitioner does:
                     # co-partitioned with sms.receipts, which the callbacks produce with send()
                     n = self._partitions[self.topic_correlation]
-                    related = [batcher.send(self.topic_correlation, key_partition(key, n), key, corr)
+                    trace = tracing.context_headers()
+                    related = [batcher.send(self.topic_correlation, key_partition(key, n), key, corr, trace)
                                for key, corr in t.correlations]
                     await done
                     for fut in related:

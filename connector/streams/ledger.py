@@ -50,7 +50,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-import topics
+from connector import contract as topics
 from connector import metrics
 from connector.config import KafkaSettings
 from connector.kafka import client_options

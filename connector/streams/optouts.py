@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-import topics
+from connector import contract as topics
 from connector import numbers
 from connector.config import KafkaSettings
 from connector.inbound import OptOutChange

@@ -92,8 +92,8 @@ from typing import Any, Awaitable, Callable, ClassVar, Container, Iterable, Mapp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-import topics
-from connector import metrics, numbers
+from connector import contract as topics
+from connector import metrics, numbers, tracing
 from connector.config import KafkaSettings, Settings
 from connector.errors import ProviderError, Rejected, Retriable, Throttled, Timeout
 from connector.inbound import InboundSms, Keywords, first_word, stable_id
@@ -540,7 +540,7 @@ class MoPoller:
         while not stop.is_set():
             try:
                 await self.settle()
-                more = await self.poll_once()
+                more = await tracing.traced(f"poll {self.name}", self.poll_once, self.provider)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - an outage must not end the poller

@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
 
-import topics
+from connector import contract as topics
 from connector import metrics
 from connector.inbound import InboundSms, OptOutChange
 

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from click.testing import CliRunner, Result
 
-import topics
+from connector import contract as topics
 from connector.check import check_command
 from connector.config import load
 from connector.embedded_broker import free_port

@@ -22,7 +22,7 @@ def run(*args: str, timeout: float = 60, cwd: Path | None = None, env: dict[str,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
-@pytest.mark.parametrize("command", [[], ["worker"], ["dev"], ["topics"], ["topics", "apply"], ["topics", "check"],
+@pytest.mark.parametrize("command", [[], ["worker"], ["dev"], ["topics"], ["topics", "apply"], ["topics", "check"], ["topics", "tail"],
                                      ["send"], ["simulate"], ["bench"], ["check"], ["dlq"], ["dlq", "replay"],
                                      ["status"], ["thingspace"],
                                      ["thingspace", "register-callbacks"], ["thingspace", "start-callbacks"]])

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from helm_python import _native
 
-import topics
+from connector import contract as topics
 from connector import chart as chart_gen
 from connector import metrics as worker_metrics
 from connector.config import ConfigError, Settings, describe, load

@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 import pytest
@@ -87,3 +87,17 @@ class DevRun:
         logs = self.manifest.get("logs")
         if logs and Path(logs).name.startswith("sms-connector-") and Path(logs).parent == Path(tempfile.gettempdir()):
             shutil.rmtree(logs, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def demo_done(workdir: Path, demo: int, cls: type[DevRun] = DevRun, remove_logs: bool = False) -> Iterator[DevRun]:
+    """`dev --demo N` running for the block, once its manifest is written and its demo is done."""
+    run = cls(workdir, demo)
+    try:
+        run.wait_manifest()
+        run.wait_demo_done()
+        yield run
+    finally:
+        run.stop()
+        if remove_logs:
+            run.remove_logs()

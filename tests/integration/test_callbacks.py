@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-import topics
+from connector import contract as topics
 from connector.config import CallbacksSettings, InboundSettings, Secret, Settings
 from connector.kafka import client_options, topic_partitions
 from connector.stack import LocalStack

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-import topics
+from connector import contract as topics
 from connector.config import load
 from connector.inbound import DeliveryReceipt, correlation_key
 from connector.kafka import client_options, topic_partitions

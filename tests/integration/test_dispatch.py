@@ -9,7 +9,7 @@ from collections import defaultdict
 import aiohttp
 import pytest
 
-import topics
+from connector import contract as topics
 from connector.demo import DEMO_HEADER
 from connector.stack import Follower, LocalStack, produce
 from tests.integration.helpers import many, outbound, phone

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-import topics
+from connector import contract as topics
 from connector.kafka import TopicMissing, check_topics, client_options, topic_partitions
 from connector.stack import LocalStack
 from connector.streams.batcher import Batcher

@@ -24,7 +24,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-import topics
+from connector import contract as topics
 from connector.app import build_senders, inbound_producer
 from connector.config import Settings, load
 from connector.embedded_broker import free_port

@@ -101,13 +101,8 @@ class DevRun(devrun.DevRun):
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevRun]:
-    run = DevRun(tmp_path_factory.mktemp("dev"), DEMO)
-    try:
-        run.wait_manifest()
-        run.wait_demo_done()
+    with devrun.demo_done(tmp_path_factory.mktemp("dev"), DEMO, DevRun) as run:
         yield run
-    finally:
-        run.stop()
 
 
 def summary_counts(output: str) -> dict[tuple[str, str, str], int]:

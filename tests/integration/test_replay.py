@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-import topics
+from connector import contract as topics
 from connector.config import KafkaSettings
 from connector.demo import DEMO_HEADER
 from connector.kafka import client_options, topic_partitions

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-import topics
+from connector import contract as topics
 from connector.stack import Follower, LocalStack, produce
 from tests.integration.helpers import metric_sum, outbound, phone
 

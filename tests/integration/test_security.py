@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 from click.testing import CliRunner
 
-import topics
+from connector import contract as topics
 from connector.cli import main as cli
 from connector.kafka_broker import Acl, KafkaCluster, grant
 from connector.stack import Follower, LocalStack, kafka_env, produce

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from prometheus_client import REGISTRY
 
-import topics
+from connector import contract as topics
 from connector.config import CallbacksSettings, InboundSettings, Secret, Settings
 from connector.errors import InvalidRecord
 from connector.inbound import Keywords, correlation_key

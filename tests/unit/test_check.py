@@ -13,7 +13,7 @@ import orjson
 
 import pytest
 
-import topics
+from connector import contract as topics
 from connector.check import (
     CheckReport,
     CheckRow,
@@ -120,6 +120,25 @@ def test_every_problem_kind_gets_a_specific_fix() -> None:
         row = problem_row(problem)
         assert row.status is Status.FAIL and fix in row.detail.split("Fix: ", 1)[1], (problem, row.detail)
     assert problem_row("config file /etc/c.toml: No such file or directory").item == "config file /etc/c.toml"
+
+
+@pytest.mark.parametrize("setting, value, says", [
+    ("SMS_CONNECTOR_ROUTES__SMPP__BASE_URL", "ftp://gw.example.com", "is not an http:// or https:// URL"),
+    ("SMS_CONNECTOR_ROUTES__SMPP__BASE_URL", "file:///etc/passwd", "is not an http:// or https:// URL"),
+    ("SMS_CONNECTOR_ROUTES__SMPP__BASE_URL", "gw.example.com", "is not an http:// or https:// URL"),
+    ("SMS_CONNECTOR_ROUTES__SMPP__BASE_URL", "https:///path", "has no host"),
+    ("SMS_CONNECTOR_CALLBACKS__PUBLIC_URL", "ws://connector.example.com", "is not an http:// or https:// URL"),
+])
+async def test_url_settings_must_be_http_or_https(setting: str, value: str, says: str) -> None:
+    [row] = (await check({**SMPP, setting: value})).failures
+    path = "routes.smpp.base_url" if "ROUTES" in setting else "callbacks.public_url"
+    assert row.item == path and says in row.detail
+    assert "Fix: set " + path + " to an http:// or https:// URL" in row.detail
+
+
+@pytest.mark.parametrize("value", ["https://gw.example.com", "http://127.0.0.1:8080/api", "HTTPS://GW.EXAMPLE.COM"])
+def test_http_and_https_urls_are_accepted(value: str) -> None:
+    assert load(None, {**SMPP, "SMS_CONNECTOR_ROUTES__SMPP__BASE_URL": value}).routes["smpp"].provider.base_url == value
 
 
 def test_all_problems_of_a_config_become_rows() -> None:

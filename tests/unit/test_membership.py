@@ -155,7 +155,7 @@ async def test_no_provider_call_starts_when_the_gate_refuses(batch_max: int) -> 
 async def test_a_dispatcher_that_lost_its_partitions_starts_no_call_and_leaves_its_records_uncommitted() -> None:
     from aiokafka import ConsumerRecord, TopicPartition
 
-    import topics
+    from connector import contract as topics
     from connector.config import load
     from connector.offsets import PartitionProgress
     from connector.pipeline import Terminal

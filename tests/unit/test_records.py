@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import topics
+from connector import contract as topics
 from connector import records
 from connector.errors import InvalidMessage, InvalidRecord
 from connector.records import (Accepted, OutboundSms, Outcome, Recipient, decode_outbound,

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-import topics
+from connector import contract as topics
 from connector import metrics, retries
 from connector.config import load
 from connector.offsets import PartitionProgress
