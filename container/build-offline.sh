@@ -23,39 +23,10 @@
 # apt-get when missing.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PYTHON=${PYTHON:-python3}
-OUT=${IMAGE_OUT:-$ROOT/build/image}
-CACHE=${SMS_CONNECTOR_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sms-connector/image}
-BASE_MAX_AGE_DAYS=${BASE_MAX_AGE_DAYS:-7}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SUITE=bookworm
-BASE_PACKAGES=python3,python3-venv,ca-certificates
-LOCK=$ROOT/container/requirements.txt
-VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/pyproject.toml" | head -n1)
-TAG=${IMAGE_TAG:-$VERSION}
-# The repository URL for the source label: set it for a release build (no credentials in it).
-SOURCE_URL=${IMAGE_SOURCE:-unknown}
-REVISION=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then REVISION="$REVISION-dirty"; fi
-
-log() { echo "image-offline [$((SECONDS))s]: $*"; }
-die() { echo "image-offline: $*" >&2; exit 1; }
-
-[ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot and the image's file ownership): sudo make image-offline"
-[ -n "$VERSION" ] || die "no version in pyproject.toml"
-
-ensure_tools() {
-    local missing=()
-    command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-    command -v umoci >/dev/null 2>&1 || missing+=(umoci)
-    [ ${#missing[@]} -eq 0 ] && return
-    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null; apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
-}
+NAME=image-offline
+# shellcheck source=container/lib.sh
+source "$(dirname "$0")/lib.sh"
+need_root
 
 # 1. Wheels --------------------------------------------------------------------------------------
 build_wheels() {
@@ -72,48 +43,6 @@ build_wheels() {
     log "wheel of sms-connector $VERSION"
     "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps "$src" -w "$wheels"
     rm -rf "$src"
-}
-
-# 2. Base ----------------------------------------------------------------------------------------
-# The recipe of the base, hashed into the cache key: change it and the base is rebuilt.
-clean_rootfs() {
-    local r=$1
-    rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/* "$r"/var/cache/debconf/*-old \
-        "$r"/usr/share/man "$r"/usr/share/info "$r"/usr/share/locale/* "$r"/usr/share/lintian \
-        "$r"/root/.cache "$r"/tmp/* "$r"/var/tmp/* "$r"/etc/resolv.conf "$r"/etc/machine-id
-    find "$r"/usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete
-    find "$r"/usr/share/doc -mindepth 1 -type d -empty -delete
-    find "$r"/var/log -type f -delete
-    echo localhost > "$r"/etc/hostname
-}
-
-build_base() {
-    local tarball=$1 tmp
-    tmp=$(mktemp -d "$CACHE/base-XXXXXX")
-    log "debootstrap $SUITE ($BASE_PACKAGES) from $MIRROR"
-    if ! debootstrap --variant=minbase --include="$BASE_PACKAGES" --cache-dir="$CACHE/debs" \
-            "$SUITE" "$tmp/rootfs" "$MIRROR" > "$tmp/debootstrap.log" 2>&1; then
-        tail -n 20 "$tmp/debootstrap.log" >&2
-        die "debootstrap failed (log: $tmp/debootstrap.log)"
-    fi
-    clean_rootfs "$tmp/rootfs"
-    tar --numeric-owner --xattrs -C "$tmp/rootfs" -cf "$tarball.part" .
-    mv "$tarball.part" "$tarball"
-    rm -rf "$tmp"
-}
-
-base_tarball() {
-    local key tarball
-    key=$( { echo "$SUITE $BASE_PACKAGES"; declare -f build_base clean_rootfs; } | sha256sum | cut -c1-16)
-    tarball=$CACHE/base-$SUITE-$key.tar
-    mkdir -p "$CACHE/debs"
-    if [ -f "$tarball" ] && [ -n "$(find "$tarball" -mtime -"$BASE_MAX_AGE_DAYS")" ]; then
-        log "base from cache: $tarball" >&2
-    else
-        build_base "$tarball" >&2
-        find "$CACHE" -maxdepth 1 -name "base-$SUITE-*.tar" ! -name "$(basename "$tarball")" -delete
-    fi
-    echo "$tarball"
 }
 
 # 3 and 4. App layer and image -------------------------------------------------------------------
@@ -182,7 +111,7 @@ write_sbom() {
 
 main() {
     local started=$SECONDS base
-    ensure_tools
+    ensure_tools debootstrap:debootstrap umoci:umoci
     mkdir -p "$OUT" "$CACHE"
     build_wheels "$OUT/wheels"
     base=$(base_tarball)

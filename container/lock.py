@@ -13,6 +13,7 @@ the lock no longer satisfies pyproject.toml.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,11 +40,15 @@ def resolve(requirements: list[str], platforms: list[str]) -> dict[str, tuple[st
                "--report", str(report), "--only-binary=:all:", "--python-version", PYTHON_VERSION,
                "--implementation", "cp", "--abi", "cp311", "--target", str(Path(tmp) / "target")]
         cmd += [arg for p in platforms for arg in ("--platform", p)]
-        subprocess.run([*cmd, *requirements], check=True)
+        # Only the package index: a local find-links directory must not supply a pinned wheel.
+        env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
+        subprocess.run([*cmd, *requirements], check=True, env=env)
         data = json.loads(report.read_text())
     resolved = {}
     for item in data["install"]:
         meta, info = item["metadata"], item["download_info"]
+        if not info["url"].startswith("https://"):
+            raise SystemExit(f"lock: {meta['name']} would come from {info['url']}, not the package index")
         sha = info["archive_info"]["hashes"]["sha256"]
         resolved[canonical(meta["name"])] = (meta["name"], meta["version"], sha)
     return resolved

@@ -1,14 +1,17 @@
-"""Fixtures for the image tests: the image `make image-offline` built, unpacked once per session.
+"""Fixtures for the image tests: each built image, unpacked once per session.
 
-The image is found at ``build/image/oci`` (or ``$SMS_CONNECTOR_IMAGE_LAYOUT``), tagged with the
-project's version. Without an image these tests are skipped, unless
-``SMS_CONNECTOR_IMAGE_REQUIRED=1`` (set by ``make test`` and ``make image-test``, which build it
+Two builds, each an OCI layout in ``build/image/`` (or ``$IMAGE_OUT``), tagged with the project's
+version (or ``$SMS_CONNECTOR_IMAGE_TAG``): ``oci`` from ``make image-offline`` (debootstrap +
+umoci) and ``dockerfile-oci`` from ``make image-dockerfile`` (the Dockerfile, built with buildah).
+Every test taking ``layout`` or ``bundle`` runs on both. Without an image they are skipped, unless
+``SMS_CONNECTOR_IMAGE_REQUIRED=1`` (set by ``make test`` and ``make image-test``, which build both
 first): then a missing image or a missing tool fails them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import tomllib
@@ -22,9 +25,20 @@ from tests.image.runtime import Bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-TAG = PROJECT["version"]
-LAYOUT = Path(os.environ.get("SMS_CONNECTOR_IMAGE_LAYOUT") or ROOT / "build" / "image" / "oci")
+TAG = os.environ.get("SMS_CONNECTOR_IMAGE_TAG") or PROJECT["version"]
+IMAGE_DIR = Path(os.environ.get("IMAGE_OUT") or ROOT / "build" / "image")
+BUILDS = {"offline": IMAGE_DIR / "oci", "dockerfile": IMAGE_DIR / "dockerfile-oci"}
 REQUIRED = os.environ.get("SMS_CONNECTOR_IMAGE_REQUIRED") == "1"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked() -> dict[str, str]:
+    """container/requirements.txt as name -> version."""
+    pins = re.findall(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)", (ROOT / "container" / "requirements.txt").read_text(), re.M)
+    return {canonical(name): version for name, version in pins}
 
 
 def unavailable(reason: str) -> None:
@@ -33,11 +47,22 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def built(build: str) -> Path:
+    path = BUILDS[build]
+    if not (path / "index.json").exists():
+        unavailable(f"no image at {path}: build it with `make image-{build}` (as root)")
+    return path
+
+
+@pytest.fixture(scope="session", params=sorted(BUILDS))
+def layout(request: pytest.FixtureRequest) -> Path:
+    return built(request.param)
+
+
 @pytest.fixture(scope="session")
-def layout() -> Path:
-    if not (LAYOUT / "index.json").exists():
-        unavailable(f"no image at {LAYOUT}: build it with `make image-offline` (as root)")
-    return LAYOUT
+def layouts() -> dict[str, Path]:
+    """Both builds, to compare them."""
+    return {build: built(build) for build in BUILDS}
 
 
 @pytest.fixture(scope="session")
