@@ -83,6 +83,7 @@ commit_image() {
         --manifest.annotation "org.opencontainers.image.version=$VERSION" \
         --manifest.annotation "org.opencontainers.image.revision=$REVISION"
     umoci gc --layout "$layout"
+    chmod -R a+rX "$layout"   # umoci writes blobs 0600; the layout and its archive are for anyone
 }
 
 write_sbom() {
