@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -77,12 +77,7 @@ def bundle(layout: Path) -> Iterator[Bundle]:
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[LocalStack]:
-    """The test broker (with the contract's topics) and the SMPP REST simulator, on loopback."""
-    s = LocalStack()
-    await s.start_broker()
-    await s.start_simulator("smpp_rest")
-    try:
-        yield s
-    finally:
-        await s.stop()
+async def stack(broker: LocalStack) -> LocalStack:
+    """The test broker (tests/conftest.py, with the contract's topics) and the SMPP REST simulator."""
+    await broker.start_simulator("smpp_rest")
+    return broker

@@ -1,11 +1,14 @@
-"""container/requirements.txt, the one lock both image builds install, against pyproject.toml.
+"""The image's build files against pyproject.toml and the chart; needs no image.
 
-Needs no image: fails as soon as a runtime dependency changes without `make image-lock`.
+container/requirements.txt is the one lock both image builds install: these fail as soon as a
+runtime dependency changes without `make image-lock`, or the version moves in one place only.
 """
 
 from __future__ import annotations
 
 import re
+
+import yaml
 
 from packaging.requirements import Requirement
 
@@ -41,3 +44,12 @@ def test_every_pin_is_exact_and_carries_a_hash() -> None:
 def test_the_build_context_leaves_tests_and_local_state_out() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {"tests", ".venv", ".git", "build", "helm"} <= ignored
+
+
+def test_the_version_names_the_image_the_chart_pulls_by_default() -> None:
+    """The builds tag and label the image with the project version; the chart's default tag is
+    its appVersion; a plain `docker build` labels it with the Dockerfile's default."""
+    chart = yaml.safe_load((ROOT / "helm" / "sms-connector" / "Chart.yaml").read_text())
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert chart["appVersion"] == PROJECT["version"]
+    assert re.search(r"^ARG VERSION=(.+)$", dockerfile, re.M).group(1) == PROJECT["version"]   # type: ignore[union-attr]
