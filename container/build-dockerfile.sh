@@ -54,4 +54,4 @@ main() {
     log "image oci:$layout:$TAG, $(numfmt --to=iec "$(du -sb --apparent-size "$layout/blobs" | cut -f1)") compressed"
 }
 
-main "$@"
+main "$@"; exit   # one line: bash reads no further, even if the file changes meanwhile

@@ -38,8 +38,12 @@ build_wheels() {
     # The project from a clean copy of the work tree: no stale setuptools build/ directory, no
     # ignored files (caches, .venv) can end up in the wheel.
     src=$(mktemp -d)
-    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - 2>/dev/null) \
-        | tar -xf - -C "$src"
+    if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
+            | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$src"
+    else
+        tar -C "$ROOT" --exclude-vcs --exclude=./.venv --exclude=./build -cf - . | tar -xf - -C "$src"
+    fi
     log "wheel of sms-connector $VERSION"
     "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps "$src" -w "$wheels"
     rm -rf "$src"
@@ -124,4 +128,4 @@ main() {
     log "done in $((SECONDS - started))s"
 }
 
-main "$@"
+main "$@"; exit   # one line: bash reads no further, even if the file changes meanwhile
