@@ -18,7 +18,6 @@ IMAGE_TAG    ?= $(VERSION)
 # The repository URL for the image's source label (a release build sets it).
 IMAGE_SOURCE ?= unknown
 ENGINE       ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
-export SMS_CONNECTOR_IMAGE_TAG := $(IMAGE_TAG)
 
 .PHONY: install dev test unit integration faults bench soak bench-clients docs helm clean \
         image image-offline image-dockerfile image-test image-lock
@@ -38,7 +37,7 @@ dev: $(STAMP)
 # Debian base, 3 min without) and the image tests require them.
 test: $(STAMP) image-offline image-dockerfile
 	bash scripts/install-prometheus.sh
-	SMS_CONNECTOR_IMAGE_REQUIRED=1 $(BIN)/pytest -q
+	IMAGE_TESTS_REQUIRED=1 IMAGE_TAG=$(IMAGE_TAG) $(BIN)/pytest -q
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit tests/contract
@@ -79,7 +78,7 @@ image-dockerfile: $(STAMP)
 	IMAGE_TAG=$(IMAGE_TAG) IMAGE_SOURCE=$(IMAGE_SOURCE) bash container/build-dockerfile.sh
 
 image-test: image-offline image-dockerfile
-	SMS_CONNECTOR_IMAGE_REQUIRED=1 $(BIN)/pytest -q tests/image
+	IMAGE_TESTS_REQUIRED=1 IMAGE_TAG=$(IMAGE_TAG) $(BIN)/pytest -q tests/image
 
 image-lock: $(STAMP)
 	$(BIN)/python container/lock.py

@@ -16,7 +16,7 @@
 #   sms-connector-TAG.oci.tar     the same as one archive (docker load / podman load / skopeo)
 #   sbom.txt                      size, digest, and every Debian and Python package inside
 #
-# The base is cached in $SMS_CONNECTOR_IMAGE_CACHE (default ~/.cache/sms-connector/image), keyed
+# The base is cached in $IMAGE_CACHE (default ~/.cache/sms-connector/image), keyed
 # by the suite, the package list and this script's base recipe, and rebuilt after
 # $BASE_MAX_AGE_DAYS (7) days so that Debian's security updates get in. The app layer is always
 # rebuilt. Needs root (debootstrap, chroot, file ownership); installs debootstrap and umoci with

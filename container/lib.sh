@@ -4,7 +4,7 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 OUT=${IMAGE_OUT:-$ROOT/build/image}
-CACHE=${SMS_CONNECTOR_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sms-connector/image}
+CACHE=${IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sms-connector/image}
 BASE_MAX_AGE_DAYS=${BASE_MAX_AGE_DAYS:-7}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm

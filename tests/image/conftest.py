@@ -1,11 +1,12 @@
 """Fixtures for the image tests: each built image, unpacked once per session.
 
 Two builds, each an OCI layout in ``build/image/`` (or ``$IMAGE_OUT``), tagged with the project's
-version (or ``$SMS_CONNECTOR_IMAGE_TAG``): ``oci`` from ``make image-offline`` (debootstrap +
+version (or ``$IMAGE_TAG``): ``oci`` from ``make image-offline`` (debootstrap +
 umoci) and ``dockerfile-oci`` from ``make image-dockerfile`` (the Dockerfile, built with buildah).
 Every test taking ``layout`` or ``bundle`` runs on both. Without an image they are skipped, unless
-``SMS_CONNECTOR_IMAGE_REQUIRED=1`` (set by ``make test`` and ``make image-test``, which build both
-first): then a missing image or a missing tool fails them.
+``IMAGE_TESTS_REQUIRED=1`` (set by ``make test`` and ``make image-test``, which build both
+first): then a missing image or a missing tool fails them. (None of these variables starts with
+``SMS_CONNECTOR_``: the worker reads every such variable as a setting and rejects unknown ones.)
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from tests.image.runtime import Bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-TAG = os.environ.get("SMS_CONNECTOR_IMAGE_TAG") or PROJECT["version"]
+TAG = os.environ.get("IMAGE_TAG") or PROJECT["version"]
 IMAGE_DIR = Path(os.environ.get("IMAGE_OUT") or ROOT / "build" / "image")
 BUILDS = {"offline": IMAGE_DIR / "oci", "dockerfile": IMAGE_DIR / "dockerfile-oci"}
-REQUIRED = os.environ.get("SMS_CONNECTOR_IMAGE_REQUIRED") == "1"
+REQUIRED = os.environ.get("IMAGE_TESTS_REQUIRED") == "1"
 
 
 def canonical(name: str) -> str:
