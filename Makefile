@@ -33,8 +33,8 @@ install: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/sms-connector dev --demo $(DEMO)
 
-# The suite includes tests/image: both image builds come first (about 2 min with the cached
-# Debian base, 3 min without) and the image tests require them.
+# The suite includes tests/image: both image builds come first (1.5 min with the cached Debian
+# base, plus 2 min of debootstrap without it) and the image tests require them.
 test: $(STAMP) image-offline image-dockerfile
 	bash scripts/install-prometheus.sh
 	IMAGE_TESTS_REQUIRED=1 IMAGE_TAG=$(IMAGE_TAG) $(BIN)/pytest -q
