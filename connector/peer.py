@@ -36,6 +36,9 @@ PEERS = ("redpanda-connect",)
 PEER_SRC = Path(__file__).resolve().parent.parent / "benchmarks" / "peer"
 SMPP_PATH = "/communication/message/smpp/sms"
 BUILD_TIMEOUT_S = 1800
+# The embedded broker (Tansu) closes the connection on franz-go's newest ApiVersions request
+# instead of answering UNSUPPORTED_VERSION; capped at Kafka 3.5's protocol versions it works.
+EMBEDDED_MAX_VERSION = "3.5.0"
 
 
 class PeerUnavailable(RuntimeError):
@@ -92,9 +95,11 @@ def ensure_binary(say: Callable[[str], None] = lambda _: None, src: Path = PEER_
 
 
 def pipeline_config(*, bootstrap: str, group: str, sim_url: str, api_key: str, concurrency: int,
-                    topic_in: str, topic_out: str, fetch_max_wait_ms: int = 100) -> dict[str, Any]:
+                    topic_in: str, topic_out: str, fetch_max_wait_ms: int = 100,
+                    kafka_max_version: str = "") -> dict[str, Any]:
     """The Benthos config of the peer's job (written as JSON, which is YAML)."""
-    seeds = [s.strip() for s in bootstrap.split(",") if s.strip()]
+    kafka = {"seed_brokers": [s.strip() for s in bootstrap.split(",") if s.strip()],
+             "max_version": kafka_max_version}
     request = ('root.Messages = [{"channel": "sms", "to": this.recipient.phone.trim_prefix("+"), '
                '"content": this.text, "clientMessageId": this.client_message_id}]')
     result = "\n".join([
@@ -112,7 +117,7 @@ def pipeline_config(*, bootstrap: str, group: str, sim_url: str, api_key: str, c
         "http": {"enabled": False},
         "logger": {"level": "WARN", "format": "logfmt"},
         "metrics": {"none": {}},
-        "input": {"sms_kafka": {"seed_brokers": seeds, "topics": [topic_in], "consumer_group": group,
+        "input": {"sms_kafka": {**kafka, "topics": [topic_in], "consumer_group": group,
                                 "fetch_max_wait": f"{fetch_max_wait_ms}ms", "commit_period": "100ms"}},
         "pipeline": {"threads": concurrency, "processors": [
             {"branch": {"request_map": request,
@@ -123,7 +128,7 @@ def pipeline_config(*, bootstrap: str, group: str, sim_url: str, api_key: str, c
                         "result_map": "root.answer = this.messages.index(0)"}},
             {"mapping": result},
         ]},
-        "output": {"sms_kafka": {"seed_brokers": seeds, "topic": topic_out, "max_in_flight": concurrency}},
+        "output": {"sms_kafka": {**kafka, "topic": topic_out, "max_in_flight": concurrency}},
     }
 
 
@@ -143,7 +148,7 @@ def lint_command(binary: Path, config_path: Path) -> list[str]:
 
 async def measure_peer(stack: Any, kafka: Any, sim_url: str, *, concurrency: int, n: int, keys: int, tag: str,
                        latency_load: float, latency_seconds: float, say: Callable[[str], None],
-                       written: dict[Any, int], binary: Path) -> dict[str, Any]:
+                       written: dict[Any, int], binary: Path, kafka_max_version: str = "") -> dict[str, Any]:
     """Run the peer on ``n`` fresh records (then a steady-rate latency phase); ``peer_*`` fields."""
     from connector import bench as b
     import topics
@@ -161,7 +166,8 @@ async def measure_peer(stack: Any, kafka: Any, sim_url: str, *, concurrency: int
     config = pipeline_config(bootstrap=kafka.bootstrap_servers, group=group, sim_url=sim_url,
                              api_key=SIMULATORS[b.SMPP].default_credentials()["api_key"], concurrency=concurrency,
                              topic_in=topic_in, topic_out=topic_out,
-                             fetch_max_wait_ms=getattr(kafka, "fetch_max_wait_ms", 100))
+                             fetch_max_wait_ms=getattr(kafka, "fetch_max_wait_ms", 100),
+                             kafka_max_version=kafka_max_version)
     cfg = write_config(stack.logdir / f"{tag}.yaml", config)
     log = stack.logdir / f"{tag}.log"
     import asyncio
@@ -228,7 +234,8 @@ async def peer_phase(stack: Any, kafka: Any, sim_url: str, sc: Any, o: Any, conc
     return {**row, **await measure_peer(stack, kafka, sim_url, concurrency=concurrency, n=o.records, keys=o.keys,
                                         tag=f"{o.run_id}-peer-{sc.name}", latency_load=o.latency_load,
                                         latency_seconds=o.latency_seconds, say=say, written=written,
-                                        binary=binary)}
+                                        binary=binary,
+                                        kafka_max_version=EMBEDDED_MAX_VERSION if o.bootstrap_servers is None else "")}
 
 
 def side_by_side(r: dict[str, Any]) -> str:

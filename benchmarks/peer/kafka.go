@@ -10,22 +10,60 @@ package main
 // kafka_timestamp (the record's CreateTime, RFC 3339 with milliseconds, UTC).
 //
 // sms_kafka output: a batch output producing each message to one topic, keyed by the kafka_key
-// metadata, waiting for the broker's acks (acks=all, no idempotent producer: Tansu lacks it).
+// metadata, waiting for the broker's acks (acks=all, uncompressed, no idempotent producer: Tansu
+// lacks it).
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/redpanda-data/benthos/v4/public/service"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kversion"
 )
 
+// kafkaLog: franz-go's own log on stderr when PEER_KAFKA_LOG is debug, info, warn or error.
+func kafkaLog() []kgo.Opt {
+	levels := map[string]kgo.LogLevel{"debug": kgo.LogLevelDebug, "info": kgo.LogLevelInfo,
+		"warn": kgo.LogLevelWarn, "error": kgo.LogLevelError}
+	if level, ok := levels[os.Getenv("PEER_KAFKA_LOG")]; ok {
+		return []kgo.Opt{kgo.WithLogger(kgo.BasicLogger(os.Stderr, level, nil))}
+	}
+	return nil
+}
+
+// clientOpts: what both plugins share: seed brokers, an optional protocol cap, the log.
+func clientOpts(conf *service.ParsedConfig) ([]kgo.Opt, error) {
+	seeds, err := conf.FieldStringList("seed_brokers")
+	if err != nil {
+		return nil, err
+	}
+	opts := append([]kgo.Opt{kgo.SeedBrokers(seeds...)}, kafkaLog()...)
+	capVersion, err := conf.FieldString("max_version")
+	if err != nil || capVersion == "" {
+		return opts, err
+	}
+	versions := kversion.FromString(capVersion)
+	if versions == nil {
+		return nil, fmt.Errorf("max_version %q is not a Kafka version franz-go knows", capVersion)
+	}
+	return append(opts, kgo.MaxVersions(versions)), nil
+}
+
+// commonFields: seed_brokers and max_version (e.g. "2.3.0" for brokers that close the connection
+// on a newer ApiVersions request instead of answering UNSUPPORTED_VERSION).
+func commonFields(spec *service.ConfigSpec) *service.ConfigSpec {
+	return spec.Field(service.NewStringListField("seed_brokers")).
+		Field(service.NewStringField("max_version").Default(""))
+}
+
 func registerKafka() {
-	in := service.NewConfigSpec().
-		Summary("Consumes topics as one consumer-group member; commits acknowledged offsets in order.").
-		Field(service.NewStringListField("seed_brokers")).
+	in := commonFields(service.NewConfigSpec().
+		Summary("Consumes topics as one consumer-group member; commits acknowledged offsets in order.")).
 		Field(service.NewStringListField("topics")).
 		Field(service.NewStringField("consumer_group")).
 		Field(service.NewDurationField("fetch_max_wait").Default("100ms")).
@@ -38,9 +76,8 @@ func registerKafka() {
 		return service.AutoRetryNacks(r), nil
 	})
 
-	out := service.NewConfigSpec().
-		Summary("Produces each message to one topic, keyed by the kafka_key metadata.").
-		Field(service.NewStringListField("seed_brokers")).
+	out := commonFields(service.NewConfigSpec().
+		Summary("Produces each message to one topic, keyed by the kafka_key metadata.")).
 		Field(service.NewStringField("topic")).
 		Field(service.NewDurationField("linger").Default("5ms")).
 		Field(service.NewOutputMaxInFlightField().Default(64)).
@@ -82,7 +119,7 @@ type reader struct {
 }
 
 func newReader(conf *service.ParsedConfig) (*reader, error) {
-	seeds, err := conf.FieldStringList("seed_brokers")
+	opts, err := clientOpts(conf)
 	if err != nil {
 		return nil, err
 	}
@@ -103,12 +140,15 @@ func newReader(conf *service.ParsedConfig) (*reader, error) {
 		return nil, err
 	}
 	r := &reader{period: period, parts: map[string]map[int32]*partitionAcks{}, stop: make(chan struct{})}
-	r.opts = []kgo.Opt{
-		kgo.SeedBrokers(seeds...), kgo.ConsumeTopics(topics...), kgo.ConsumerGroup(group),
+	r.opts = append(opts,
+		kgo.ConsumeTopics(topics...), kgo.ConsumerGroup(group),
 		kgo.DisableAutoCommit(), kgo.FetchMaxWait(wait),
+		// As the connector's and the faust baseline's consumers: a 10 s session, 2 s heartbeats.
+		kgo.SessionTimeout(10*time.Second), kgo.RebalanceTimeout(10*time.Second),
+		kgo.HeartbeatInterval(2*time.Second),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.OnPartitionsRevoked(r.revoked), kgo.OnPartitionsLost(r.lost),
-	}
+	)
 	return r, nil
 }
 
@@ -266,7 +306,7 @@ type writer struct {
 }
 
 func newWriter(conf *service.ParsedConfig) (*writer, error) {
-	seeds, err := conf.FieldStringList("seed_brokers")
+	opts, err := clientOpts(conf)
 	if err != nil {
 		return nil, err
 	}
@@ -278,10 +318,11 @@ func newWriter(conf *service.ParsedConfig) (*writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &writer{topic: topic, opts: []kgo.Opt{
-		kgo.SeedBrokers(seeds...), kgo.DisableIdempotentWrite(), kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerLinger(linger),
-	}}, nil
+	return &writer{topic: topic, opts: append(opts,
+		kgo.DisableIdempotentWrite(), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.ProducerLinger(linger),
+		// Uncompressed, like the connector's producer (franz-go would default to snappy).
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+	)}, nil
 }
 
 func (w *writer) Connect(ctx context.Context) error {

@@ -25,7 +25,7 @@ def test_pipeline_config_runs_the_same_job_at_the_same_concurrency() -> None:
     c = peer.pipeline_config(**CONFIG)
     assert json.loads(json.dumps(c)) == c     # written as JSON, which is YAML
     assert c["input"]["sms_kafka"] == {"seed_brokers": ["127.0.0.1:9092", "127.0.0.1:9093"],
-                                       "topics": ["sms.outbound"], "consumer_group": "g1",
+                                       "max_version": "", "topics": ["sms.outbound"], "consumer_group": "g1",
                                        "fetch_max_wait": "100ms", "commit_period": "100ms"}
     assert c["pipeline"]["threads"] == 64 and c["output"]["sms_kafka"]["max_in_flight"] == 64
     assert c["output"]["sms_kafka"]["topic"] == "sms.outbound.accepted"
