@@ -1207,7 +1207,8 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
     ceiling's); ``keys`` recipients; ``latency_load`` the offered rate of the latency phase as a
     share of the measured throughput; ``profile_dir``: profile the worker with py-spy (when
     installed) during each throughput phase, collapsed stacks there, top functions in the row;
-    ``peer``: also run that real peer (``connector.peer.PEERS``) in each dispatch scenario. Progress goes to ``err`` (None: silent)."""
+    ``peer``: also run that real peer (``connector.peer.PEERS``) in each dispatch scenario.
+    Progress goes to ``err`` (None: silent)."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)} (known: {', '.join(SCENARIO_NAMES)})")
@@ -1215,7 +1216,8 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
         raise ValueError("records must be at least 2")
     o = Options(records=records, bootstrap_servers=bootstrap_servers, baseline_records=baseline_records,
                 soak_records=soak_records, concurrency=concurrency, keys=max(1, min(keys, records)),
-                latency_load=latency_load, profile_dir=profile_dir, peer=peer, run_id=f"bench{int(time.time() * 1000) % 10**10}")
+                latency_load=latency_load, profile_dir=profile_dir, peer=peer,
+                run_id=f"bench{int(time.time() * 1000) % 10**10}")
     say = _Progress(err)
     baselines: dict[float, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
