@@ -54,15 +54,10 @@ def source_hash(src: Path = PEER_SRC) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("SMS_CONNECTOR_PEER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sms-connector", "peer")
-    return Path(base)
-
-
-def binary_path(src: Path = PEER_SRC) -> Path:
-    """Where the binary for these sources is cached (it may not exist yet)."""
-    return cache_dir() / source_hash(src) / "peer"
+def binary_path(src: Path = PEER_SRC, cache: Path | None = None) -> Path:
+    """Where the binary for these sources is cached (it may not exist yet): by default
+    ``~/.cache/sms-connector/peer/<source hash>/peer``."""
+    return (cache or Path.home() / ".cache" / "sms-connector" / "peer") / source_hash(src) / "peer"
 
 
 def build_command(out: Path) -> list[str]:
@@ -73,9 +68,10 @@ def build_command(out: Path) -> list[str]:
     return [*nice, go, "build", "-trimpath", "-o", str(out), "."]
 
 
-def ensure_binary(say: Callable[[str], None] = lambda _: None, src: Path = PEER_SRC) -> Path:
+def ensure_binary(say: Callable[[str], None] = lambda _: None, src: Path = PEER_SRC,
+                  cache: Path | None = None) -> Path:
     """The cached peer binary, built first if these sources have none (minutes, once)."""
-    path = binary_path(src)
+    path = binary_path(src, cache)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +79,7 @@ def ensure_binary(say: Callable[[str], None] = lambda _: None, src: Path = PEER_
     cmd = build_command(tmp)
     say(f"peer: building {src} into {path} (once; Go modules from the module proxy, takes minutes)")
     try:
-        done = subprocess.run(cmd, cwd=src, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
-                              env={**os.environ, "CGO_ENABLED": "0"})
+        done = subprocess.run(cmd, cwd=src, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise PeerUnavailable(f"go build did not finish in {BUILD_TIMEOUT_S}s") from None
     if done.returncode != 0:

@@ -48,26 +48,25 @@ def test_command_and_cache_are_keyed_by_the_sources(tmp_path: Path, monkeypatch:
     (src / "go.sum").write_text("a")
     (src / "main.go").write_text("package main")
     (src / "README.md").write_text("docs do not change the binary")
-    monkeypatch.setenv("SMS_CONNECTOR_PEER_CACHE", str(tmp_path / "cache"))
-    first = peer.binary_path(src)
+    cache = tmp_path / "cache"
+    first = peer.binary_path(src, cache)
     assert first.parent.parent == tmp_path / "cache" and first.name == "peer"
     (src / "README.md").write_text("edited")
-    assert peer.binary_path(src) == first
+    assert peer.binary_path(src, cache) == first
     (src / "go.sum").write_text("b")
-    assert peer.binary_path(src) != first
+    assert peer.binary_path(src, cache) != first
     # A cached binary is used as is: nothing is built.
     monkeypatch.setattr(peer, "build_command", lambda out: pytest.fail("built although cached"))
-    path = peer.binary_path(src)
+    path = peer.binary_path(src, cache)
     path.parent.mkdir(parents=True)
     path.write_text("")
-    assert peer.ensure_binary(src=src) == path
+    assert peer.ensure_binary(src=src, cache=cache) == path
 
 
 def test_without_go_the_peer_is_unavailable_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMS_CONNECTOR_PEER_CACHE", str(tmp_path))
     monkeypatch.setattr(peer.shutil, "which", lambda name: None)
     with pytest.raises(peer.PeerUnavailable, match="Go toolchain"):
-        peer.ensure_binary()
+        peer.ensure_binary(cache=tmp_path)
 
 
 def test_side_by_side_note_in_the_table() -> None:
@@ -97,19 +96,27 @@ def test_benthos_lints_the_generated_config(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_result_mapping_builds_the_result_record() -> None:
-    """Benthos' own bloblang runs the peer's result mapping on one processed message."""
+def test_the_result_mapping_builds_the_result_record(tmp_path: Path) -> None:
+    """Benthos runs the peer's result mapping on one processed message (stdin to stdout)."""
     binary = _cached_binary()
     mapping = peer.pipeline_config(**CONFIG)["pipeline"]["processors"][1]["mapping"]
-    # `blobl` has no metadata: the mapping runs with @kafka_timestamp replaced by a literal.
-    mapping = mapping.replace("@kafka_timestamp", '"2026-12-06T09:00:00.123Z"')
+    config = {"logger": {"level": "ERROR"}, "http": {"enabled": False}, "input": {"stdin": {}},
+              "pipeline": {"processors": [{"mapping": 'meta kafka_timestamp = "2026-12-06T09:00:00.123Z"'},
+                                          {"mapping": mapping}]},
+              "output": {"stdout": {}}}
+    cfg = peer.write_config(tmp_path / "mapping.yaml", config)
     msg = {"client_message_id": "c1", "recipient": {"phone": "+14155550100"}, "text": "hi",
            "answer": {"accepted": True, "apiMessageId": "m1"}}
-    done = subprocess.run([str(binary), "blobl", mapping], input=json.dumps(msg) + "\n", capture_output=True,
-                          text=True, timeout=60)
+    refused = {**msg, "client_message_id": "c2", "answer": {"accepted": False}}
+    done = subprocess.run(peer.command(binary, cfg), input=json.dumps(msg) + "\n" + json.dumps(refused) + "\n",
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip(), done.stdout + done.stderr
     out = json.loads(done.stdout.strip().splitlines()[0])
     assert {k: v for k, v in out.items() if k != "completed_at"} == {
         "schema_version": 1, "outcome": "accepted", "client_message_id": "c1",
         "recipient": {"phone": "+14155550100"}, "provider": "smpp_rest", "provider_message_id": "m1",
         "received_at": "2026-12-06T09:00:00.123Z"}
     assert out["completed_at"].endswith("Z")
+    second = json.loads(done.stdout.strip().splitlines()[1])
+    assert second["client_message_id"] == "c2" and second["outcome"] == "failed"
+    assert second["provider_message_id"] is None
