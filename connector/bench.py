@@ -10,7 +10,10 @@ worker process started with explicit routes and settings. In the same run it mea
 - the **typical baseline**: ``connector.baseline``, a faust agent with ``concurrency=50`` awaiting
   one shared default-transport ``httpx`` call per record, on the same broker and simulator, timed
   like the worker. It is slow, so it runs on ``baseline_records`` records, once per provider
-  latency (single and batch share the 0 ms figure).
+  latency (single and batch share the 0 ms figure);
+- with ``peer`` (``--peer redpanda-connect``), a **real peer** doing the same job on the same
+  broker and simulator, before the worker runs: ``connector.peer`` (records/s, p99 and CPU per
+  record, measured like the worker's; per-message scenarios only).
 
 How a dispatch scenario is measured (``single``, ``latency50``, ``batch``):
 
@@ -148,6 +151,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
     out = [line([c[0] for c in cols]), line(["-" * w for w in widths])] + [line(row) for row in rows]
     notes = [f"{r.get('scenario')}: {r['note']}" for r in results if r.get("note")]
     notes += [bound_note(r) for r in results if r.get("target_met") is False]
+    if any(r.get("peer") for r in results):
+        from connector.peer import side_by_side
+
+        notes += [side_by_side(r) for r in results if r.get("peer")]
     if any(r.get("latency_offered_per_s") for r in results):
         notes.append("p50/p99: result record timestamp - input record timestamp at a steady offered rate of "
                      "half the measured throughput (callbacks: HTTP round trip to the 2xx)."
@@ -841,6 +848,7 @@ class Options:
     profile_dir: str | None = None
     tracing_url: str | None = None       # the worker traces, exported to this OTLP sink
     tracing_ratio: float = 1.0
+    peer: str | None = None
 
 
 async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
@@ -874,6 +882,10 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
                                            f"{o.run_id}-bl{sc.latency_ms:g}", say, written)
                 baselines[sc.latency_ms] = {**b, "baseline_from": sc.name}
             row.update(baselines[sc.latency_ms])
+        if o.peer:
+            from connector.peer import peer_phase
+
+            row.update(await peer_phase(stack, kafka, sim_url, sc, o, concurrency, say, written))
 
         # 3. the worker: throughput on a pre-produced backlog (soak: fed while it runs)
         group = f"sms-bench-{o.run_id}-{sc.name}"
@@ -1210,7 +1222,7 @@ def _unavailable(row: dict[str, Any], note: str) -> dict[str, Any]:
 async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: TextIO = sys.stdout,
                     bootstrap_servers: str | None = None, broker: str = "tansu", baseline_records: int = 2000,
                     soak_records: int = 1_000_000, concurrency: int | None = None, keys: int = 2000,
-                    latency_load: float = 0.5, profile_dir: str | None = None,
+                    latency_load: float = 0.5, profile_dir: str | None = None, peer: str | None = None,
                     err: TextIO | None = sys.stderr, tracing: float | None = None) -> list[dict[str, Any]]:
     """Run the scenarios; print one JSON object per scenario (``json_out``) or a table to ``out``.
 
@@ -1218,7 +1230,8 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
     baseline (0: skip it); ``concurrency`` overrides every scenario's route concurrency (and the
     ceiling's); ``keys`` recipients; ``latency_load`` the offered rate of the latency phase as a
     share of the measured throughput; ``profile_dir``: profile the worker with py-spy (when
-    installed) during each throughput phase, collapsed stacks there, top functions in the row.
+    installed) during each throughput phase, collapsed stacks there, top functions in the row;
+    ``peer``: also run that real peer (``connector.peer.PEERS``) in each dispatch scenario.
     ``tracing``: the dispatch scenarios' worker traces with this sample ratio and exports to an
     OTLP/HTTP sink in this process; rows are named ``<scenario>+tracing`` and count the spans
     received. Progress goes to ``err`` (None: silent)."""
@@ -1231,7 +1244,8 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
         raise ValueError(f"unknown broker {broker!r} (tansu or kafka)")
     o = Options(records=records, bootstrap_servers=bootstrap_servers, broker=broker, baseline_records=baseline_records,
                 soak_records=soak_records, concurrency=concurrency, keys=max(1, min(keys, records)),
-                latency_load=latency_load, profile_dir=profile_dir, run_id=f"bench{int(time.time() * 1000) % 10**10}")
+                latency_load=latency_load, profile_dir=profile_dir, peer=peer,
+                run_id=f"bench{int(time.time() * 1000) % 10**10}")
     say = _Progress(err)
     baselines: dict[float, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []

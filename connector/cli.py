@@ -16,6 +16,7 @@ import click
 from connector import __version__
 from connector.config import ConfigError, Settings, describe, load
 from connector.errors import SmsError
+from connector.peer import PEERS
 
 
 def _settings(config: str | None) -> Settings:
@@ -265,13 +266,15 @@ def send(config: str | None, phone: str | None, device: str | None, text: str, c
               "SMS_CONNECTOR_KAFKA__* for security) instead of a local broker.")
 @click.option("--profile", "profile_dir", type=click.Path(file_okay=False), default=None,
               help="Profile the worker with py-spy into this directory; hotspots go into the JSON and notes.")
+@click.option("--peer", type=click.Choice(PEERS), default=None,
+              help="Also run this real peer on the same job, broker and simulator (built once with Go, cached).")
 @click.option("--json", "json_out", is_flag=True, help="One JSON object per scenario instead of the table.")
 @click.option("--tracing", "tracing_ratio", type=click.FloatRange(0, 1), default=None, metavar="RATIO",
               help="The worker traces with this sample ratio (1: every message), exporting to an OTLP sink in the "
                    "bench (rows <scenario>+tracing): what tracing costs.")
 def bench(scenarios: str, records: int, soak_records: int, baseline_records: int, concurrency: int | None,
-          keys: int, broker: str, bootstrap_servers: str | None, profile_dir: str | None, json_out: bool,
-          tracing_ratio: float | None) -> None:
+          keys: int, broker: str, bootstrap_servers: str | None, profile_dir: str | None, peer: str | None,
+          json_out: bool, tracing_ratio: float | None) -> None:
     """Measure one worker against the simulators: records/s, p50/p99 latency, peak RSS, with the
     raw ceiling (aiohttp alone) and a typical faust + httpx baseline from the same run.
 
@@ -283,7 +286,7 @@ def bench(scenarios: str, records: int, soak_records: int, baseline_records: int
     try:
         asyncio.run(run_bench(names, records, json_out=json_out, bootstrap_servers=bootstrap_servers, broker=broker,
                               baseline_records=baseline_records, soak_records=soak_records,
-                              concurrency=concurrency, keys=keys, profile_dir=profile_dir,
+                              concurrency=concurrency, keys=keys, profile_dir=profile_dir, peer=peer,
                               tracing=tracing_ratio))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
