@@ -324,3 +324,53 @@ async def test_a_zombie_is_fenced_by_the_new_owner_of_its_partitions_transaction
 
 
 # --- aiokafka's open transaction issues -------------------------------------------------------
+
+
+# --- aiokafka's open transaction issues, on Apache Kafka 4.1.1 --------------------------------
+
+async def test_back_to_back_transactions_with_offsets_keep_the_producer_usable(kafka: str) -> None:
+    """aiokafka #1004 (open): after a broker upgrade to 3.7, TxnOffsetCommit answered error 13
+    (NETWORK_EXCEPTION, which aiokafka still calls StaleLeaderEpochCodeError) and aiokafka treats
+    it as unexpected: the sender task dies ("Unexpected error during batch delivery") and the
+    producer is unusable. Not reproduced on 4.1.1 (one broker): back-to-back transactions, offsets
+    sent first (the order that makes the broker's transaction verification busiest), all commit.
+    Should it happen in production, the producer must be closed and a new one initialised for the
+    same transactional id (which aborts the open transaction): the design treats any
+    KafkaError from a transactional producer other than a retriable produce error that way."""
+    src, out = names("in", "out")
+    group = f"g-{src}"
+    await new_topics(kafka, src, out, partitions=3)
+    producer = await txn_producer(kafka, transactional_id("sms", group, src, 0))
+    try:
+        for i in range(40):
+            await producer.begin_transaction()
+            await producer.send_offsets_to_transaction({TopicPartition(src, 0): i + 1}, group)
+            await producer.send(out, b"%d" % i, partition=i % 3)
+            await producer.commit_transaction()
+    finally:
+        await producer.stop()
+    assert await committed(kafka, group, TopicPartition(src, 0)) == 40
+    assert len(await read_all(kafka, out, "read_committed", partitions=3)) == 40
+
+
+async def test_concurrent_send_offsets_calls_in_one_transaction_all_commit(kafka: str) -> None:
+    """aiokafka #1098 (open): a KeyError in TxnOffsetCommitHandler.handle_response, the sender
+    task dies. The handler looks up each answered partition in the pending offsets dict that
+    ``offset_committed`` deletes from: two handlers over one dict. Not reproduced on 4.1.1 with
+    twelve concurrent calls per transaction (each call is its own dict, committed in turn by the
+    single transactional task). The design avoids the shape anyway: one awaited
+    ``send_offsets_to_transaction`` per transaction, for the one input partition it finishes."""
+    src, out = names("in", "out")
+    group = f"g-{src}"
+    await new_topics(kafka, src, out, partitions=12)
+    producer = await txn_producer(kafka, f"t-{src}")
+    try:
+        for i in range(5):
+            async with producer.transaction():
+                await asyncio.gather(*[producer.send(out, b"x", partition=p) for p in range(12)])
+                await asyncio.gather(*[producer.send_offsets_to_transaction({TopicPartition(src, p): i + 1}, group)
+                                       for p in range(12)])
+    finally:
+        await producer.stop()
+    for p in range(12):
+        assert await committed(kafka, group, TopicPartition(src, p)) == 5
