@@ -374,3 +374,40 @@ async def test_concurrent_send_offsets_calls_in_one_transaction_all_commit(kafka
         await producer.stop()
     for p in range(12):
         assert await committed(kafka, group, TopicPartition(src, p)) == 5
+
+
+async def test_a_read_committed_reader_steps_over_trailing_markers_to_the_end_offset(kafka: str) -> None:
+    """The ledger (and every "read to the end" in the connector) loads a partition until the
+    reader's position reaches the end offset. With transactions, a partition ends with a control
+    marker, and after a crash with an aborted transaction: aiokafka #911 (open) reports a position
+    stuck one below the end offset in that case. On aiokafka 0.14 / Kafka 4.1.1 the position steps
+    over the trailing commit and abort markers (a reader that returns no record still advances)."""
+    [out] = names("out")
+    await new_topics(kafka, out, partitions=2)
+    producer = await txn_producer(kafka, f"t-{out}")
+    try:
+        async with producer.transaction():
+            await producer.send(out, b"kept", partition=0)
+            await producer.send(out, b"kept", partition=1)
+        await producer.begin_transaction()
+        await producer.send_and_wait(out, b"lost", partition=1)
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    reader = AIOKafkaConsumer(bootstrap_servers=kafka, isolation_level="read_committed",
+                              auto_offset_reset="earliest", enable_auto_commit=False)
+    await reader.start()
+    try:
+        tps = [TopicPartition(out, 0), TopicPartition(out, 1)]
+        reader.assign(tps)
+        end = await reader.end_offsets(tps)
+        assert end == {tps[0]: 2, tps[1]: 4}        # record + commit marker; + aborted record + abort marker
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while [await reader.position(tp) for tp in tps] != [end[tp] for tp in tps]:
+            assert time.monotonic() < deadline, [await reader.position(tp) for tp in tps]
+            for recs in (await reader.getmany(timeout_ms=200)).values():
+                seen += [r.value for r in recs]
+        assert seen == [b"kept", b"kept"]
+    finally:
+        await reader.stop()
