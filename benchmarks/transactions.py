@@ -191,6 +191,13 @@ async def producer_cost(bootstrap: str, src: str, out: str, group: str, count: i
     return result
 
 
+def median_run(runs: list[Run]) -> Run:
+    """The run of median throughput, with the commit latencies of all runs."""
+    chosen = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+    return Run(chosen.name, chosen.batch, chosen.records, chosen.seconds,
+               [c for r in runs for c in r.commits], chosen.cpu)
+
+
 def fmt(v: float | None, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -214,13 +221,16 @@ async def main(args: argparse.Namespace, bootstrap: str) -> None:
           f"{'CPU us/rec idem':>16} {'txn':>5}")
     for batch in args.batches:
         records = max(batch * args.min_transactions, min(args.records, batch * args.max_transactions))
-        idem = await idempotent(bootstrap, out, args.partitions, batch, records, args.max_batch_size)
-        txn = await transactional(bootstrap, src, out, group, args.partitions, batch, records, tag=f"-b{batch}",
-                                  max_batch_size=args.max_batch_size)
-        cop = await transactional(bootstrap, src, out, group, args.partitions, batch, records, tag=f"-c{batch}",
-                                  spread=False, max_batch_size=args.max_batch_size)
+        idems, txns, cops = [], [], []
+        for r in range(args.repeat):    # interleaved, medians reported: the machine is shared
+            idems.append(await idempotent(bootstrap, out, args.partitions, batch, records, args.max_batch_size))
+            txns.append(await transactional(bootstrap, src, out, group, args.partitions, batch, records,
+                                            tag=f"-b{batch}-{r}", max_batch_size=args.max_batch_size))
+            cops.append(await transactional(bootstrap, src, out, group, args.partitions, batch, records,
+                                            tag=f"-c{batch}-{r}", spread=False, max_batch_size=args.max_batch_size))
+        idem, txn, cop = (median_run(runs) for runs in (idems, txns, cops))
         print(f"{batch:>6} {records:>8} {idem.rate:>11.0f} {txn.rate:>10.0f} {txn.rate / idem.rate:>9.2f} "
-              f"{len(txn.commits) / txn.seconds:>7.1f} {fmt(txn.quantile(0.5)):>14} {fmt(txn.quantile(0.99)):>7} "
+              f"{-(-txn.records // batch) / txn.seconds:>7.1f} {fmt(txn.quantile(0.5)):>14} {fmt(txn.quantile(0.99)):>7} "
               f"{cop.rate:>14.0f} {cop.rate / idem.rate:>13.2f} {idem.cpu_us:>16.0f} {txn.cpu_us:>5.0f}")
 
     print(f"\n{args.partitions} input partitions at once, batch {args.parallel_batch}, "
@@ -242,9 +252,10 @@ async def main(args: argparse.Namespace, bootstrap: str) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 100, 500])
-    ap.add_argument("--records", type=int, default=20000, help="records per batch size (bounded by the two below)")
+    ap.add_argument("--records", type=int, default=10000, help="records per batch size and run (bounded by the two below)")
     ap.add_argument("--min-transactions", type=int, default=20)
-    ap.add_argument("--max-transactions", type=int, default=300)
+    ap.add_argument("--max-transactions", type=int, default=150)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each variant, interleaved; medians are shown")
     ap.add_argument("--partitions", type=int, default=12)
     ap.add_argument("--parallel-batch", type=int, default=100)
     ap.add_argument("--per-partition", type=int, default=2000)
