@@ -411,3 +411,40 @@ async def test_a_read_committed_reader_steps_over_trailing_markers_to_the_end_of
         assert seen == [b"kept", b"kept"]
     finally:
         await reader.stop()
+
+
+async def test_a_transaction_past_its_timeout_is_aborted_and_its_producer_must_be_replaced(kafka: str) -> None:
+    """A worker that keeps a transaction open longer than ``transaction_timeout_ms`` (aiokafka's
+    default: 60 s; a GC pause, a frozen process that kept its partitions) finds it aborted by the
+    coordinator (which checks every 10 s by default) and its producer fenced for good: the next
+    operation raises ProducerFenced, abort_transaction() too (or AssertionError), and
+    begin_transaction() raises AssertionError (aiokafka's invalid state transition from its fatal
+    state, not a KafkaError: an ``except KafkaError`` does not catch it). The only way on
+    is a new producer for the same transactional id; nothing of the aborted transaction is
+    visible to read_committed."""
+    [out] = names("out")
+    await new_topics(kafka, out)
+    txn_id = f"t-{out}"
+    producer = await txn_producer(kafka, txn_id, transaction_timeout_ms=1000)
+    try:
+        await producer.begin_transaction()
+        await producer.send_and_wait(out, b"timed-out", partition=0)
+        deadline = time.monotonic() + 25
+        with pytest.raises(ProducerFenced):
+            while True:
+                assert time.monotonic() < deadline, "the coordinator never aborted the transaction"
+                await asyncio.sleep(1)
+                await producer.send_and_wait(out, b"later", partition=0)
+        with pytest.raises((ProducerFenced, AssertionError)):   # which one depends on timing
+            await producer.abort_transaction()
+        with pytest.raises(AssertionError, match="Invalid state transition"):
+            await producer.begin_transaction()
+    finally:
+        await asyncio.wait_for(producer.stop(), 10)
+    fresh = await txn_producer(kafka, txn_id)
+    try:
+        async with fresh.transaction():
+            await fresh.send(out, b"fresh", partition=0)
+    finally:
+        await fresh.stop()
+    assert await read_all(kafka, out, "read_committed") == [b"fresh"]
