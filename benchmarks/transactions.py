@@ -16,7 +16,12 @@ input and an output topic of ``--partitions`` partitions, and measures on the sa
 * **what N producers cost**: open sockets and memory (RSS, and Python allocations by
   tracemalloc) of 1 and of N started transactional producers.
 
-Everything goes to 127.0.0.1. Example:
+Each batch-size row is the median of ``--repeat`` interleaved runs (the machine is shared: one
+run alone moves by 2x). With aiokafka's default ``max_batch_size`` (16 KiB) a transaction whose
+records all go to one partition sends them as many small sequential batches; compare with
+``--max-batch-size 262144``.
+
+Everything goes to 127.0.0.1 (about 3.5 minutes). Example:
   .venv/bin/python benchmarks/transactions.py --batches 1,10,100,500
 """
 
