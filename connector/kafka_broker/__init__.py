@@ -343,7 +343,8 @@ class KafkaCluster:
 
     def _format(self, node: KafkaNode) -> None:
         assert self.libs is not None
-        args = ["format", "-t", self.cluster_id, "-c", str(node.directory / "server.properties"), "--ignore-formatted"]
+        args = ["format", f"--cluster-id={self.cluster_id}", f"--config={node.directory / 'server.properties'}",
+                "--ignore-formatted"]   # "=": an id may start with "-"
         if self.security == "sasl_ssl":
             for user, password in {ADMIN_USER: ADMIN_PASSWORD, **self.users}.items():
                 args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
