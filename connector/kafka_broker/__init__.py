@@ -410,11 +410,3 @@ async def grant(k: KafkaSettings, principal: str, acls: list[Acl]) -> None:
     finally:
         await admin.close()
 
-
-if __name__ == "__main__":   # `make kafka`: fetch the jars now, say where they are
-    import sys
-
-    try:
-        print(f"Apache Kafka {KAFKA_VERSION}: {fetch_jars()}")
-    except BrokerUnavailable as exc:
-        sys.exit(str(exc))
