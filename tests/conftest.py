@@ -83,11 +83,12 @@ def session_cluster(request: pytest.FixtureRequest, **shape: object) -> Iterator
 
 @pytest.fixture(scope="session")
 def kafka_cluster(request: pytest.FixtureRequest) -> Iterator[KafkaCluster | None]:
-    """The run's single Apache Kafka broker (None on Tansu)."""
+    """The run's Apache Kafka (None on Tansu): one broker; three (replication 3, min ISR 2) under
+    `make faults` (FAULTS=full), so every fault scenario runs on a replicated cluster."""
     if not ON_KAFKA:
         yield None
         return
-    yield from session_cluster(request)
+    yield from session_cluster(request, nodes=3 if os.environ.get("FAULTS") == "full" else 1)
 
 
 async def fresh_stack(cluster: KafkaCluster | None, partitions: int | None = None) -> LocalStack:

@@ -343,7 +343,8 @@ class KafkaCluster:
 
     def _format(self, node: KafkaNode) -> None:
         assert self.libs is not None
-        args = ["format", "-t", self.cluster_id, "-c", str(node.directory / "server.properties"), "--ignore-formatted"]
+        args = ["format", f"--cluster-id={self.cluster_id}", f"--config={node.directory / 'server.properties'}",
+                "--ignore-formatted"]   # "=": an id may start with "-"
         if self.security == "sasl_ssl":
             for user, password in {ADMIN_USER: ADMIN_PASSWORD, **self.users}.items():
                 args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
@@ -409,11 +410,3 @@ async def grant(k: KafkaSettings, principal: str, acls: list[Acl]) -> None:
     finally:
         await admin.close()
 
-
-if __name__ == "__main__":   # `make kafka`: fetch the jars now, say where they are
-    import sys
-
-    try:
-        print(f"Apache Kafka {KAFKA_VERSION}: {fetch_jars()}")
-    except BrokerUnavailable as exc:
-        sys.exit(str(exc))
