@@ -54,7 +54,7 @@ faults: $(STAMP)
 		tests/integration/test_frozen_worker.py tests/integration/test_mo_durability.py
 
 kafka: $(STAMP)
-	$(BIN)/python -m connector.kafka_broker
+	$(BIN)/python -m connector.devtools.kafka_broker
 
 bench: $(STAMP)
 	$(BIN)/sms-connector bench
@@ -66,8 +66,8 @@ bench-clients: $(STAMP)
 	$(BIN)/python benchmarks/http_clients.py
 
 docs: $(STAMP)
-	$(BIN)/python -m connector.docs
-	$(BIN)/python -m connector.chart
+	$(BIN)/python -m connector.devtools.docs
+	$(BIN)/python -m connector.devtools.chart
 
 helm: $(STAMP)
 	$(BIN)/pytest -q tests/helm

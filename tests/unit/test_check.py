@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from connector import contract as topics
-from connector.check import (
+from connector.ops.check import (
     CheckReport,
     CheckRow,
     Status,
@@ -28,7 +28,7 @@ from connector.check import (
 )
 from connector.config import ConfigError, RouteSettings, load
 from connector.http import HttpRequest, HttpResponse
-from connector.replay import (
+from connector.ops.replay import (
     HEADER_REPLAYED_FROM,
     matches,
     parse_filters,

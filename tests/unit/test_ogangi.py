@@ -37,8 +37,8 @@ from connector.providers.ogangi import (
     verify_pin,
 )
 from connector.records import Accepted, OutboundSms, Recipient
-from connector.simulators.base import serve
-from connector.simulators.ogangi import OgangiSimulator
+from connector.devtools.simulators.base import serve
+from connector.devtools.simulators.ogangi import OgangiSimulator
 
 BASE = "https://customer.ogangi.com/mmc"
 CONFIG = OgangiConfig(base_url=BASE, public_key="PUBKEY", private_key=Secret("PRIVKEY"), instance_id="43")

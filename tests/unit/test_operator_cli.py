@@ -12,9 +12,9 @@ import pytest
 from aiokafka import ConsumerRecord
 from click.testing import CliRunner
 
-from connector import devmanifest
+from connector.ops import devmanifest
 from connector.cli import main
-from connector.tools import describe_record, topic_name
+from connector.ops.tools import describe_record, topic_name
 
 ENV = {"SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1111", "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": "false",
        "SMS_CONNECTOR_ROUTES__SMPP__PROVIDER": "smpp_rest",
@@ -97,7 +97,7 @@ def test_an_unexpected_error_is_one_line_and_a_traceback_file(monkeypatch: pytes
     async def boom(*args: object, **kwargs: object) -> str:
         raise RuntimeError("the unexpected")
 
-    monkeypatch.setattr("connector.tools.produce_one", boom)
+    monkeypatch.setattr("connector.ops.tools.produce_one", boom)
     result = CliRunner().invoke(main, ["send", "--to", "+14155550123", "--text", "hi"])
     assert result.exit_code == 1
     (line,) = result.output.splitlines()

@@ -41,8 +41,8 @@ from connector.providers.revio import (
 )
 from connector.records import Accepted, OutboundSms, Recipient
 from connector.sender import RouteSender
-from connector.simulators.base import serve
-from connector.simulators.revio import RevIoSimulator
+from connector.devtools.simulators.base import serve
+from connector.devtools.simulators.revio import RevIoSimulator
 from connector.transport import HttpTransport
 
 # --------------------------------------------------------------------------------------------

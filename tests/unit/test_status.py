@@ -14,7 +14,7 @@ from rich.console import Console
 
 from connector import metrics
 from connector.config import KafkaSettings
-from connector.status import (
+from connector.ops.status import (
     METRICS_READ,
     Hist,
     KafkaState,

@@ -42,9 +42,9 @@ from connector.providers.thingspace import (
     ThingSpaceConfig,
 )
 from connector.records import Accepted, OutboundSms, Recipient
-from connector.simulators import thingspace as sim_mod
-from connector.simulators.base import serve
-from connector.simulators.thingspace import ThingSpaceSimulator
+from connector.devtools.simulators import thingspace as sim_mod
+from connector.devtools.simulators.base import serve
+from connector.devtools.simulators.thingspace import ThingSpaceSimulator
 
 ACCOUNT = "0000123456-00001"
 CONFIG = ThingSpaceConfig(client_id="app-key", client_secret=Secret("app-secret"), username="uws-user",

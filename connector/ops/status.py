@@ -54,7 +54,7 @@ from rich.table import Table
 from rich.text import Text
 
 from connector import contract as topics
-from connector import devmanifest
+from connector.ops import devmanifest
 from connector.config import ConfigError, KafkaSettings, load
 from connector.kafka import client_options
 

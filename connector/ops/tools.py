@@ -15,7 +15,7 @@ from connector import contract as topics
 from connector.config import KafkaSettings
 from connector.kafka import client_options, start_producer, topic_partitions
 from connector.records import OutboundSms
-from connector.simulators import Simulator, serve
+from connector.devtools.simulators import Simulator, serve
 
 
 def recipient_key(msg: OutboundSms) -> bytes:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connector.children import child_options
+from connector.devtools.children import child_options
 
 
 class BrokerUnavailable(RuntimeError):

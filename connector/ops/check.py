@@ -582,7 +582,7 @@ def check_command(config: str | None, connect: bool, timeout: float, plain: bool
     Exit status 1 when anything failed.
     """
     quiet_client_logs()
-    from connector import devmanifest
+    from connector.ops import devmanifest
 
     under = devmanifest.dev_environment(config)
     report = asyncio.run(run_check(config, connect, timeout=timeout, under=under,
