@@ -358,8 +358,7 @@ def simulate(name: str, host: str, port: int, latency_ms: float, error_rate: flo
 
     Faults can also be changed live: PUT /_sim/faults with a JSON object; counters at GET /_sim/stats.
     """
-    from connector.devtools.simulators import SIMULATORS, Faults
-    from connector.ops.tools import run_simulator
+    from connector.devtools.simulators import SIMULATORS, Faults, run_simulator
 
     if name not in SIMULATORS:
         raise click.UsageError(f"unknown simulator {name!r} (known: {', '.join(sorted(SIMULATORS))})")

@@ -146,7 +146,7 @@ async def measure_peer(stack: Any, kafka: Any, sim_url: str, *, concurrency: int
                        written: dict[Any, int], binary: Path, kafka_max_version: str = "") -> dict[str, Any]:
     """Run the peer on ``n`` fresh records (then a steady-rate latency phase); ``peer_*`` fields."""
     from connector.devtools import bench as b
-    import topics
+    from connector import contract as topics
 
     topic_in = topics.spec("outbound").name
     topic_out = topics.spec("accepted").name
