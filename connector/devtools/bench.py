@@ -789,7 +789,8 @@ async def measure_baseline(stack: LocalStack, kafka: KafkaSettings, sim_url: str
     missing = [m for m in ("faust", "httpx") if importlib.util.find_spec(m) is None]
     if missing:
         return {"baseline_per_s": None, "baseline_note": f"baseline skipped: {', '.join(missing)} not installed "
-                                                         f"(pip install -e '.[dev]')"}
+                                                         f"(the bench extra: pip install 'sms-connector[bench]', "
+                                                         f"or -e '.[bench]' in a checkout)"}
     topic_in = topics.spec("outbound").name
     group = f"sms-bench-{tag}"
     await position_group(kafka, group, topic_in, written)

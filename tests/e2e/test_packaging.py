@@ -27,6 +27,72 @@ def test_pyproject_lists_every_subpackage() -> None:
     assert tool["package-dir"] == {"connector.contract": "topics"}
 
 
+def _imported_distributions(files: list[Path]) -> dict[str, set[str]]:
+    """Top-level third-party module ``files`` import (lazily or not) -> the distributions that provide it."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    names: set[str] = set()
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    names -= set(sys.stdlib_module_names) | {"connector", "__future__"}
+    return {n: {_canonical(d) for d in dists.get(n, [n])} for n in names}
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """The distributions ``requirements`` install (installed ones, markers for this interpreter)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name = _canonical(req.name)
+        if name in seen or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        try:
+            todo += [Requirement(r) for r in requires(name) or ()]
+        except PackageNotFoundError:
+            pass
+    return seen
+
+
+def test_runtime_dependencies_are_exactly_what_the_worker_and_operator_commands_import() -> None:
+    # connector/ minus devtools/ is what the image runs (worker + operator commands); the tooling's
+    # own libraries belong to an extra, so the image does not carry them.
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    runtime = [p for p in (ROOT / "connector").rglob("*.py") if "devtools" not in p.relative_to(ROOT).parts]
+    tooling = list((ROOT / "connector" / "devtools").rglob("*.py"))
+    declared = {_canonical(Requirement(r).name) for r in project["dependencies"]}
+    imported = _imported_distributions(runtime)
+    installed = _closure(project["dependencies"])
+    assert {m for m, d in imported.items() if not d & installed} == set(), "imported, not a runtime dependency"
+    assert {d for d in declared if not any(d in ds for ds in imported.values())} == set(), \
+        "a runtime dependency nothing outside devtools/ imports"
+    with_extras = _closure(project["dependencies"] + extras["dev"] + extras["bench"])
+    assert {m for m, d in _imported_distributions(tooling).items() if not d & with_extras} == set()
+    bench = {_canonical(Requirement(r).name) for r in extras["bench"]}
+    assert {"faust-streaming", "httpx"} <= bench and not bench & declared
+    assert "sms-connector[bench]" in extras["dev"]
+
+
 def test_wheel_carries_the_contract_and_works_outside_the_checkout(tmp_path: Path) -> None:
     # Built from a copy: setuptools leaves build/ behind, which must not pollute the checkout.
     source = tmp_path / "source"
