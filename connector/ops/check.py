@@ -50,6 +50,7 @@ import click
 
 from connector import contract as topics
 from connector.config import ENV_PREFIX, ConfigError, Secret, Settings, load, redacted
+from connector.ops import quiet_client_logs
 from connector.policy import handoff_policy, longest_schedule_s
 
 __all__ = ["CheckReport", "CheckRow", "Status", "check_command", "config_rows", "problem_row", "render",
@@ -590,14 +591,3 @@ def check_command(config: str | None, connect: bool, timeout: float, plain: bool
     render(report, sys.stdout, plain=True if plain else None, show_settings=not no_settings)
     if not report.ok:
         sys.exit(1)
-
-
-def quiet_client_logs() -> None:
-    """aiokafka logs each refused connection through logging's last-resort handler (stderr) when
-    logging is not configured; the report already says it. Commands call this, not the library."""
-    import logging
-
-    for name in ("aiokafka", "kafka"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            logger.addHandler(logging.NullHandler())

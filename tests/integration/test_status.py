@@ -17,7 +17,9 @@ from click.testing import CliRunner
 from connector.devtools.embedded_broker import free_port
 from connector.devtools.kafka_broker import KafkaCluster
 from connector.devtools.stack import Follower, LocalStack, produce
-from connector.ops.status import KafkaProbe, KafkaState, run_status, status_command
+from connector.ops.kafka_probe import KafkaProbe
+from connector.ops.snapshot import KafkaState
+from connector.ops.status import run_status, status_command
 from tests.integration.helpers import many
 
 pytestmark = pytest.mark.integration

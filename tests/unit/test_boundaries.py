@@ -24,7 +24,7 @@ def test_only_streams_and_app_know_kafka_consumers() -> None:
     # plus operator tools on topics: the benchmark (with its faust baseline), dlq replay, check
     allowed_prefixes = ("streams/", "app.py", "kafka.py", "devtools/kafka_broker/", "devtools/stack.py", "ops/tools.py",
                         "devtools/dev.py", "devtools/bench.py", "devtools/baseline.py", "ops/replay.py", "ops/check.py",
-                        "ops/status.py")
+                        "ops/kafka_probe.py")
     offenders = [f for f, src in sources().items()
                  if not f.startswith(allowed_prefixes) and re.search(r"^\s*(from|import) (aiokafka|faust)", src, re.M)]
     assert offenders == []
