@@ -39,7 +39,8 @@ from connector.config import ConfigError, KafkaSettings, load
 from connector.ops import devmanifest
 from connector.ops import quiet_client_logs
 from connector.ops.kafka_probe import TERMINAL_ROLES, KafkaProbe
-from connector.ops.snapshot import ACCEPTED, DEAD_LETTERED, FAILED, KafkaState, Rates, Snapshot, merge, parse_metrics
+from connector.ops.snapshot import (ACCEPTED, DEAD_LETTERED, FAILED, KafkaState, Rates, Snapshot, merge, parse_metrics,
+                                    rates)
 
 DEFAULT_MANIFEST = devmanifest.DEFAULT_PATH
 DEFAULT_INTERVAL_S = 2.0
