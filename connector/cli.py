@@ -13,6 +13,7 @@ import uuid
 
 import click
 
+import connector.providers  # noqa: F401  every command may load routes: each provider registers its settings
 from connector import __version__
 from connector.config import ConfigError, Settings, describe, load
 from connector.errors import SmsError

@@ -1,8 +1,15 @@
 """The one module that reads configuration: environment variables and an optional TOML file.
 
-Every setting is a dataclass field declared with ``setting()`` (type, default, description,
-example, whether it is a secret). The same declarations produce validation, ``worker --help``,
-``check``'s table and the README reference, so documentation cannot drift from behaviour.
+A leaf: it imports nothing of ours. Every setting is a dataclass field declared with ``setting()``
+(type, default, description, example, whether it is a secret). The same declarations produce
+validation, ``worker --help``, ``check``'s table and the README reference, so documentation cannot
+drift from behaviour. The sections below are the worker's own; a provider declares its route
+settings next to its code and registers them with ``@provider_settings(name)``, so this module
+knows no provider (``connector.providers`` registers all of them when imported).
+
+``load_detailed`` returns the settings, where each value came from (``default`` / ``file`` /
+``manifest`` / ``env`` / ``override``) and every problem as a ``Problem`` (path, message, fix);
+``load`` raises ``ConfigError`` carrying those problems.
 
 Sources, later wins: defaults < TOML file (``--config`` or ``SMS_CONNECTOR_CONFIG``) < environment.
 Environment names are ``SMS_CONNECTOR_<SECTION>__<FIELD>``, e.g. ``SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS``;
@@ -21,17 +28,40 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, TypeVar
 
 ENV_PREFIX = "SMS_CONNECTOR_"
 
 
-class ConfigError(ValueError):
-    """Configuration is invalid. ``problems`` lists every problem found, each with its path."""
+def env_name(path: str) -> str:
+    """The environment variable of a setting path: ``routes.smpp.api_key`` ->
+    ``SMS_CONNECTOR_ROUTES__SMPP__API_KEY``."""
+    return ENV_PREFIX + "__".join(p.upper() for p in path.split("."))
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration: where (a setting path, a section, or ``config file
+    PATH``), what, and what to do about it."""
+
+    path: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """Configuration is invalid. ``problems`` lists every problem found, each with its path and fix."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(map(str, problems)))
         self.problems = problems
+
+
+Problems = list[Problem]
 
 
 class Secret:
@@ -65,6 +95,26 @@ def setting(default: Any = dataclasses.MISSING, *, doc: str, example: str | None
         value = default
         return field(default_factory=lambda: type(value)(value), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+_PROVIDER_SETTINGS: dict[str, type] = {}
+_T = TypeVar("_T", bound=type)
+
+
+def provider_settings(name: str) -> Callable[[_T], _T]:
+    """Class decorator: ``cls`` declares the route settings of provider ``name`` (a route with
+    ``provider = name`` is validated against it). The provider's module applies it."""
+
+    def register(cls: _T) -> _T:
+        _PROVIDER_SETTINGS[name] = cls
+        return cls
+
+    return register
+
+
+def registered_providers() -> Mapping[str, type]:
+    """Provider name -> its route settings class, for every provider registered so far."""
+    return MappingProxyType(_PROVIDER_SETTINGS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +353,7 @@ SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "dispatch": DispatchSetting
 # Loading
 
 
-def _resolve_secret(raw: Any, path: str, problems: list[str], environ: Mapping[str, str]) -> Secret | None:
+def _resolve_secret(raw: Any, path: str, problems: Problems, environ: Mapping[str, str]) -> Secret | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, Secret):
@@ -312,7 +362,9 @@ def _resolve_secret(raw: Any, path: str, problems: list[str], environ: Mapping[s
     if text.startswith("env:"):
         name = text[4:]
         if name not in environ:
-            problems.append(f"{path}: refers to environment variable {name}, which is not set")
+            problems.append(Problem(path, f"refers to environment variable {name}, which is not set",
+                                    f"set {name} in the connector's environment (e.g. from a Kubernetes "
+                                    f"Secret), or point {path} at another env:NAME or file:/path"))
             return None
         return Secret(environ[name], source=text)
     if text.startswith("file:"):
@@ -320,12 +372,13 @@ def _resolve_secret(raw: Any, path: str, problems: list[str], environ: Mapping[s
         try:
             return Secret(p.read_text().strip(), source=text)
         except OSError as exc:
-            problems.append(f"{path}: cannot read secret file {p}: {exc.strerror}")
+            problems.append(Problem(path, f"cannot read secret file {p}: {exc.strerror}",
+                                    f"mount the secret at {p} (and make it readable), or correct {path}"))
             return None
     return Secret(text)
 
 
-def _coerce(f: dataclasses.Field[Any], hint: Any, raw: Any, path: str, problems: list[str],
+def _coerce(f: dataclasses.Field[Any], hint: Any, raw: Any, path: str, problems: Problems,
             environ: Mapping[str, str]) -> Any:
     meta = f.metadata
     if meta.get("secret"):
@@ -352,14 +405,18 @@ def _coerce(f: dataclasses.Field[Any], hint: Any, raw: Any, path: str, problems:
         else:
             value = str(raw)
     except (TypeError, ValueError):
-        problems.append(f"{path}: expected {base.__name__}, got {raw!r}")
+        problems.append(Problem(path, f"expected {base.__name__}, got {raw!r}",
+                                f"give {path} a value of type {base.__name__} (config file or {env_name(path)})"))
         return None
     choices = meta.get("choices")
     if choices and value not in choices:
-        problems.append(f"{path}: {value!r} is not one of {', '.join(choices)}")
+        problems.append(Problem(path, f"{value!r} is not one of {', '.join(choices)}",
+                                f"set {path} to one of: {', '.join(choices)}"))
     lo, hi = meta.get("minimum"), meta.get("maximum")
     if lo is not None and value < lo or hi is not None and value > hi:
-        problems.append(f"{path}: {value!r} is out of range [{lo}, {hi}]")
+        bound = (f"between {lo} and {hi}" if lo is not None and hi is not None else
+                 f"of at least {lo}" if lo is not None else f"of at most {hi}")
+        problems.append(Problem(path, f"{value!r} is out of range [{lo}, {hi}]", f"set {path} to a value {bound}"))
     return value
 
 
@@ -370,7 +427,7 @@ def _base_type(hint: Any) -> type:
     return hint if isinstance(hint, type) else str
 
 
-def build(cls: type, raw: Mapping[str, Any], path: str, problems: list[str],
+def build(cls: type, raw: Mapping[str, Any], path: str, problems: Problems,
           environ: Mapping[str, str] = os.environ) -> Any:
     """Construct settings dataclass ``cls`` from a raw mapping, collecting problems."""
     raw = dict(raw)
@@ -382,26 +439,31 @@ def build(cls: type, raw: Mapping[str, Any], path: str, problems: list[str],
             if f.name.endswith("_url") and isinstance(kwargs[f.name], str):
                 _check_url(kwargs[f.name], f"{path}.{f.name}", problems)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            problems.append(f"{path}.{f.name}: required ({f.metadata.get('doc', '')})")
+            doc = f.metadata.get("doc", "")
+            problems.append(Problem(f"{path}.{f.name}", f"required ({doc})",
+                                    f"set {path}.{f.name} in the config file or {env_name(f'{path}.{f.name}')}"
+                                    + (f" ({doc})" if doc else "")))
     for unknown in sorted(raw):
         known = ", ".join(f.name for f in dataclasses.fields(cls))
-        problems.append(f"{path}.{unknown}: unknown setting (known: {known})")
+        problems.append(Problem(f"{path}.{unknown}", f"unknown setting (known: {known})",
+                                f"remove {path}.{unknown} or correct its spelling (known here: {known})"))
     try:
         return cls(**{k: v for k, v in kwargs.items() if v is not None or _nullable(cls, k)})
     except TypeError:
         return None
 
 
-def _check_url(value: str, path: str, problems: list[str]) -> None:
+def _check_url(value: str, path: str, problems: Problems) -> None:
     """A ``*_url`` setting (a provider's base_url, callbacks.public_url) is an http(s) URL with a host:
     the HTTP client would refuse anything else only at the first call, as a retriable error."""
     if not value:
         return
+    fix = f"set {path} to an http:// or https:// URL with a host, e.g. https://api.example.com"
     scheme, sep, rest = value.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        problems.append(f"{path}: {value!r} is not an http:// or https:// URL")
+        problems.append(Problem(path, f"{value!r} is not an http:// or https:// URL", fix))
     elif not rest.split("/", 1)[0].rpartition("@")[2]:
-        problems.append(f"{path}: {value!r} has no host")
+        problems.append(Problem(path, f"{value!r} has no host", fix))
 
 
 def _nullable(cls: type, name: str) -> bool:
@@ -439,93 +501,153 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What loading found: the settings (None when there are problems), where each setting path's
+    value came from (``default``, ``file``, ``manifest``: a running dev's environment, ``env`` or
+    ``override``), and every problem."""
+
+    settings: Settings | None
+    sources: Mapping[str, str]
+    problems: tuple[Problem, ...]
+
+
+def _origins(tree: Mapping[str, Any], source: str, prefix: str, out: dict[str, str]) -> None:
+    for k, v in tree.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            _origins(v, source, path, out)
+        else:
+            out[path] = source
+
+
 def load(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None, under: Mapping[str, str] | None = None) -> Settings:
-    """Load and validate settings; raises ConfigError listing every problem.
+    """Load and validate settings; raises ConfigError listing every problem (see ``load_detailed``)."""
+    loaded = load_detailed(config_file, environ, overrides, under)
+    if loaded.problems:
+        raise ConfigError(list(loaded.problems))
+    assert loaded.settings is not None
+    return loaded.settings
+
+
+def load_detailed(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None, under: Mapping[str, str] | None = None) -> Loaded:
+    """Load and validate settings, saying where each value came from and what is wrong.
 
     ``under``: variables the environment overrides, used only when there is no config file (the
     operator commands pass a running ``dev``'s, from its manifest)."""
-    environ = os.environ if environ is None else environ
+    environ = process_env = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    layers: list[tuple[str, Mapping[str, Any]]] = []
     if under and not config_file:
+        layers.append(("manifest", _env_tree(under)))
         environ = {**under, **environ}
-    problems: list[str] = []
+    problems: Problems = []
     if config_file:
+        where = f"config file {config_file}"
         try:
-            raw = tomllib.loads(Path(config_file).read_text())
+            layers.insert(0, ("file", tomllib.loads(Path(config_file).read_text())))
         except OSError as exc:
-            raise ConfigError([f"config file {config_file}: {exc.strerror}"]) from None
+            return Loaded(None, {}, (Problem(where, str(exc.strerror),
+                                             "check the path given with --config or SMS_CONNECTOR_CONFIG"),))
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"config file {config_file}: not valid TOML: {exc}"]) from None
-    raw = _merge(raw, _env_tree(environ))
+            return Loaded(None, {}, (Problem(where, f"not valid TOML: {exc}", "fix the TOML syntax at the position shown"),))
+    layers.append(("env", _env_tree(process_env)))
     if overrides:
-        raw = _merge(raw, overrides)
+        layers.append(("override", overrides))
+    origin: dict[str, str] = {}
+    for source, tree in layers:
+        raw = _merge(raw, tree)
+        _origins(tree, source, "", origin)
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         section = raw.pop(name, {})
         if not isinstance(section, Mapping):
-            problems.append(f"{name}: expected a table of settings")
+            problems.append(_not_a_table(name))
             section = {}
         sections[name] = build(cls, section, name, problems, environ)
     routes_raw = raw.pop("routes", {})
     for unknown in sorted(raw):
-        problems.append(f"{unknown}: unknown section (known: {', '.join([*SECTIONS, 'routes'])})")
+        known = ", ".join([*SECTIONS, "routes"])
+        problems.append(Problem(unknown, f"unknown section (known: {known})",
+                                f"remove the [{unknown}] section or correct its name (known: {known})"))
     routes = {name: _build_route(name, r, problems, environ) for name, r in routes_raw.items()}
     settings = None
     if not problems:
         settings = Settings(**sections, routes=routes)
         _check_routing(settings, problems)
     if problems:
-        raise ConfigError(problems)
+        return Loaded(None, {}, tuple(problems))
     assert settings is not None
-    return settings
+    return Loaded(settings, _sources(settings, origin), ())
 
 
-def _build_route(name: str, raw: Any, problems: list[str], environ: Mapping[str, str]) -> Route | None:
-    from connector.providers import REGISTRY
+def _sources(settings: Settings, origin: Mapping[str, str]) -> dict[str, str]:
+    """Setting path -> where its value came from, for every field of ``settings``."""
+    objects: list[tuple[str, Any]] = [(name, getattr(settings, name)) for name in SECTIONS]
+    for name, route in settings.routes.items():
+        objects += [(f"routes.{name}", route.common), (f"routes.{name}", route.provider)]
+    return {f"{prefix}.{f.name}": origin.get(f"{prefix}.{f.name}", "default")
+            for prefix, obj in objects for f in dataclasses.fields(obj)}
 
+
+def _not_a_table(path: str) -> Problem:
+    return Problem(path, "expected a table of settings", f"make {path} a TOML table ([{path}]) of settings")
+
+
+def _build_route(name: str, raw: Any, problems: Problems, environ: Mapping[str, str]) -> Route | None:
     path = f"routes.{name}"
     if not isinstance(raw, Mapping):
-        problems.append(f"{path}: expected a table of settings")
+        problems.append(_not_a_table(path))
         return None
     raw = dict(raw)
     provider_name = raw.get("provider")
-    if provider_name not in REGISTRY:
-        problems.append(f"{path}.provider: {provider_name!r} is not a provider "
-                        f"(known: {', '.join(sorted(REGISTRY))})")
+    if provider_name not in _PROVIDER_SETTINGS:
+        known = ", ".join(sorted(_PROVIDER_SETTINGS))
+        problems.append(Problem(f"{path}.provider", f"{provider_name!r} is not a provider (known: {known})",
+                                f"set {path}.provider to one of: {known}"))
         return None
     common_names = {f.name for f in dataclasses.fields(RouteSettings)}
     common = build(RouteSettings, {k: v for k, v in raw.items() if k in common_names}, path, problems, environ)
-    provider_cls = REGISTRY[provider_name].Config
+    provider_cls = _PROVIDER_SETTINGS[provider_name]
     specific = build(provider_cls, {k: v for k, v in raw.items() if k not in common_names}, path, problems,
                      environ)
     return Route(name=name, common=common, provider=specific)
 
 
-def _check_routing(settings: Settings, problems: list[str]) -> None:
+def _check_routing(settings: Settings, problems: Problems) -> None:
     routes = settings.routes
     r = settings.routing
+    configured = ", ".join(routes) or "none"
     for label, value in (("routing.default_route", r.default_route), ("routing.device_route", r.device_route)):
         if value and value not in routes:
-            problems.append(f"{label}: unknown route {value!r} (configured: {', '.join(routes) or 'none'})")
+            problems.append(Problem(label, f"unknown route {value!r} (configured: {configured})",
+                                    f"add a [routes.{value}] section, or set {label} to one of the configured "
+                                    f"routes: {configured}"))
     for prefix, route in parse_prefix_routes(r.prefix_routes, problems):
         if route not in routes:
-            problems.append(f"routing.prefix_routes: {prefix}={route}: unknown route {route!r}")
+            problems.append(Problem("routing.prefix_routes", f"{prefix}={route}: unknown route {route!r}",
+                                    f"add a [routes.{route}] section, or change the rule {prefix}={route} in "
+                                    f"routing.prefix_routes"))
     for name, route in routes.items():
         failover = route.common.failover_route
         if failover and (failover not in routes or failover == name):
-            problems.append(f"routes.{name}.failover_route: {failover!r} is not another configured route "
-                            f"(configured: {', '.join(routes)})")
+            path = f"routes.{name}.failover_route"
+            problems.append(Problem(path, f"{failover!r} is not another configured route (configured: "
+                                          f"{', '.join(routes)})", f"correct {path}"))
 
 
-def parse_prefix_routes(text: str, problems: list[str] | None = None) -> list[tuple[str, str]]:
+def parse_prefix_routes(text: str, problems: Problems | None = None) -> list[tuple[str, str]]:
     rules: list[tuple[str, str]] = []
     for item in filter(None, (p.strip() for p in text.split(","))):
         prefix, sep, route = item.partition("=")
         if not sep or not prefix.strip() or not route.strip():
             if problems is not None:
-                problems.append(f"routing.prefix_routes: {item!r} is not PREFIX=ROUTE")
+                problems.append(Problem("routing.prefix_routes", f"{item!r} is not PREFIX=ROUTE",
+                                        "write routing.prefix_routes as PREFIX=ROUTE rules separated by commas, "
+                                        "e.g. +1=revio,+58=ogangi"))
             continue
         rules.append((prefix.strip(), route.strip()))
     return rules
@@ -546,8 +668,8 @@ class SettingDoc:
 
 
 def describe() -> list[SettingDoc]:
-    """Every documented setting (the README reference, ``worker --help`` and ``check``)."""
-    from connector.providers import REGISTRY
+    """Every documented setting (the README reference, ``worker --help`` and ``check``), provider
+    route settings included for the providers registered (``import connector.providers``)."""
 
     docs: list[SettingDoc] = []
 
@@ -569,8 +691,8 @@ def describe() -> list[SettingDoc]:
     for name, cls in SECTIONS.items():
         add(cls, name, f"{ENV_PREFIX}{name.upper()}")
     add(RouteSettings, "routes.<name>", f"{ENV_PREFIX}ROUTES__<NAME>")
-    for pname, provider in sorted(REGISTRY.items()):
-        add(provider.Config, f"routes.<name> (provider={pname})", f"{ENV_PREFIX}ROUTES__<NAME>")
+    for pname, cls in sorted(_PROVIDER_SETTINGS.items()):
+        add(cls, f"routes.<name> (provider={pname})", f"{ENV_PREFIX}ROUTES__<NAME>")
     return docs
 
 

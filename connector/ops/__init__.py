@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import connector.providers  # noqa: F401  the operator commands load routes: each provider registers its settings
+
 
 def quiet_client_logs() -> None:
     """aiokafka logs each refused connection through logging's last-resort handler (stderr) when

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import yarl
 
-from connector.config import Secret, build
+from connector.config import Problem, Secret, build
 from connector.errors import AuthFailed, InDoubt, InvalidMessage, ProviderError, Rejected, Retriable, Throttled
 from connector.http import HttpRequest, HttpResponse
 from connector.providers.ogangi import (
@@ -481,7 +481,7 @@ def test_ucs2_text_travels_as_utf8_base64():
 
 
 def test_config_builds_from_strings_like_the_environment_gives():
-    problems: list[str] = []
+    problems: list[Problem] = []
     cfg = build(OgangiConfig, {"base_url": BASE, "public_key": "P", "private_key": "secret", "instance_id": "43",
                                "pin_length": "8", "signature_encoding": "base64"}, "routes.o", problems)
     assert problems == [] and cfg.pin_length == 8 and cfg.private_key.value == "secret"
