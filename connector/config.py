@@ -11,7 +11,8 @@ knows no provider (``connector.providers`` registers all of them when imported).
 ``manifest`` / ``env`` / ``override``) and every problem as a ``Problem`` (path, message, fix);
 ``load`` raises ``ConfigError`` carrying those problems.
 
-Sources, later wins: defaults < TOML file (``--config`` or ``SMS_CONNECTOR_CONFIG``) < environment.
+Sources, later wins: defaults < TOML file (``--config`` or ``SMS_CONNECTOR_CONFIG``) < a running dev's
+environment (``manifest``: operator commands without a config file) < environment < overrides.
 Environment names are ``SMS_CONNECTOR_<SECTION>__<FIELD>``, e.g. ``SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS``;
 routes are ``SMS_CONNECTOR_ROUTES__<ROUTE>__<FIELD>``. A secret's value may be a reference,
 ``env:NAME`` or ``file:/path`` (a mounted Kubernetes Secret), resolved at load; secrets are
