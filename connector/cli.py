@@ -386,9 +386,13 @@ def dev(demo: int, until_done: bool, timeout: float, http_port: int, manifest: s
     credentials) to .sms-connector-dev.json while it runs. Stops everything on Ctrl-C / SIGTERM.
     """
     from connector.devtools.dev import run_dev
+    from connector.devtools.embedded_broker import BrokerUnavailable
 
-    code = asyncio.run(run_dev(demo=demo, until_done=until_done, timeout=timeout, http_port=http_port,
-                               manifest_path=manifest))
+    try:
+        code = asyncio.run(run_dev(demo=demo, until_done=until_done, timeout=timeout, http_port=http_port,
+                                   manifest_path=manifest))
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
 
