@@ -1,0 +1,240 @@
+"""The worker's own settings sections (``[kafka]``, ``[dispatch]``, ...), a route's common
+settings, and ``Settings``, the whole configuration. Provider-specific route settings are declared
+by each provider next to its code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from connector.config.kit import Secret, setting
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = setting("localhost:9092", doc="Kafka bootstrap servers, comma-separated.",
+                                     example="kafka-0.kafka:9092,kafka-1.kafka:9092")
+    client_id: str = setting("sms-connector", doc="Client id sent to the brokers.")
+    group_id: str = setting("sms-connector-dispatch", doc="Consumer group of the dispatch workers.")
+    security_protocol: str = setting("PLAINTEXT", doc="How to reach the brokers.",
+                                     choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    sasl_mechanism: str = setting("PLAIN", doc="SASL mechanism (with a SASL_* protocol).",
+                                  choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_username: str = setting("", doc="SASL username.")
+    sasl_password: Secret | None = setting(None, doc="SASL password.", secret=True,
+                                           example="file:/var/run/secrets/kafka/password")
+    ssl_cafile: str = setting("", doc="CA bundle to verify the brokers (SSL / SASL_SSL); system CAs when empty.")
+    ssl_certfile: str = setting("", doc="Client certificate for mutual TLS.")
+    ssl_keyfile: str = setting("", doc="Client private key for mutual TLS.")
+    replication_factor: int = setting(3, doc="Replication factor of topics created by `topics apply`.", minimum=1, maximum=10)
+    session_timeout_s: float = setting(15.0, doc="Consumer group session timeout: how fast a dead worker's partitions move.",
+                                       minimum=6, maximum=300)
+    request_timeout_s: float = setting(30.0, doc="Broker request timeout.", minimum=1, maximum=300)
+    idempotent_producer: bool = setting(True, doc="Idempotent producer (no duplicate result records on produce retries). Turn off only for brokers without it (the embedded dev broker).")
+    fetch_max_wait_ms: int = setting(100, doc="How long a fetch waits for data on an idle partition: lower means "
+                                                  "lower latency at low traffic, more requests.", minimum=1, maximum=10000)
+    linger_ms: int = setting(5, doc="Producer linger: results are produced in batches.", minimum=0, maximum=1000)
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    max_in_flight: int = setting(2000, doc="Outbound records taken from Kafka and not yet finished, per worker (memory and commit bound).",
+                                 minimum=1, maximum=100000)
+    commit_interval_s: float = setting(0.25, doc="How often finished offsets are committed. After a crash, records finished since the last commit are sent again (at-least-once), so shorter means fewer resends.",
+                                       minimum=0.05, maximum=60)
+    shutdown_timeout_s: float = setting(25.0, doc="On SIGTERM or rebalance, how long in-flight records may take to finish.",
+                                        minimum=0, maximum=600)
+    retry_max_attempts: int = setting(4, doc="Provider calls per message in place, per pass (first call included), for "
+                                             "retriable errors. The message keeps its place in its recipient's order "
+                                             "meanwhile; then it is handed off to sms.outbound.retry (see max_attempts).",
+                                      minimum=1, maximum=50)
+    max_attempts: int = setting(12, doc="Provider calls per message in all, across passes through sms.outbound.retry; "
+                                        "then it fails (reason unavailable or throttled) with the count. Equal to "
+                                        "retry_max_attempts: no retry topic (fail after the in-place retries).",
+                                minimum=1, maximum=1000)
+    retry_topic_delay_s: float = setting(30.0, doc="Wait before the first pass from the retry topic; doubles per pass "
+                                                   "(equal jitter). A longer Retry-After wins.", minimum=0, maximum=86400)
+    retry_topic_max_delay_s: float = setting(600.0, doc="Cap of the wait before one pass from the retry topic. Keep "
+                                                        "the whole schedule well inside idempotency_window_s.",
+                                             minimum=0, maximum=86400)
+    retry_topic_max_waiting: int = setting(20000, doc="Retry-topic records one worker holds in memory until they are "
+                                                      "due (about 1 KB each); beyond, it stops reading the retry topic "
+                                                      "until some are sent.", minimum=1, maximum=1000000)
+    retry_base_delay_s: float = setting(0.2, doc="Backoff base: full jitter, doubling per attempt.", minimum=0, maximum=60)
+    retry_max_delay_s: float = setting(5.0, doc="Backoff cap per wait.", minimum=0, maximum=600)
+    idempotency_window_s: float = setting(3600.0, doc="How long the idempotency ledger remembers a client_message_id "
+                                                      "(0 turns the ledger off). A replay or duplicate within the window "
+                                                      "calls no provider again, as long as idempotency_max_entries holds that many "
+                                                      "messages. At most 7 days, the ledger topic's retention.",
+                                          minimum=0, maximum=7 * 86400)
+    idempotency_max_entries: int = setting(250_000, doc="Most client_message_ids the ledger keeps in memory per worker "
+                                                        "(about 200 bytes each). Beyond it the oldest are forgotten "
+                                                        "before their window ends (sms_ledger_evicted_total counts "
+                                                        "them). At 1,000 messages/s a 1 h window needs 3.6 million (about 700 MB): size it with the pod's memory.",
+                                           minimum=1000, maximum=100_000_000)
+    retry_after_max_s: float = setting(30.0, doc="A provider's Retry-After is honoured in place up to this; a longer one ends the in-place retries (the message is handed off to the retry topic, or fails as throttled at the attempt cap).",
+                                       minimum=0, maximum=3600)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = setting("0.0.0.0", doc="Address of the worker's HTTP server (/metrics, /healthz, /readyz).",
+                        example="127.0.0.1")
+    port: int = setting(8080, doc="Port of the worker's HTTP server.", minimum=0, maximum=65535)
+    provider_timeout_s: float = setting(10.0, doc="Timeout of one provider HTTP call (connect + response).",
+                                        minimum=0.1, maximum=300)
+    provider_max_connections: int = setting(200, doc="Connection pool size per provider route.", minimum=1, maximum=10000)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = setting("INFO", doc="Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    format: str = setting("auto", doc="json (production), console (a terminal), or auto: console on a TTY, else json.",
+                          choices=("auto", "json", "console"))
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    default_route: str = setting("", doc="Route for records that name none and match no rule; the only route when there is one.")
+    device_route: str = setting("", doc="Route for device-id recipients (ThingSpace).")
+    prefix_routes: str = setting("", doc="Number-prefix rules, longest prefix wins: 'PREFIX=ROUTE,...'.",
+                                 example="+1=revio,+58=ogangi")
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """One route: a provider, its credentials, and how to send through it. Provider-specific
+    fields (base_url, credentials, ...) are declared by the provider's own config class."""
+
+    provider: str = setting(doc="Provider of this route.", example="smpp_rest")
+    sender: str = setting("", doc="Default sender (from number / sender id) when a record names none.")
+    segment_policy: str = setting("whole", doc="Text longer than one segment: reject, split (where the provider allows it) or whole (send as is; the provider concatenates).",
+                                  choices=("reject", "split", "whole"))
+    max_segments: int = setting(10, doc="Messages needing more segments fail with reason invalid.", minimum=1, maximum=255)
+    concurrency: int = setting(64, doc="Provider calls in flight at once on this route.", minimum=1, maximum=10000)
+    batch_max: int = setting(1, doc="Messages per provider request where the provider takes several (SMPP Messages[]).",
+                             minimum=1, maximum=1000)
+    batch_linger_ms: float = setting(2.0, doc="How long a partial batch waits for more messages.", minimum=0, maximum=1000)
+    rate_limit: float = setting(0.0, doc="Segments per second this worker sends through the route, at most (the "
+                                         "provider account's limit; 0 = unlimited). Strict: no one-second "
+                                         "interval holds more. Per worker process: with N workers on one "
+                                         "account, give each 1/N.", example="50", minimum=0, maximum=100000)
+    rate_limit_min: float = setting(1.0, doc="Floor of the adaptive rate: on 429 the route halves its rate (at "
+                                             "most once per second, or per Retry-After), never below this, and "
+                                             "climbs back by 5% of rate_limit per second without 429s.",
+                                    minimum=0.01, maximum=100000)
+    breaker_failure_ratio: float = setting(0.5, doc="The circuit opens when this share of the route's calls in "
+                                                    "the window failed (5xx, timeouts, auth; not per-message "
+                                                    "rejections or 429s).", minimum=0.01, maximum=1)
+    breaker_window_s: float = setting(30.0, doc="Window of recent calls the failure ratio is computed over.",
+                                      minimum=1, maximum=3600)
+    breaker_min_calls: int = setting(20, doc="The circuit does not open on fewer calls than this in the window.",
+                                     minimum=1, maximum=1000000)
+    breaker_open_s: float = setting(30.0, doc="How long an open circuit pauses the route before one probe call; "
+                                              "doubles on each failed probe.", minimum=0.1, maximum=3600)
+    breaker_max_open_s: float = setting(300.0, doc="Longest pause of an open circuit.", minimum=0.1, maximum=86400)
+    in_doubt: str = setting("resend", doc="A message whose provider call may or may not have happened (a crash "
+                                          "between the call and its recorded outcome): resend (at-least-once) or "
+                                          "fail (at-most-once: a failed record, reason in-doubt).",
+                            choices=("resend", "fail"))
+    number_check: str = setting("possible", doc="How strictly a recipient number is checked before sending "
+                                                "(libphonenumber): possible (a known country code and a possible "
+                                                "length for it) or valid (also inside an allocated range of the "
+                                                "country's number plan; refuses numbers the library's tables do "
+                                                "not know yet). A number that fails ends as failed, reason invalid.",
+                                choices=("possible", "valid"))
+    failover_route: str = setting("", doc="Route that takes this route's messages while its circuit is open "
+                                          "(one hop). Empty: they wait for the route to recover.",
+                                  example="backup")
+
+
+@dataclass(frozen=True)
+class CallbacksSettings:
+    public_url: str = setting("", doc="Base URL at which providers reach this connector's callback endpoint "
+                                      "(used by `thingspace register-callbacks`).", example="https://sms.example.com")
+    thingspace_username: str = setting("", doc="Username ThingSpace must send in each callback (registered with "
+                                               "the callback). Empty: callbacks are refused.")
+    thingspace_password: Secret | None = setting(None, doc="Password ThingSpace must send in each callback.",
+                                                 secret=True, example="env:THINGSPACE_CALLBACK_PASSWORD")
+    max_body_bytes: int = setting(65536, doc="Callback bodies larger than this are refused with 413.",
+                                  minimum=1024, maximum=16 * 1024 * 1024)
+    dedupe_window: int = setting(100000, doc="How many recent callback event ids are remembered to drop "
+                                             "provider resends.", minimum=100, maximum=10_000_000)
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    correlation_ttl_s: float = setting(900.0, doc="A receipt whose accepted message is not known after this goes "
+                                                  "to sms.delivery.unmatched.", minimum=1, maximum=7 * 86400)
+    mo_poll_interval_s: float = setting(5.0, doc="Pause between MO polls when a provider's queue is empty.",
+                                        minimum=0.1, maximum=3600)
+    status_poll_interval_s: float = setting(60.0, doc="How often an in-flight message's status is polled "
+                                                      "(Ogangi getMessage).", minimum=1, maximum=86400)
+    status_poll_rate: float = setting(5.0, doc="At most this many status polls per second per route.",
+                                      minimum=0.01, maximum=1000)
+    status_poll_max_age_s: float = setting(432000.0, doc="Stop polling a message's status after this (the "
+                                                         "network's validity window, 120 h); it ends as expired.",
+                                           minimum=60, maximum=30 * 86400)
+    optout_stop_words: str = setting("STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT",
+                                     doc="MO texts (the word alone) that opt the sender out, comma-separated.")
+    optout_start_words: str = setting("START,UNSTOP", doc="MO texts that opt the sender back in.")
+    optout_sync_revio: bool = setting(True, doc="Mirror opt-out changes to every Rev.io route's opt-out list.")
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    enabled: bool = setting(False, doc="OpenTelemetry tracing (connector.tracing): a span per outbound message "
+                                       "(child of the producer's traceparent header), per provider call, per "
+                                       "callback and poll, and the trace context on every output record. Off: "
+                                       "no span is made and no header is added.")
+    otlp_url: str = setting("http://localhost:4318/v1/traces", doc="OTLP/HTTP (protobuf) endpoint spans are "
+                            "exported to, in batches.", example="http://otel-collector.observability:4318/v1/traces")
+    sample_ratio: float = setting(1.0, doc="Share of new traces recorded; a message whose producer's traceparent "
+                                           "is sampled (or not) follows its producer's decision.",
+                                  minimum=0.0, maximum=1.0)
+    service_name: str = setting("sms-connector", doc="service.name of the spans.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    callbacks: CallbacksSettings = field(default_factory=CallbacksSettings)
+    inbound: InboundSettings = field(default_factory=InboundSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    # route name -> (common route settings, provider-specific config object)
+    routes: Mapping[str, "Route"] = field(default_factory=dict)
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value (for log-scanning tests and redaction)."""
+        found: list[str] = []
+
+        def walk(obj: Any) -> None:
+            if isinstance(obj, Secret):
+                found.append(obj.value)
+            elif dataclasses.is_dataclass(obj):
+                for f in dataclasses.fields(obj):
+                    walk(getattr(obj, f.name))
+            elif isinstance(obj, Mapping):
+                for v in obj.values():
+                    walk(v)
+
+        walk(self)
+        return [s for s in found if s]
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    common: RouteSettings
+    provider: Any  # the provider's config dataclass instance
+
+
+SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "dispatch": DispatchSettings, "http": HttpSettings,
+                             "log": LogSettings, "routing": RoutingSettings, "callbacks": CallbacksSettings,
+                             "inbound": InboundSettings, "tracing": TracingSettings}
