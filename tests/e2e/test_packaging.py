@@ -140,3 +140,27 @@ def test_nothing_imports_the_contract_as_a_top_level_module() -> None:
                  for p in (ROOT / folder).rglob("*.py")
                  if re.search(r"^\s*(import topics\b|from topics\b)", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_imports_go_one_way_worker_then_ops_then_devtools() -> None:
+    # The worker's modules import neither the operator commands nor the tooling; the operator
+    # commands do not import the tooling. Only cli.py, the entry point of all three, sees them all.
+    import ast
+
+    def imports(path: Path) -> set[str]:
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        return found
+
+    wrong = []
+    for path in (ROOT / "connector").rglob("*.py"):
+        rel = path.relative_to(ROOT / "connector").parts
+        if rel[0] in ("devtools", "cli.py"):
+            continue
+        banned = ("connector.devtools",) if rel[0] == "ops" else ("connector.devtools", "connector.ops")
+        wrong += [(str(path.relative_to(ROOT)), name) for name in imports(path) if name.startswith(banned)]
+    assert wrong == []
