@@ -55,7 +55,7 @@ faults: $(STAMP)
 		tests/integration/test_broker_failures.py
 
 kafka: $(STAMP)
-	$(BIN)/python -m connector.kafka_broker
+	$(BIN)/python -m connector.devtools.kafka_broker
 
 bench: $(STAMP)
 	$(BIN)/sms-connector bench
@@ -67,8 +67,8 @@ bench-clients: $(STAMP)
 	$(BIN)/python benchmarks/http_clients.py
 
 docs: $(STAMP)
-	$(BIN)/python -m connector.docs
-	$(BIN)/python -m connector.chart
+	$(BIN)/python -m connector.devtools.docs
+	$(BIN)/python -m connector.devtools.chart
 
 helm: $(STAMP)
 	$(BIN)/pytest -q tests/helm

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What Kafka transactions cost with aiokafka, against the idempotent producer, in one run (#16).
 
-Starts its own Apache Kafka broker (``connector.kafka_broker``, one node, loopback), creates an
+Starts its own Apache Kafka broker (``connector.devtools.kafka_broker``, one node, loopback), creates an
 input and an output topic of ``--partitions`` partitions, and measures on the same broker:
 
 * **throughput by batch size**: for each batch size B, the same number of records produced
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiokafka import AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
-from connector.kafka_broker import KAFKA_VERSION, KafkaCluster  # noqa: E402
+from connector.devtools.kafka_broker import KAFKA_VERSION, KafkaCluster  # noqa: E402
 
 VALUE = b'{"message_id":"%08d","status":"accepted","provider":"smpp_rest","route":"default","padding":"' + b"x" * 200 + b'"}'
 

@@ -13,10 +13,11 @@ import uuid
 
 import click
 
+import connector.providers  # noqa: F401  every command may load routes: each provider registers its settings
 from connector import __version__
 from connector.config import ConfigError, Settings, describe, load
 from connector.errors import SmsError
-from connector.peer import PEERS
+from connector.devtools.peer import PEERS
 
 
 def _settings(config: str | None) -> Settings:
@@ -29,7 +30,7 @@ def _settings(config: str | None) -> Settings:
 
 def _operator_settings(config: str | None) -> Settings:
     """An operator command's settings: --config / the environment, else a running dev's."""
-    from connector import devmanifest
+    from connector.ops import devmanifest
 
     return devmanifest.settings(config)
 
@@ -42,7 +43,7 @@ class _Commands(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
         name, command, rest = super().resolve_command(ctx, args)
         if name != "worker":
-            from connector.check import quiet_client_logs
+            from connector.ops.check import quiet_client_logs
 
             quiet_client_logs()
         return name, command, rest
@@ -55,7 +56,7 @@ class _Commands(click.Group):
         except Exception as exc:  # noqa: BLE001 - turned into one line below
             if ctx.invoked_subcommand == "worker":
                 raise
-            from connector.devmanifest import kafka_error
+            from connector.ops.devmanifest import kafka_error
 
             expected = kafka_error(exc)
             if expected is not None:
@@ -206,7 +207,7 @@ def topics_tail(config: str | None, name: str, from_beginning: bool, max_records
     On the embedded broker a tail from the end may first show the last records written
     before it started (its end offsets are approximate). Ctrl-C stops.
     """
-    from connector.tools import describe_record, tail, topic_name
+    from connector.ops.tools import describe_record, tail, topic_name
 
     settings = _operator_settings(config)
     try:
@@ -228,9 +229,9 @@ def topics_tail(config: str | None, name: str, from_beginning: bool, max_records
 def send(config: str | None, phone: str | None, device: str | None, text: str, client_message_id: str | None,
          route: str | None, sender: str | None, metadata: tuple[str, ...]) -> None:
     """Produce one outbound record to sms.outbound (keyed by recipient)."""
-    from connector.devmanifest import notice
+    from connector.ops.devmanifest import notice
     from connector.records import OutboundSms, Recipient, encode_outbound
-    from connector.tools import produce_one
+    from connector.ops.tools import produce_one
 
     if bool(phone) == bool(device):
         raise click.UsageError("give exactly one of --to or --device")
@@ -279,8 +280,8 @@ def bench(scenarios: str, records: int, soak_records: int, baseline_records: int
     raw ceiling (aiohttp alone) and a typical faust + httpx baseline from the same run.
 
     Progress goes to stderr; the table (or --json lines) to stdout."""
-    from connector.bench import run_bench
-    from connector.embedded_broker import BrokerUnavailable
+    from connector.devtools.bench import run_bench
+    from connector.devtools.embedded_broker import BrokerUnavailable
 
     names = [s.strip() for s in scenarios.split(",") if s.strip()]
     try:
@@ -309,7 +310,7 @@ def thingspace_register(config: str | None, route: str | None) -> None:
     The URL is callbacks.public_url + /callbacks/thingspace; ThingSpace sends back the
     callbacks.thingspace_username / thingspace_password in every callback.
     """
-    from connector.operations import register_callbacks
+    from connector.ops.operations import register_callbacks
 
     settings = _settings(config)
     try:
@@ -327,7 +328,7 @@ def thingspace_start(config: str | None, route: str | None) -> None:
     """Ask ThingSpace to push queued MO messages to the registered callback
     (PUT /sms/{account}/startCallbacks). Afterwards MO arrive at the callback endpoint instead
     of being polled."""
-    from connector.operations import start_callbacks
+    from connector.ops.operations import start_callbacks
 
     settings = _settings(config)
     try:
@@ -358,8 +359,7 @@ def simulate(name: str, host: str, port: int, latency_ms: float, error_rate: flo
 
     Faults can also be changed live: PUT /_sim/faults with a JSON object; counters at GET /_sim/stats.
     """
-    from connector.simulators import SIMULATORS, Faults
-    from connector.tools import run_simulator
+    from connector.devtools.simulators import SIMULATORS, Faults, run_simulator
 
     if name not in SIMULATORS:
         raise click.UsageError(f"unknown simulator {name!r} (known: {', '.join(sorted(SIMULATORS))})")
@@ -385,17 +385,21 @@ def dev(demo: int, until_done: bool, timeout: float, http_port: int, manifest: s
     Writes a manifest (bootstrap servers, topics, metrics/health URLs, simulators and their
     credentials) to .sms-connector-dev.json while it runs. Stops everything on Ctrl-C / SIGTERM.
     """
-    from connector.dev import run_dev
+    from connector.devtools.dev import run_dev
+    from connector.devtools.embedded_broker import BrokerUnavailable
 
-    code = asyncio.run(run_dev(demo=demo, until_done=until_done, timeout=timeout, http_port=http_port,
-                               manifest_path=manifest))
+    try:
+        code = asyncio.run(run_dev(demo=demo, until_done=until_done, timeout=timeout, http_port=http_port,
+                                   manifest_path=manifest))
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
 
 def _add_operator_commands() -> None:
-    from connector.check import check_command
-    from connector.replay import dlq_group
-    from connector.status import status_command
+    from connector.ops.check import check_command
+    from connector.ops.replay import dlq_group
+    from connector.ops.status import status_command
 
     main.add_command(check_command)
     main.add_command(dlq_group)

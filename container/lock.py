@@ -3,8 +3,7 @@
 The one lock file both image builds install from (the Dockerfile and ``make image-offline``).
 It is resolved from ``[project].dependencies`` in pyproject.toml (not the ``dev`` extra) by pip's
 own resolver (``pip install --dry-run --report``), binary wheels only, for CPython 3.11 on Linux
-x86_64 (glibc): the image is linux/amd64. (aarch64 is not offered: faust-streaming 0.15.3 has no
-aarch64 wheel, so an arm64 image would need a compiler in the build stage.)
+x86_64 (glibc): the image is linux/amd64 (aarch64 is not built or tested here).
 
 Run ``make image-lock`` after changing a runtime dependency; tests/image/test_lock.py fails while
 the lock no longer satisfies pyproject.toml.

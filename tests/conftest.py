@@ -1,6 +1,6 @@
 """Fixtures shared by every test layer, and the choice of broker.
 
-Integration and e2e tests run on Apache Kafka (``connector.kafka_broker``): one broker started
+Integration and e2e tests run on Apache Kafka (``connector.devtools.kafka_broker``): one broker started
 once per test run (a JVM start costs seconds); each test gets it with every topic of the
 contract deleted and created again, and its own consumer group id, so tests never see each
 other's records or offsets. ``TEST_BROKER=tansu`` (or a machine without Java 17 and
@@ -18,8 +18,8 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from connector.kafka import delete_topics, wait_for_leaders
-from connector.kafka_broker import KAFKA_VERSION, KafkaCluster, missing_tools
-from connector.stack import LocalStack
+from connector.devtools.kafka_broker import KAFKA_VERSION, KafkaCluster, missing_tools
+from connector.devtools.stack import LocalStack
 
 
 def _choose_broker() -> tuple[str, str]:

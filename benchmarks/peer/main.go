@@ -5,7 +5,7 @@
 // github.com/twmb/franz-go. Benthos' engine runs the pipeline (reading, per-thread processing,
 // acknowledgement, output in-flight control); the plugins only move records between Kafka and it.
 //
-// Usage: peer -c config.yaml   (the bench writes the config; see connector/peer.py)
+// Usage: peer -c config.yaml   (the bench writes the config; see connector/devtools/peer.py)
 package main
 
 import (

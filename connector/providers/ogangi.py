@@ -80,7 +80,7 @@ from xml.etree.ElementTree import Element, ParseError, SubElement
 
 import defusedxml.ElementTree as SafeET
 
-from connector.config import Secret, setting
+from connector.config import Secret, provider_settings, setting
 from connector.errors import (
     AuthFailed,
     InDoubt,
@@ -121,6 +121,7 @@ _OPTION_KEYS = frozenset({"method", "flags", "pin", "carrier"})
 _NUMBER = re.compile(r"^[0-9]{7,15}$")
 
 
+@provider_settings("ogangi")
 @dataclass(frozen=True)
 class OgangiConfig:
     base_url: str = setting(doc="Base URL of the Mobile Engagement API, up to (not including) `/rest/api/`.",

@@ -64,7 +64,7 @@ from xml.etree.ElementTree import Element, ParseError, SubElement, tostring
 
 import defusedxml.ElementTree as SafeET
 
-from connector.config import Secret, setting
+from connector.config import Secret, provider_settings, setting
 from connector import numbers
 from connector.encoding import analyse
 from connector.errors import AuthFailed, InDoubt, InvalidMessage, ProviderError, Rejected, Retriable, for_http_status
@@ -104,6 +104,7 @@ _IDEMPOTENT = {"create": _ALREADY_LISTED, "delete": _NOT_LISTED}
 _CLIENT_FAULTS = ("Client", "VersionMismatch", "MustUnderstand")
 
 
+@provider_settings("revio")
 @dataclass(frozen=True)
 class RevIoConfig:
     username: str = setting(doc="Rev.io API login: `<Credentials><Username>`.", example="api-sms")

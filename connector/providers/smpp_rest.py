@@ -21,7 +21,7 @@ from xml.etree.ElementTree import Element, SubElement, tostring
 import defusedxml.ElementTree as SafeET
 import orjson
 
-from connector.config import Secret, setting
+from connector.config import Secret, provider_settings, setting
 from connector.errors import AuthFailed, InDoubt, ProviderError, Rejected, Retriable, Throttled, for_http_status
 from connector.http import HttpRequest, HttpResponse
 from connector.providers.base import Auth, Prepared, Provider, SendResult
@@ -33,6 +33,7 @@ NS_I = "http://www.w3.org/2001/XMLSchema-instance"
 NS_SS = "http://schemas.servicestack.net/types"
 
 
+@provider_settings("smpp_rest")
 @dataclass(frozen=True)
 class SmppRestConfig:
     base_url: str = setting(doc="Base URL of the SMPP REST API.", example="https://api.example.com")

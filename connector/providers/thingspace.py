@@ -58,7 +58,7 @@ import defusedxml.ElementTree as SafeET
 import orjson
 from defusedxml import DefusedXmlException
 
-from connector.config import Secret, setting
+from connector.config import Secret, provider_settings, setting
 from connector.encoding import EncodedText, Encoding, analyse, analyse_bytes
 from connector.errors import (
     AuthFailed,
@@ -105,6 +105,7 @@ _MDN = re.compile(r"^[0-9]{10}$")
 _DEVICE_ID = re.compile(r"^[0-9A-Za-z]{1,64}$")
 
 
+@provider_settings("thingspace")
 @dataclass(frozen=True, kw_only=True)
 class ThingSpaceConfig:
     base_url: str = setting("https://thingspace.verizon.com/api",

@@ -12,7 +12,7 @@ from connector.config import load
 from connector.pipeline import Pipeline
 from connector.records import OutboundSms, Recipient, encode_outbound
 from connector.routing import Router
-from connector.simulators import SIMULATORS, Faults, serve
+from connector.devtools.simulators import SIMULATORS, Faults, serve
 
 
 async def start(name: str, **faults: float):

@@ -12,13 +12,13 @@ from aiokafka import AIOKafkaProducer
 from click.testing import CliRunner, Result
 
 from connector import contract as topics
-from connector.check import check_command
+from connector.ops.check import check_command
 from connector.config import load
-from connector.embedded_broker import free_port
+from connector.devtools.embedded_broker import free_port
 from connector.kafka import client_options, delete_topics
-from connector.replay import dlq_group
-from connector.simulators import SIMULATORS
-from connector.stack import LocalStack, kafka_env, worker_env
+from connector.ops.replay import dlq_group
+from connector.devtools.simulators import SIMULATORS
+from connector.devtools.stack import LocalStack, kafka_env, worker_env
 
 pytestmark = pytest.mark.e2e
 

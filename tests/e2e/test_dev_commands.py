@@ -15,7 +15,7 @@ from typing import Iterator
 import orjson
 import pytest
 
-from connector.embedded_broker import free_port
+from connector.devtools.embedded_broker import free_port
 from tests.integration.devrun import DevRun, demo_done
 
 pytestmark = pytest.mark.e2e

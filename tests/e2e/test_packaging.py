@@ -27,6 +27,72 @@ def test_pyproject_lists_every_subpackage() -> None:
     assert tool["package-dir"] == {"connector.contract": "topics"}
 
 
+def _imported_distributions(files: list[Path]) -> dict[str, set[str]]:
+    """Top-level third-party module ``files`` import (lazily or not) -> the distributions that provide it."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    names: set[str] = set()
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    names -= set(sys.stdlib_module_names) | {"connector", "__future__"}
+    return {n: {_canonical(d) for d in dists.get(n, [n])} for n in names}
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """The distributions ``requirements`` install (installed ones, markers for this interpreter)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name = _canonical(req.name)
+        if name in seen or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        try:
+            todo += [Requirement(r) for r in requires(name) or ()]
+        except PackageNotFoundError:
+            pass
+    return seen
+
+
+def test_runtime_dependencies_are_exactly_what_the_worker_and_operator_commands_import() -> None:
+    # connector/ minus devtools/ is what the image runs (worker + operator commands); the tooling's
+    # own libraries belong to an extra, so the image does not carry them.
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    runtime = [p for p in (ROOT / "connector").rglob("*.py") if "devtools" not in p.relative_to(ROOT).parts]
+    tooling = list((ROOT / "connector" / "devtools").rglob("*.py"))
+    declared = {_canonical(Requirement(r).name) for r in project["dependencies"]}
+    imported = _imported_distributions(runtime)
+    installed = _closure(project["dependencies"])
+    assert {m for m, d in imported.items() if not d & installed} == set(), "imported, not a runtime dependency"
+    assert {d for d in declared if not any(d in ds for ds in imported.values())} == set(), \
+        "a runtime dependency nothing outside devtools/ imports"
+    with_extras = _closure(project["dependencies"] + extras["dev"] + extras["bench"])
+    assert {m for m, d in _imported_distributions(tooling).items() if not d & with_extras} == set()
+    bench = {_canonical(Requirement(r).name) for r in extras["bench"]}
+    assert {"faust-streaming", "httpx"} <= bench and not bench & declared
+    assert "sms-connector[bench]" in extras["dev"]
+
+
 def test_wheel_carries_the_contract_and_works_outside_the_checkout(tmp_path: Path) -> None:
     # Built from a copy: setuptools leaves build/ behind, which must not pollute the checkout.
     source = tmp_path / "source"
@@ -74,3 +140,27 @@ def test_nothing_imports_the_contract_as_a_top_level_module() -> None:
                  for p in (ROOT / folder).rglob("*.py")
                  if re.search(r"^\s*(import topics\b|from topics\b)", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_imports_go_one_way_worker_then_ops_then_devtools() -> None:
+    # The worker's modules import neither the operator commands nor the tooling; the operator
+    # commands do not import the tooling. Only cli.py, the entry point of all three, sees them all.
+    import ast
+
+    def imports(path: Path) -> set[str]:
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        return found
+
+    wrong = []
+    for path in (ROOT / "connector").rglob("*.py"):
+        rel = path.relative_to(ROOT / "connector").parts
+        if rel[0] in ("devtools", "cli.py"):
+            continue
+        banned = ("connector.devtools",) if rel[0] == "ops" else ("connector.devtools", "connector.ops")
+        wrong += [(str(path.relative_to(ROOT)), name) for name in imports(path) if name.startswith(banned)]
+    assert wrong == []

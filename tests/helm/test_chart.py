@@ -30,7 +30,7 @@ import yaml
 from helm_python import _native
 
 from connector import contract as topics
-from connector import chart as chart_gen
+from connector.devtools import chart as chart_gen
 from connector import metrics as worker_metrics
 from connector.config import ConfigError, Settings, describe, load
 
@@ -617,7 +617,7 @@ def test_chart_owned_settings_are_rendered() -> None:
 
 def test_generated_files_are_current() -> None:
     stale = chart_gen.stale_files()
-    assert not stale, f"{[str(p.relative_to(ROOT)) for p in stale]} out of date: run `python -m connector.chart`"
+    assert not stale, f"{[str(p.relative_to(ROOT)) for p in stale]} out of date: run `python -m connector.devtools.chart`"
 
 
 def test_generator_check_mode(capsys: pytest.CaptureFixture[str]) -> None:

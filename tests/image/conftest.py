@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from connector.stack import LocalStack
+from connector.devtools.stack import LocalStack
 from tests.image.runtime import Bundle
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import aiohttp
 import yaml
 
 from connector.records import OutboundSms, Recipient, encode_outbound
-from connector.stack import Follower, LocalStack, free_port, produce, worker_env
+from connector.devtools.stack import Follower, LocalStack, free_port, produce, worker_env
 from tests.image.conftest import PROJECT, ROOT, TAG, canonical, locked
 from tests.image.runtime import Bundle, Container, image_config
 

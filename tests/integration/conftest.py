@@ -6,7 +6,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from connector.stack import LocalStack
+from connector.devtools.stack import LocalStack
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Callable
 
 import aiohttp
 
-from connector.demo import DEMO_HEADER
+from connector.devtools.demo import DEMO_HEADER
 from connector.records import OutboundSms, Recipient, encode_outbound
 
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]

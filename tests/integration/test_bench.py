@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from connector.bench import FIELDS, format_table, run_bench, summarize_profile
+from connector.devtools.bench import FIELDS, format_table, run_bench, summarize_profile
 from tests.conftest import ON_KAFKA
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-import topics
+from connector import contract as topics
 from connector.config import KafkaSettings
 from connector.kafka import client_options
-from connector.kafka_broker import KafkaCluster, KafkaNode
-from connector.stack import Follower, LocalStack
+from connector.devtools.kafka_broker import KafkaCluster, KafkaNode
+from connector.devtools.stack import Follower, LocalStack
 from tests.conftest import fresh_stack, session_cluster
 from tests.integration.helpers import FULL, outbound, phone, size, until
 

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from connector import contract as topics
 from connector.config import CallbacksSettings, InboundSettings, Secret, Settings
 from connector.kafka import client_options, topic_partitions
-from connector.stack import LocalStack
+from connector.devtools.stack import LocalStack
 from connector.streams.callbacks import THINGSPACE_PATH, CallbackReceiver
 from connector.streams.publish import InboundPublisher
 from tests.unit.test_callbacks import PASSWORD, PASSWORD_XML, SEED_CASES, USERNAME, XML, resend, with_credentials

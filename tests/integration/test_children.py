@@ -1,4 +1,4 @@
-"""connector.children: a child started with ``child_options()`` dies when its parent is SIGKILLed."""
+"""connector.devtools.children: a child started with ``child_options()`` dies when its parent is SIGKILLed."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PARENT = """
 import subprocess, sys, time
-from connector.children import child_options
+from connector.devtools.children import child_options
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], **child_options())
 print(child.pid, flush=True)
 time.sleep(120)

@@ -15,7 +15,7 @@ from connector import contract as topics
 from connector.config import load
 from connector.inbound import DeliveryReceipt, correlation_key
 from connector.kafka import client_options, topic_partitions
-from connector.stack import Follower, LocalStack, kafka_env, produce
+from connector.devtools.stack import Follower, LocalStack, kafka_env, produce
 from connector.streams.correlator import Correlator
 from tests.integration.helpers import outbound, phone
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from connector.stack import Follower, LocalStack, produce
+from connector.devtools.stack import Follower, LocalStack, produce
 from tests.integration.helpers import FULL, many, size, until
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from connector import contract as topics
-from connector.demo import DEMO_HEADER
-from connector.stack import Follower, LocalStack, produce
+from connector.devtools.demo import DEMO_HEADER
+from connector.devtools.stack import Follower, LocalStack, produce
 from tests.integration.helpers import many, outbound, phone
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import time
 import orjson
 import pytest
 
-from connector.demo import DEMO_HEADER
-from connector.stack import Follower, LocalStack, produce
+from connector.devtools.demo import DEMO_HEADER
+from connector.devtools.stack import Follower, LocalStack, produce
 from tests.integration.helpers import Record, many, metric_sum, outbound, phone, size, until
 
 pytestmark = pytest.mark.integration

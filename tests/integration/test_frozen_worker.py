@@ -15,7 +15,7 @@ import time
 
 import aiohttp
 
-from connector.stack import Follower, LocalStack, Process, produce
+from connector.devtools.stack import Follower, LocalStack, Process, produce
 from tests.integration.helpers import FULL, many, size, until
 
 import pytest

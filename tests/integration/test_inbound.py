@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from connector.records import OutboundSms, Recipient, encode_outbound
-from connector.stack import Follower, LocalStack, produce
-from connector.tools import recipient_key
+from connector.devtools.stack import Follower, LocalStack, produce
+from connector.ops.tools import recipient_key
 from tests.unit.test_callbacks import PASSWORD, REQ_DELIVERY, REQ_PROGRESS, SEED_CASES, USERNAME, with_credentials
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connector import contract as topics
 from connector.kafka import TopicMissing, check_topics, client_options, topic_partitions
-from connector.stack import LocalStack
+from connector.devtools.stack import LocalStack
 from connector.streams.batcher import Batcher
 
 pytestmark = pytest.mark.integration

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, ProducerFenced
 
-from connector.kafka_broker import KafkaCluster
+from connector.devtools.kafka_broker import KafkaCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 

@@ -8,7 +8,7 @@ simulators, broker) and dev's own output for
 - every configured secret (the simulator credentials the worker uses, the ThingSpace callback
   password; also as HTTP Basic ``user:password`` in base64),
 - bearer / session tokens (``Authorization: Bearer ...``, ``VZ-M2M-Token``, ``SessionKey`` ...),
-- every demo message text (decoded from the records ``connector.demo.generate`` produced),
+- every demo message text (decoded from the records ``connector.devtools.demo.generate`` produced),
 - every recipient in full: E.164 numbers (also without ``+`` and in US national form) and
   device ids.
 
@@ -36,9 +36,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.config import KafkaSettings, load
-from connector.demo import DEMO_HEADER, DemoRecord, generate
-from connector.simulators import SIMULATORS
-from connector.stack import produce, worker_env
+from connector.devtools.demo import DEMO_HEADER, DemoRecord, generate
+from connector.devtools.simulators import SIMULATORS
+from connector.devtools.stack import produce, worker_env
 from tests.integration import devrun
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from connector.stack import LocalStack
+from connector.devtools.stack import LocalStack
 from tests.integration.helpers import FULL
 from tests.integration.test_pollers import (
     OG_POLLER,

@@ -1,7 +1,7 @@
 """A bounded ``bench --peer redpanda-connect`` run: the real peer does the job beside the worker.
 
 Uses the peer binary cached for the current sources and never builds it (``python -m
-connector.peer`` does, once, in minutes): skipped when it is not built, or when Go is absent.
+connector.devtools.peer`` does, once, in minutes): skipped when it is not built, or when Go is absent.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
-from connector import peer
-from connector.bench import format_table, run_bench
+from connector.devtools import peer
+from connector.devtools.bench import format_table, run_bench
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ async def test_peer_runs_the_same_job_in_the_same_run() -> None:
     if shutil.which("go") is None:
         pytest.skip("Go is absent: the peer cannot be built here")
     if not peer.binary_path().exists():
-        pytest.skip(f"peer binary not built for these sources ({peer.binary_path()}); `python -m connector.peer`")
+        pytest.skip(f"peer binary not built for these sources ({peer.binary_path()}); `python -m connector.devtools.peer`")
     results = await run_bench(["single", "batch"], 300, json_out=True, out=io.StringIO(), baseline_records=0,
                               peer="redpanda-connect", err=None)
     single, batch = results

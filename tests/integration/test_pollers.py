@@ -27,13 +27,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from connector import contract as topics
 from connector.app import build_senders, inbound_producer
 from connector.config import Settings, load
-from connector.embedded_broker import free_port
+from connector.devtools.embedded_broker import free_port
 from connector.inbound import InboundSms
 from connector.kafka import client_options, topic_partitions
 from connector.providers import thingspace as ts
 from connector.sender import RouteSender
-from connector.simulators.thingspace import ThingSpaceSimulator
-from connector.stack import LocalStack, worker_env
+from connector.devtools.simulators.thingspace import ThingSpaceSimulator
+from connector.devtools.stack import LocalStack, worker_env
 from connector.streams.pollers import Pollers
 from connector.streams.publish import InboundPublisher
 

@@ -32,7 +32,7 @@ import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.embedded_broker import free_port
+from connector.devtools.embedded_broker import free_port
 from tests.integration import devrun
 
 pytestmark = pytest.mark.integration

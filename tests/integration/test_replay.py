@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from connector import contract as topics
 from connector.config import KafkaSettings
-from connector.demo import DEMO_HEADER
+from connector.devtools.demo import DEMO_HEADER
 from connector.kafka import client_options, topic_partitions
-from connector.replay import HEADER_REPLAYED_FROM, parse_filters, replay
-from connector.stack import Follower, LocalStack
+from connector.ops.replay import HEADER_REPLAYED_FROM, parse_filters, replay
+from connector.devtools.stack import Follower, LocalStack
 from tests.integration.helpers import outbound, phone
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from connector import contract as topics
-from connector.stack import Follower, LocalStack, produce
+from connector.devtools.stack import Follower, LocalStack, produce
 from tests.integration.helpers import metric_sum, outbound, phone
 
 pytestmark = pytest.mark.integration

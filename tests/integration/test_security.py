@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from connector import contract as topics
 from connector.cli import main as cli
-from connector.kafka_broker import Acl, KafkaCluster, grant
-from connector.stack import Follower, LocalStack, kafka_env, produce
+from connector.devtools.kafka_broker import Acl, KafkaCluster, grant
+from connector.devtools.stack import Follower, LocalStack, kafka_env, produce
 from tests.conftest import session_cluster
 from tests.integration.helpers import outbound, phone
 
@@ -121,7 +121,7 @@ async def test_every_role_and_tool_works_over_sasl_ssl_with_the_charts_acls(secu
 
 
 def worker_routes(stack: LocalStack) -> dict[str, str]:
-    from connector.stack import worker_env
+    from connector.devtools.stack import worker_env
 
     return {k: v for k, v in worker_env(stack.kafka, stack.sim_urls, 0).items() if not k.startswith("SMS_CONNECTOR_KAFKA__")}
 

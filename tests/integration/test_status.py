@@ -14,10 +14,12 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from connector.embedded_broker import free_port
-from connector.kafka_broker import KafkaCluster
-from connector.stack import Follower, LocalStack, produce
-from connector.status import KafkaProbe, KafkaState, run_status, status_command
+from connector.devtools.embedded_broker import free_port
+from connector.devtools.kafka_broker import KafkaCluster
+from connector.devtools.stack import Follower, LocalStack, produce
+from connector.ops.kafka_probe import KafkaProbe
+from connector.ops.snapshot import KafkaState
+from connector.ops.status import run_status, status_command
 from tests.integration.helpers import many
 
 pytestmark = pytest.mark.integration

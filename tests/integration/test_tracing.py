@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from connector import contract as topics
 from connector.inbound import DeliveryReceipt, correlation_key
 from connector.kafka import client_options
-from connector.stack import Follower, LocalStack, produce
+from connector.devtools.stack import Follower, LocalStack, produce
 from tests.integration.helpers import outbound, phone
 from tests.integration.test_correlation import read_all
 from tests.otlp_receiver import OtlpReceiver

@@ -14,21 +14,20 @@ import orjson
 import pytest
 
 from connector import contract as topics
-from connector.check import (
+from connector.ops.check import (
     CheckReport,
     CheckRow,
     Status,
     check_route,
     config_rows,
-    env_name,
     problem_row,
     render,
     render_plain,
     run_check,
 )
-from connector.config import ConfigError, RouteSettings, load
+from connector.config import ConfigError, RouteSettings, env_name, load
 from connector.http import HttpRequest, HttpResponse
-from connector.replay import (
+from connector.ops.replay import (
     HEADER_REPLAYED_FROM,
     matches,
     parse_filters,
@@ -103,23 +102,44 @@ async def test_every_rate_limit_style_route_setting_is_range_checked() -> None:
     assert checked >= 2
 
 
-def test_every_problem_kind_gets_a_specific_fix() -> None:
+def test_every_problem_kind_gets_a_specific_fix(tmp_path: Any) -> None:
+    from pathlib import Path
+
     cases = {
-        "routes.x.provider: 'nope' is not a provider (known: ogangi, revio)": "set routes.x.provider to one of: ogangi",
-        "dispatch.max_in_flight: expected int, got 'lots'": "give dispatch.max_in_flight a value of type int",
-        "log.level: 'LOUD' is not one of DEBUG, INFO": "set log.level to one of: DEBUG, INFO",
-        "kafka.bogus: unknown setting (known: a, b)": "remove kafka.bogus or correct its spelling",
-        "bogus: unknown section (known: kafka, routes)": "remove the [bogus] section",
-        "routing.prefix_routes: +1=revio: unknown route 'revio'": "add a [routes.revio] section, or change the rule +1=revio",
-        "routing.prefix_routes: 'x' is not PREFIX=ROUTE": "e.g. +1=revio,+58=ogangi",
-        "kafka.sasl_password: cannot read secret file /run/s/p: No such file": "mount the secret at /run/s/p",
-        "config file /etc/c.toml: No such file or directory": "check the path given with --config",
-        "routes.x: expected a table of settings": "make routes.x a TOML table",
+        "routes.x.provider": ({"SMS_CONNECTOR_ROUTES__X__PROVIDER": "nope"}, "set routes.x.provider to one of: ogangi"),
+        "dispatch.max_in_flight": ({"SMS_CONNECTOR_DISPATCH__MAX_IN_FLIGHT": "lots"},
+                                   "give dispatch.max_in_flight a value of type int"),
+        "log.level": ({"SMS_CONNECTOR_LOG__LEVEL": "LOUD"}, "set log.level to one of: DEBUG, INFO"),
+        "kafka.bogus": ({"SMS_CONNECTOR_KAFKA__BOGUS": "1"}, "remove kafka.bogus or correct its spelling"),
+        "bogus": ({"SMS_CONNECTOR_BOGUS__X": "1"}, "remove the [bogus] section"),
+        "routing.prefix_routes": ({**SMPP, "SMS_CONNECTOR_ROUTING__PREFIX_ROUTES": "+1=revio"},
+                                  "add a [routes.revio] section, or change the rule +1=revio"),
+        "routing.default_route": ({**SMPP, "SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": "gw"},
+                                  "add a [routes.gw] section, or set routing.default_route to one of the configured"),
+        "kafka.sasl_password": ({"SMS_CONNECTOR_KAFKA__SASL_PASSWORD": "file:/run/s/p"}, "mount the secret at /run/s/p"),
+        "routes.smpp.api_key": ({**SMPP, "SMS_CONNECTOR_ROUTES__SMPP__API_KEY": "env:UNSET_KEY"},
+                                "set UNSET_KEY in the connector's environment"),
+        "routes.smpp.concurrency": ({**SMPP, "SMS_CONNECTOR_ROUTES__SMPP__CONCURRENCY": "0"},
+                                    "set routes.smpp.concurrency to a value between 1 and 10000"),
+        "routes.smpp.base_url": ({k: v for k, v in SMPP.items() if not k.endswith("BASE_URL")},
+                                 "set routes.smpp.base_url in the config file or SMS_CONNECTOR_ROUTES__SMPP__BASE_URL"),
     }
-    for problem, fix in cases.items():
-        row = problem_row(problem)
-        assert row.status is Status.FAIL and fix in row.detail.split("Fix: ", 1)[1], (problem, row.detail)
-    assert problem_row("config file /etc/c.toml: No such file or directory").item == "config file /etc/c.toml"
+    for path, (env, fix) in cases.items():
+        rows = [problem_row(p) for p in problems(env)]
+        [row] = [r for r in rows if r.item == path] or [None]
+        assert row is not None, (path, [r.item for r in rows])
+        assert row.status is Status.FAIL and fix in row.detail.split("Fix: ", 1)[1], (path, row.detail)
+    bad = Path(str(tmp_path)) / "bad.toml"
+    bad.write_text("[kafka\n")
+    table = Path(str(tmp_path)) / "table.toml"
+    table.write_text("routes = { x = 1 }\n")
+    for config_file, item, fix in [("/etc/c.toml", "config file /etc/c.toml", "check the path given with --config"),
+                                   (str(bad), f"config file {bad}", "fix the TOML syntax"),
+                                   (str(table), "routes.x", "make routes.x a TOML table")]:
+        with pytest.raises(ConfigError) as exc:
+            load(config_file, {})
+        [row] = [problem_row(p) for p in exc.value.problems]
+        assert row.item == item and fix in row.detail.split("Fix: ", 1)[1], (config_file, row.detail)
 
 
 @pytest.mark.parametrize("setting, value, says", [

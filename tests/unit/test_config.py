@@ -82,3 +82,64 @@ def test_kubernetes_service_links_are_not_settings() -> None:
 def test_a_single_underscore_typo_is_still_reported() -> None:
     with pytest.raises(ConfigError, match="unknown section"):
         load(environ={"SMS_CONNECTOR_KAFKA_BOOTSTRAP_SERVERS": "x:9092"})
+
+
+def test_config_is_a_leaf_importing_nothing_of_ours() -> None:
+    # config and providers used to import each other (hidden by a lazy import): providers now
+    # register their route settings with config, which knows only the kit.
+    import ast
+    from pathlib import Path
+
+    import connector.config as config
+
+    ours = []
+    for module in Path(config.__file__).parent.glob("*.py"):
+        for n in ast.walk(ast.parse(module.read_text())):
+            if isinstance(n, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""]
+                ours += [(module.name, name) for name in names
+                         if name.startswith("connector") and not name.startswith("connector.config")]
+    assert ours == []
+
+
+def test_every_provider_registers_its_route_settings() -> None:
+    from connector.config import registered_providers
+    from connector.providers import REGISTRY
+
+    assert {name: p.Config for name, p in REGISTRY.items()} == dict(registered_providers())
+
+
+def test_load_detailed_says_where_each_value_came_from(tmp_path: Path) -> None:
+    from connector.config import load_detailed
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[kafka]\nlinger_ms = 20\nclient_id = "from-file"\n')
+    env = {"SMS_CONNECTOR_KAFKA__CLIENT_ID": "from-env", "SMS_CONNECTOR_ROUTES__GW__PROVIDER": "smpp_rest",
+           "SMS_CONNECTOR_ROUTES__GW__BASE_URL": "https://gw", "SMS_CONNECTOR_ROUTES__GW__API_KEY": "k"}
+    loaded = load_detailed(cfg, env, overrides={"http": {"port": 9}})
+    assert loaded.problems == () and loaded.settings is not None
+    assert loaded.settings.kafka.client_id == "from-env"
+    s = loaded.sources
+    assert (s["kafka.linger_ms"], s["kafka.client_id"], s["kafka.group_id"]) == ("file", "env", "default")
+    assert (s["routes.gw.base_url"], s["routes.gw.concurrency"], s["http.port"]) == ("env", "default", "override")
+    # a running dev's environment (no config file): "manifest", unless the process's own variable wins
+    under = {"SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1", "SMS_CONNECTOR_KAFKA__CLIENT_ID": "dev"}
+    loaded = load_detailed(None, {"SMS_CONNECTOR_KAFKA__CLIENT_ID": "mine"}, under=under)
+    assert loaded.settings is not None and loaded.settings.kafka.client_id == "mine"
+    assert (loaded.sources["kafka.bootstrap_servers"], loaded.sources["kafka.client_id"]) == ("manifest", "env")
+
+
+def test_problems_are_structured_with_path_message_and_fix() -> None:
+    from connector.config import Problem, load_detailed
+
+    loaded = load_detailed(None, {"SMS_CONNECTOR_LOG__LEVEL": "LOUD", "SMS_CONNECTOR_HTTP__PORT": "x"})
+    assert loaded.settings is None and loaded.sources == {}
+    assert set(loaded.problems) == {
+        Problem("log.level", "'LOUD' is not one of DEBUG, INFO, WARNING, ERROR",
+                "set log.level to one of: DEBUG, INFO, WARNING, ERROR"),
+        Problem("http.port", "expected int, got 'x'",
+                "give http.port a value of type int (config file or SMS_CONNECTOR_HTTP__PORT)"),
+    }
+    with pytest.raises(ConfigError) as exc:
+        load(None, {"SMS_CONNECTOR_LOG__LEVEL": "LOUD"})
+    assert str(exc.value) == "invalid configuration:\n  - log.level: 'LOUD' is not one of DEBUG, INFO, WARNING, ERROR"

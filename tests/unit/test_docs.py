@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connector import docs
+from connector.devtools import docs
 
 
 def test_readme_reference_sections_are_current() -> None:

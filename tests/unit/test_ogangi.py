@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import yarl
 
-from connector.config import Secret, build
+from connector.config import Problem, Secret, build
 from connector.errors import AuthFailed, InDoubt, InvalidMessage, ProviderError, Rejected, Retriable, Throttled
 from connector.http import HttpRequest, HttpResponse
 from connector.providers.ogangi import (
@@ -37,8 +37,8 @@ from connector.providers.ogangi import (
     verify_pin,
 )
 from connector.records import Accepted, OutboundSms, Recipient
-from connector.simulators.base import serve
-from connector.simulators.ogangi import OgangiSimulator
+from connector.devtools.simulators.base import serve
+from connector.devtools.simulators.ogangi import OgangiSimulator
 
 BASE = "https://customer.ogangi.com/mmc"
 CONFIG = OgangiConfig(base_url=BASE, public_key="PUBKEY", private_key=Secret("PRIVKEY"), instance_id="43")
@@ -481,7 +481,7 @@ def test_ucs2_text_travels_as_utf8_base64():
 
 
 def test_config_builds_from_strings_like_the_environment_gives():
-    problems: list[str] = []
+    problems: list[Problem] = []
     cfg = build(OgangiConfig, {"base_url": BASE, "public_key": "P", "private_key": "secret", "instance_id": "43",
                                "pin_length": "8", "signature_encoding": "base64"}, "routes.o", problems)
     assert problems == [] and cfg.pin_length == 8 and cfg.private_key.value == "secret"

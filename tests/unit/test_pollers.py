@@ -281,7 +281,7 @@ class MemoryPublisher:
 
 
 class TsQueue:
-    """The simulator's MO queue rules (connector/simulators/thingspace.py), in memory."""
+    """The simulator's MO queue rules (connector/devtools/simulators/thingspace.py), in memory."""
 
     def __init__(self, world: World, page_size: int) -> None:
         self.world = world

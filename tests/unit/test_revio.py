@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from connector import errors
-from connector.config import Secret, build
+from connector.config import Problem, Secret, build
 from connector.encoding import Encoding
 from connector.http import HttpRequest, HttpResponse
 from connector.policy import RetryPolicy
@@ -41,8 +41,8 @@ from connector.providers.revio import (
 )
 from connector.records import Accepted, OutboundSms, Recipient
 from connector.sender import RouteSender
-from connector.simulators.base import serve
-from connector.simulators.revio import RevIoSimulator
+from connector.devtools.simulators.base import serve
+from connector.devtools.simulators.revio import RevIoSimulator
 from connector.transport import HttpTransport
 
 # --------------------------------------------------------------------------------------------
@@ -186,14 +186,14 @@ def test_metadata_and_config_are_documented() -> None:
 
 
 def test_config_builds_from_environment_strings() -> None:
-    problems: list[str] = []
+    problems: list[Problem] = []
     config = build(RevIoConfig, {"username": "u", "password": "p", "client": "c", "customer_id": "1001",
                                  "sms_profile_id": "1000", "use_sessions": "false"}, "routes.rev", problems)
     assert problems == []
     assert (config.customer_id, config.sms_profile_id, config.use_sessions, config.password) == (
         1001, 1000, False, Secret("p"))
     build(RevIoConfig, {"username": "u"}, "routes.rev", problems)
-    assert [p.split(":")[0] for p in problems] == ["routes.rev.password", "routes.rev.client"]
+    assert [p.path for p in problems] == ["routes.rev.password", "routes.rev.client"]
 
 
 def test_sms_send_matches_the_seed_sample() -> None:

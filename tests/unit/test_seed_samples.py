@@ -21,9 +21,9 @@ import pytest
 from connector.http import HttpRequest
 from connector.providers import ogangi as og
 from connector.providers.revio import RevIo, parse_optout, parse_sms_send
-from connector.simulators import SIMULATORS, serve
-from connector.simulators.base import REJECT_SUFFIX
-from connector.simulators.ogangi import UNDELIVERED_SUFFIX as OGANGI_UNDELIVERED_SUFFIX
+from connector.devtools.simulators import SIMULATORS, serve
+from connector.devtools.simulators.base import REJECT_SUFFIX
+from connector.devtools.simulators.ogangi import UNDELIVERED_SUFFIX as OGANGI_UNDELIVERED_SUFFIX
 from tests.unit.test_ogangi import env  # noqa: F401 - fixture
 from tests.unit.test_revio import (  # noqa: F401 - sim is a fixture
     SEED_OPTOUT_CREATE_REQUEST,

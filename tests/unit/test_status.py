@@ -14,21 +14,8 @@ from rich.console import Console
 
 from connector import metrics
 from connector.config import KafkaSettings
-from connector.status import (
-    METRICS_READ,
-    Hist,
-    KafkaState,
-    LiveStatus,
-    Snapshot,
-    consumer_lag,
-    merge,
-    metrics_url,
-    parse_metrics,
-    rates,
-    render,
-    resolve_sources,
-    run_status,
-)
+from connector.ops.snapshot import METRICS_READ, Hist, KafkaState, Snapshot, consumer_lag, merge, parse_metrics, rates
+from connector.ops.status import LiveStatus, metrics_url, render, resolve_sources, run_status
 
 
 def clone(metric: Any, registry: CollectorRegistry) -> Any:

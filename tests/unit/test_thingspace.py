@@ -42,9 +42,9 @@ from connector.providers.thingspace import (
     ThingSpaceConfig,
 )
 from connector.records import Accepted, OutboundSms, Recipient
-from connector.simulators import thingspace as sim_mod
-from connector.simulators.base import serve
-from connector.simulators.thingspace import ThingSpaceSimulator
+from connector.devtools.simulators import thingspace as sim_mod
+from connector.devtools.simulators.base import serve
+from connector.devtools.simulators.thingspace import ThingSpaceSimulator
 
 ACCOUNT = "0000123456-00001"
 CONFIG = ThingSpaceConfig(client_id="app-key", client_secret=Secret("app-secret"), username="uws-user",
@@ -382,9 +382,9 @@ def test_route_default_data_encoding() -> None:
 
 
 def test_config_builds_from_route_settings() -> None:
-    from connector.config import build
+    from connector.config import Problem, build
 
-    problems: list[str] = []
+    problems: list[Problem] = []
     raw = {"client_id": "k", "client_secret": "s3cret", "username": "u", "password": "pw",
            "account_name": ACCOUNT, "token_refresh_margin_s": "30"}
     config = build(ThingSpaceConfig, raw, "routes.ts", problems)
@@ -392,8 +392,8 @@ def test_config_builds_from_route_settings() -> None:
     assert config.base_url == BASE and config.default_data_encoding == "7-bit"
     assert config.client_secret == Secret("s3cret") and config.token_refresh_margin_s == 30.0
     build(ThingSpaceConfig, {"client_id": "k", "default_data_encoding": "UCS-2"}, "routes.ts", problems)
-    assert any("default_data_encoding" in p for p in problems)
-    assert any("routes.ts.password: required" in p for p in problems)
+    assert any("default_data_encoding" in str(p) for p in problems)
+    assert any("routes.ts.password: required" in str(p) for p in problems)
 
 
 def test_empty_text_is_invalid() -> None:

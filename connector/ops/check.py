@@ -37,19 +37,16 @@ The exit status is 1 when any row failed (warnings and skips do not fail), else 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
-import re
 import sys
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Mapping
 
 import click
 
 from connector import contract as topics
-from connector.config import ENV_PREFIX, ConfigError, Secret, Settings, load, redacted
+from connector.config import ENV_PREFIX, Problem, Settings, load_detailed, redacted
+from connector.ops import quiet_client_logs
 from connector.policy import handoff_policy, longest_schedule_s
 
 __all__ = ["CheckReport", "CheckRow", "Status", "check_command", "config_rows", "problem_row", "render",
@@ -81,7 +78,7 @@ class CheckRow:
 class CheckReport:
     rows: list[CheckRow] = field(default_factory=list)
     settings: dict[str, Any] | None = None               # redacted; None when the config is invalid
-    sources: dict[str, str] = field(default_factory=dict)  # setting path -> default | file | env
+    sources: dict[str, str] = field(default_factory=dict)  # setting path -> default | file | manifest | env
     config_file: str | None = None
     connected: bool = False
 
@@ -131,66 +128,9 @@ def _show(value: Any) -> str:
 # Configuration problems -> rows that say what to fix
 
 
-def env_name(path: str) -> str:
-    """The environment variable of a setting path: ``routes.smpp.api_key`` ->
-    ``SMS_CONNECTOR_ROUTES__SMPP__API_KEY``."""
-    return ENV_PREFIX + "__".join(p.upper() for p in path.split("."))
-
-
-_FIXES: list[tuple[re.Pattern[str], Callable[[str, re.Match[str]], str]]] = [
-    (re.compile(r"refers to environment variable (\S+), which is not set"),
-     lambda p, m: f"set {m[1]} in the connector's environment (e.g. from a Kubernetes Secret), "
-                  f"or point {p} at another env:NAME or file:/path"),
-    (re.compile(r"cannot read secret file (\S+?):"),
-     lambda p, m: f"mount the secret at {m[1]} (and make it readable), or correct {p}"),
-    (re.compile(r"^required \((.*)\)$"),
-     lambda p, m: f"set {p} in the config file or {env_name(p)}" + (f" ({m[1]})" if m[1] else "")),
-    (re.compile(r"expected a table of settings"),
-     lambda p, m: f"make {p} a TOML table ([{p}]) of settings"),
-    (re.compile(r"^expected (\w+), got (.*)$"),
-     lambda p, m: f"give {p} a value of type {m[1]} (config file or {env_name(p)})"),
-    (re.compile(r"is not one of (.+)$"),
-     lambda p, m: f"set {p} to one of: {m[1]}"),
-    (re.compile(r"is out of range \[(\S+), (\S+)\]$"),
-     lambda p, m: f"set {p} to a value " + (
-         f"between {m[1]} and {m[2]}" if m[1] != "None" and m[2] != "None" else
-         f"of at least {m[1]}" if m[1] != "None" else f"of at most {m[2]}")),
-    (re.compile(r"is not an http:// or https:// URL$|has no host$"),
-     lambda p, m: f"set {p} to an http:// or https:// URL with a host, e.g. https://api.example.com"),
-    (re.compile(r"unknown setting \(known: (.+)\)$"),
-     lambda p, m: f"remove {p} or correct its spelling (known here: {m[1]})"),
-    (re.compile(r"unknown section \(known: (.+)\)$"),
-     lambda p, m: f"remove the [{p}] section or correct its name (known: {m[1]})"),
-    (re.compile(r"is not a provider \(known: (.+)\)$"),
-     lambda p, m: f"set {p} to one of: {m[1]}"),
-    (re.compile(r"^unknown route '(.+)' \(configured: (.+)\)$"),
-     lambda p, m: f"add a [routes.{m[1]}] section, or set {p} to one of the configured routes: {m[2]}"),
-    (re.compile(r"^(\S+)=(\S+): unknown route"),
-     lambda p, m: f"add a [routes.{m[2]}] section, or change the rule {m[1]}={m[2]} in {p}"),
-    (re.compile(r"is not PREFIX=ROUTE"),
-     lambda p, m: f"write {p} as PREFIX=ROUTE rules separated by commas, e.g. +1=revio,+58=ogangi"),
-    (re.compile(r"not valid TOML"),
-     lambda p, m: "fix the TOML syntax at the position shown"),
-    (re.compile(r"^config file "),
-     lambda p, m: "check the path given with --config or SMS_CONNECTOR_CONFIG"),
-]
-
-
-def problem_row(problem: str) -> CheckRow:
-    """One ``ConfigError`` problem (``path: message``) as a failed row with a fix."""
-    if problem.startswith("config file "):
-        path, message = "config file", problem
-        name, sep, rest = problem[len("config file "):].partition(": ")
-        if sep:
-            path, message = f"config file {name}", rest
-    else:
-        path, sep, message = problem.partition(": ")
-        if not sep:
-            path, message = "config", problem
-    fix = next((fn(path, m) for pattern, fn in _FIXES
-                if (m := pattern.search(message if not problem.startswith("config file ") else problem))), None)
-    fix = fix or f"correct {path}"
-    return CheckRow("config", path, Status.FAIL, f"{message.rstrip('.')}. Fix: {fix}")
+def problem_row(problem: Problem) -> CheckRow:
+    """One configuration problem as a failed row that says what to fix."""
+    return CheckRow("config", problem.path, Status.FAIL, f"{problem.message.rstrip('.')}. Fix: {problem.fix}")
 
 
 def config_rows(settings: Settings) -> list[CheckRow]:
@@ -239,68 +179,6 @@ def config_rows(settings: Settings) -> list[CheckRow]:
                                  f"split, but {provider.title} cannot split: every multi-segment message "
                                  f"fails as invalid. Fix: use whole or reject"))
     return rows
-
-
-def _file_values(config_file: str | None) -> dict[str, Any]:
-    """Every ``section.key`` / ``routes.name.key`` the TOML file sets, with its raw value."""
-    if not config_file:
-        return {}
-    try:
-        raw = tomllib.loads(Path(config_file).read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
-    out: dict[str, Any] = {}
-
-    def walk(node: Mapping[str, Any], prefix: str) -> None:
-        for k, v in node.items():
-            path = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, Mapping):
-                walk(v, path)
-            else:
-                out[path] = v
-    walk(raw, "")
-    return out
-
-
-def _same(value: Any, raw: Any) -> bool:
-    """Whether an effective value is what ``raw`` (a file value or a default) gives."""
-    if isinstance(value, Secret):
-        return isinstance(raw, str) and raw in (value.source, value.value)
-    if isinstance(raw, Secret) or value is None or raw is None:
-        return value is raw or (value == raw)
-    if isinstance(value, bool):
-        return value == (raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on"))
-    if isinstance(value, (int, float)):
-        try:
-            return float(raw) == float(value)
-        except (TypeError, ValueError):
-            return False
-    return str(raw) == str(value)
-
-
-def _sources(config_file: str | None, settings: Settings) -> dict[str, str]:
-    """Where each effective setting comes from: ``file``, ``env`` or ``default``.
-
-    Derived from the values (only ``config`` reads the environment): a value the file sets is
-    ``file``; a default value is ``default``; anything else can only have come from the
-    environment. An environment variable that repeats the file's or the default value shows as
-    that source, which is the same effective value."""
-    in_file = _file_values(config_file)
-    objects: list[tuple[str, Any]] = [(section, getattr(settings, section)) for section in
-                                      ("kafka", "dispatch", "http", "log", "routing", "callbacks", "inbound", "tracing")]
-    for name, route in settings.routes.items():
-        objects += [(f"routes.{name}", route.common), (f"routes.{name}", route.provider)]
-    out: dict[str, str] = {}
-    for prefix, obj in objects:
-        for f in dataclasses.fields(obj):
-            path, value = f"{prefix}.{f.name}", getattr(obj, f.name)
-            if path in in_file:
-                out[path] = "file" if _same(value, in_file[path]) else "env"
-            elif f.default is not dataclasses.MISSING and _same(value, f.default):
-                out[path] = "default"
-            else:
-                out[path] = "env"
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,16 +348,16 @@ async def run_check(config_file: str | None, connect: bool, environ: Mapping[str
     if not config_file and environ is not None:      # None: config.load reads the process environment
         config_file = environ.get(ENV_PREFIX + "CONFIG") or None
     report = CheckReport(config_file=config_file, connected=connect)
-    try:
-        settings = load(config_file, environ, under=under)
-    except ConfigError as exc:
-        report.rows += [problem_row(p) for p in exc.problems]
+    loaded = load_detailed(config_file, environ, under=under)
+    settings = loaded.settings
+    if settings is None:
+        report.rows += [problem_row(p) for p in loaded.problems]
         if connect:
             report.rows.append(CheckRow("connect", "skipped", Status.SKIP,
                                         "not attempted: fix the configuration first"))
         return report
     report.settings = redacted(settings)
-    report.sources = _sources(config_file, settings)
+    report.sources = dict(loaded.sources)
     if under and not config_file:
         report.rows.append(CheckRow("config", "source", Status.OK,
                                     f"the running dev stack's settings ({under_source}), under the environment"))
@@ -582,7 +460,7 @@ def check_command(config: str | None, connect: bool, timeout: float, plain: bool
     Exit status 1 when anything failed.
     """
     quiet_client_logs()
-    from connector import devmanifest
+    from connector.ops import devmanifest
 
     under = devmanifest.dev_environment(config)
     report = asyncio.run(run_check(config, connect, timeout=timeout, under=under,
@@ -590,14 +468,3 @@ def check_command(config: str | None, connect: bool, timeout: float, plain: bool
     render(report, sys.stdout, plain=True if plain else None, show_settings=not no_settings)
     if not report.ok:
         sys.exit(1)
-
-
-def quiet_client_logs() -> None:
-    """aiokafka logs each refused connection through logging's last-resort handler (stderr) when
-    logging is not configured; the report already says it. Commands call this, not the library."""
-    import logging
-
-    for name in ("aiokafka", "kafka"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            logger.addHandler(logging.NullHandler())

@@ -47,7 +47,7 @@ from xml.etree.ElementTree import Element, SubElement, tostring
 import orjson
 from aiohttp import web
 
-from connector.simulators.base import Simulator
+from connector.devtools.simulators.base import Simulator
 
 API = "/rest/api/"
 UNDELIVERED_SUFFIX = "9999"

@@ -17,7 +17,7 @@ from typing import Iterator
 import orjson
 
 from connector.records import OutboundSms, Recipient, encode_outbound
-from connector.simulators.base import REJECT_SUFFIX
+from connector.devtools.simulators.base import REJECT_SUFFIX
 
 DEMO_HEADER = "sms.demo.id"
 

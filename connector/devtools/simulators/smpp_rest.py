@@ -18,7 +18,7 @@ import defusedxml.ElementTree as SafeET
 import orjson
 from aiohttp import web
 
-from connector.simulators.base import Simulator
+from connector.devtools.simulators.base import Simulator
 
 PATH = "/communication/message/smpp/sms"
 NS = "http://schemas.datacontract.org/2004/07/digitaluapi.ServiceModel"

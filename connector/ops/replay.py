@@ -337,9 +337,9 @@ async def _original(kind: str, rec: Any, facts: Mapping[str, str | None], origin
 def kafka_settings(config_file: str | None = None) -> KafkaSettings:
     """The Kafka settings, loaded and validated as the worker loads them (the whole configuration
     must be valid: run replay where the worker's configuration is, e.g. in its pod); without a
-    config, a running ``dev``'s (connector.devmanifest)."""
+    config, a running ``dev``'s (connector.ops.devmanifest)."""
     from connector.config import load
-    from connector.devmanifest import dev_environment
+    from connector.ops.devmanifest import dev_environment
 
     return load(config_file, under=dev_environment(config_file)).kafka
 
@@ -387,8 +387,8 @@ def dlq_replay(topic: str, filters: tuple[str, ...], dry_run: bool, limit: int |
         kafka = kafka_settings(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    from connector.check import quiet_client_logs
-    from connector.devmanifest import kafka_error, notice
+    from connector.ops.check import quiet_client_logs
+    from connector.ops.devmanifest import kafka_error, notice
 
     quiet_client_logs()
     console = Console(stderr=True)

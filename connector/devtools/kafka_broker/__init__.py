@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connector.config import KafkaSettings, Secret
-from connector.embedded_broker import BrokerUnavailable, free_port, wait_for_port
+from connector.devtools.embedded_broker import BrokerUnavailable, free_port, wait_for_port
 
 HERE = Path(__file__).parent
 POM = HERE / "pom.xml"

@@ -1,10 +1,9 @@
-"""Small Kafka and simulator helpers shared by the CLI commands (send, topics tail, simulate, dev)."""
+"""Small Kafka helpers behind the operator commands ``send`` and ``topics tail``: produce one record,
+name a topic by its role, read a topic without a consumer group, describe a record for people."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 import time
 from typing import Callable
 
@@ -15,7 +14,6 @@ from connector import contract as topics
 from connector.config import KafkaSettings
 from connector.kafka import client_options, start_producer, topic_partitions
 from connector.records import OutboundSms
-from connector.simulators import Simulator, serve
 
 
 def recipient_key(msg: OutboundSms) -> bytes:
@@ -31,21 +29,6 @@ async def produce_one(k: KafkaSettings, msg: OutboundSms, value: bytes,
         return f"{meta.topic}[{meta.partition}]@{meta.offset}"
     finally:
         await producer.stop()
-
-
-async def run_simulator(sim: Simulator, host: str, port: int) -> None:
-    """Serve ``sim`` until SIGINT/SIGTERM; prints the URL it listens on (one line, flushed)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runner = await serve(sim, host, port)
-    bound = runner.addresses[0][1] if runner.addresses else port
-    print(f"simulator {sim.name} listening on http://{host}:{bound}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 def topic_name(name: str) -> str:

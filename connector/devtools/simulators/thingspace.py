@@ -57,7 +57,7 @@ import orjson
 from aiohttp import web
 
 from connector.encoding import Encoding, detect, gsm7_septets
-from connector.simulators.base import Simulator
+from connector.devtools.simulators.base import Simulator
 
 BASE = "/api"
 SERVICE = "UnifiedWebService"

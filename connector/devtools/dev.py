@@ -4,7 +4,7 @@ Starts a ``LocalStack`` (embedded broker, topics, every provider simulator, a wo
 own process, as in production), writes the manifest ``.sms-connector-dev.json``, optionally
 produces demo traffic and follows it to its terminal records, and on SIGINT, SIGTERM or SIGHUP
 stops everything it started (a second signal kills instead of waiting). Its children also die if
-``dev`` itself is killed (connector.children).
+``dev`` itself is killed (connector.devtools.children).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from connector import contract as topics
-from connector import devmanifest
-from connector.demo import DEMO_HEADER, generate
-from connector.embedded_broker import free_port
-from connector.simulators import SIMULATORS
+from connector.ops import devmanifest
+from connector.devtools.demo import DEMO_HEADER, generate
+from connector.devtools.embedded_broker import free_port
+from connector.devtools.simulators import SIMULATORS
 from connector.config import load
-from connector.operations import CALLBACK_PATH, register_callbacks
-from connector.stack import LOCAL_ROUTES, Follower, LocalStack, produce, worker_env
-from connector.status import LiveStatus
+from connector.ops.operations import CALLBACK_PATH, register_callbacks
+from connector.devtools.stack import LOCAL_ROUTES, Follower, LocalStack, produce, worker_env
+from connector.ops.status import LiveStatus
 
 
 async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 300.0, http_port: int = 8080,
@@ -117,7 +117,7 @@ async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, sto
     records = list(generate(n, prefix=f"demo{int(time.time())}"))
     expected = [r.demo_id for r in records]
     t0 = time.monotonic()
-    # On a terminal the status view (connector.status) replaces the progress lines; elsewhere
+    # On a terminal the status view (connector.ops.status) replaces the progress lines; elsewhere
     # (tests, CI, a pipe) LiveStatus does nothing and the plain lines are printed as before.
     async with Follower(stack.kafka) as follower, \
             LiveStatus([f"{stack.workers[0].url}/metrics"], stack.kafka, out or sys.stdout,

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PEERS = ("redpanda-connect",)
-PEER_SRC = Path(__file__).resolve().parent.parent / "benchmarks" / "peer"
+PEER_SRC = Path(__file__).resolve().parents[2] / "benchmarks" / "peer"
 SMPP_PATH = "/communication/message/smpp/sms"
 BUILD_TIMEOUT_S = 1800
 # The embedded broker (Tansu) closes the connection on franz-go's newest ApiVersions request
@@ -145,8 +145,8 @@ async def measure_peer(stack: Any, kafka: Any, sim_url: str, *, concurrency: int
                        latency_load: float, latency_seconds: float, say: Callable[[str], None],
                        written: dict[Any, int], binary: Path, kafka_max_version: str = "") -> dict[str, Any]:
     """Run the peer on ``n`` fresh records (then a steady-rate latency phase); ``peer_*`` fields."""
-    from connector import bench as b
-    import topics
+    from connector.devtools import bench as b
+    from connector import contract as topics
 
     topic_in = topics.spec("outbound").name
     topic_out = topics.spec("accepted").name
@@ -156,7 +156,7 @@ async def measure_peer(stack: Any, kafka: Any, sim_url: str, *, concurrency: int
     results_start = await b.end_offsets(kafka, result_topics)
     say(f"peer: redpanda-connect (benthos engine, {concurrency} threads) on {n:,} records")
     b._track(written, topic_in, await b.produce_tracked(kafka, b.make_records(tag + "-t", n, keys), topic_in))
-    from connector.simulators import SIMULATORS
+    from connector.devtools.simulators import SIMULATORS
 
     config = pipeline_config(bootstrap=kafka.bootstrap_servers, group=group, sim_url=sim_url,
                              api_key=SIMULATORS[b.SMPP].default_credentials()["api_key"], concurrency=concurrency,
@@ -236,7 +236,7 @@ async def peer_phase(stack: Any, kafka: Any, sim_url: str, sc: Any, o: Any, conc
 
 def side_by_side(r: dict[str, Any]) -> str:
     """One line for the table's notes: the worker and the peer, same job, same run."""
-    from connector.bench import _fmt
+    from connector.devtools.bench import _fmt
 
     head = f"{r.get('scenario')}: peer {r.get('peer')}"
     if r.get("peer_note"):
@@ -260,7 +260,7 @@ def _stack_pids(stack: Any) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m connector.peer``: build (or find) the cached peer binary and print its path."""
+    """``python -m connector.devtools.peer``: build (or find) the cached peer binary and print its path."""
     try:
         print(ensure_binary(lambda s: print(s, file=sys.stderr)))
     except PeerUnavailable as exc:

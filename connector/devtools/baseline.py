@@ -7,7 +7,7 @@ point the connector's throughput is compared with (the README's "263-313 records
 
 Run by the bench as a subprocess::
 
-    python -m connector.baseline --bootstrap 127.0.0.1:9092 --url http://127.0.0.1:8001 \
+    python -m connector.devtools.baseline --bootstrap 127.0.0.1:9092 --url http://127.0.0.1:8001 \
         --records 2000 --group sms-bench-baseline-1
 
 It stops itself (SIGTERM to its own faust worker) once it has sent ``--records`` result records
@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not args.web_port:
-        from connector.embedded_broker import free_port
+        from connector.devtools.embedded_broker import free_port
 
         args.web_port = free_port()
     import faust

@@ -6,13 +6,13 @@ one alone. See ``simulators.base`` for fault injection and the ``/_sim/*`` admin
 
 from __future__ import annotations
 
-from connector.simulators.base import Faults, Simulator, Stats, serve
-from connector.simulators.ogangi import OgangiSimulator
-from connector.simulators.revio import RevIoSimulator
-from connector.simulators.smpp_rest import SmppRestSimulator
-from connector.simulators.thingspace import ThingSpaceSimulator
+from connector.devtools.simulators.base import Faults, Simulator, Stats, run_simulator, serve
+from connector.devtools.simulators.ogangi import OgangiSimulator
+from connector.devtools.simulators.revio import RevIoSimulator
+from connector.devtools.simulators.smpp_rest import SmppRestSimulator
+from connector.devtools.simulators.thingspace import ThingSpaceSimulator
 
 SIMULATORS: dict[str, type[Simulator]] = {s.name: s for s in (SmppRestSimulator, RevIoSimulator, OgangiSimulator,
                                                                  ThingSpaceSimulator)}
 
-__all__ = ["SIMULATORS", "Faults", "Simulator", "Stats", "serve"]
+__all__ = ["SIMULATORS", "Faults", "Simulator", "Stats", "run_simulator", "serve"]
