@@ -1,12 +1,13 @@
-"""The opt-out table as the dispatcher sees it, and its mirror to Rev.io.
+"""The opt-out table as the dispatcher sees it, and its mirror to providers' opt-out lists.
 
 ``OptOutTable`` reads the compacted ``sms.optout`` topic (every partition, no consumer group)
 up to its end before dispatch starts, then follows it, so a number that texted STOP is refused
 (reason opted-out, no provider call) by every worker. Opt-out records are produced one per batch
 (see ``streams.publish``), so end offsets are exact even on the embedded dev broker.
 
-``revio_sync(sender)`` mirrors a change to a Rev.io route's opt-out list (``SMSOptOut_Create`` /
-``_Delete``); "already in the list" / "not in the list" count as success.
+``optout_sync(sender)`` mirrors a change to the opt-out list of a route whose provider keeps
+one (``Capability.OPTOUT_SYNC``: Rev.io's ``SMSOptOut_Create`` / ``_Delete``), for the numbers
+the provider says its list can hold; "already in the list" / "not in the list" count as success.
 """
 
 from __future__ import annotations
@@ -95,15 +96,16 @@ class OptOutTable:
             await self._consumer.stop()
 
 
-def revio_sync(sender: RouteSender):  # type: ignore[no-untyped-def]
-    """An opt-out mirror for one Rev.io route (for ``InboundPublisher``)."""
+def optout_sync(sender: RouteSender):  # type: ignore[no-untyped-def]
+    """An opt-out mirror for one route whose provider keeps an opt-out list
+    (``Capability.OPTOUT_SYNC``, e.g. Rev.io), for ``InboundPublisher``."""
     provider: Any = sender.provider
 
     async def sync(change: OptOutChange) -> None:
-        if not change.phone.startswith("+1") or len(change.phone) != 12:
-            return  # Rev.io lists hold 10-digit North American numbers only
+        tns = provider.optout_numbers(change.phone)
+        if not tns:
+            return  # a number the provider's list cannot hold
         op = "create" if change.opted_out else "delete"
-        tns = [change.phone]
         for _ in range(3):
             result = await sender.call(lambda: provider.build_optout(op, tns),
                                        lambda resp: provider.parse_optout(op, resp, tns))
