@@ -1,4 +1,5 @@
-"""What happens to one outbound record, from its bytes to its terminal outcome. No Kafka.
+"""What happens to one outbound record, from its bytes to its terminal outcome. No Kafka: the
+ledger is reached through ``MessageLedger`` (``streams.ledger.PartitionLedger`` implements it).
 
 ``Pipeline.outcome(value, timestamp_ms)`` decodes and validates the record, checks expiry,
 chooses the route, prepares the message for its provider and sends it (retries included), and
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Container, Mapping
+from typing import Container, Mapping, Protocol
 
 import orjson
 
@@ -22,16 +23,25 @@ from connector.breaker import CircuitOpen
 from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
 from connector.inbound import correlation_key
 from connector.policy import HandOffPolicy, Retry, hand_off
-from connector.records import (SCHEMA_VERSION, Accepted, Outcome, decode_outbound, encode_accepted, encode_failed,
-                               iso)
+from connector.records import (DONE, INTENT, RETRYING, SCHEMA_VERSION, Accepted, Outcome, decode_outbound,
+                               encode_accepted, encode_failed, iso)
 from connector.retries import HandOff, RetryState
 from connector.routing import Router
 from connector.sender import RouteSender
 
-if TYPE_CHECKING:
-    from connector.streams.ledger import PartitionLedger
 
-INTENT, RETRYING, DONE = "intent", "retrying", "done"   # ledger states (connector.streams.ledger)
+
+class MessageLedger(Protocol):
+    """One partition's ledger as the pipeline needs it (states: ``records.INTENT`` /
+    ``RETRYING`` / ``DONE``)."""
+
+    def state(self, cid: str) -> str | None: ...
+
+    def outcome(self, cid: str) -> str | None: ...
+
+    def token(self, cid: str) -> str | None: ...
+
+    async def intent(self, cid: str, route: str | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,7 @@ class Pipeline:
         self.optouts = optouts
         self.handoff = handoff
 
-    async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: PartitionLedger | None = None,
+    async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: MessageLedger | None = None,
                       replayed: bool = False, retry: RetryState | None = None) -> Terminal:
         """``replayed``: re-injected by ``dlq replay``; a message whose recorded outcome was failed
         is sent again (after a fix), one already accepted is still a no-op. ``retry``: the record

@@ -21,6 +21,10 @@ from connector import numbers
 from connector.errors import InvalidMessage, InvalidRecord
 
 SCHEMA_VERSION = 1
+
+# The states of a ``sms.ledger`` entry (key = client_message_id): a send about to be made on an
+# at-most-once route, a hand-off to the retry topic, a recorded outcome. Defined once, here.
+INTENT, RETRYING, DONE = "intent", "retrying", "done"
 DEVICE_KINDS = frozenset({"ESN", "ICCID", "IMEI", "MDN", "MEID", "MSISDN", "IMSI", "EID"})
 _NUMBER_KINDS = {"MDN": "nanp10", "MSISDN": "digits"}   # device ids that are phone numbers
 

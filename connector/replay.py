@@ -214,10 +214,9 @@ class _Originals:
 
     async def _start(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            from connector.kafka import client_options
+            from connector.streams.plumbing import groupless_consumer
 
-            self._consumer = AIOKafkaConsumer(**client_options(self.kafka), group_id=None, enable_auto_commit=False,
-                                              auto_offset_reset="earliest")
+            self._consumer = groupless_consumer(self.kafka)
             await self._consumer.start()
         return self._consumer
 
@@ -230,13 +229,13 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
                  limit: int | None = None, progress: Progress | None = None, quiet_s: float = 1.0,
                  max_quiet_s: float = 10.0, notice: Callable[[str], None] | None = None) -> ReplaySummary:
     """Replay the matching records of ``topic`` (``dlq`` / ``failed`` or their names) to sms.outbound."""
-    from connector.kafka import client_options, start_producer, topic_partitions
+    from connector.kafka import start_producer, topic_partitions
+    from connector.streams.plumbing import groupless_consumer
 
     kind, name = topic_kind(topic)
     target = topics.spec("outbound").name
     summary = ReplaySummary(topic=name, target=target, filters=dict(filters or {}), dry_run=dry_run)
-    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = groupless_consumer(kafka)
     producer: AIOKafkaProducer | None = None
     originals = _Originals(kafka, quiet_s=max(quiet_s, 1.0)) if kind == "failed" else None
     pending: list[asyncio.Future[Any]] = []

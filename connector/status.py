@@ -57,6 +57,7 @@ from connector import contract as topics
 from connector import devmanifest
 from connector.config import ConfigError, KafkaSettings, load
 from connector.kafka import client_options
+from connector.streams.plumbing import groupless_consumer
 
 DEFAULT_MANIFEST = devmanifest.DEFAULT_PATH
 DEFAULT_INTERVAL_S = 2.0
@@ -408,8 +409,7 @@ class KafkaProbe:
         opts = client_options(self.kafka)
         request_ms = int(self.timeout * 1000)
         admin = AIOKafkaAdminClient(**opts, request_timeout_ms=request_ms)
-        consumer = AIOKafkaConsumer(**opts, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=50, request_timeout_ms=request_ms)
+        consumer = groupless_consumer(self.kafka, fetch_max_wait_ms=50, request_timeout_ms=request_ms)
         try:
             await admin.start()
             await consumer.start()

@@ -38,7 +38,6 @@ from typing import Any, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
@@ -46,12 +45,13 @@ from connector import contract as topics
 from connector import metrics, tracing
 from connector.config import Settings
 from connector.errors import SmsError
-from connector.inbound import DeliveryReceipt, correlation_key
+from connector.inbound import correlation_key
 from connector.kafka import client_options
 from connector.offsets import PartitionProgress
 from connector.providers import Capability, has
 from connector.records import iso
 from connector.sender import RouteSender
+from connector.streams.plumbing import RebalanceListener, produce_acknowledged
 
 log = logging.getLogger("sms_connector.correlator")
 
@@ -117,7 +117,7 @@ class Correlator:
             partition_assignment_strategy=(RangePartitionAssignor,),
             auto_offset_reset="earliest", session_timeout_ms=int(k.session_timeout_s * 1000),
             heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)))
-        self._consumer.subscribe([self.topic_corr, self.topic_receipts], listener=_Listener(self))
+        self._consumer.subscribe([self.topic_corr, self.topic_receipts], listener=RebalanceListener(self.on_assigned, self.on_revoked))
         await self._consumer.start()
         log.info("correlator started")
         tasks = [asyncio.create_task(self._housekeeping(stop))]
@@ -309,7 +309,7 @@ class Correlator:
                 if state != corr.get("last_state") or state != "in-flight":
                     receipt = provider.status_receipt(ck, message_id, status, state, time.time())
                     try:
-                        await (await self.producer.send(self.topic_receipts, value=receipt.encode(), key=ck.encode()))
+                        await produce_acknowledged(self.producer, self.topic_receipts, ck.encode(), receipt.encode())
                     except KafkaError:
                         pass
                     corr["last_state"] = state
@@ -352,17 +352,6 @@ def _age_s(corr: Mapping[str, Any]) -> float:
         return time.time() - datetime.fromisoformat(corr["submitted_at"]).timestamp()
     except (KeyError, ValueError, TypeError):
         return 0.0
-
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, correlator: Correlator) -> None:
-        self.correlator = correlator
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.correlator.on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.correlator.on_assigned(list(assigned))
 
 
 __all__ = ["Correlator", "join", "correlation_key", "iso"]

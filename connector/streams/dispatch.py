@@ -48,7 +48,6 @@ from collections import deque
 from typing import Any, Container, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
@@ -63,6 +62,7 @@ from connector.records import iso
 from connector.streams.batcher import Batcher
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
+from connector.streams.plumbing import RebalanceListener
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -171,7 +171,7 @@ class Dispatcher:
                     f"{self._partitions[self.topic_in]}: they must be equal (both are written to the input's "
                     f"partition number, whose owner reads them)")
         try:
-            self._consumer.subscribe([self.topic_in, self.topic_retry], listener=_Listener(self))
+            self._consumer.subscribe([self.topic_in, self.topic_retry], listener=RebalanceListener(self.on_assigned, self.on_revoked))
             await self._consumer.start()
             self.membership.attach(self._consumer)
             self.started.set()
@@ -574,12 +574,3 @@ class Dispatcher:
 
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.dispatcher.on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.dispatcher.on_assigned(list(assigned))

@@ -48,18 +48,16 @@ import time
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from connector import contract as topics
 from connector import metrics
 from connector.config import KafkaSettings
-from connector.kafka import client_options
-from connector.records import SCHEMA_VERSION
+from connector.records import DONE, INTENT, RETRYING, SCHEMA_VERSION
 from connector.streams.batcher import Batcher
+from connector.streams.plumbing import groupless_consumer, read_to_end
 
 log = logging.getLogger("sms_connector.ledger")
-
-INTENT, RETRYING, DONE = "intent", "retrying", "done"
 
 
 class PartitionLedger:
@@ -141,19 +139,14 @@ class Ledger:
         t0 = time.monotonic()
         delay = 0.5
         while True:
-            consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
-                                        auto_offset_reset="earliest")
+            consumer = groupless_consumer(self.kafka)
             try:
                 await consumer.start()
-                consumer.assign([tp])
-                await consumer.seek_to_beginning(tp)
-                end = (await consumer.end_offsets([tp]))[tp]
                 now = time.time()
-                while await consumer.position(tp) < end:
-                    for records in (await consumer.getmany(tp, timeout_ms=500, max_records=10000)).values():
-                        for r in records:
-                            _apply(pl.entries, r.key, r.value, now, self.window_s)
-                        _evict(pl.entries, self.partition_cap(extra=1))
+                await read_to_end(consumer, {tp: None},
+                                  lambda r: _apply(pl.entries, r.key, r.value, now, self.window_s),
+                                  on_batch=lambda: _evict(pl.entries, self.partition_cap(extra=1)),
+                                  fetch_timeout_ms=500)
                 break
             except asyncio.CancelledError:
                 raise

@@ -17,13 +17,14 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from connector import contract as topics
 from connector import numbers
 from connector.config import KafkaSettings
 from connector.inbound import OptOutChange
-from connector.kafka import client_options, topic_partitions
+from connector.kafka import topic_partitions
+from connector.streams.plumbing import groupless_consumer, read_to_end
 from connector.sender import RouteSender
 
 log = logging.getLogger("sms_connector.optouts")
@@ -50,31 +51,22 @@ class OptOutTable:
     async def start(self, timeout: float = 60.0) -> None:
         """Load the table up to its current end, then keep following it in the background."""
         topic = topics.spec("optout").name
-        self._consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
-                                          auto_offset_reset="earliest")
+        self._consumer = groupless_consumer(self.kafka)
         await self._consumer.start()
         tps = await topic_partitions(self._consumer, topic)
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        end = await self._consumer.end_offsets(tps) if tps else {}
-        self._task = asyncio.create_task(self._follow(end))
-        await asyncio.wait_for(self.loaded.wait(), timeout)
+        await read_to_end(self._consumer, {tp: None for tp in tps}, lambda r: self.apply(r.key, r.value),
+                          timeout_s=timeout, fetch_timeout_ms=500, max_records=5000)
+        self.loaded.set()
+        self._task = asyncio.create_task(self._follow())
         log.info("opt-out table loaded", extra={"numbers": len(self.numbers)})
 
-    async def _follow(self, end: dict[TopicPartition, int]) -> None:
+    async def _follow(self) -> None:
         assert self._consumer is not None
-        remaining = {tp: off for tp, off in end.items() if off > 0}
-        if not remaining:
-            self.loaded.set()
         while True:
             batch = await self._consumer.getmany(timeout_ms=500, max_records=5000)
-            for tp, records in batch.items():
+            for records in batch.values():
                 for r in records:
                     self.apply(r.key, r.value)
-                    if tp in remaining and r.offset + 1 >= remaining[tp]:
-                        del remaining[tp]
-            if not remaining and not self.loaded.is_set():
-                self.loaded.set()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:

@@ -97,11 +97,12 @@ from connector import metrics, numbers, tracing
 from connector.config import KafkaSettings, Settings
 from connector.errors import ProviderError, Rejected, Retriable, Throttled, Timeout
 from connector.inbound import InboundSms, Keywords
-from connector.kafka import client_options, topic_partitions
+from connector.kafka import topic_partitions
 from connector.policy import RetryPolicy, backoff
 from connector.providers import Capability, has
 from connector.records import Recipient
 from connector.sender import RouteSender
+from connector.streams.plumbing import groupless_consumer, produce_acknowledged, read_to_end
 from connector.streams.publish import InboundPublisher
 
 __all__ = [
@@ -250,36 +251,6 @@ class MoState:
 # Kafka: the state topic and the read-back of sms.inbound
 
 
-def _consumer(kafka: KafkaSettings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False,
-                            auto_offset_reset="earliest")
-
-
-async def _read_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None],
-                       on_record: Callable[[Any], None], timeout_s: float = SCAN_TIMEOUT_S) -> None:
-    """Read each partition from ``start`` (None: its beginning) until its position reaches the
-    end offset taken now. A fetch returns whole batches, so this is complete even where the
-    broker's end offset is the last batch's base offset + 1 (Tansu)."""
-    tps = list(start)
-    consumer.assign(tps)
-    for tp, offset in start.items():
-        if offset is None:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, offset)
-    end = await consumer.end_offsets(tps)
-    remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-    deadline = time.monotonic() + timeout_s
-    while remaining:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {sorted({tp.topic for tp in tps})} to its end took over {timeout_s:.0f}s")
-        batch = await consumer.getmany(*remaining, timeout_ms=200, max_records=10000)
-        for records in batch.values():
-            for r in records:
-                on_record(r)
-        remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
-
-
 class PollerState:
     """The pollers' durable state: compacted ``sms.poller.state``, key = poller name, value JSON.
 
@@ -310,11 +281,11 @@ class PollerState:
             except orjson.JSONDecodeError:
                 log.warning("unreadable poller state record ignored", extra={"poller": name, "offset": record.offset})
 
-        consumer = _consumer(self.kafka)
+        consumer = groupless_consumer(self.kafka)
         await consumer.start()
         try:
             tps = await topic_partitions(consumer, self.topic)
-            await _read_to_end(consumer, {tp: None for tp in tps}, apply)
+            await read_to_end(consumer, {tp: None for tp in tps}, apply, timeout_s=SCAN_TIMEOUT_S)
         finally:
             await consumer.stop()
         self.values = values
@@ -327,7 +298,7 @@ class PollerState:
     async def save(self, name: str, value: Any) -> None:
         data = orjson.dumps(value)
         async with self._lock:
-            await self.producer.send_and_wait(self.topic, value=data, key=name.encode())
+            await produce_acknowledged(self.producer, self.topic, name.encode(), data)
             self.values[name] = orjson.loads(data)
 
 
@@ -343,7 +314,7 @@ class InboundLog:
 
     async def start(self) -> None:
         if self._consumer is None:
-            consumer = _consumer(self.kafka)
+            consumer = groupless_consumer(self.kafka)
             await consumer.start()
             try:
                 self._tps = await topic_partitions(consumer, self.topic)
@@ -376,11 +347,12 @@ class InboundLog:
             if isinstance(value, dict) and value.get("provider") == provider and value.get("dedupe_key") in wanted:
                 found.add(value["dedupe_key"])
 
-        consumer = _consumer(self.kafka)
+        consumer = groupless_consumer(self.kafka)
         await consumer.start()
         try:
             tps = await topic_partitions(consumer, self.topic)
-            await _read_to_end(consumer, {tp: since.get(tp.partition, 0) for tp in tps}, check)
+            await read_to_end(consumer, {tp: since.get(tp.partition, 0) for tp in tps}, check,
+                              timeout_s=SCAN_TIMEOUT_S)
         finally:
             await consumer.stop()
         return found
