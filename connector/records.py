@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any, Callable
 
 import fastjsonschema
@@ -247,8 +248,20 @@ def iso(ts: float) -> str:
     return f"{prefix}.{micros // 1000:03d}Z"
 
 
+class Ending(StrEnum):
+    """How the pipeline finished with a record: three terminal outcomes (the ``outcome`` of
+    ``sms.accepted`` / ``sms.failed``, and the dead-letter topic), a hand-off to the retry topic,
+    or nothing to do (its outcome is already recorded)."""
+
+    ACCEPTED = "accepted"
+    FAILED = "failed"
+    DEAD_LETTERED = "dlq"
+    HANDED_OFF = "retry"
+    SKIPPED = "skip"
+
+
 @dataclass(slots=True)
-class Outcome:
+class SendFacts:
     """What the dispatcher knows about one message when it ends: input to encode_result."""
 
     msg: OutboundSms
@@ -261,7 +274,7 @@ class Outcome:
     submitted_at: float | None = None
 
 
-def encode_accepted(o: Outcome, accepted: Accepted, completed_at: float) -> bytes:
+def encode_accepted(o: SendFacts, accepted: Accepted, completed_at: float) -> bytes:
     msg = o.msg
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -286,7 +299,7 @@ def encode_accepted(o: Outcome, accepted: Accepted, completed_at: float) -> byte
     return orjson.dumps(record)
 
 
-def encode_failed(o: Outcome, reason: str, error: str, completed_at: float, *,
+def encode_failed(o: SendFacts, reason: str, error: str, completed_at: float, *,
                   provider_code: str | None = None, provider_text: str | None = None) -> bytes:
     msg = o.msg
     return orjson.dumps({

@@ -268,7 +268,7 @@ class DeliveryState(str, Enum):
     REJECTED = "rejected"
 
     @property
-    def terminal(self) -> bool:
+    def final(self) -> bool:
         return self is not DeliveryState.IN_FLIGHT
 
 
@@ -384,8 +384,8 @@ class MessageStatus:
     raw: dict[str, str | None] = field(default_factory=dict, compare=False)   # every field, by tag
 
     @property
-    def terminal(self) -> bool:
-        return self.state.terminal
+    def final(self) -> bool:
+        return self.state.final
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ THINGSPACE_PATH = ThingSpace.callback_path
 PRODUCE_TIMEOUT_S = 10.0
 READ_CHUNK = 16 * 1024
 
-Outcome = Literal["ok", "duplicate"]
+Answer = Literal["ok", "duplicate"]
 
 
 class BodyTooLarge(Exception):
@@ -187,7 +187,7 @@ class CallbackReceiver:
             log.exception("callback could not be recorded", extra={"kind": kind})
             return self._answer(provider, 500, kind, "error", error="internal error")
         self._note_durable(True)
-        outcome: Outcome = "ok" if "ok" in outcomes or not outcomes else "duplicate"
+        outcome: Answer = "ok" if "ok" in outcomes or not outcomes else "duplicate"
         return self._answer(provider, 200, kind, outcome, status=outcome)
 
     def _produce(self, event: CallbackEvent) -> Callable[[], Awaitable[None]]:
@@ -214,7 +214,7 @@ class CallbackReceiver:
             chunks.append(chunk)
 
     # -- exactly one record per event --------------------------------------------------------
-    async def _once(self, event_id: str, produce: Callable[[], Awaitable[None]]) -> Outcome:
+    async def _once(self, event_id: str, produce: Callable[[], Awaitable[None]]) -> Answer:
         """Produce once per event id; resends share the first produce (see module docstring)."""
         entry = self._seen.get(event_id)
         if entry is not None and entry.task.done() and (entry.task.cancelled() or entry.task.exception()):
