@@ -274,17 +274,24 @@ class SendFacts:
     submitted_at: float | None = None
 
 
-def encode_accepted(o: SendFacts, accepted: Accepted, completed_at: float) -> bytes:
+def _ended(o: SendFacts, outcome: Ending) -> dict[str, Any]:
+    """The fields every terminal record starts with, in the schemas' order."""
     msg = o.msg
-    record: dict[str, Any] = {
+    return {
         "schema_version": SCHEMA_VERSION,
-        "outcome": "accepted",
+        "outcome": outcome.value,
         "client_message_id": msg.client_message_id,
         "recipient": msg.recipient.as_json(),
         "recipient_region": msg.recipient.region,
         "metadata": msg.metadata,
         "route": o.route,
         "provider": o.provider,
+    }
+
+
+def encode_accepted(o: SendFacts, accepted: Accepted, completed_at: float) -> bytes:
+    record = _ended(o, Ending.ACCEPTED)
+    record.update({
         "provider_message_id": accepted.provider_message_id,
         "provider_request_id": accepted.provider_request_id,
         "encoding": o.encoding,
@@ -293,7 +300,7 @@ def encode_accepted(o: SendFacts, accepted: Accepted, completed_at: float) -> by
         "received_at": iso(o.received_at),
         "submitted_at": iso(o.submitted_at if o.submitted_at is not None else completed_at),
         "completed_at": iso(completed_at),
-    }
+    })
     if accepted.details:
         record["provider_details"] = accepted.details
     return orjson.dumps(record)
@@ -301,16 +308,8 @@ def encode_accepted(o: SendFacts, accepted: Accepted, completed_at: float) -> by
 
 def encode_failed(o: SendFacts, reason: str, error: str, completed_at: float, *,
                   provider_code: str | None = None, provider_text: str | None = None) -> bytes:
-    msg = o.msg
-    return orjson.dumps({
-        "schema_version": SCHEMA_VERSION,
-        "outcome": "failed",
-        "client_message_id": msg.client_message_id,
-        "recipient": msg.recipient.as_json(),
-        "recipient_region": msg.recipient.region,
-        "metadata": msg.metadata,
-        "route": o.route,
-        "provider": o.provider,
+    record = _ended(o, Ending.FAILED)
+    record.update({
         "reason": reason,
         "error": error,
         "provider_code": provider_code,
@@ -322,3 +321,4 @@ def encode_failed(o: SendFacts, reason: str, error: str, completed_at: float, *,
         "received_at": iso(o.received_at),
         "completed_at": iso(completed_at),
     })
+    return orjson.dumps(record)

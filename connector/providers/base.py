@@ -180,11 +180,14 @@ class Provider:
     # -- connection check defaults (``Capability.CONNECTION_CHECK`` overrides them) -----------
     login_summary: ClassVar[str | None] = None   # what a successful login proves, for ``check``
     auth_refused_note: ClassVar[str] = ""         # a warning added when credentials are refused
+    # Which route settings hold the credentials ("{r}" stands for "routes.<route>."), for "what to fix".
+    credential_settings: ClassVar[str | None] = None
 
-    @staticmethod
-    def credentials_hint(route: str) -> str:
-        """Which settings hold a route's credentials, for "what to fix"."""
-        return f"the credentials of routes.{route}"
+    @classmethod
+    def credentials_hint(cls, route: str) -> str:
+        if cls.credential_settings is None:
+            return f"the credentials of routes.{route}"
+        return cls.credential_settings.format(r=f"routes.{route}.")
 
     def build_check(self) -> HttpRequest | None:
         """A read-only call proving the credentials (None: logging in is the check)."""

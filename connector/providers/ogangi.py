@@ -662,13 +662,7 @@ class Ogangi(Provider):
     mo_reset_cursor = staticmethod(mo_reset_cursor)
 
     # -- connection check: a read-only signed call -------------------------------------------
-    login_summary = None
-    auth_refused_note = ""
-
-    @staticmethod
-    def credentials_hint(route: str) -> str:
-        r = f"routes.{route}."
-        return f"{r}private_key and {r}public_key (then {r}signature_encoding / {r}signature_covers)"
+    credential_settings = "{r}private_key and {r}public_key (then {r}signature_encoding / {r}signature_covers)"
 
     def build_check(self) -> HttpRequest | None:
         return self.auth.apply(self.build_get_mo_messages(page=1, results_per_page=1))

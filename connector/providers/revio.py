@@ -511,12 +511,7 @@ class RevIo(Provider):
 
     # -- connection check -----------------------------------------------------------------------
     login_summary = "Sessions_Create gave a session key"
-    auth_refused_note = ""
-
-    @staticmethod
-    def credentials_hint(route: str) -> str:
-        r = f"routes.{route}."
-        return f"{r}username, {r}password and {r}client"
+    credential_settings = "{r}username, {r}password and {r}client"
 
     def build_check(self) -> HttpRequest | None:
         """With sessions, logging in is the check; without, a bare Sessions_Create."""

@@ -58,12 +58,7 @@ class SmppRest(Provider):
     Config = SmppRestConfig
 
     # -- connection check: an empty batch proves the key, nothing is sent -----------------------
-    login_summary = None
-    auth_refused_note = ""
-
-    @staticmethod
-    def credentials_hint(route: str) -> str:
-        return f"routes.{route}.api_key"
+    credential_settings = "{r}api_key"
 
     def build_check(self) -> HttpRequest | None:
         return self.auth.apply(self.build_send([]))       # {"Messages": []}: nothing to send

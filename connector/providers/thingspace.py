@@ -547,11 +547,7 @@ class ThingSpace(Provider):
     # -- connection check: the OAuth + M2M login, nothing sent ---------------------------------
     login_summary = "OAuth access token and M2M session token received"
     auth_refused_note = "ThingSpace locks an account after five refused logins: fix it before running check again"
-
-    @staticmethod
-    def credentials_hint(route: str) -> str:
-        r = f"routes.{route}."
-        return f"{r}client_id / {r}client_secret (OAuth) and {r}username / {r}password (M2M session)"
+    credential_settings = "{r}client_id / {r}client_secret (OAuth) and {r}username / {r}password (M2M session)"
 
     def build_check(self) -> HttpRequest | None:
         return None     # logging in is the check
