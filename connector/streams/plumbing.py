@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -19,9 +19,13 @@ from aiokafka.abc import ConsumerRebalanceListener
 from connector.config import KafkaSettings
 from connector.kafka import client_options
 
-__all__ = ["Headers", "RebalanceListener", "groupless_consumer", "produce_acknowledged", "read_to_end"]
+__all__ = ["Headers", "IdleTimeout", "RebalanceListener", "batches_to_end", "groupless_consumer", "produce_acknowledged", "read_to_end"]
 
 Headers = list[tuple[str, bytes]]
+
+
+class IdleTimeout(TimeoutError):
+    """No record arrived for the reader's ``idle_timeout_s`` before the end was reached."""
 
 
 def groupless_consumer(kafka: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
@@ -31,13 +35,13 @@ def groupless_consumer(kafka: KafkaSettings, **options: Any) -> AIOKafkaConsumer
                                "auto_offset_reset": "earliest", **options})
 
 
-async def read_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None],
-                      on_record: Callable[[Any], None], *, timeout_s: float | None = None,
-                      on_batch: Callable[[], None] | None = None, fetch_timeout_ms: int = 200,
-                      max_records: int = 10000) -> None:
+async def batches_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None], *,
+                         timeout_s: float | None = None, idle_timeout_s: float | None = None,
+                         fetch_timeout_ms: int = 200, max_records: int = 10000) -> AsyncIterator[list[Any]]:
     """Assign ``start``'s partitions and read each from its offset (None: its beginning) to the
-    end offset taken now (module docstring), calling ``on_record`` per record and ``on_batch``
-    after each fetch. Raises TimeoutError after ``timeout_s`` (None: no limit)."""
+    end offset taken now (module docstring), yielding the records of each non-empty fetch.
+    Raises TimeoutError after ``timeout_s`` in all, or ``idle_timeout_s`` without a record
+    (None: no limit)."""
     tps = list(start)
     consumer.assign(tps)
     for tp, offset in start.items():
@@ -49,17 +53,32 @@ async def read_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition,
         return
     end = await consumer.end_offsets(tps)
     remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    now = time.monotonic()
+    deadline = None if timeout_s is None else now + timeout_s
+    last_record = now
     while remaining:
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
             raise TimeoutError(f"reading {sorted({tp.topic for tp in tps})} to its end took over {timeout_s:.0f}s")
+        if idle_timeout_s is not None and now - last_record > idle_timeout_s:
+            raise IdleTimeout(f"no record of {sorted({tp.topic for tp in tps})} for {idle_timeout_s:.0f}s")
         batch = await consumer.getmany(*remaining, timeout_ms=fetch_timeout_ms, max_records=max_records)
-        for records in batch.values():
-            for r in records:
-                on_record(r)
-        if on_batch is not None and batch:
-            on_batch()
+        records = [r for part in batch.values() for r in part]
+        if records:
+            last_record = time.monotonic()
+            yield records
         remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None],
+                      on_record: Callable[[Any], None], *, on_batch: Callable[[], None] | None = None,
+                      **options: Any) -> None:
+    """``batches_to_end`` calling ``on_record`` per record and ``on_batch`` after each fetch."""
+    async for records in batches_to_end(consumer, start, **options):
+        for r in records:
+            on_record(r)
+        if on_batch is not None:
+            on_batch()
 
 
 async def produce_acknowledged(producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes | None,
