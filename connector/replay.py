@@ -214,7 +214,7 @@ class _Originals:
 
     async def _start(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            from connector.streams.plumbing import IdleTimeout, batches_to_end, groupless_consumer
+            from connector.streams.plumbing import groupless_consumer
 
             self._consumer = groupless_consumer(self.kafka)
             await self._consumer.start()
@@ -230,7 +230,7 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
                  max_quiet_s: float = 10.0, notice: Callable[[str], None] | None = None) -> ReplaySummary:
     """Replay the matching records of ``topic`` (``dlq`` / ``failed`` or their names) to sms.outbound."""
     from connector.kafka import start_producer, topic_partitions
-    from connector.streams.plumbing import groupless_consumer
+    from connector.streams.plumbing import IdleTimeout, batches_to_end, groupless_consumer
 
     kind, name = topic_kind(topic)
     target = topics.spec("outbound").name
