@@ -16,14 +16,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Container, Mapping, Protocol
 
-import orjson
-
 from connector import metrics
 from connector.breaker import CircuitOpen
 from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
 from connector.inbound import correlation_key
 from connector.policy import HandOffPolicy, Retry, hand_off
-from connector.records import (DONE, INTENT, RETRYING, SCHEMA_VERSION, Accepted, Ending, SendFacts, decode_outbound,
+from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, SendFacts, decode_outbound,
                                encode_accepted, encode_failed, iso)
 from connector.retries import HandOff, RetryState
 from connector.routing import Router
@@ -184,13 +182,12 @@ def _correlations(o: SendFacts, accepted: Accepted) -> tuple[tuple[bytes, bytes]
     if not ids or o.provider is None:
         return ()
     msg = o.msg
-    value = orjson.dumps({
-        "schema_version": SCHEMA_VERSION, "client_message_id": msg.client_message_id, "provider": o.provider,
-        "route": o.route, "recipient": msg.recipient.as_json(), "metadata": msg.metadata,
-        "provider_message_id": accepted.provider_message_id, "provider_request_id": accepted.provider_request_id,
-        "submitted_at": iso(o.submitted_at if o.submitted_at is not None else time.time()),
-        "expires_at": iso(msg.expires_at) if msg.expires_at is not None else None,
-        "final_state": None, "last_state": None,
-    })
+    value = Correlation(
+        client_message_id=msg.client_message_id, provider=o.provider, route=o.route,
+        recipient=msg.recipient.as_json(), metadata=msg.metadata,
+        provider_message_id=accepted.provider_message_id, provider_request_id=accepted.provider_request_id,
+        submitted_at=iso(o.submitted_at if o.submitted_at is not None else time.time()),
+        expires_at=iso(msg.expires_at) if msg.expires_at is not None else None,
+    ).encode()
     # Split messages carry one id per part ("id1,id2"): a receipt for any part finds the message.
     return tuple((correlation_key(o.provider, i).encode(), value) for i in ids.split(",") if i)

@@ -26,6 +26,40 @@ SCHEMA_VERSION = 1
 # The states of a ``sms.ledger`` entry (key = client_message_id): a send about to be made on an
 # at-most-once route, a hand-off to the retry topic, a recorded outcome. Defined once, here.
 INTENT, RETRYING, DONE = "intent", "retrying", "done"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One ``sms.ledger`` record (key: client_message_id). ``outcome`` is set on ``done``
+    entries, ``token`` (the hand-off's) on ``retrying`` ones."""
+
+    state: str
+    at: float                      # epoch seconds
+    route: str | None = None
+    outcome: str | None = None
+    token: str | None = None
+
+    @property
+    def detail(self) -> str | None:
+        """What the ledger keeps besides the state: the token while retrying, else the outcome."""
+        return self.token if self.state == RETRYING else self.outcome
+
+    def encode(self) -> bytes:
+        entry: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "state": self.state, "at": self.at,
+                                 "route": self.route, "outcome": self.outcome}
+        if self.token is not None:
+            entry["token"] = self.token
+        return orjson.dumps(entry)
+
+    @classmethod
+    def decode(cls, value: bytes) -> LedgerEntry:
+        """The entry in a stored value; InvalidRecord when it cannot be read."""
+        try:
+            d = orjson.loads(value)
+            return cls(state=d["state"], at=float(d["at"]), route=d.get("route"), outcome=d.get("outcome"),
+                       token=d.get("token"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidRecord(f"unreadable ledger entry: {type(exc).__name__}") from None
 DEVICE_KINDS = frozenset({"ESN", "ICCID", "IMEI", "MDN", "MEID", "MSISDN", "IMSI", "EID"})
 _NUMBER_KINDS = {"MDN": "nanp10", "MSISDN": "digits"}   # device ids that are phone numbers
 
@@ -272,6 +306,33 @@ class SendFacts:
     segments: int | None = None
     attempts: int = 0
     submitted_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """One ``sms.correlation`` record (key: the correlation key): what a receipt for this
+    provider id is joined with. ``final_state`` / ``last_state`` are filled by the correlator."""
+
+    client_message_id: str
+    provider: str
+    route: str | None
+    recipient: dict[str, Any]
+    metadata: dict[str, Any]
+    provider_message_id: str | None
+    provider_request_id: str | None
+    submitted_at: str
+    expires_at: str | None
+    final_state: str | None = None
+    last_state: str | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "schema_version": SCHEMA_VERSION, "client_message_id": self.client_message_id,
+            "provider": self.provider, "route": self.route, "recipient": self.recipient, "metadata": self.metadata,
+            "provider_message_id": self.provider_message_id, "provider_request_id": self.provider_request_id,
+            "submitted_at": self.submitted_at, "expires_at": self.expires_at,
+            "final_state": self.final_state, "last_state": self.last_state,
+        })
 
 
 def _ended(o: SendFacts, outcome: Ending) -> dict[str, Any]:

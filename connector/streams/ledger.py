@@ -45,15 +45,14 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any
 
-import orjson
 from aiokafka import TopicPartition
 
 from connector import contract as topics
 from connector import metrics
 from connector.config import KafkaSettings
-from connector.records import DONE, INTENT, RETRYING, SCHEMA_VERSION
+from connector.errors import InvalidRecord
+from connector.records import DONE, INTENT, RETRYING, LedgerEntry
 from connector.streams.batcher import Batcher
 from connector.streams.plumbing import groupless_consumer, read_to_end
 
@@ -166,15 +165,11 @@ class Ledger:
     # -- writes ------------------------------------------------------------------------------
     async def write(self, pl: PartitionLedger, cid: str, state: str, *, route: str | None = None,
                     outcome: str | None = None, token: str | None = None) -> None:
-        at = time.time()
-        entry: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "state": state, "at": at, "route": route,
-                                 "outcome": outcome}
-        if token is not None:
-            entry["token"] = token
-        await self.batcher.send(self.topic, pl.partition, cid.encode(), orjson.dumps(entry))
+        entry = LedgerEntry(state, time.time(), route, outcome, token)
+        await self.batcher.send(self.topic, pl.partition, cid.encode(), entry.encode())
         entries = pl.entries
         entries.pop(cid, None)     # re-inserted at the end: the dict stays in order of last write
-        entries[cid] = (state, at, token if state == RETRYING else outcome)
+        entries[cid] = (state, entry.at, entry.detail)
         if len(entries) > self.partition_cap():
             _evict(entries, self.partition_cap())
 
@@ -214,13 +209,11 @@ def _apply(entries: dict[str, tuple[str, float, str | None]], key: bytes | None,
         entries.pop(cid, None)
         return
     try:
-        record: dict[str, Any] = orjson.loads(value)
-        state, at = record["state"], float(record["at"])
-        detail = record.get("token") if state == RETRYING else record.get("outcome")
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        entry = LedgerEntry.decode(value)
+    except InvalidRecord:
         return
-    if now - at <= window_s:
+    if now - entry.at <= window_s:
         entries.pop(cid, None)
-        entries[cid] = (state, at, detail)
+        entries[cid] = (entry.state, entry.at, entry.detail)
     else:
         entries.pop(cid, None)
