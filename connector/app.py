@@ -26,7 +26,7 @@ from connector.breaker import CircuitBreaker
 from connector.config import Settings
 from connector.kafka import access_problem, client_options
 from connector.policy import RetryPolicy
-from connector.providers import REGISTRY
+from connector.providers import REGISTRY, Capability, has
 from connector.ratelimit import RouteLimiter
 from connector.routing import Router
 from connector.sender import RouteSender
@@ -114,13 +114,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
     producer: AIOKafkaProducer | None = None
     try:
         if roles & {"callbacks", "pollers"}:
-            from connector.streams.optouts import revio_sync
+            from connector.streams.optouts import optout_sync
             from connector.streams.publish import InboundPublisher
 
             producer = inbound_producer(settings)
             await producer.start()
-            syncs = [revio_sync(s) for s in senders.values()
-                     if s.provider.name == "revio" and settings.inbound.optout_sync_revio]
+            syncs = [optout_sync(s) for s in senders.values()
+                     if has(s.provider, Capability.OPTOUT_SYNC) and settings.inbound.optout_sync_revio]
             publisher = InboundPublisher(producer, syncs)
         web_app = make_app(lambda: _ready(checks))
         if "dispatch" in roles:

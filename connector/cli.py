@@ -7,6 +7,7 @@ variable (generated from ``connector.config``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import sys
 import uuid
@@ -366,7 +367,8 @@ def simulate(name: str, host: str, port: int, latency_ms: float, error_rate: flo
     faults = Faults(latency_ms=latency_ms, error_rate=error_rate, throttle_rate=throttle_rate,
                     timeout_rate=timeout_rate, reject_rate=reject_rate)
     creds = {**SIMULATORS[name].default_credentials(), **dict(c.split("=", 1) for c in credential if "=" in c)}
-    extra = {"deliver_callbacks": True} if deliver_callbacks and name == "thingspace" else {}
+    can_deliver = "deliver_callbacks" in inspect.signature(SIMULATORS[name]).parameters
+    extra = {"deliver_callbacks": True} if deliver_callbacks and can_deliver else {}
     if deliver_callbacks and not extra:
         raise click.UsageError("--deliver-callbacks applies to the thingspace simulator only")
     _run(run_simulator(SIMULATORS[name](faults, creds, **extra), host, port))

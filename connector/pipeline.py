@@ -1,8 +1,9 @@
-"""What happens to one outbound record, from its bytes to its terminal outcome. No Kafka.
+"""What happens to one outbound record, from its bytes to its terminal outcome. No Kafka: the
+ledger is reached through ``MessageLedger`` (``streams.ledger.PartitionLedger`` implements it).
 
 ``Pipeline.outcome(value, timestamp_ms)`` decodes and validates the record, checks expiry,
 chooses the route, prepares the message for its provider and sends it (retries included), and
-returns the one ``Terminal`` that ends it: accepted, failed (with reason) or dead-lettered, or
+returns the one ``Verdict`` that ends it: accepted, failed (with reason) or dead-lettered, or
 ``retry``: a hand-off to the retry topic (``connector.retries``) when the in-place retries of a
 retriable error are spent and the attempt cap is not reached. The
 dispatch processor (``streams/dispatch.py``) turns outcomes into Kafka records; the contract tests
@@ -13,33 +14,40 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Container, Mapping
-
-import orjson
+from typing import Container, Mapping, Protocol
 
 from connector import metrics
 from connector.breaker import CircuitOpen
 from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
 from connector.inbound import correlation_key
 from connector.policy import HandOffPolicy, Retry, hand_off
-from connector.records import (SCHEMA_VERSION, Accepted, Outcome, decode_outbound, encode_accepted, encode_failed,
-                               iso)
+from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, SendFacts, decode_outbound,
+                               encode_accepted, encode_failed, iso)
 from connector.retries import HandOff, RetryState
 from connector.routing import Router
 from connector.sender import RouteSender
 
-if TYPE_CHECKING:
-    from connector.streams.ledger import PartitionLedger
 
-INTENT, RETRYING, DONE = "intent", "retrying", "done"   # ledger states (connector.streams.ledger)
+
+class MessageLedger(Protocol):
+    """One partition's ledger as the pipeline needs it (states: ``records.INTENT`` /
+    ``RETRYING`` / ``DONE``)."""
+
+    def state(self, cid: str) -> str | None: ...
+
+    def outcome(self, cid: str) -> str | None: ...
+
+    def token(self, cid: str) -> str | None: ...
+
+    async def intent(self, cid: str, route: str | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
-class Terminal:
-    """How a record ended. ``value`` is the terminal record (None for dead letters, which keep
-    the input's bytes); ``reason`` is the failure or dead-letter reason."""
+class Verdict:
+    """What the pipeline decided for a record (``ending``). ``value`` is the terminal record (None
+    for dead letters, which keep the input's bytes); ``reason`` is the failure or dead-letter reason."""
 
-    kind: str                  # "accepted" | "failed" | "dlq" | "retry" (not terminal: a hand-off) | "skip"
+    ending: Ending
     value: bytes | None
     reason: str | None = None
     error: str | None = None
@@ -52,7 +60,7 @@ class Terminal:
     handoff: HandOff | None = None
 
 
-SKIP = Terminal("skip", None)   # a replay whose outcome is recorded: nothing to send, nothing to publish
+SKIP = Verdict(Ending.SKIPPED, None)   # a replay whose outcome is recorded: nothing to send, nothing to publish
 
 
 class Pipeline:
@@ -65,8 +73,8 @@ class Pipeline:
         self.optouts = optouts
         self.handoff = handoff
 
-    async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: PartitionLedger | None = None,
-                      replayed: bool = False, retry: RetryState | None = None) -> Terminal:
+    async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: MessageLedger | None = None,
+                      replayed: bool = False, retry: RetryState | None = None) -> Verdict:
         """``replayed``: re-injected by ``dlq replay``; a message whose recorded outcome was failed
         is sent again (after a fix), one already accepted is still a no-op. ``retry``: the record
         comes from the retry topic (its earlier passes)."""
@@ -74,7 +82,7 @@ class Pipeline:
             msg = decode_outbound(value)
         except InvalidRecord as exc:
             metrics.DEAD_LETTERED.labels(exc.reason).inc()
-            return Terminal("dlq", None, exc.reason, exc.message, exc.field)
+            return Verdict(Ending.DEAD_LETTERED, None, exc.reason, exc.message, exc.field)
         known = ledger.state(msg.client_message_id) if ledger is not None else None
         if known == RETRYING:
             assert ledger is not None
@@ -89,7 +97,7 @@ class Pipeline:
                 return SKIP
             metrics.LEDGER_REPLAYS.labels("replayed-after-failure").inc()
             known = None
-        o = Outcome(msg=msg, received_at=timestamp_ms / 1000)
+        o = SendFacts(msg=msg, received_at=timestamp_ms / 1000)
         earlier = retry.attempts if retry is not None else 0
         try:
             o.route = self.router.choose(msg)
@@ -145,42 +153,41 @@ class Pipeline:
             sent.attempts += before_failover
         o.attempts, o.submitted_at = earlier + sent.attempts, sent.submitted_at
         if isinstance(sent.result, Accepted):
-            return Terminal("accepted", encode_accepted(o, sent.result, time.time()),
+            return Verdict(Ending.ACCEPTED, encode_accepted(o, sent.result, time.time()),
                             correlations=_correlations(o, sent.result), ledger_cid=cid)
         if self.handoff is not None:
             passes = retry.passes if retry is not None else 0
             action = hand_off(sent.result, o.attempts, passes, self.handoff)
             if isinstance(action, Retry):
                 metrics.HANDED_OFF.labels(o.route, sent.result.reason).inc()
-                return Terminal("retry", None, sent.result.reason, sent.result.message, ledger_cid=cid,
+                return Verdict(Ending.HANDED_OFF, None, sent.result.reason, sent.result.message, ledger_cid=cid,
                                 handoff=HandOff.new(o.attempts, passes + 1, time.time() + action.after_s))
         return replace(self.failed(o, sent.result), ledger_cid=cid)
 
     @staticmethod
-    def failed(o: Outcome, exc: SmsError) -> Terminal:
+    def failed(o: SendFacts, exc: SmsError) -> Verdict:
         metrics.FAILED.labels(o.route or "", o.provider or "", exc.reason).inc()
         value = encode_failed(o, exc.reason, exc.message, time.time(), provider_code=exc.code,
                               provider_text=exc.text)
-        return Terminal("failed", value, exc.reason, exc.message)
+        return Verdict(Ending.FAILED, value, exc.reason, exc.message)
 
     @staticmethod
-    def internal_error(exc: BaseException) -> Terminal:
+    def internal_error(exc: BaseException) -> Verdict:
         metrics.DEAD_LETTERED.labels("internal").inc()
-        return Terminal("dlq", None, "internal", f"internal error: {type(exc).__name__}")
+        return Verdict(Ending.DEAD_LETTERED, None, "internal", f"internal error: {type(exc).__name__}")
 
 
-def _correlations(o: Outcome, accepted: Accepted) -> tuple[tuple[bytes, bytes], ...]:
+def _correlations(o: SendFacts, accepted: Accepted) -> tuple[tuple[bytes, bytes], ...]:
     ids = accepted.provider_request_id or accepted.provider_message_id
     if not ids or o.provider is None:
         return ()
     msg = o.msg
-    value = orjson.dumps({
-        "schema_version": SCHEMA_VERSION, "client_message_id": msg.client_message_id, "provider": o.provider,
-        "route": o.route, "recipient": msg.recipient.as_json(), "metadata": msg.metadata,
-        "provider_message_id": accepted.provider_message_id, "provider_request_id": accepted.provider_request_id,
-        "submitted_at": iso(o.submitted_at if o.submitted_at is not None else time.time()),
-        "expires_at": iso(msg.expires_at) if msg.expires_at is not None else None,
-        "final_state": None, "last_state": None,
-    })
+    value = Correlation(
+        client_message_id=msg.client_message_id, provider=o.provider, route=o.route,
+        recipient=msg.recipient.as_json(), metadata=msg.metadata,
+        provider_message_id=accepted.provider_message_id, provider_request_id=accepted.provider_request_id,
+        submitted_at=iso(o.submitted_at if o.submitted_at is not None else time.time()),
+        expires_at=iso(msg.expires_at) if msg.expires_at is not None else None,
+    ).encode()
     # Split messages carry one id per part ("id1,id2"): a receipt for any part finds the message.
     return tuple((correlation_key(o.provider, i).encode(), value) for i in ids.split(",") if i)

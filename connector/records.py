@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any, Callable
 
 import fastjsonschema
@@ -21,6 +22,44 @@ from connector import numbers
 from connector.errors import InvalidMessage, InvalidRecord
 
 SCHEMA_VERSION = 1
+
+# The states of a ``sms.ledger`` entry (key = client_message_id): a send about to be made on an
+# at-most-once route, a hand-off to the retry topic, a recorded outcome. Defined once, here.
+INTENT, RETRYING, DONE = "intent", "retrying", "done"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One ``sms.ledger`` record (key: client_message_id). ``outcome`` is set on ``done``
+    entries, ``token`` (the hand-off's) on ``retrying`` ones."""
+
+    state: str
+    at: float                      # epoch seconds
+    route: str | None = None
+    outcome: str | None = None
+    token: str | None = None
+
+    @property
+    def detail(self) -> str | None:
+        """What the ledger keeps besides the state: the token while retrying, else the outcome."""
+        return self.token if self.state == RETRYING else self.outcome
+
+    def encode(self) -> bytes:
+        entry: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "state": self.state, "at": self.at,
+                                 "route": self.route, "outcome": self.outcome}
+        if self.token is not None:
+            entry["token"] = self.token
+        return orjson.dumps(entry)
+
+    @classmethod
+    def decode(cls, value: bytes) -> LedgerEntry:
+        """The entry in a stored value; InvalidRecord when it cannot be read."""
+        try:
+            d = orjson.loads(value)
+            return cls(state=d["state"], at=float(d["at"]), route=d.get("route"), outcome=d.get("outcome"),
+                       token=d.get("token"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidRecord(f"unreadable ledger entry: {type(exc).__name__}") from None
 DEVICE_KINDS = frozenset({"ESN", "ICCID", "IMEI", "MDN", "MEID", "MSISDN", "IMSI", "EID"})
 _NUMBER_KINDS = {"MDN": "nanp10", "MSISDN": "digits"}   # device ids that are phone numbers
 
@@ -243,8 +282,20 @@ def iso(ts: float) -> str:
     return f"{prefix}.{micros // 1000:03d}Z"
 
 
+class Ending(StrEnum):
+    """How the pipeline finished with a record: three terminal outcomes (the ``outcome`` of
+    ``sms.accepted`` / ``sms.failed``, and the dead-letter topic), a hand-off to the retry topic,
+    or nothing to do (its outcome is already recorded)."""
+
+    ACCEPTED = "accepted"
+    FAILED = "failed"
+    DEAD_LETTERED = "dlq"
+    HANDED_OFF = "retry"
+    SKIPPED = "skip"
+
+
 @dataclass(slots=True)
-class Outcome:
+class SendFacts:
     """What the dispatcher knows about one message when it ends: input to encode_result."""
 
     msg: OutboundSms
@@ -257,17 +308,51 @@ class Outcome:
     submitted_at: float | None = None
 
 
-def encode_accepted(o: Outcome, accepted: Accepted, completed_at: float) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """One ``sms.correlation`` record (key: the correlation key): what a receipt for this
+    provider id is joined with. ``final_state`` / ``last_state`` are filled by the correlator."""
+
+    client_message_id: str
+    provider: str
+    route: str | None
+    recipient: dict[str, Any]
+    metadata: dict[str, Any]
+    provider_message_id: str | None
+    provider_request_id: str | None
+    submitted_at: str
+    expires_at: str | None
+    final_state: str | None = None
+    last_state: str | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "schema_version": SCHEMA_VERSION, "client_message_id": self.client_message_id,
+            "provider": self.provider, "route": self.route, "recipient": self.recipient, "metadata": self.metadata,
+            "provider_message_id": self.provider_message_id, "provider_request_id": self.provider_request_id,
+            "submitted_at": self.submitted_at, "expires_at": self.expires_at,
+            "final_state": self.final_state, "last_state": self.last_state,
+        })
+
+
+def _ended(o: SendFacts, outcome: Ending) -> dict[str, Any]:
+    """The fields every terminal record starts with, in the schemas' order."""
     msg = o.msg
-    record: dict[str, Any] = {
+    return {
         "schema_version": SCHEMA_VERSION,
-        "outcome": "accepted",
+        "outcome": outcome.value,
         "client_message_id": msg.client_message_id,
         "recipient": msg.recipient.as_json(),
         "recipient_region": msg.recipient.region,
         "metadata": msg.metadata,
         "route": o.route,
         "provider": o.provider,
+    }
+
+
+def encode_accepted(o: SendFacts, accepted: Accepted, completed_at: float) -> bytes:
+    record = _ended(o, Ending.ACCEPTED)
+    record.update({
         "provider_message_id": accepted.provider_message_id,
         "provider_request_id": accepted.provider_request_id,
         "encoding": o.encoding,
@@ -276,24 +361,16 @@ def encode_accepted(o: Outcome, accepted: Accepted, completed_at: float) -> byte
         "received_at": iso(o.received_at),
         "submitted_at": iso(o.submitted_at if o.submitted_at is not None else completed_at),
         "completed_at": iso(completed_at),
-    }
+    })
     if accepted.details:
         record["provider_details"] = accepted.details
     return orjson.dumps(record)
 
 
-def encode_failed(o: Outcome, reason: str, error: str, completed_at: float, *,
+def encode_failed(o: SendFacts, reason: str, error: str, completed_at: float, *,
                   provider_code: str | None = None, provider_text: str | None = None) -> bytes:
-    msg = o.msg
-    return orjson.dumps({
-        "schema_version": SCHEMA_VERSION,
-        "outcome": "failed",
-        "client_message_id": msg.client_message_id,
-        "recipient": msg.recipient.as_json(),
-        "recipient_region": msg.recipient.region,
-        "metadata": msg.metadata,
-        "route": o.route,
-        "provider": o.provider,
+    record = _ended(o, Ending.FAILED)
+    record.update({
         "reason": reason,
         "error": error,
         "provider_code": provider_code,
@@ -305,3 +382,4 @@ def encode_failed(o: Outcome, reason: str, error: str, completed_at: float, *,
         "received_at": iso(o.received_at),
         "completed_at": iso(completed_at),
     })
+    return orjson.dumps(record)

@@ -12,7 +12,7 @@ A message whose in-place retries are spent (``connector.policy.hand_off``) is wr
 - ``sms.source.*``: where the message was first read, kept through every pass so its terminal
   record names the original input.
 
-Pure functions: no Kafka, no clock.
+Pure values: no Kafka, no clock. ``RetryState.from_headers`` reads what ``HandOff.headers`` writes.
 """
 
 from __future__ import annotations
@@ -39,6 +39,21 @@ class RetryState:
     due_at_ms: int
     token: str
 
+    @classmethod
+    def from_headers(cls, headers: Sequence[tuple[str, bytes]] | None) -> RetryState | None:
+        """The retry state carried by a record's headers; None for a record never handed off (or
+        one whose retry headers are unreadable: it is then treated as a first pass)."""
+        found = {k: v for k, v in headers or () if k in RETRY_HEADERS}
+        if topics.HEADER_RETRY_TOKEN not in found:
+            return None
+        try:
+            return cls(attempts=int(found[topics.HEADER_RETRY_ATTEMPTS]),
+                       passes=int(found[topics.HEADER_RETRY_PASSES]),
+                       due_at_ms=int(found[topics.HEADER_RETRY_DUE_AT]),
+                       token=found[topics.HEADER_RETRY_TOKEN].decode())
+        except (KeyError, ValueError, UnicodeDecodeError):
+            return None
+
 
 @dataclass(frozen=True, slots=True)
 class HandOff:
@@ -53,34 +68,18 @@ class HandOff:
     def new(attempts: int, passes: int, due_at: float) -> HandOff:
         return HandOff(attempts, passes, due_at, os.urandom(8).hex())
 
-
-def state(headers: Sequence[tuple[str, bytes]] | None) -> RetryState | None:
-    """The retry state carried by a record's headers; None for a record never handed off (or
-    one whose retry headers are unreadable: it is then treated as a first pass)."""
-    found = {k: v for k, v in headers or () if k in RETRY_HEADERS}
-    if topics.HEADER_RETRY_TOKEN not in found:
-        return None
-    try:
-        return RetryState(attempts=int(found[topics.HEADER_RETRY_ATTEMPTS]),
-                          passes=int(found[topics.HEADER_RETRY_PASSES]),
-                          due_at_ms=int(found[topics.HEADER_RETRY_DUE_AT]),
-                          token=found[topics.HEADER_RETRY_TOKEN].decode())
-    except (KeyError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def retry_headers(original: Sequence[tuple[str, bytes]] | None, source: Headers, h: HandOff,
-                  reason: str) -> Headers:
-    """Headers of the retry record: the original ones (earlier retry and source headers
-    replaced), the message's first source, and this hand-off."""
-    kept = [(k, v) for k, v in original or () if k not in RETRY_HEADERS and k not in SOURCE_HEADERS]
-    return kept + source + [
-        (topics.HEADER_RETRY_ATTEMPTS, str(h.attempts).encode()),
-        (topics.HEADER_RETRY_PASSES, str(h.passes).encode()),
-        (topics.HEADER_RETRY_DUE_AT, str(int(h.due_at * 1000)).encode()),
-        (topics.HEADER_RETRY_TOKEN, h.token.encode()),
-        (topics.HEADER_RETRY_REASON, reason.encode()),
-    ]
+    def headers(self, original: Sequence[tuple[str, bytes]] | None, source: Headers, reason: str) -> Headers:
+        """Headers of the retry record: the original ones (earlier retry and source headers
+        replaced), the message's first source, and this hand-off (read back by
+        ``RetryState.from_headers``)."""
+        kept = [(k, v) for k, v in original or () if k not in RETRY_HEADERS and k not in SOURCE_HEADERS]
+        return kept + source + [
+            (topics.HEADER_RETRY_ATTEMPTS, str(self.attempts).encode()),
+            (topics.HEADER_RETRY_PASSES, str(self.passes).encode()),
+            (topics.HEADER_RETRY_DUE_AT, str(int(self.due_at * 1000)).encode()),
+            (topics.HEADER_RETRY_TOKEN, self.token.encode()),
+            (topics.HEADER_RETRY_REASON, reason.encode()),
+        ]
 
 
 def carried_source(headers: Sequence[tuple[str, bytes]] | None) -> Headers:

@@ -123,26 +123,8 @@ class RouteSender:
     async def call(self, build: Callable[[], HttpRequest], parse: Callable[[HttpResponse], T]) -> T:
         """One provider operation other than a send (MO history, opt-out list, status poll...),
         with the route's login, session refresh-once and concurrency. Raises ProviderError."""
-        for refreshed in (False, True):
-            await self._ensure_login()
-            async with self.limiter.slot(0):     # a place, no segments: not a send
-                request = self.provider.auth.apply(build())
-                t0 = time.perf_counter()
-                response = await self.transport.send(request)
-            try:
-                result = parse(response)
-            except AuthFailed as exc:
-                self._observe(t0, "auth")
-                if refreshed or isinstance(exc, LoginLocked):
-                    raise
-                self.provider.auth.invalidate()
-                continue
-            except ProviderError as exc:
-                self._observe(t0, exc.reason)
-                raise
-            self._observe(t0, "ok")
-            return result
-        raise AssertionError("unreachable")
+        async with self.limiter.slot(0):     # a place, no segments: not a send
+            return await self._exchange(build, parse)
 
     async def aclose(self) -> None:
         if self._pending:
@@ -222,27 +204,33 @@ class RouteSender:
     # -- one provider call -------------------------------------------------------------------
     async def _call(self, batch: Sequence[Prepared]) -> list[SendResult]:
         provider = self.provider
+        try:
+            return await self._exchange(lambda: provider.build_send(batch),
+                                        lambda response: provider.parse_send(batch, response))
+        except ProviderError as exc:
+            return [exc] * len(batch)
+
+    async def _exchange(self, build: Callable[[], HttpRequest], parse: Callable[[HttpResponse], T]) -> T:
+        """The one call loop: log in if needed, build, send, parse; a refused session is
+        forgotten and the call made once more. Raises ProviderError."""
         for refreshed in (False, True):
-            try:
-                await self._ensure_login()
-                request = provider.auth.apply(provider.build_send(batch))
-            except ProviderError as exc:
-                return [exc] * len(batch)
+            await self._ensure_login()
+            request = self.provider.auth.apply(build())
             t0 = time.perf_counter()
             try:
                 response = await self.transport.send(request)
-                results = provider.parse_send(batch, response)
+                result = parse(response)
             except AuthFailed as exc:
                 self._observe(t0, "auth")
                 if refreshed or isinstance(exc, LoginLocked):
-                    return [exc] * len(batch)
-                provider.auth.invalidate()
+                    raise
+                self.provider.auth.invalidate()
                 continue
             except ProviderError as exc:
                 self._observe(t0, exc.reason)
-                return [exc] * len(batch)
+                raise
             self._observe(t0, "ok")
-            return results
+            return result
         raise AssertionError("unreachable")
 
     def _record(self, results: Sequence[SendResult]) -> None:

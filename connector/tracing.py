@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from connector.config import TracingSettings
     from connector.http import HttpRequest, HttpResponse
-    from connector.pipeline import Terminal
+    from connector.pipeline import Verdict
 
 T = TypeVar("T")
 Headers = list[tuple[str, bytes]]
@@ -169,7 +169,7 @@ def _consumer_span(rec: Any, links: Sequence[Any] = ()) -> contextlib.AbstractCo
                     "messaging.kafka.offset": rec.offset})
 
 
-def outcome(t: Terminal) -> None:
+def outcome(t: Verdict) -> None:
     """Record how the current message ended on its span (outcome, reason; route and provider
     of an accepted or failed record)."""
     if _tracer is None:
@@ -177,17 +177,17 @@ def outcome(t: Terminal) -> None:
     span = _Api.get_current_span()
     if not span.is_recording():
         return
-    span.set_attribute("sms.outcome", t.kind)
+    span.set_attribute("sms.outcome", t.ending)
     if t.reason:
         span.set_attribute("sms.reason", t.reason)
-    if t.value and t.kind in ("accepted", "failed"):
+    if t.value and t.ending in ("accepted", "failed"):
         record = orjson.loads(t.value)
         span.set_attribute("messaging.message.id", record.get("client_message_id") or "")
         for name in ("route", "provider"):
             if record.get(name):
                 span.set_attribute(f"sms.{name}", record[name])
-    if t.kind in ("failed", "dlq"):
-        span.set_status(_Api.Status(_Api.StatusCode.ERROR, t.reason or t.kind))
+    if t.ending in ("failed", "dlq"):
+        span.set_status(_Api.Status(_Api.StatusCode.ERROR, t.reason or t.ending))
 
 
 # -- provider calls ---------------------------------------------------------------------------------

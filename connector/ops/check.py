@@ -228,24 +228,13 @@ async def check_kafka(settings: Settings, timeout: float) -> list[CheckRow]:
     return rows
 
 
-def credentials_hint(route: str, provider: str) -> str:
-    """Which settings hold a route's credentials, for "what to fix"."""
-    r = f"routes.{route}."
-    return {
-        "smpp_rest": f"{r}api_key",
-        "ogangi": f"{r}private_key and {r}public_key (then {r}signature_encoding / {r}signature_covers)",
-        "revio": f"{r}username, {r}password and {r}client",
-        "thingspace": f"{r}client_id / {r}client_secret (OAuth) and {r}username / {r}password (M2M session)",
-    }.get(provider, f"the credentials of routes.{route}")
-
-
 async def check_route(name: str, sender: Any, timeout: float) -> CheckRow:
     """Authenticate through one route without sending anything (module docstring)."""
     from connector.errors import AuthFailed, ProviderError, Retriable
 
     area = f"route {name}"
     provider = sender.provider
-    creds = credentials_hint(name, provider.name)
+    creds = provider.credentials_hint(name)
     base_url = getattr(provider.config, "base_url", "")
     try:
         return await asyncio.wait_for(_authenticate(area, sender), timeout)
@@ -254,8 +243,7 @@ async def check_route(name: str, sender: Any, timeout: float) -> CheckRow:
                         f"{base_url} did not answer within {timeout:g}s. Fix: check routes.{name}.base_url and "
                         f"that the provider is reachable from here")
     except AuthFailed as exc:
-        extra = (" ThingSpace locks an account after five refused logins: fix it before running check again"
-                 if provider.name == "thingspace" else "")
+        extra = f" {provider.auth_refused_note}" if provider.auth_refused_note else ""
         return CheckRow(area, "credentials", Status.FAIL,
                         f"credentials refused: {exc.message.rstrip('.')}. Fix: check {creds}.{extra}".rstrip("."))
     except Retriable as exc:
@@ -273,33 +261,15 @@ async def check_route(name: str, sender: Any, timeout: float) -> CheckRow:
 
 
 async def _authenticate(area: str, sender: Any) -> CheckRow:
-    from connector.errors import AuthFailed, for_http_status
-    from connector.providers import ogangi, revio
+    from connector.providers import Capability, has
 
     provider = sender.provider
     auth = provider.auth
     transport = sender.transport
-    if provider.name == "smpp_rest":
-        request = auth.apply(provider.build_send([]))       # {"Messages": []}: nothing to send
-        response = await transport.send(request)
-        if response.status in (400, 200):
-            return CheckRow(area, "credentials", Status.OK,
-                            f"API key accepted (an empty Messages[] batch answered HTTP {response.status}; "
-                            f"nothing sent)")
-        if response.status in (401, 403):
-            raise AuthFailed(f"SMPP REST API answered HTTP {response.status} to the API key")
-        raise for_http_status(response.status, f"SMPP REST API answered HTTP {response.status}",
-                              retry_after=response.header("Retry-After"))
-    if provider.name == "ogangi":
-        response = await transport.send(auth.apply(provider.build_get_mo_messages(page=1, results_per_page=1)))
-        ogangi.parse_get_mo_messages(response)
-        return CheckRow(area, "credentials", Status.OK,
-                        "signature accepted (getMOMessages page 1, one result: a read-only call)")
-    if provider.name == "revio" and not provider.config.use_sessions:
-        response = await transport.send(revio.build_sessions_create(provider.config))
-        revio.parse_sessions_create(response)
-        return CheckRow(area, "credentials", Status.OK,
-                        "Sessions_Create accepted the credentials (use_sessions is off: they go in each request)")
+    request = provider.build_check() if has(provider, Capability.CONNECTION_CHECK) else None
+    if request is not None:
+        proven = provider.parse_check(await transport.send(request))
+        return CheckRow(area, "credentials", Status.OK, proven)
     if not auth.ready:
         steps = 0
         for request in auth.login_requests():
@@ -314,9 +284,7 @@ async def _authenticate(area: str, sender: Any) -> CheckRow:
         if not auth.ready:
             return CheckRow(area, "credentials", Status.FAIL,
                             "the login finished without a usable session. Fix: check the credentials")
-        what = {"revio": "Sessions_Create gave a session key",
-                "thingspace": "OAuth access token and M2M session token received"}.get(
-            provider.name, f"{steps} login request(s) accepted")
+        what = provider.login_summary or f"{steps} login request(s) accepted"
         return CheckRow(area, "credentials", Status.OK, f"logged in: {what} (nothing sent)")
     return CheckRow(area, "credentials", Status.SKIP,
                     f"{provider.title} uses static credentials and has no read-only call: not checkable "

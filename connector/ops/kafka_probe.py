@@ -27,6 +27,7 @@ from connector.config import KafkaSettings
 from connector.kafka import client_options
 from connector.ops import quiet_client_logs
 from connector.ops.snapshot import KafkaState, consumer_lag
+from connector.streams.plumbing import groupless_consumer
 
 TANSU_CLUSTER_PREFIX = "tansu"
 TERMINAL_ROLES = ("accepted", "failed", "dlq")
@@ -53,8 +54,7 @@ class KafkaProbe:
         opts = client_options(self.kafka)
         request_ms = int(self.timeout * 1000)
         admin = AIOKafkaAdminClient(**opts, request_timeout_ms=request_ms)
-        consumer = AIOKafkaConsumer(**opts, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=50, request_timeout_ms=request_ms)
+        consumer = groupless_consumer(self.kafka, fetch_max_wait_ms=50, request_timeout_ms=request_ms)
         try:
             await admin.start()
             await consumer.start()

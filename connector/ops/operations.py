@@ -7,15 +7,16 @@ from typing import Any
 
 from connector.app import build_senders
 from connector.config import Settings
+from connector.providers import Capability, has
 from connector.providers import thingspace as ts
 from connector.sender import RouteSender
 
 CALLBACK_SERVICES = (ts.SERVICE_SEND_AND_MO, ts.SERVICE_DELIVERY)
-CALLBACK_PATH = "/callbacks/thingspace"
+CALLBACK_PATH = ts.CALLBACK_PATH
 
 
 def thingspace_senders(settings: Settings, route: str | None) -> dict[str, RouteSender]:
-    senders = {n: s for n, s in build_senders(settings).items() if s.provider.name == "thingspace"}
+    senders = {n: s for n, s in build_senders(settings).items() if has(s.provider, Capability.CALLBACKS)}
     if route is not None:
         if route not in senders:
             raise ValueError(f"no ThingSpace route named {route!r} (ThingSpace routes: {', '.join(senders) or 'none'})")

@@ -23,12 +23,12 @@ fields must all match. Fields: ``reason`` (DLQ: the ``sms.error.reason`` header;
 result's ``reason``), ``provider``, ``route``, ``client_message_id`` (alias ``id``; read from
 the JSON value, absent when it does not decode) and ``key`` (the record key).
 
-Reading to the end: the end offsets are taken at the start, and the read stops when every
-partition's position has reached them **and** a poll has returned nothing for ``quiet_s``
-(1 s). Both, because the dev broker (Tansu) answers ListOffsets too low for multi-record batches,
-so reaching its "end" does not mean the end; the quiet second catches what lies beyond. Records
-produced to the topic while the replay runs may be included. After ``max_quiet_s`` (10 s) without
-records the read stops whatever the offsets say.
+Reading to the end (``streams.plumbing.batches_to_end``): the end offsets are taken at the
+start, and the read stops when every partition's position has reached them. A fetch returns
+whole batches, so this is complete even on the dev broker (Tansu), whose ListOffsets answer is
+too low for multi-record batches. Records produced to the topic while the replay runs are not
+replayed (unless they share a batch with the end). After ``max_quiet_s`` (10 s) without records
+the read stops whatever the offsets say (``stopped_quiet``).
 
 No consumer group: the replay assigns the partitions itself and commits nothing, so it never
 disturbs a group and can be re-run. It has no memory either: running it twice replays twice.
@@ -214,10 +214,9 @@ class _Originals:
 
     async def _start(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            from connector.kafka import client_options
+            from connector.streams.plumbing import groupless_consumer
 
-            self._consumer = AIOKafkaConsumer(**client_options(self.kafka), group_id=None, enable_auto_commit=False,
-                                              auto_offset_reset="earliest")
+            self._consumer = groupless_consumer(self.kafka)
             await self._consumer.start()
         return self._consumer
 
@@ -230,13 +229,13 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
                  limit: int | None = None, progress: Progress | None = None, quiet_s: float = 1.0,
                  max_quiet_s: float = 10.0, notice: Callable[[str], None] | None = None) -> ReplaySummary:
     """Replay the matching records of ``topic`` (``dlq`` / ``failed`` or their names) to sms.outbound."""
-    from connector.kafka import client_options, start_producer, topic_partitions
+    from connector.kafka import start_producer, topic_partitions
+    from connector.streams.plumbing import IdleTimeout, batches_to_end, groupless_consumer
 
     kind, name = topic_kind(topic)
     target = topics.spec("outbound").name
     summary = ReplaySummary(topic=name, target=target, filters=dict(filters or {}), dry_run=dry_run)
-    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = groupless_consumer(kafka)
     producer: AIOKafkaProducer | None = None
     originals = _Originals(kafka, quiet_s=max(quiet_s, 1.0)) if kind == "failed" else None
     pending: list[asyncio.Future[Any]] = []
@@ -247,25 +246,13 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
         begin = await consumer.beginning_offsets(parts)
         end = await consumer.end_offsets(parts)
         total = sum(max(0, end[tp] - begin[tp]) for tp in parts)
-        await consumer.seek_to_beginning(*parts)
         if not dry_run:
             producer = await start_producer(kafka, notice, acks="all", linger_ms=5)
         if progress:
             progress(0, total, 0)
-        last_record = time.monotonic()
-        done = False
-        while not done:
-            batch = await consumer.getmany(timeout_ms=200, max_records=500)
-            if not batch:
-                idle = time.monotonic() - last_record
-                if idle >= quiet_s and all([await consumer.position(tp) >= end[tp] for tp in parts]):
-                    break
-                if idle >= max_quiet_s:
-                    summary.stopped_quiet = True
-                    break
-                continue
-            last_record = time.monotonic()
-            for tp, records in batch.items():
+        try:
+            async for records in batches_to_end(consumer, {tp: None for tp in parts}, idle_timeout_s=max_quiet_s,
+                                                max_records=500):
                 for rec in records:
                     summary.scanned += 1
                     facts = record_facts(kind, rec.key, rec.value, rec.headers)
@@ -283,12 +270,13 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
                             pending.clear()
                     if limit is not None and summary.matched >= limit:
                         summary.limited = True
-                        done = True
                         break
-                if done:
+                if progress:
+                    progress(summary.scanned, max(total, summary.scanned), summary.matched)
+                if summary.limited:
                     break
-            if progress:
-                progress(summary.scanned, max(total, summary.scanned), summary.matched)
+        except IdleTimeout:
+            summary.stopped_quiet = True
         if pending:
             await asyncio.gather(*pending)
     finally:

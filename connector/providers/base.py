@@ -12,19 +12,42 @@ A provider module declares its metadata (name, batch capacity, segment limits), 
   yields the requests needed to (re)authenticate, ``handle_login`` consumes their responses,
   ``apply`` adds credentials to a request, ``invalidate`` forgets a session refused by the provider.
 
+Beyond sending, a provider declares the capabilities it has in ``capabilities`` (a set of
+``Capability``) and implements the methods of each (all sans-IO):
+
+- ``CALLBACKS`` (class methods, no route needed): ``callback_path``, ``callback_credentials``
+  and ``read_callback(body, headers, ...)``: one entry point per received body, bytes + headers
+  in, typed ``CallbackEvents`` out (or ``InvalidCallback`` / ``UnauthorizedCallback``).
+- ``MO_QUEUE`` (an acknowledged queue: a block stays until a request carries its token) or
+  ``MO_LIST`` (a growing list read with a cursor): ``mo_source()`` names the MO source (routes
+  sharing one are polled once), ``build_mo_poll`` / ``parse_mo_poll`` fetch a page and turn it
+  into ``InboundSms`` records; list sources also own their cursor (``mo_read_plan``,
+  ``mo_cursor_after``, ``mo_reset_cursor``).
+- ``STATUS_POLL``: ``build_status_poll(message_id)`` / ``parse_status_poll`` ->
+  ``PolledStatus``; ``status_receipt`` turns it into the ``sms.receipts`` record.
+- ``OPTOUT_SYNC``: ``optout_numbers(phone)`` (which numbers its list can hold),
+  ``build_optout`` / ``parse_optout``.
+- ``CONNECTION_CHECK``: ``build_check()`` (a read-only call, or None: log in instead) and
+  ``parse_check(response)`` -> what was proven; ``credentials_hint(route)`` and
+  ``login_summary`` / ``auth_refused_note`` word the operator's report.
+
 ``connector.sender`` does the I/O: it is the only caller of these methods.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence, Union
 
 from connector.encoding import EncodedText, Encoding, analyse, split
-from connector.errors import InvalidMessage, ProviderError
+from connector.errors import InvalidMessage, InvalidRecord, ProviderError
 from connector.http import HttpRequest, HttpResponse
 from connector.numbers import DEFAULT_LEVEL, PhoneNumber
 from connector.records import Accepted, OutboundSms
+
+if TYPE_CHECKING:
+    from connector.inbound import DeliveryReceipt, InboundSms
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +66,70 @@ class Prepared:
 
 
 SendResult = Accepted | ProviderError
+
+
+class Capability(str, Enum):
+    """What a provider can do besides sending (see the module docstring)."""
+
+    SEND = "send"
+    CALLBACKS = "callbacks"
+    MO_QUEUE = "mo-queue"
+    MO_LIST = "mo-list"
+    STATUS_POLL = "status-poll"
+    OPTOUT_SYNC = "optout-sync"
+    CONNECTION_CHECK = "connection-check"
+
+
+class InvalidCallback(InvalidRecord):
+    """A received callback body that cannot be read or turned into records (answer 400)."""
+
+    def __init__(self, message: str, kind: str = "unknown") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class UnauthorizedCallback(Exception):
+    """A callback whose credentials do not match the configured ones, or none are (answer 401)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackEvent:
+    """One record a callback body yields: a delivery receipt or an MO, with the id that makes
+    the provider's resends of it one record (``event_id``)."""
+
+    record: Union["DeliveryReceipt", "InboundSms"]
+    event_id: str
+
+    @property
+    def is_mo(self) -> bool:
+        from connector.inbound import InboundSms
+        return isinstance(self.record, InboundSms)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackEvents:
+    """What one callback body carried: ``kind`` (a metrics label) and its events."""
+
+    kind: str
+    events: tuple[CallbackEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PolledStatus:
+    """A message's status as a status poll read it."""
+
+    state: str                  # a receipt state: in-flight / delivered / undeliverable / expired ...
+    status: str | None          # the provider's own words
+    date: str | None
+    raw: Any
+
+
+def has(provider: "Provider | type[Provider]", capability: Capability) -> bool:
+    return capability in provider.capabilities
 
 
 class Auth:
@@ -76,6 +163,7 @@ class Provider:
     supports_ucs2: ClassVar[bool] = True
     max_segments: ClassVar[int | None] = None   # None: not public, the route decides
     can_split: ClassVar[bool] = True             # whether segment_policy=split is allowed
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.SEND})
 
     Config: ClassVar[type]
 
@@ -88,6 +176,26 @@ class Provider:
         self.route_max_segments = max_segments
         self.default_sender = sender or None
         self.auth: Auth = self.make_auth()
+
+    # -- connection check defaults (``Capability.CONNECTION_CHECK`` overrides them) -----------
+    login_summary: ClassVar[str | None] = None   # what a successful login proves, for ``check``
+    auth_refused_note: ClassVar[str] = ""         # a warning added when credentials are refused
+    # Which route settings hold the credentials ("{r}" stands for "routes.<route>."), for "what to fix".
+    credential_settings: ClassVar[str | None] = None
+
+    @classmethod
+    def credentials_hint(cls, route: str) -> str:
+        if cls.credential_settings is None:
+            return f"the credentials of routes.{route}"
+        return cls.credential_settings.format(r=f"routes.{route}.")
+
+    def build_check(self) -> HttpRequest | None:
+        """A read-only call proving the credentials (None: logging in is the check)."""
+        return None
+
+    def parse_check(self, response: HttpResponse) -> str:
+        """What the check call proved; raises a classified error when it failed."""
+        raise NotImplementedError
 
     # -- to implement ------------------------------------------------------------------------
     def make_auth(self) -> Auth:

@@ -79,6 +79,7 @@ from urllib.parse import quote
 from xml.etree.ElementTree import Element, ParseError, SubElement
 
 import defusedxml.ElementTree as SafeET
+import orjson
 
 from connector.config import Secret, provider_settings, setting
 from connector.errors import (
@@ -92,8 +93,10 @@ from connector.errors import (
     for_http_status,
 )
 from connector.http import HttpRequest, HttpResponse
-from connector.providers.base import Prepared, Provider, SendResult
-from connector.records import Accepted, OutboundSms
+from connector import numbers
+from connector.inbound import DeliveryReceipt, InboundSms, Keywords, first_word, stable_id
+from connector.providers.base import Capability, PolledStatus, Prepared, Provider, SendResult
+from connector.records import Accepted, OutboundSms, Recipient
 
 __all__ = [
     "API_PATH", "CALL_PATHS", "DeliveryState", "Envelope", "FiredMo", "MessageStatus", "MoMessage",
@@ -266,7 +269,7 @@ class DeliveryState(str, Enum):
     REJECTED = "rejected"
 
     @property
-    def terminal(self) -> bool:
+    def final(self) -> bool:
         return self is not DeliveryState.IN_FLIGHT
 
 
@@ -382,8 +385,8 @@ class MessageStatus:
     raw: dict[str, str | None] = field(default_factory=dict, compare=False)   # every field, by tag
 
     @property
-    def terminal(self) -> bool:
-        return self.state.terminal
+    def final(self) -> bool:
+        return self.state.final
 
 
 @dataclass(frozen=True)
@@ -464,6 +467,41 @@ def parse_fire_message(response: HttpResponse) -> FiredMo:
 # The provider
 
 
+def mo_inbound(m: MoMessage, keywords: Keywords, now: float) -> InboundSms:
+    """The ``InboundSms`` of one MO (``from`` is the user's number, ``to`` the short code).
+    A sender that is not a number is kept as given and never opts out (the table is by number).
+    ``keyword`` is the text's first word: Ogangi's own ``keyword`` field is the rule that matched
+    (seed 004: ``^OGANGI.*``), not a keyword; it stays in ``raw``."""
+    text = m.text or ""
+    phone = numbers.from_provider(m.sender, "digits")
+    raw = {"text": m.text, "from": m.sender, "to": m.to, "encoding": m.encoding, "keyword": m.keyword,
+           "carrier": m.carrier, "sendDate": m.send_date}
+    return InboundSms(provider=Ogangi.name, sender=Recipient(phone=phone or (m.sender or "").strip()), text=text,
+                      received_at=now, raw=orjson.dumps(raw).decode(),
+                      dedupe_key=stable_id(m.sender, m.to, m.send_date, m.text), to=m.to,
+                      keyword=first_word(text), occurred_at=m.send_date,
+                      optout=keywords.classify(text) if phone else None)
+
+
+def mo_read_plan(cursor: int, per_page: int, overlap: int) -> tuple[int, int]:
+    """(page, index in that page) of the first entry to read: ``overlap`` entries before the
+    cursor, pages numbered from 1."""
+    start = max(0, cursor - max(0, overlap))
+    return start // per_page + 1, start % per_page
+
+
+def mo_cursor_after(cursor: int, page: int, per_page: int, count: int) -> int:
+    """The cursor once ``count`` entries of ``page`` have been handled (never moves back)."""
+    return max(cursor, (page - 1) * per_page + count)
+
+
+def mo_reset_cursor(cursor: int, total: int, window: int) -> int | None:
+    """A new cursor when the list (``total`` entries) is shorter than the cursor, else None."""
+    if total >= cursor:
+        return None
+    return max(0, total - window)
+
+
 class Ogangi(Provider):
     name = "ogangi"
     title = "Ogangi"
@@ -471,6 +509,8 @@ class Ogangi(Provider):
     supports_ucs2 = True
     max_segments = None
     can_split = False
+    capabilities = frozenset({Capability.SEND, Capability.MO_LIST, Capability.STATUS_POLL,
+                              Capability.CONNECTION_CHECK})
     Config = OgangiConfig
 
     parse_get_message = staticmethod(parse_get_message)
@@ -588,6 +628,49 @@ class Ogangi(Provider):
             raise ValueError("page and results_per_page start at 1")
         return self._get(GET_MO_MESSAGES, [self.config.instance_id, str(page), str(results_per_page),
                                            mo_parameters(filters)])
+
+    # -- status polling (Ogangi pushes no delivery receipts) ----------------------------------
+    def build_status_poll(self, message_id: str) -> HttpRequest:
+        return self.build_get_message(message_id)
+
+    def parse_status_poll(self, response: HttpResponse) -> PolledStatus:
+        status = parse_get_message(response)
+        return PolledStatus(state=status.state.value, status=status.status, date=status.date, raw=status.raw)
+
+    def status_receipt(self, correlation_key: str, message_id: str, polled: PolledStatus, state: str,
+                       received_at: float) -> DeliveryReceipt:
+        """The ``sms.receipts`` record of a poll (``state`` may be ``expired`` for a poll given up)."""
+        return DeliveryReceipt(
+            provider=self.name, correlation_key=correlation_key, kind="status-poll", state=state,
+            received_at=received_at, raw=orjson.dumps(polled.raw).decode(), raw_format="json",
+            provider_message_id=message_id, provider_status=polled.status, occurred_at=polled.date)
+
+    # -- MO: a growing list, read oldest first with a cursor (entries consumed) --------------
+    def mo_source(self) -> str:
+        return f"ogangi-mo:{self.config.instance_id}"
+
+    def build_mo_poll(self, page: int, per_page: int) -> HttpRequest:
+        return self.build_get_mo_messages(page, per_page, {"order": "ASC"})
+
+    def parse_mo_poll(self, response: HttpResponse) -> MoPage:
+        return parse_get_mo_messages(response)
+
+    def mo_records(self, messages: Sequence[MoMessage], keywords: Keywords, now: float) -> list[InboundSms]:
+        return [mo_inbound(m, keywords, now) for m in messages]
+
+    mo_read_plan = staticmethod(mo_read_plan)
+    mo_cursor_after = staticmethod(mo_cursor_after)
+    mo_reset_cursor = staticmethod(mo_reset_cursor)
+
+    # -- connection check: a read-only signed call -------------------------------------------
+    credential_settings = "{r}private_key and {r}public_key (then {r}signature_encoding / {r}signature_covers)"
+
+    def build_check(self) -> HttpRequest | None:
+        return self.auth.apply(self.build_get_mo_messages(page=1, results_per_page=1))
+
+    def parse_check(self, response: HttpResponse) -> str:
+        parse_get_mo_messages(response)
+        return "signature accepted (getMOMessages page 1, one result: a read-only call)"
 
     def build_fire_message(self, mobile_number: str, text: str) -> HttpRequest:
         """Inject an MO from ``mobile_number`` (E.164 or digits) into the campaign manager."""

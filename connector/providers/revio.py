@@ -69,7 +69,7 @@ from connector import numbers
 from connector.encoding import analyse
 from connector.errors import AuthFailed, InDoubt, InvalidMessage, ProviderError, Rejected, Retriable, for_http_status
 from connector.http import HttpRequest, HttpResponse
-from connector.providers.base import Auth, Prepared, Provider, SendResult
+from connector.providers.base import Auth, Capability, Prepared, Provider, SendResult
 from connector.records import Accepted, OutboundSms
 
 PATH = "/v20/default.asmx"
@@ -501,7 +501,26 @@ class RevIo(Provider):
     supports_ucs2 = True   # the doc limits characters, not alphabets (module docstring)
     max_segments = 1       # one SMS_Send per message; the limit is 160 characters, not segments
     can_split = False      # the sender makes one call per message
+    capabilities = frozenset({Capability.SEND, Capability.OPTOUT_SYNC, Capability.CONNECTION_CHECK})
     Config = RevIoConfig
+
+    # -- opt-out list sync ----------------------------------------------------------------------
+    @staticmethod
+    def optout_numbers(phone: str) -> list[str]:
+        """The numbers of an opt-out change its lists can hold: 10-digit North American only."""
+        return [phone] if phone.startswith("+1") and len(phone) == 12 else []
+
+    # -- connection check -----------------------------------------------------------------------
+    login_summary = "Sessions_Create gave a session key"
+    credential_settings = "{r}username, {r}password and {r}client"
+
+    def build_check(self) -> HttpRequest | None:
+        """With sessions, logging in is the check; without, a bare Sessions_Create."""
+        return None if self.config.use_sessions else build_sessions_create(self.config)
+
+    def parse_check(self, response: HttpResponse) -> str:
+        parse_sessions_create(response)
+        return "Sessions_Create accepted the credentials (use_sessions is off: they go in each request)"
 
     config: RevIoConfig
     auth: RevIoAuth

@@ -24,7 +24,7 @@ import orjson
 from connector.config import Secret, provider_settings, setting
 from connector.errors import AuthFailed, InDoubt, ProviderError, Rejected, Retriable, Throttled, for_http_status
 from connector.http import HttpRequest, HttpResponse
-from connector.providers.base import Auth, Prepared, Provider, SendResult
+from connector.providers.base import Auth, Capability, Prepared, Provider, SendResult
 from connector.records import Accepted
 
 PATH = "/communication/message/smpp/sms"
@@ -55,7 +55,23 @@ class SmppRest(Provider):
     name = "smpp_rest"
     title = "SMPP REST API"
     max_batch = 1000
+    capabilities = frozenset({Capability.SEND, Capability.CONNECTION_CHECK})
     Config = SmppRestConfig
+
+    # -- connection check: an empty batch proves the key, nothing is sent -----------------------
+    credential_settings = "{r}api_key"
+
+    def build_check(self) -> HttpRequest | None:
+        return self.auth.apply(self.build_send([]))       # {"Messages": []}: nothing to send
+
+    def parse_check(self, response: HttpResponse) -> str:
+        if response.status in (400, 200):
+            return (f"API key accepted (an empty Messages[] batch answered HTTP {response.status}; "
+                    f"nothing sent)")
+        if response.status in (401, 403):
+            raise AuthFailed(f"SMPP REST API answered HTTP {response.status} to the API key")
+        raise for_http_status(response.status, f"SMPP REST API answered HTTP {response.status}",
+                              retry_after=response.header("Retry-After"))
 
     def make_auth(self) -> Auth:
         return BearerAuth(self.config.api_key)

@@ -47,6 +47,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import html
 import re
 import time
 from dataclasses import dataclass, field
@@ -73,8 +74,19 @@ from connector.errors import (
 )
 from connector.http import HttpRequest, HttpResponse
 from connector.numbers import DEFAULT_LEVEL
-from connector.providers.base import Auth, Prepared, Provider, SendResult
-from connector.records import DEVICE_KINDS, Accepted, OutboundSms
+from connector.inbound import DeliveryReceipt, InboundSms, Keywords, correlation_key, first_word, stable_id
+from connector.providers.base import (
+    Auth,
+    CallbackEvent,
+    CallbackEvents,
+    Capability,
+    InvalidCallback,
+    Prepared,
+    Provider,
+    SendResult,
+    UnauthorizedCallback,
+)
+from connector.records import DEVICE_KINDS, Accepted, OutboundSms, Recipient
 
 __all__ = [
     "BearerRefused", "CallbackRegistration", "DATA_ENCODINGS", "MoMessage", "MoPage", "SessionRefused",
@@ -495,7 +507,51 @@ class ThingSpace(Provider):
     supports_ucs2 = False
     max_segments = 1
     can_split = False   # one segment per request, no concatenation: longer text is refused
+    capabilities = frozenset({Capability.SEND, Capability.CALLBACKS, Capability.MO_QUEUE,
+                              Capability.CONNECTION_CHECK})
     Config = ThingSpaceConfig
+
+    # -- callbacks (class level: a callback names no route) -----------------------------------
+    callback_path = "/callbacks/thingspace"
+
+    @staticmethod
+    def callback_credentials(callbacks: Any) -> tuple[str | None, Secret | None]:
+        """The Username / Password registered with ThingSpace (``callbacks.thingspace_*``)."""
+        return callbacks.thingspace_username, callbacks.thingspace_password
+
+    @staticmethod
+    def read_callback(body: bytes, headers: Mapping[str, str], *, keywords: Keywords,
+                      credentials: tuple[str, str | Secret] | None,
+                      received_at: float | None = None) -> CallbackEvents:
+        return read_callback(body, headers, keywords=keywords, credentials=credentials, received_at=received_at)
+
+    # -- MO: an acknowledged queue (a block stays until a request carries its token) ----------
+    def mo_source(self) -> str:
+        return f"thingspace-mo:{self.config.account_name}"
+
+    def build_mo_poll(self, token: str | None) -> HttpRequest:
+        return build_mo_history(self.config, token)
+
+    def parse_mo_poll(self, response: HttpResponse) -> MoPage:
+        return parse_mo_history(response)
+
+    def mo_records(self, messages: Sequence[MoMessage], keywords: Keywords, now: float) -> list[InboundSms]:
+        return [mo_inbound(m, keywords, now) for m in messages]
+
+    def build_mo_release(self) -> HttpRequest:
+        """Queued MO go to the registered callback instead (``startCallbacks``)."""
+        return build_start_callbacks(self.config)
+
+    def parse_mo_release(self, response: HttpResponse) -> bool:
+        return parse_start_callbacks(response)
+
+    # -- connection check: the OAuth + M2M login, nothing sent ---------------------------------
+    login_summary = "OAuth access token and M2M session token received"
+    auth_refused_note = "ThingSpace locks an account after five refused logins: fix it before running check again"
+    credential_settings = "{r}client_id / {r}client_secret (OAuth) and {r}username / {r}password (M2M session)"
+
+    def build_check(self) -> HttpRequest | None:
+        return None     # logging in is the check
 
     def __init__(self, config: ThingSpaceConfig, *, clock: Callable[[], float] = time.monotonic,
                  **kw: Any) -> None:
@@ -570,6 +626,13 @@ class MoPage:
     messages: tuple[MoMessage, ...]
     has_more: bool
     next_token: str | None      # send it with the next request: that acknowledges this page
+
+
+def mo_inbound(m: MoMessage, keywords: Keywords, now: float) -> InboundSms:
+    """The ``InboundSms`` of one MO (the sender is its device)."""
+    return InboundSms(provider=ThingSpace.name, sender=Recipient(device_kind=m.device_kind, device_id=m.device_id),
+                      text=m.text, received_at=now, raw=orjson.dumps(m.raw).decode(), dedupe_key=m.dedupe_key,
+                      keyword=first_word(m.text), occurred_at=m.timestamp, optout=keywords.classify(m.text))
 
 
 def build_mo_history(config: ThingSpaceConfig, next_token: str | None = None) -> HttpRequest:
@@ -922,9 +985,149 @@ def parse_callback(body: bytes, content_type: str = "") -> ThingSpaceCallback:
     XML is parsed with defusedxml (no DTD, no entity expansion); raises ``InvalidRecord`` when
     the body cannot be read. Whitespace (or a BOM) before the XML declaration is tolerated: XML
     forbids it, senders add it, and refusing makes ThingSpace resend the callback forever."""
-    fmt = callback_format(body, content_type)
+    return _parse_callback(body, content_type, callback_format(body, content_type))
+
+
+def _parse_callback(body: bytes, content_type: str, fmt: str | None) -> ThingSpaceCallback:
     if fmt == "xml":
         return _from_soap(body.lstrip().removeprefix(_BOM).lstrip())
     if fmt == "json":
         return _from_json(body)
     raise InvalidRecord(f"callback body is neither XML nor JSON (content type {content_type!r})")
+
+
+# --------------------------------------------------------------------------------------------
+# Received callbacks as records (the ``Capability.CALLBACKS`` entry point)
+#
+# State mapping (``DeliveryReceipt.kind`` / ``state``):
+# - ``SMSDelivery/Confirmation`` -> ``delivery-confirmation``; ``Delivered`` -> ``delivered``,
+#   ``Undeliverable`` (also the seed's ``Unceliverable``) -> ``undeliverable``, ``Expired`` ->
+#   ``expired``; any other value -> ``in-flight`` (an unknown status is never a failure).
+# - ``Summary/NumDevicesRequested`` present (or no device and a comment saying "Request Completed")
+#   -> ``request-complete`` / ``completed``.
+# - Otherwise a per-device ``progress`` callback -> ``in-flight``, or ``undeliverable`` when the
+#   callback carries a SOAP ``Fault`` or its comment says so in words (``FAILED_COMMENT``): seed
+#   000 shows only the success comment ``SendSmsMessage,Performed action on device.``.
+
+CALLBACK_PATH = ThingSpace.callback_path
+MAX_REQUEST_ID = 256
+
+# A progress comment that clearly says the send to the device failed.
+FAILED_COMMENT = re.compile(
+    r"\b(fail|failed|failure|error|unable|could\s*not|cannot|not\s+performed|rejected|denied)\b", re.I)
+_COMPLETED_COMMENT = re.compile(r"\brequest\s+complete", re.I)
+_RECEIPT_STATES = {"Delivered": "delivered", "Undeliverable": "undeliverable", "Expired": "expired"}
+
+# The password's value in either wire form: <Password>…</Password> (any prefix, CDATA, comments)
+# and "password": "…" (any case, any depth).
+_XML_PASSWORD = re.compile(
+    r"(<(?:[\w.-]+:)?Password(?:\s[^>]*)?>)((?:<!\[CDATA\[.*?\]\]>|<!--.*?-->|[^<])*)(</(?:[\w.-]+:)?Password\s*>)",
+    re.S)
+_JSON_PASSWORD = re.compile(r'("password"\s*:\s*)"(?:[^"\\]|\\.)*"', re.I)
+REDACTED = "***"
+
+
+def redact_password(text: str, password: str | None = None) -> str:
+    """``text`` with every password value replaced by ``***``. ``password`` (the value the body
+    carried) is also removed literally wherever it is left, in its plain, XML- and JSON-escaped
+    forms: a secret must never reach a record, even if that mangles the raw text."""
+    text = _XML_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
+    text = _JSON_PASSWORD.sub(lambda m: m.group(1) + '"' + REDACTED + '"', text)
+    if password:
+        for form in {password, html.escape(password, quote=False), html.escape(password),
+                     orjson.dumps(password).decode()[1:-1]}:
+            if form:
+                text = text.replace(form, REDACTED)
+    return text
+
+
+def _receipt_kind_state(cb: ThingSpaceCallback) -> tuple[str, str, str | None]:
+    """(kind, state, provider_status) of a callback that carries no MO text."""
+    if cb.confirmation is not None:
+        return "delivery-confirmation", _RECEIPT_STATES.get(cb.confirmation, "in-flight"), cb.confirmation
+    if cb.kind == "completed" or (cb.device_id is None and cb.comment and _COMPLETED_COMMENT.search(cb.comment)):
+        return "request-complete", "completed", cb.comment or cb.fault
+    failed = cb.fault is not None or bool(cb.comment and FAILED_COMMENT.search(cb.comment))
+    return "progress", "undeliverable" if failed else "in-flight", cb.comment or cb.fault
+
+
+def receipt_from_callback(cb: ThingSpaceCallback, raw: str, raw_format: str,
+                          received_at: float | None = None) -> DeliveryReceipt:
+    """The ``sms.receipts`` record of one callback; ``raw`` must already be redacted."""
+    if not cb.request_id:
+        raise InvalidRecord("callback has no RequestId")
+    if len(cb.request_id) > MAX_REQUEST_ID or not cb.request_id.isprintable():
+        raise InvalidRecord("callback RequestId is not a request id")
+    kind, state, status = _receipt_kind_state(cb)
+    return DeliveryReceipt(
+        provider=ThingSpace.name, correlation_key=correlation_key(ThingSpace.name, cb.request_id), kind=kind,
+        state=state, received_at=time.time() if received_at is None else received_at, raw=raw,
+        raw_format=raw_format, provider_request_id=cb.request_id,
+        device_kind=cb.device_kind if cb.device_id else None,
+        device_id=cb.device_id, provider_status=status, occurred_at=None)
+
+
+def mo_from_callback(cb: ThingSpaceCallback, raw: str, keywords: Keywords,
+                     received_at: float | None = None) -> InboundSms:
+    """The ``sms.inbound`` record of a callback carrying an MO text; ``raw`` must be redacted.
+    The dedupe key hashes ``KIND:id``, the timestamp and the text exactly as ``MoMessage.dedupe_key``
+    does, so an MO seen by both the poller and a callback has one key (callbacks carry no
+    timestamp, so the callback's ``requestId`` goes into the event id, not into the key)."""
+    if not cb.device_id or not cb.device_kind:
+        raise InvalidRecord("MO callback has no device")
+    text = cb.message or ""
+    occurred_at = None      # not in ThingSpace callbacks
+    return InboundSms(
+        provider=ThingSpace.name, sender=Recipient(device_kind=cb.device_kind, device_id=cb.device_id), text=text,
+        received_at=time.time() if received_at is None else received_at, raw=raw,
+        # == MoMessage.dedupe_key for a message from one device: poller and callback agree.
+        dedupe_key=stable_id(f"{cb.device_kind}:{cb.device_id}", occurred_at, text),
+        keyword=first_word(text), occurred_at=occurred_at, optout=keywords.classify(text))
+
+
+_CHARSET = re.compile(r";\s*charset\s*=\s*\"?([^\";]+)\"?", re.I)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    for k, v in headers.items():
+        if k.lower() == name.lower():
+            return v
+    return ""
+
+
+def _decode(body: bytes, content_type: str) -> str:
+    m = _CHARSET.search(content_type)
+    charset = m.group(1).strip() if m else None
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
+def read_callback(body: bytes, headers: Mapping[str, str], *, keywords: Keywords,
+                  credentials: tuple[str, str | Secret] | None,
+                  received_at: float | None = None) -> CallbackEvents:
+    """One received callback body -> its records. Raises ``InvalidCallback`` when the body
+    cannot be read (or turned into a record) and ``UnauthorizedCallback`` when its
+    Username/Password differ from ``credentials`` (None: not configured, every body refused)."""
+    content_type = _header(headers, "Content-Type")
+    fmt = callback_format(body, content_type)
+    try:
+        cb = _parse_callback(body, content_type, fmt)
+    except (InvalidRecord, DefusedXmlException, ParseError, ValueError, RecursionError) as exc:
+        raise InvalidCallback(exc.message if isinstance(exc, InvalidRecord)
+                              else f"unreadable callback ({type(exc).__name__})") from None
+    kind = "mo" if cb.message is not None else _receipt_kind_state(cb)[0]
+    if credentials is None or not callback_credentials_match(cb, *credentials):
+        raise UnauthorizedCallback(kind)
+    raw = redact_password(_decode(body, content_type), cb.password)
+    try:
+        if cb.message is not None:
+            mo = mo_from_callback(cb, raw, keywords, received_at)
+            event = CallbackEvent(mo, "mo:" + stable_id(mo.dedupe_key, cb.request_id))
+        else:
+            receipt = receipt_from_callback(cb, raw, fmt or "json", received_at)
+            event = CallbackEvent(receipt, "receipt:" + receipt.event_id)
+    except InvalidRecord as exc:
+        raise InvalidCallback(exc.message, kind) from None
+    return CallbackEvents(kind, (event,))

@@ -1,11 +1,10 @@
-"""The provider callback endpoint: ThingSpace callbacks in, durable records on Kafka out.
+"""The provider callback endpoint: provider callbacks in, durable records on Kafka out.
 
-This module owns ``POST /callbacks/thingspace``: reading the body within a hard size limit,
-checking the credentials ThingSpace sends in it, turning each callback into a ``DeliveryReceipt``
-on ``sms.receipts`` (keyed by its correlation key ``thingspace:<requestId>``) or, when it carries
-an MO text, into an ``InboundSms`` published with ``InboundPublisher.publish_mo``, and dropping
-ThingSpace's resends. The wire format (SOAP XML as in seed 000, or JSON) is parsed by
-``connector.providers.thingspace.parse_callback`` (defusedxml, no DTD, no entity expansion).
+This module owns ``POST <provider.callback_path>`` for each provider declaring
+``Capability.CALLBACKS`` (today ThingSpace: ``/callbacks/thingspace``): reading the body within
+a hard size limit, asking the provider to read it (credentials, records), producing each
+``DeliveryReceipt`` on ``sms.receipts`` (keyed by its correlation key) or publishing each
+``InboundSms`` with ``InboundPublisher.publish_mo``, and dropping the provider's resends.
 
 HTTP contract (every answer is a small JSON object):
 
@@ -36,153 +35,52 @@ request timeout (``kafka.request_timeout_s``, 30 s) must stay above ``produce_ti
 a producer that gives up first reports a failure for a request a stalled broker may still
 append, and the resend then writes a second copy (same ``event_id``).
 
-State mapping (``DeliveryReceipt.kind`` / ``state``):
-
-- ``SMSDelivery/Confirmation`` -> ``delivery-confirmation``; ``Delivered`` -> ``delivered``,
-  ``Undeliverable`` (also the seed's ``Unceliverable``) -> ``undeliverable``, ``Expired`` ->
-  ``expired``; any other value -> ``in-flight`` (an unknown status is never a failure).
-- ``Summary/NumDevicesRequested`` present (or no device and a comment saying "Request Completed")
-  -> ``request-complete`` / ``completed``.
-- Otherwise a per-device ``progress`` callback -> ``in-flight``. Seed 000 shows only the success
-  comment ``SendSmsMessage,Performed action on device.``; the send to that device is taken as
-  failed (``undeliverable``) only when the callback carries a SOAP ``Fault`` or its comment says
-  so in words: fail / failed / failure / error / unable / could not / cannot / not performed /
-  rejected / denied (``FAILED_COMMENT``). Anything else stays ``in-flight``.
-
-``provider_status`` is the confirmation, else the comment (else the fault text); ``raw`` is the
-body as text with the password's value replaced by ``***``.
-
-Assumptions: JSON callbacks use the camelCase names of the SOAP ones (PROVIDERS.md §1); a
-callback carrying a message text (``Data/SMSMessage`` or ``Message``) is an MO from its device
-(EnhancedConnectivityService), published with the device as sender (an MDN is not turned into a
-phone number, so a device's "STOP" is recorded with ``optout="stop"`` but does not change the
-phone opt-out table); the MO ``dedupe_key`` hashes ``KIND:id``, the timestamp and the text exactly
-as ``MoMessage.dedupe_key`` does, so an MO seen by both the poller and a callback has one key
-(callbacks carry no timestamp today, so the callback's ``requestId`` is added to the in-memory
-dedupe id, not to the key). ``occurred_at`` is null: the SOAP callback has no event time.
+The wire format, the state mapping, the redaction of the password in ``raw`` and the dedupe
+ids are the provider's (``Capability.CALLBACKS``: ``read_callback``, one call per body: bytes
+and headers in, typed events out); this module only reads, answers and produces.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
-import re
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Literal
-from xml.etree.ElementTree import ParseError
 
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from defusedxml import DefusedXmlException
 
 from connector import contract as topics
 from connector import metrics
 from connector.config import Settings
-from connector.errors import InvalidRecord
-from connector.inbound import DeliveryReceipt, InboundSms, Keywords, correlation_key, first_word, stable_id
-from connector.providers import thingspace
-from connector.providers.thingspace import ThingSpaceCallback
-from connector.records import Recipient
+from connector.inbound import DeliveryReceipt, Keywords
+from connector.providers import (
+    CallbackEvent,
+    Capability,
+    InvalidCallback,
+    Provider,
+    ThingSpace,
+    UnauthorizedCallback,
+    supporting,
+)
 from connector.streams.publish import InboundPublisher, produce_durably
 
-__all__ = ["CallbackReceiver", "FAILED_COMMENT", "PRODUCE_TIMEOUT_S", "THINGSPACE_PATH",
-           "mo_from_callback", "receipt_from_callback", "redact_password"]
+__all__ = ["CallbackReceiver", "PRODUCE_TIMEOUT_S", "THINGSPACE_PATH"]
 
 log = logging.getLogger("sms_connector.callbacks")
 
-PROVIDER = "thingspace"
-THINGSPACE_PATH = "/callbacks/thingspace"
+THINGSPACE_PATH = ThingSpace.callback_path
 PRODUCE_TIMEOUT_S = 10.0
 READ_CHUNK = 16 * 1024
-MAX_REQUEST_ID = 256
 
-# A progress comment that clearly says the send to the device failed (see the module docstring).
-FAILED_COMMENT = re.compile(
-    r"\b(fail|failed|failure|error|unable|could\s*not|cannot|not\s+performed|rejected|denied)\b", re.I)
-_COMPLETED_COMMENT = re.compile(r"\brequest\s+complete", re.I)
-_STATES = {"Delivered": "delivered", "Undeliverable": "undeliverable", "Expired": "expired"}
-
-# The password's value in either wire form: <Password>…</Password> (any prefix, CDATA, comments)
-# and "password": "…" (any case, any depth).
-_XML_PASSWORD = re.compile(
-    r"(<(?:[\w.-]+:)?Password(?:\s[^>]*)?>)((?:<!\[CDATA\[.*?\]\]>|<!--.*?-->|[^<])*)(</(?:[\w.-]+:)?Password\s*>)",
-    re.S)
-_JSON_PASSWORD = re.compile(r'("password"\s*:\s*)"(?:[^"\\]|\\.)*"', re.I)
-REDACTED = "***"
-
-Outcome = Literal["ok", "duplicate"]
+Answer = Literal["ok", "duplicate"]
 
 
 class BodyTooLarge(Exception):
     pass
-
-
-# --------------------------------------------------------------------------------------------
-# Mapping (pure)
-
-
-def redact_password(text: str, password: str | None = None) -> str:
-    """``text`` with every password value replaced by ``***``. ``password`` (the value the body
-    carried) is also removed literally wherever it is left, in its plain, XML- and JSON-escaped
-    forms: a secret must never reach a record, even if that mangles the raw text."""
-    text = _XML_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
-    text = _JSON_PASSWORD.sub(lambda m: m.group(1) + '"' + REDACTED + '"', text)
-    if password:
-        for form in {password, html.escape(password, quote=False), html.escape(password),
-                     orjson.dumps(password).decode()[1:-1]}:
-            if form:
-                text = text.replace(form, REDACTED)
-    return text
-
-
-def _raw_format(body: bytes, content_type: str) -> str:
-    # The same choice parse_callback makes (by content first).
-    return thingspace.callback_format(body, content_type) or "json"
-
-
-def _receipt_kind_state(cb: ThingSpaceCallback) -> tuple[str, str, str | None]:
-    """(kind, state, provider_status) of a callback that carries no MO text."""
-    if cb.confirmation is not None:
-        return "delivery-confirmation", _STATES.get(cb.confirmation, "in-flight"), cb.confirmation
-    if cb.kind == "completed" or (cb.device_id is None and cb.comment and _COMPLETED_COMMENT.search(cb.comment)):
-        return "request-complete", "completed", cb.comment or cb.fault
-    failed = cb.fault is not None or bool(cb.comment and FAILED_COMMENT.search(cb.comment))
-    return "progress", "undeliverable" if failed else "in-flight", cb.comment or cb.fault
-
-
-def receipt_from_callback(cb: ThingSpaceCallback, raw: str, raw_format: str,
-                          received_at: float | None = None) -> DeliveryReceipt:
-    """The ``sms.receipts`` record of one callback; ``raw`` must already be redacted."""
-    if not cb.request_id:
-        raise InvalidRecord("callback has no RequestId")
-    if len(cb.request_id) > MAX_REQUEST_ID or not cb.request_id.isprintable():
-        raise InvalidRecord("callback RequestId is not a request id")
-    kind, state, status = _receipt_kind_state(cb)
-    return DeliveryReceipt(
-        provider=PROVIDER, correlation_key=correlation_key(PROVIDER, cb.request_id), kind=kind, state=state,
-        received_at=time.time() if received_at is None else received_at, raw=raw, raw_format=raw_format,
-        provider_request_id=cb.request_id, device_kind=cb.device_kind if cb.device_id else None,
-        device_id=cb.device_id, provider_status=status, occurred_at=None)
-
-
-def mo_from_callback(cb: ThingSpaceCallback, raw: str, keywords: Keywords,
-                     received_at: float | None = None) -> InboundSms:
-    """The ``sms.inbound`` record of a callback carrying an MO text; ``raw`` must be redacted."""
-    if not cb.device_id or not cb.device_kind:
-        raise InvalidRecord("MO callback has no device")
-    text = cb.message or ""
-    occurred_at = None      # not in ThingSpace callbacks (see the module docstring)
-    return InboundSms(
-        provider=PROVIDER, sender=Recipient(device_kind=cb.device_kind, device_id=cb.device_id), text=text,
-        received_at=time.time() if received_at is None else received_at, raw=raw,
-        # == MoMessage.dedupe_key for a message from one device: poller and callback agree.
-        dedupe_key=stable_id(f"{cb.device_kind}:{cb.device_id}", occurred_at, text),
-        keyword=first_word(text), occurred_at=occurred_at, optout=keywords.classify(text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,8 +95,21 @@ class _Delivery:
     acknowledged: bool = False      # a 200 "ok" was answered for it
 
 
+@dataclass
+class _Endpoint:
+    """One provider's callback path, its configured credentials and their last outcome."""
+
+    provider: type[Provider]
+    credentials: tuple[str, object] | None     # None: not configured, every callback refused
+    authorized: bool | None = None              # last credentials outcome, for state-change logs
+
+    @property
+    def configured(self) -> bool:
+        return self.credentials is not None
+
+
 class CallbackReceiver:
-    """``POST /callbacks/thingspace``: see the module docstring for the contract.
+    """``POST <callback_path>`` of each provider with callbacks: see the module docstring.
 
     ``producer`` must be started, with acks="all"; its owner stops it after ``aclose()``."""
 
@@ -211,23 +122,30 @@ class CallbackReceiver:
         cfg = settings.callbacks
         self.max_body_bytes = cfg.max_body_bytes
         self.window = cfg.dedupe_window
-        self.username = cfg.thingspace_username
-        self.password = cfg.thingspace_password
-        self.configured = bool(self.username) and self.password is not None and bool(self.password.value)
         self.keywords = Keywords.parse(settings.inbound.optout_stop_words, settings.inbound.optout_start_words)
         self.topic_receipts = topics.spec("receipts").name
         self._seen: OrderedDict[str, _Delivery] = OrderedDict()
         self._running: set[asyncio.Task[None]] = set()   # produces not finished (even if evicted)
         self._durable: bool | None = None        # last produce outcome, for state-change logs
-        self._authorized: bool | None = None     # last credentials outcome, for state-change logs
-        if self.configured:
-            log.info("ThingSpace callback endpoint ready", extra={"path": THINGSPACE_PATH})
-        else:
-            log.warning("ThingSpace callback credentials not configured: every callback is refused with 401",
-                        extra={"path": THINGSPACE_PATH})
+        self.endpoints: list[_Endpoint] = []
+        for provider in supporting(Capability.CALLBACKS):
+            username, password = provider.callback_credentials(cfg)
+            configured = bool(username) and password is not None and bool(password.value)
+            endpoint = _Endpoint(provider, (username, password) if configured else None)
+            self.endpoints.append(endpoint)
+            if configured:
+                log.info(f"{provider.title} callback endpoint ready", extra={"path": provider.callback_path})
+            else:
+                log.warning(f"{provider.title} callback credentials not configured: every callback is refused "
+                            "with 401", extra={"path": provider.callback_path})
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post(THINGSPACE_PATH, self.thingspace)]
+        return [web.post(e.provider.callback_path, self._handler(e)) for e in self.endpoints]
+
+    def _handler(self, endpoint: _Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            return await self.receive(endpoint, request)
+        return handle
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Wait (up to ``timeout``) for produces still running, then cancel them. Call before
@@ -240,53 +158,44 @@ class CallbackReceiver:
                 await asyncio.wait(still)
 
     # -- request -----------------------------------------------------------------------------
-    async def thingspace(self, request: web.Request) -> web.Response:
-        kind = "unknown"
+    async def receive(self, endpoint: _Endpoint, request: web.Request) -> web.Response:
+        provider = endpoint.provider.name
         try:
             body = await self._read(request)
         except BodyTooLarge:
-            return self._answer(413, kind, "too_large", error="body too large",
+            return self._answer(provider, 413, "unknown", "too_large", error="body too large",
                                 detail=f"callbacks are limited to {self.max_body_bytes} bytes")
-        content_type = request.headers.get("Content-Type", "")
         try:
-            cb = thingspace.parse_callback(body, content_type)
-        except (InvalidRecord, DefusedXmlException, ParseError, ValueError, RecursionError) as exc:
-            detail = exc.message if isinstance(exc, InvalidRecord) else f"unreadable callback ({type(exc).__name__})"
-            log.debug("callback refused as invalid", extra={"detail": detail})
-            return self._answer(400, kind, "invalid", error="invalid callback", detail=detail)
-        kind = "mo" if cb.message is not None else _receipt_kind_state(cb)[0]
+            read = endpoint.provider.read_callback(body, request.headers, keywords=self.keywords,
+                                                   credentials=endpoint.credentials)
+        except UnauthorizedCallback as exc:
+            self._note_authorized(endpoint, False)
+            return self._answer(provider, 401, exc.kind, "unauthorized", error="unauthorized")
+        except InvalidCallback as exc:
+            log.debug("callback refused as invalid", extra={"detail": exc.message})
+            return self._answer(provider, 400, exc.kind, "invalid", error="invalid callback", detail=exc.message)
+        self._note_authorized(endpoint, True)
 
-        if not (self.configured and thingspace.callback_credentials_match(cb, self.username, self.password)):
-            self._note_authorized(False)
-            return self._answer(401, kind, "unauthorized", error="unauthorized")
-        self._note_authorized(True)
-
-        raw = redact_password(_decode(body, request.charset), cb.password)
+        kind = read.kind
         try:
-            if cb.message is not None:
-                mo = mo_from_callback(cb, raw, self.keywords)
-                event_id = "mo:" + stable_id(mo.dedupe_key, cb.request_id)
-                produce: Callable[[], Awaitable[None]] = lambda: self.publisher.publish_mo(mo)  # noqa: E731
-            else:
-                receipt = receipt_from_callback(cb, raw, _raw_format(body, content_type))
-                event_id = "receipt:" + receipt.event_id
-                key = receipt.correlation_key.encode()
-                value = receipt.encode()
-                produce = lambda: produce_durably(self.producer, self.topic_receipts, key, value)  # noqa: E731
-        except InvalidRecord as exc:
-            return self._answer(400, kind, "invalid", error="invalid callback", detail=exc.message)
-
-        try:
-            outcome = await self._once(event_id, produce)
+            outcomes = [await self._once(event.event_id, self._produce(event)) for event in read.events]
         except (KafkaError, asyncio.TimeoutError, OSError) as exc:
             self._note_durable(False, exc)
-            return self._answer(503, kind, "error", error="not durable yet, send again",
+            return self._answer(provider, 503, kind, "error", error="not durable yet, send again",
                                 detail=type(exc).__name__)
-        except Exception:  # noqa: BLE001 - a bug: answer 500 (ThingSpace resends), keep serving
+        except Exception:  # noqa: BLE001 - a bug: answer 500 (the provider resends), keep serving
             log.exception("callback could not be recorded", extra={"kind": kind})
-            return self._answer(500, kind, "error", error="internal error")
+            return self._answer(provider, 500, kind, "error", error="internal error")
         self._note_durable(True)
-        return self._answer(200, kind, outcome, status=outcome)
+        outcome: Answer = "ok" if "ok" in outcomes or not outcomes else "duplicate"
+        return self._answer(provider, 200, kind, outcome, status=outcome)
+
+    def _produce(self, event: CallbackEvent) -> Callable[[], Awaitable[None]]:
+        record = event.record
+        if isinstance(record, DeliveryReceipt):
+            key, value = record.correlation_key.encode(), record.encode()
+            return lambda: produce_durably(self.producer, self.topic_receipts, key, value)
+        return lambda: self.publisher.publish_mo(record)
 
     async def _read(self, request: web.Request) -> bytes:
         """The body, refused as soon as it passes the limit (Content-Length is only a hint)."""
@@ -305,7 +214,7 @@ class CallbackReceiver:
             chunks.append(chunk)
 
     # -- exactly one record per event --------------------------------------------------------
-    async def _once(self, event_id: str, produce: Callable[[], Awaitable[None]]) -> Outcome:
+    async def _once(self, event_id: str, produce: Callable[[], Awaitable[None]]) -> Answer:
         """Produce once per event id; resends share the first produce (see module docstring)."""
         entry = self._seen.get(event_id)
         if entry is not None and entry.task.done() and (entry.task.cancelled() or entry.task.exception()):
@@ -333,8 +242,8 @@ class CallbackReceiver:
             del self._seen[event_id]
 
     # -- answers and state-change logs -------------------------------------------------------
-    def _answer(self, http_status: int, kind: str, outcome: str, **body: str) -> web.Response:
-        metrics.CALLBACKS.labels(PROVIDER, kind, outcome).inc()
+    def _answer(self, provider: str, http_status: int, kind: str, outcome: str, **body: str) -> web.Response:
+        metrics.CALLBACKS.labels(provider, kind, outcome).inc()
         return web.Response(status=http_status, body=orjson.dumps(body), content_type="application/json")
 
     def _note_durable(self, ok: bool, exc: BaseException | None = None) -> None:
@@ -347,23 +256,18 @@ class CallbackReceiver:
                         extra={"error": type(exc).__name__ if exc else None})
         self._durable = ok
 
-    def _note_authorized(self, ok: bool) -> None:
-        if ok == self._authorized:
+    def _note_authorized(self, endpoint: _Endpoint, ok: bool) -> None:
+        if ok == endpoint.authorized:
             return
+        title = endpoint.provider.title
         if not ok:
-            log.warning("ThingSpace callbacks refused: credentials do not match (401)",
-                        extra={"configured": self.configured})
-        elif self._authorized is False:
-            log.info("ThingSpace callbacks accepted again")
-        self._authorized = ok
+            log.warning(f"{title} callbacks refused: credentials do not match (401)",
+                        extra={"configured": endpoint.configured})
+        elif endpoint.authorized is False:
+            log.info(f"{title} callbacks accepted again")
+        endpoint.authorized = ok
 
 
 async def _run(produce: Callable[[], Awaitable[None]]) -> None:
     await produce()
 
-
-def _decode(body: bytes, charset: str | None) -> str:
-    try:
-        return body.decode(charset or "utf-8", errors="replace")
-    except LookupError:
-        return body.decode("utf-8", errors="replace")

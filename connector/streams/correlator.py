@@ -38,7 +38,6 @@ from typing import Any, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
@@ -46,11 +45,13 @@ from connector import contract as topics
 from connector import metrics, tracing
 from connector.config import Settings
 from connector.errors import SmsError
-from connector.inbound import DeliveryReceipt, correlation_key
+from connector.inbound import correlation_key
 from connector.kafka import client_options
 from connector.offsets import PartitionProgress
+from connector.providers import Capability, has
 from connector.records import iso
 from connector.sender import RouteSender
+from connector.streams.plumbing import RebalanceListener, produce_acknowledged
 
 log = logging.getLogger("sms_connector.correlator")
 
@@ -116,11 +117,11 @@ class Correlator:
             partition_assignment_strategy=(RangePartitionAssignor,),
             auto_offset_reset="earliest", session_timeout_ms=int(k.session_timeout_s * 1000),
             heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)))
-        self._consumer.subscribe([self.topic_corr, self.topic_receipts], listener=_Listener(self))
+        self._consumer.subscribe([self.topic_corr, self.topic_receipts], listener=RebalanceListener(self.on_assigned, self.on_revoked))
         await self._consumer.start()
         log.info("correlator started")
         tasks = [asyncio.create_task(self._housekeeping(stop))]
-        if any(s.provider.name == "ogangi" for s in self.senders.values()):
+        if self._status_polled:
             tasks.append(asyncio.create_task(self._poll_statuses(stop)))
         try:
             while not stop.is_set():
@@ -270,10 +271,14 @@ class Correlator:
             if tp.partition in self.state:
                 self.state[tp.partition].progress.committed = position
 
-    async def _poll_statuses(self, stop: asyncio.Event) -> None:
-        """Ogangi getMessage polling: bounded rate per route, until final or too old."""
-        from connector.providers.ogangi import parse_get_message
+    @property
+    def _status_polled(self) -> set[str]:
+        """The providers (by record label) whose routes poll message statuses."""
+        return {s.provider.name for s in self.senders.values() if has(s.provider, Capability.STATUS_POLL)}
 
+    async def _poll_statuses(self, stop: asyncio.Event) -> None:
+        """Status polling (``Capability.STATUS_POLL``, e.g. Ogangi getMessage): bounded rate per
+        route, until final or too old."""
         inb = self.settings.inbound
         budget_s = 1.0 / inb.status_poll_rate
         while not stop.is_set():
@@ -283,30 +288,28 @@ class Correlator:
                 continue
             for ck, corr, st in due:
                 sender = self.senders.get(corr.get("route") or "")
-                if sender is None or sender.provider.name != "ogangi":
+                if sender is None or not has(sender.provider, Capability.STATUS_POLL):
                     st.last_poll[ck] = time.monotonic()
                     continue
                 st.last_poll[ck] = time.monotonic()
                 message_id = corr.get("provider_message_id") or ""
                 provider: Any = sender.provider
                 try:
-                    status = await sender.call(lambda: provider.build_get_message(message_id), parse_get_message)
+                    status = await sender.call(lambda: provider.build_status_poll(message_id),
+                                               provider.parse_status_poll)
                 except SmsError as exc:
-                    metrics.STATUS_POLLS.labels("ogangi", exc.reason).inc()
+                    metrics.STATUS_POLLS.labels(provider.name, exc.reason).inc()
                     await asyncio.sleep(budget_s)
                     continue
-                metrics.STATUS_POLLS.labels("ogangi", "ok").inc()
-                state = status.state.value
+                metrics.STATUS_POLLS.labels(provider.name, "ok").inc()
+                state = status.state
                 too_old = _age_s(corr) > inb.status_poll_max_age_s
                 if state == "in-flight" and too_old:
                     state = "expired"
                 if state != corr.get("last_state") or state != "in-flight":
-                    receipt = DeliveryReceipt(
-                        provider="ogangi", correlation_key=ck, kind="status-poll", state=state,
-                        received_at=time.time(), raw=orjson.dumps(status.raw).decode(), raw_format="json",
-                        provider_message_id=message_id, provider_status=status.status, occurred_at=status.date)
+                    receipt = provider.status_receipt(ck, message_id, status, state, time.time())
                     try:
-                        await (await self.producer.send(self.topic_receipts, value=receipt.encode(), key=ck.encode()))
+                        await produce_acknowledged(self.producer, self.topic_receipts, ck.encode(), receipt.encode())
                     except KafkaError:
                         pass
                     corr["last_state"] = state
@@ -315,9 +318,10 @@ class Correlator:
     def _due_polls(self, interval: float) -> list[tuple[str, dict[str, Any], PartitionState]]:
         now = time.monotonic()
         due = []
+        polled = self._status_polled
         for st in self.state.values():
             for ck, corr in st.correlations.items():
-                if corr.get("provider") != "ogangi" or corr.get("final_state"):
+                if corr.get("provider") not in polled or corr.get("final_state"):
                     continue
                 if corr.get("last_state") not in (None, "in-flight"):
                     continue
@@ -348,17 +352,6 @@ def _age_s(corr: Mapping[str, Any]) -> float:
         return time.time() - datetime.fromisoformat(corr["submitted_at"]).timestamp()
     except (KeyError, ValueError, TypeError):
         return 0.0
-
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, correlator: Correlator) -> None:
-        self.correlator = correlator
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.correlator.on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.correlator.on_assigned(list(assigned))
 
 
 __all__ = ["Correlator", "join", "correlation_key", "iso"]

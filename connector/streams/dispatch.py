@@ -48,7 +48,6 @@ from collections import deque
 from typing import Any, Container, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 
@@ -57,12 +56,14 @@ from connector import metrics, retries, tracing
 from connector.config import Settings
 from connector.kafka import client_options, key_partition
 from connector.offsets import PartitionProgress
-from connector.pipeline import Pipeline, Terminal
+from connector.pipeline import Pipeline, Verdict
+from connector.records import Ending
 from connector.policy import handoff_policy
 from connector.records import iso
 from connector.streams.batcher import Batcher
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
+from connector.streams.plumbing import RebalanceListener
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -171,7 +172,7 @@ class Dispatcher:
                     f"{self._partitions[self.topic_in]}: they must be equal (both are written to the input's "
                     f"partition number, whose owner reads them)")
         try:
-            self._consumer.subscribe([self.topic_in, self.topic_retry], listener=_Listener(self))
+            self._consumer.subscribe([self.topic_in, self.topic_retry], listener=RebalanceListener(self.on_assigned, self.on_revoked))
             await self._consumer.start()
             self.membership.attach(self._consumer)
             self.started.set()
@@ -245,7 +246,7 @@ class Dispatcher:
         for rec in records:
             if not progress.take(rec.offset):
                 continue
-            state = retries.state(rec.headers)
+            state = retries.RetryState.from_headers(rec.headers)
             due = state.due_at_ms / 1000 if state is not None else 0.0   # unreadable: at once
             if due <= now:
                 self._start(tp, progress, rec)
@@ -306,7 +307,7 @@ class Dispatcher:
                     if not progress.revoked and (self.ledger is None or ledger is not None):
                         with tracing.message(rec):
                             try:
-                                terminal: Terminal | None = await self._handle(tp, rec, ledger)
+                                terminal: Verdict | None = await self._handle(tp, rec, ledger)
                             except OwnershipLost:
                                 # not sent, not finished, not committed: the partition's next owner
                                 # sends it (and the rest of this chain)
@@ -340,25 +341,25 @@ class Dispatcher:
 
     # -- one record --------------------------------------------------------------------------
     async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes],
-                      ledger: PartitionLedger | None) -> Terminal:
+                      ledger: PartitionLedger | None) -> Verdict:
         try:
             replayed = any(k == topics.HEADER_REPLAYED_FROM for k, _ in rec.headers or ())
-            retry = retries.state(rec.headers) if tp.topic == self.topic_retry else None
+            retry = retries.RetryState.from_headers(rec.headers) if tp.topic == self.topic_retry else None
             return await self.pipeline.outcome(rec.value, rec.timestamp, ledger, replayed, retry)
         except Exception as exc:  # noqa: BLE001 - a bug must not skip a record (faust's trap)
             log.exception("internal error; record dead-lettered",
                           extra={"partition": tp.partition, "offset": rec.offset})
             return self.pipeline.internal_error(exc)
 
-    def _record(self, rec: ConsumerRecord[bytes, bytes], t: Terminal) -> tuple[str, bytes, Headers]:
+    def _record(self, rec: ConsumerRecord[bytes, bytes], t: Verdict) -> tuple[str, bytes, Headers]:
         """The Kafka record that ends ``rec`` (or hands it off): topic, value, headers."""
         source = self._source(rec)
-        if t.kind == "accepted":
+        if t.ending is Ending.ACCEPTED:
             return self.topic_accepted, t.value or b"", source
-        if t.kind == "failed":
+        if t.ending is Ending.FAILED:
             return self.topic_failed, t.value or b"", source
-        if t.kind == "retry" and t.handoff is not None:
-            headers = retries.retry_headers(rec.headers, source, t.handoff, t.reason or "")
+        if t.ending is Ending.HANDED_OFF and t.handoff is not None:
+            headers = t.handoff.headers(rec.headers, source, t.reason or "")
             return self.topic_retry, rec.value if rec.value is not None else b"", headers
         headers: Headers = [h for h in rec.headers or () if h[0] not in retries.SOURCE_HEADERS]
         headers += source
@@ -369,12 +370,12 @@ class Dispatcher:
             headers.append((topics.HEADER_ERROR_FIELD, t.field.encode()))
         return self.topic_dlq, rec.value if rec.value is not None else b"", headers
 
-    async def _produce(self, rec: ConsumerRecord[bytes, bytes], t: Terminal) -> None:
+    async def _produce(self, rec: ConsumerRecord[bytes, bytes], t: Verdict) -> None:
         """Produce until the broker acknowledges (acks=all). faust's send() only logs a failure;
         here the input is not finished until its terminal record is durable."""
         batcher = self._batcher
         assert batcher is not None
-        if t.kind == "skip":
+        if t.ending is Ending.SKIPPED:
             return   # a replay whose terminal record already exists
         topic, value, headers = self._record(rec, t)
         headers = tracing.inject(headers)
@@ -382,7 +383,7 @@ class Dispatcher:
         # partition, in order, and the pure-Python key hash is skipped on the hot path.
         partition = rec.partition % self._partitions.get(topic, 1)
         # a hand-off keeps the original timestamp: the message's age (expiry, latency) carries over
-        timestamp = rec.timestamp if t.kind == "retry" else None
+        timestamp = rec.timestamp if t.ending is Ending.HANDED_OFF else None
         delay = 0.1
         while True:
             try:
@@ -417,16 +418,16 @@ class Dispatcher:
                 (topics.HEADER_SOURCE_PARTITION, str(rec.partition).encode()),
                 (topics.HEADER_SOURCE_OFFSET, str(rec.offset).encode())]
 
-    async def _record_done(self, ledger: PartitionLedger, t: Terminal) -> None:
+    async def _record_done(self, ledger: PartitionLedger, t: Verdict) -> None:
         """The terminal record (or the hand-off) is durable: a replay of this message must not
         call the provider (or only through the retry record just written)."""
         delay = 0.1
         while True:
             try:
-                if t.kind == "retry" and t.handoff is not None:
+                if t.ending is Ending.HANDED_OFF and t.handoff is not None:
                     await ledger.retrying(t.ledger_cid or "", t.handoff.token)
                 else:
-                    await ledger.done(t.ledger_cid or "", t.kind)
+                    await ledger.done(t.ledger_cid or "", t.ending)
                 return
             except KafkaError as exc:
                 metrics.PRODUCE_ERRORS.labels(ledger.ledger.topic).inc()
@@ -574,12 +575,3 @@ class Dispatcher:
 
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.dispatcher.on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.dispatcher.on_assigned(list(assigned))

@@ -45,21 +45,18 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from connector import contract as topics
 from connector import metrics
 from connector.config import KafkaSettings
-from connector.kafka import client_options
-from connector.records import SCHEMA_VERSION
+from connector.errors import InvalidRecord
+from connector.records import DONE, INTENT, RETRYING, LedgerEntry
 from connector.streams.batcher import Batcher
+from connector.streams.plumbing import groupless_consumer, read_to_end
 
 log = logging.getLogger("sms_connector.ledger")
-
-INTENT, RETRYING, DONE = "intent", "retrying", "done"
 
 
 class PartitionLedger:
@@ -141,19 +138,14 @@ class Ledger:
         t0 = time.monotonic()
         delay = 0.5
         while True:
-            consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
-                                        auto_offset_reset="earliest")
+            consumer = groupless_consumer(self.kafka)
             try:
                 await consumer.start()
-                consumer.assign([tp])
-                await consumer.seek_to_beginning(tp)
-                end = (await consumer.end_offsets([tp]))[tp]
                 now = time.time()
-                while await consumer.position(tp) < end:
-                    for records in (await consumer.getmany(tp, timeout_ms=500, max_records=10000)).values():
-                        for r in records:
-                            _apply(pl.entries, r.key, r.value, now, self.window_s)
-                        _evict(pl.entries, self.partition_cap(extra=1))
+                await read_to_end(consumer, {tp: None},
+                                  lambda r: _apply(pl.entries, r.key, r.value, now, self.window_s),
+                                  on_batch=lambda: _evict(pl.entries, self.partition_cap(extra=1)),
+                                  fetch_timeout_ms=500)
                 break
             except asyncio.CancelledError:
                 raise
@@ -173,15 +165,11 @@ class Ledger:
     # -- writes ------------------------------------------------------------------------------
     async def write(self, pl: PartitionLedger, cid: str, state: str, *, route: str | None = None,
                     outcome: str | None = None, token: str | None = None) -> None:
-        at = time.time()
-        entry: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "state": state, "at": at, "route": route,
-                                 "outcome": outcome}
-        if token is not None:
-            entry["token"] = token
-        await self.batcher.send(self.topic, pl.partition, cid.encode(), orjson.dumps(entry))
+        entry = LedgerEntry(state, time.time(), route, outcome, token)
+        await self.batcher.send(self.topic, pl.partition, cid.encode(), entry.encode())
         entries = pl.entries
         entries.pop(cid, None)     # re-inserted at the end: the dict stays in order of last write
-        entries[cid] = (state, at, token if state == RETRYING else outcome)
+        entries[cid] = (state, entry.at, entry.detail)
         if len(entries) > self.partition_cap():
             _evict(entries, self.partition_cap())
 
@@ -221,13 +209,11 @@ def _apply(entries: dict[str, tuple[str, float, str | None]], key: bytes | None,
         entries.pop(cid, None)
         return
     try:
-        record: dict[str, Any] = orjson.loads(value)
-        state, at = record["state"], float(record["at"])
-        detail = record.get("token") if state == RETRYING else record.get("outcome")
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        entry = LedgerEntry.decode(value)
+    except InvalidRecord:
         return
-    if now - at <= window_s:
+    if now - entry.at <= window_s:
         entries.pop(cid, None)
-        entries[cid] = (state, at, detail)
+        entries[cid] = (entry.state, entry.at, entry.detail)
     else:
         entries.pop(cid, None)

@@ -1,12 +1,13 @@
-"""The opt-out table as the dispatcher sees it, and its mirror to Rev.io.
+"""The opt-out table as the dispatcher sees it, and its mirror to providers' opt-out lists.
 
 ``OptOutTable`` reads the compacted ``sms.optout`` topic (every partition, no consumer group)
 up to its end before dispatch starts, then follows it, so a number that texted STOP is refused
 (reason opted-out, no provider call) by every worker. Opt-out records are produced one per batch
 (see ``streams.publish``), so end offsets are exact even on the embedded dev broker.
 
-``revio_sync(sender)`` mirrors a change to a Rev.io route's opt-out list (``SMSOptOut_Create`` /
-``_Delete``); "already in the list" / "not in the list" count as success.
+``optout_sync(sender)`` mirrors a change to the opt-out list of a route whose provider keeps
+one (``Capability.OPTOUT_SYNC``: Rev.io's ``SMSOptOut_Create`` / ``_Delete``), for the numbers
+the provider says its list can hold; "already in the list" / "not in the list" count as success.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from connector import contract as topics
 from connector import numbers
 from connector.config import KafkaSettings
 from connector.inbound import OptOutChange
-from connector.kafka import client_options, topic_partitions
+from connector.kafka import topic_partitions
+from connector.streams.plumbing import groupless_consumer, read_to_end
 from connector.sender import RouteSender
 
 log = logging.getLogger("sms_connector.optouts")
@@ -49,31 +51,22 @@ class OptOutTable:
     async def start(self, timeout: float = 60.0) -> None:
         """Load the table up to its current end, then keep following it in the background."""
         topic = topics.spec("optout").name
-        self._consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
-                                          auto_offset_reset="earliest")
+        self._consumer = groupless_consumer(self.kafka)
         await self._consumer.start()
         tps = await topic_partitions(self._consumer, topic)
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        end = await self._consumer.end_offsets(tps) if tps else {}
-        self._task = asyncio.create_task(self._follow(end))
-        await asyncio.wait_for(self.loaded.wait(), timeout)
+        await read_to_end(self._consumer, {tp: None for tp in tps}, lambda r: self.apply(r.key, r.value),
+                          timeout_s=timeout, fetch_timeout_ms=500, max_records=5000)
+        self.loaded.set()
+        self._task = asyncio.create_task(self._follow())
         log.info("opt-out table loaded", extra={"numbers": len(self.numbers)})
 
-    async def _follow(self, end: dict[TopicPartition, int]) -> None:
+    async def _follow(self) -> None:
         assert self._consumer is not None
-        remaining = {tp: off for tp, off in end.items() if off > 0}
-        if not remaining:
-            self.loaded.set()
         while True:
             batch = await self._consumer.getmany(timeout_ms=500, max_records=5000)
-            for tp, records in batch.items():
+            for records in batch.values():
                 for r in records:
                     self.apply(r.key, r.value)
-                    if tp in remaining and r.offset + 1 >= remaining[tp]:
-                        del remaining[tp]
-            if not remaining and not self.loaded.is_set():
-                self.loaded.set()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -95,15 +88,16 @@ class OptOutTable:
             await self._consumer.stop()
 
 
-def revio_sync(sender: RouteSender):  # type: ignore[no-untyped-def]
-    """An opt-out mirror for one Rev.io route (for ``InboundPublisher``)."""
+def optout_sync(sender: RouteSender):  # type: ignore[no-untyped-def]
+    """An opt-out mirror for one route whose provider keeps an opt-out list
+    (``Capability.OPTOUT_SYNC``, e.g. Rev.io), for ``InboundPublisher``."""
     provider: Any = sender.provider
 
     async def sync(change: OptOutChange) -> None:
-        if not change.phone.startswith("+1") or len(change.phone) != 12:
-            return  # Rev.io lists hold 10-digit North American numbers only
+        tns = provider.optout_numbers(change.phone)
+        if not tns:
+            return  # a number the provider's list cannot hold
         op = "create" if change.opted_out else "delete"
-        tns = [change.phone]
         for _ in range(3):
             result = await sender.call(lambda: provider.build_optout(op, tns),
                                        lambda resp: provider.parse_optout(op, resp, tns))

@@ -96,57 +96,32 @@ from connector import contract as topics
 from connector import metrics, numbers, tracing
 from connector.config import KafkaSettings, Settings
 from connector.errors import ProviderError, Rejected, Retriable, Throttled, Timeout
-from connector.inbound import InboundSms, Keywords, first_word, stable_id
-from connector.kafka import client_options, topic_partitions
+from connector.inbound import InboundSms, Keywords
+from connector.kafka import topic_partitions
 from connector.policy import RetryPolicy, backoff
-from connector.providers import ogangi as og
-from connector.providers import thingspace as ts
+from connector.providers import Capability, has
 from connector.records import Recipient
 from connector.sender import RouteSender
+from connector.streams.plumbing import groupless_consumer, produce_acknowledged, read_to_end
 from connector.streams.publish import InboundPublisher
 
 __all__ = [
-    "InboundLog", "Intent", "MoPoller", "OgangiMoPoller", "PollerState", "Pollers", "SeenKeys",
-    "ThingSpaceMoPoller", "decode_mo", "encode_mo", "fresh_records", "ogangi_inbound",
-    "ogangi_read_plan", "ogangi_reset_cursor", "publish_groups", "retry_delay", "start_callbacks",
-    "thingspace_inbound",
+    "InboundLog", "Intent", "ListMoPoller", "MoPoller", "PollerState", "Pollers", "QueueMoPoller", "SeenKeys",
+    "decode_mo", "encode_mo", "fresh_records", "publish_groups", "retry_delay", "start_callbacks",
 ]
 
 log = logging.getLogger("sms_connector.pollers")
 
 STATE_VERSION = 1
 DEFAULT_SEEN_WINDOW = 500
-OGANGI_PAGE_SIZE = 100
-OGANGI_OVERLAP = 20
+LIST_PAGE_SIZE = 100
+LIST_OVERLAP = 20
 RETRY = RetryPolicy(base_delay_s=1.0, max_delay_s=60.0, max_retry_after_s=300.0)
 SCAN_TIMEOUT_S = 60.0
 
 
 # --------------------------------------------------------------------------------------------
 # Pure parts: records, dedupe, ordering, cursors, backoff
-
-
-def thingspace_inbound(m: ts.MoMessage, keywords: Keywords, now: float) -> InboundSms:
-    """The ``InboundSms`` of one ThingSpace MO (the sender is its device)."""
-    return InboundSms(provider="thingspace", sender=Recipient(device_kind=m.device_kind, device_id=m.device_id),
-                      text=m.text, received_at=now, raw=orjson.dumps(m.raw).decode(), dedupe_key=m.dedupe_key,
-                      keyword=first_word(m.text), occurred_at=m.timestamp, optout=keywords.classify(m.text))
-
-
-def ogangi_inbound(m: og.MoMessage, keywords: Keywords, now: float) -> InboundSms:
-    """The ``InboundSms`` of one Ogangi MO (``from`` is the user's number, ``to`` the short code).
-    A sender that is not a number is kept as given and never opts out (the table is by number).
-    ``keyword`` is the text's first word: Ogangi's own ``keyword`` field is the rule that matched
-    (seed 004: ``^OGANGI.*``), not a keyword; it stays in ``raw``."""
-    text = m.text or ""
-    phone = numbers.from_provider(m.sender, "digits")
-    raw = {"text": m.text, "from": m.sender, "to": m.to, "encoding": m.encoding, "keyword": m.keyword,
-           "carrier": m.carrier, "sendDate": m.send_date}
-    return InboundSms(provider="ogangi", sender=Recipient(phone=phone or (m.sender or "").strip()), text=text,
-                      received_at=now, raw=orjson.dumps(raw).decode(),
-                      dedupe_key=stable_id(m.sender, m.to, m.send_date, m.text), to=m.to,
-                      keyword=first_word(text), occurred_at=m.send_date,
-                      optout=keywords.classify(text) if phone else None)
 
 
 def encode_mo(mo: InboundSms) -> dict[str, Any]:
@@ -215,25 +190,6 @@ def publish_groups(records: Iterable[InboundSms]) -> list[list[InboundSms]]:
     return [sorted(g, key=lambda r: r.occurred_at or "") for g in groups.values()]
 
 
-def ogangi_read_plan(cursor: int, per_page: int, overlap: int) -> tuple[int, int]:
-    """(page, index in that page) of the first entry to read: ``overlap`` entries before the
-    cursor, pages numbered from 1."""
-    start = max(0, cursor - max(0, overlap))
-    return start // per_page + 1, start % per_page
-
-
-def ogangi_cursor_after(cursor: int, page: int, per_page: int, count: int) -> int:
-    """The cursor once ``count`` entries of ``page`` have been handled (never moves back)."""
-    return max(cursor, (page - 1) * per_page + count)
-
-
-def ogangi_reset_cursor(cursor: int, total: int, window: int) -> int | None:
-    """A new cursor when the list (``total`` entries) is shorter than the cursor, else None."""
-    if total >= cursor:
-        return None
-    return max(0, total - window)
-
-
 def retry_delay(error: BaseException, attempt: int, policy: RetryPolicy = RETRY,
                 rand: Callable[[], float] = random.random) -> float:
     """Seconds before polling again after ``attempt`` consecutive failures (>= 1): jittered
@@ -295,36 +251,6 @@ class MoState:
 # Kafka: the state topic and the read-back of sms.inbound
 
 
-def _consumer(kafka: KafkaSettings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False,
-                            auto_offset_reset="earliest")
-
-
-async def _read_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None],
-                       on_record: Callable[[Any], None], timeout_s: float = SCAN_TIMEOUT_S) -> None:
-    """Read each partition from ``start`` (None: its beginning) until its position reaches the
-    end offset taken now. A fetch returns whole batches, so this is complete even where the
-    broker's end offset is the last batch's base offset + 1 (Tansu)."""
-    tps = list(start)
-    consumer.assign(tps)
-    for tp, offset in start.items():
-        if offset is None:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, offset)
-    end = await consumer.end_offsets(tps)
-    remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-    deadline = time.monotonic() + timeout_s
-    while remaining:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {sorted({tp.topic for tp in tps})} to its end took over {timeout_s:.0f}s")
-        batch = await consumer.getmany(*remaining, timeout_ms=200, max_records=10000)
-        for records in batch.values():
-            for r in records:
-                on_record(r)
-        remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
-
-
 class PollerState:
     """The pollers' durable state: compacted ``sms.poller.state``, key = poller name, value JSON.
 
@@ -355,11 +281,11 @@ class PollerState:
             except orjson.JSONDecodeError:
                 log.warning("unreadable poller state record ignored", extra={"poller": name, "offset": record.offset})
 
-        consumer = _consumer(self.kafka)
+        consumer = groupless_consumer(self.kafka)
         await consumer.start()
         try:
             tps = await topic_partitions(consumer, self.topic)
-            await _read_to_end(consumer, {tp: None for tp in tps}, apply)
+            await read_to_end(consumer, {tp: None for tp in tps}, apply, timeout_s=SCAN_TIMEOUT_S)
         finally:
             await consumer.stop()
         self.values = values
@@ -372,7 +298,7 @@ class PollerState:
     async def save(self, name: str, value: Any) -> None:
         data = orjson.dumps(value)
         async with self._lock:
-            await self.producer.send_and_wait(self.topic, value=data, key=name.encode())
+            await produce_acknowledged(self.producer, self.topic, name.encode(), data)
             self.values[name] = orjson.loads(data)
 
 
@@ -388,7 +314,7 @@ class InboundLog:
 
     async def start(self) -> None:
         if self._consumer is None:
-            consumer = _consumer(self.kafka)
+            consumer = groupless_consumer(self.kafka)
             await consumer.start()
             try:
                 self._tps = await topic_partitions(consumer, self.topic)
@@ -421,11 +347,12 @@ class InboundLog:
             if isinstance(value, dict) and value.get("provider") == provider and value.get("dedupe_key") in wanted:
                 found.add(value["dedupe_key"])
 
-        consumer = _consumer(self.kafka)
+        consumer = groupless_consumer(self.kafka)
         await consumer.start()
         try:
             tps = await topic_partitions(consumer, self.topic)
-            await _read_to_end(consumer, {tp: since.get(tp.partition, 0) for tp in tps}, check)
+            await read_to_end(consumer, {tp: since.get(tp.partition, 0) for tp in tps}, check,
+                              timeout_s=SCAN_TIMEOUT_S)
         finally:
             await consumer.stop()
         return found
@@ -473,8 +400,6 @@ class MoPoller:
     ``on_step`` (tests only) is awaited at each step: fetched, acknowledged, intent, published,
     committed."""
 
-    provider: ClassVar[str]
-
     def __init__(self, name: str, sender: RouteSender, state: PollerState, inbound: InboundLog,
                  publisher: InboundPublisher, *, interval_s: float, keywords: Keywords,
                  seen_window: int = DEFAULT_SEEN_WINDOW, clock: Callable[[], float] = time.time) -> None:
@@ -494,6 +419,7 @@ class MoPoller:
         self.failing: str | None = None       # the current error, for one log line per change
         self.published = 0
         self.on_step: Callable[[str], Awaitable[None]] | None = None
+        self.provider = sender.provider.name      # a label: metrics and the intent's records
         self._m_polled = metrics.MO_POLLED.labels(self.provider)
 
     # -- state ----------------------------------------------------------------------------------
@@ -640,20 +566,16 @@ class MoPoller:
                 raise result
 
 
-class ThingSpaceMoPoller(MoPoller):
-    """``GET /m2m/v1/sms/{account}/history``: a block is acknowledged by the next request that
-    carries its token, sent only after the block is committed; the last page (200, no token) by
-    the next request without one. Before a token-less request the state is marked ``polling``
-    (durably): its answer may be a last page that only this process has seen, which a restart's
-    first poll would acknowledge; the marker is cleared by the block's intent or commit, and a
-    restart that finds it reports the page as at risk. Position: ``{"token": ...}``."""
+class QueueMoPoller(MoPoller):
+    """An acknowledged queue (``Capability.MO_QUEUE``, ThingSpace's ``GET …/sms/{account}/history``):
+    a block is acknowledged by the next request that carries its token, sent only after the block
+    is committed; the last page (200, no token) by the next request without one. Before a
+    token-less request the state is marked ``polling`` (durably): its answer may be a last page
+    that only this process has seen, which a restart's first poll would acknowledge; the marker is
+    cleared by the block's intent or commit, and a restart that finds it reports the page as at
+    risk. Position: ``{"token": ...}``."""
 
-    provider = "thingspace"
     _no_token = False     # "more data" without a token: warned once, until it changes
-
-    @property
-    def config(self) -> ts.ThingSpaceConfig:
-        return self.sender.provider.config  # type: ignore[no-any-return]
 
     async def poll_once(self) -> bool:
         token = self.position.get("token")
@@ -661,11 +583,12 @@ class ThingSpaceMoPoller(MoPoller):
         if token is None and self.polling is None:
             await self.save(polling=self.clock())
         try:
-            page = await self.sender.call(lambda: ts.build_mo_history(self.config, token), ts.parse_mo_history)
+            provider: Any = self.sender.provider
+            page = await self.sender.call(lambda: provider.build_mo_poll(token), provider.parse_mo_poll)
         except Rejected as exc:
             if token is None:
                 raise
-            log.warning("ThingSpace refused the acknowledgement token; polling without it",
+            log.warning(f"{self.sender.provider.title} refused the acknowledgement token; polling without it",
                         extra={"poller": self.name, "error": str(exc)})
             await self.save({"token": None})
             return True
@@ -677,24 +600,23 @@ class ThingSpaceMoPoller(MoPoller):
             await self._step("acknowledged")
         self._m_polled.inc(len(page.messages))
         now = self.clock()
-        records = [thingspace_inbound(m, self.keywords, now) for m in page.messages]
+        records = provider.mo_records(page.messages, self.keywords, now)
         more = page.has_more and page.next_token is not None
         if (page.has_more and page.next_token is None) != self._no_token:
             self._no_token = not self._no_token
             if self._no_token:
-                log.warning("ThingSpace says more MO data but gives no next token; polling at the interval",
+                log.warning(f"{provider.title} says more MO data but gives no next token; polling at the interval",
                             extra={"poller": self.name})
         await self.deliver(Fetched(records, {"token": page.next_token if more else None}, offsets))
         return more
 
 
-class OgangiMoPoller(MoPoller):
-    """``getMOMessages`` with ``ORDER=ASC``: a cursor (entries consumed) and an overlap re-read.
+class ListMoPoller(MoPoller):
+    """A growing list (``Capability.MO_LIST``, Ogangi's ``getMOMessages`` with ``ORDER=ASC``): a
+    cursor (entries consumed, the provider's arithmetic) and an overlap re-read.
     Position: ``{"cursor": n}``."""
 
-    provider = "ogangi"
-
-    def __init__(self, *args: Any, per_page: int = OGANGI_PAGE_SIZE, overlap: int = OGANGI_OVERLAP,
+    def __init__(self, *args: Any, per_page: int = LIST_PAGE_SIZE, overlap: int = LIST_OVERLAP,
                  **kw: Any) -> None:
         super().__init__(*args, **kw)
         if per_page < 1:
@@ -703,23 +625,22 @@ class OgangiMoPoller(MoPoller):
         self.overlap = min(overlap, self.seen.capacity // 2)
 
     async def poll_once(self) -> bool:
-        provider: og.Ogangi = self.sender.provider  # type: ignore[assignment]
+        provider: Any = self.sender.provider
         cursor = int(self.position.get("cursor") or 0)
-        page_no, skip = ogangi_read_plan(cursor, self.per_page, self.overlap)
+        page_no, skip = provider.mo_read_plan(cursor, self.per_page, self.overlap)
         while True:
             n = page_no
-            page = await self.sender.call(lambda: provider.build_get_mo_messages(n, self.per_page, {"order": "ASC"}),
-                                          og.parse_get_mo_messages)
+            page = await self.sender.call(lambda: provider.build_mo_poll(n, self.per_page), provider.parse_mo_poll)
             self._m_polled.inc(len(page.messages))
-            reset = ogangi_reset_cursor(cursor, page.total, self.seen.capacity)
+            reset = provider.mo_reset_cursor(cursor, page.total, self.seen.capacity)
             if reset is not None:
-                log.warning("Ogangi MO list is shorter than the cursor; reading its tail again",
+                log.warning(f"{provider.title} MO list is shorter than the cursor; reading its tail again",
                             extra={"poller": self.name, "cursor": cursor, "total": page.total, "new_cursor": reset})
                 await self.save({"cursor": reset})
                 return True
             now = self.clock()
-            records = [ogangi_inbound(m, self.keywords, now) for m in page.messages[skip:]]
-            cursor = ogangi_cursor_after(cursor, page_no, self.per_page, len(page.messages))
+            records = provider.mo_records(page.messages[skip:], self.keywords, now)
+            cursor = provider.mo_cursor_after(cursor, page_no, self.per_page, len(page.messages))
             await self.deliver(Fetched(records, {"cursor": cursor}))
             if not page.messages or not page.more_after(page_no, self.per_page):
                 return False
@@ -727,9 +648,9 @@ class OgangiMoPoller(MoPoller):
 
 
 async def start_callbacks(sender: RouteSender) -> bool:
-    """``PUT …/sms/{account}/startCallbacks`` on a ThingSpace route: queued MO go to the callback."""
-    config = sender.provider.config
-    return await sender.call(lambda: ts.build_start_callbacks(config), ts.parse_start_callbacks)
+    """Queued MO of a queue route go to its callback instead (ThingSpace's ``startCallbacks``)."""
+    provider: Any = sender.provider
+    return await sender.call(provider.build_mo_release, provider.parse_mo_release)
 
 
 class Pollers:
@@ -747,12 +668,13 @@ class Pollers:
         names: set[str] = set()
         for route, sender in senders.items():
             kind: type[MoPoller]
-            if sender.provider.name == ThingSpaceMoPoller.provider:
-                kind, name = ThingSpaceMoPoller, f"thingspace-mo:{sender.provider.config.account_name}"
-            elif sender.provider.name == OgangiMoPoller.provider:
-                kind, name = OgangiMoPoller, f"ogangi-mo:{sender.provider.config.instance_id}"
+            if has(sender.provider, Capability.MO_QUEUE):
+                kind = QueueMoPoller
+            elif has(sender.provider, Capability.MO_LIST):
+                kind = ListMoPoller
             else:
                 continue
+            name = sender.provider.mo_source()  # type: ignore[attr-defined]
             if name in names:
                 log.info("route shares an MO source with another route; not polled twice",
                          extra={"route": route, "poller": name})

@@ -19,17 +19,14 @@ from aiokafka import AIOKafkaProducer
 from connector import contract as topics
 from connector import metrics
 from connector.inbound import InboundSms, OptOutChange
+from connector.streams.plumbing import Headers, produce_acknowledged
 
 log = logging.getLogger("sms_connector.inbound")
 
-Headers = list[tuple[str, bytes]]
 OptOutSync = Callable[[OptOutChange], Awaitable[None]]
 
 
-async def produce_durably(producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes,
-                          headers: Headers | None = None) -> None:
-    fut = await producer.send(topic, value=value, key=key, headers=headers or [])
-    await fut
+produce_durably = produce_acknowledged     # the name the inbound streams know it by
 
 
 class InboundPublisher:

@@ -73,7 +73,7 @@ async def run(p: Pipeline, recipient: Recipient, cid: str) -> tuple[str, dict]: 
     for sender in p.senders.values():
         await sender.aclose()
         await sender.transport.aclose()
-    return t.kind, orjson.loads(t.value or b"{}")
+    return t.ending, orjson.loads(t.value or b"{}")
 
 
 def metric(name: str, **labels: str) -> float:

@@ -50,13 +50,13 @@ async def test_an_opted_out_number_never_reaches_any_provider(case) -> None:  # 
             value = encode_outbound(OutboundSms(client_message_id=f"stop-{name}", recipient=recipient, text="hi"))
             t = await p.outcome(value, int(time.time() * 1000))
             record = orjson.loads(t.value or b"{}")
-            assert (t.kind, t.reason) == ("failed", reason), (name, t)
+            assert (t.ending, t.reason) == ("failed", reason), (name, t)
             assert record["attempts"] == 0 and record["recipient_region"] in (None, "US"), record
         assert sim.stats.messages == 0, "a message reached the provider"
         # and a clean other number goes out, with its canonical form and region on the record
         value = encode_outbound(OutboundSms(client_message_id="other", recipient=c.recipient, text="hi"))
         t = await p.outcome(value, int(time.time() * 1000))
-        assert t.kind == "accepted", t
+        assert t.ending == "accepted", t
     finally:
         for sender in p.senders.values():
             await sender.aclose()

@@ -47,7 +47,7 @@ async def test_rate_limit_holds_at_the_simulator() -> None:
         t0 = time.monotonic()
         out = await send_many(p, 70)
         elapsed = time.monotonic() - t0
-        assert all(t.kind == "accepted" for t in out)
+        assert all(t.ending == "accepted" for t in out)
         print("max/s", sim.stats.max_messages_per_s, "elapsed", elapsed)
         assert sim.stats.max_messages_per_s <= 20
         assert elapsed > 2.5   # 70 messages at 20/s cannot take less (no upper bound: a noisy machine)
@@ -67,7 +67,7 @@ async def test_batched_rate_limit() -> None:
         senders = build_senders(settings)
         p = Pipeline(senders, Router.from_settings(settings.routing, {"r": "smpp_rest"}))
         out = await send_many(p, 100)
-        assert all(t.kind == "accepted" for t in out)
+        assert all(t.ending == "accepted" for t in out)
         print("batched max/s", sim.stats.max_messages_per_s, "requests", sim.stats.requests)
         assert sim.stats.max_messages_per_s <= 30
         for s in senders.values():
@@ -108,7 +108,7 @@ async def test_breaker_opens_and_fails_over() -> None:
         senders = build_senders(settings)
         p = Pipeline(senders, Router.from_settings(settings.routing, {"a": "smpp_rest", "b": "smpp_rest"}))
         out = await send_many(p, 40)
-        kinds = [t.kind for t in out]
+        kinds = [t.ending for t in out]
         print("kinds", {k: kinds.count(k) for k in set(kinds)}, "bad requests", bad.stats.requests, "good", good.stats.messages)
         assert REGISTRY.get_sample_value("sms_circuit_state", {"route": "a"}) == 2
         assert good.stats.messages > 0
@@ -117,7 +117,7 @@ async def test_breaker_opens_and_fails_over() -> None:
         bad.faults.error_rate = 0.0
         await asyncio.sleep(1.1)
         out = await send_many(p, 5)
-        assert all(t.kind == "accepted" for t in out)
+        assert all(t.ending == "accepted" for t in out)
         assert REGISTRY.get_sample_value("sms_circuit_state", {"route": "a"}) == 0
         for s in senders.values():
             await s.aclose(); await s.transport.aclose()
@@ -142,7 +142,7 @@ async def test_breaker_pauses_without_failover() -> None:
         assert reqs < 30      # without the breaker: ~10 messages x 50 attempts in 1.2 s
         bad.faults.error_rate = 0.0
         out = await asyncio.wait_for(task, 10)
-        assert all(t.kind == "accepted" for t in out), [t.reason for t in out]
+        assert all(t.ending == "accepted" for t in out), [t.reason for t in out]
         for s in senders.values():
             await s.aclose(); await s.transport.aclose()
     finally:

@@ -27,13 +27,8 @@ from connector.config import CallbacksSettings, InboundSettings, Secret, Setting
 from connector.errors import InvalidRecord
 from connector.inbound import Keywords, correlation_key
 from connector.providers import thingspace as ts
-from connector.streams.callbacks import (
-    THINGSPACE_PATH,
-    CallbackReceiver,
-    mo_from_callback,
-    receipt_from_callback,
-    redact_password,
-)
+from connector.providers.thingspace import mo_from_callback, receipt_from_callback, redact_password
+from connector.streams.callbacks import THINGSPACE_PATH, CallbackReceiver
 from connector.streams.publish import InboundPublisher
 from tests.unit.test_thingspace import (
     SEED_000_CB_DELIVERED,

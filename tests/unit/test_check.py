@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from connector import contract as topics
+from connector.providers import Capability
 from connector.ops.check import (
     CheckReport,
     CheckRow,
@@ -367,7 +368,8 @@ async def test_a_provider_that_does_not_answer_in_time_fails() -> None:
 
 async def test_static_credentials_without_a_read_call_are_skipped() -> None:
     sender = probe_sender("smpp_rest", SMPP_ROUTE, answering(500))
-    sender.provider.name = "static_only"     # a provider check knows no probe for
+    # a provider that declares no connection check (static credentials, no read-only call)
+    sender.provider.capabilities = frozenset({Capability.SEND})
     row = await check_route("r", sender, 1.0)
     assert row.status is Status.SKIP and "not checkable without sending" in row.detail
 

@@ -77,7 +77,7 @@ async def test_ledger_decisions(state: str | None, in_doubt: str, kind: str, rea
     made: list[HttpRequest] = []
     ledger = FakeLedger(state)
     t = await pipeline(in_doubt, made).outcome(VALUE, int(time.time() * 1000), ledger)  # type: ignore[arg-type]
-    assert (t.kind, t.reason, len(made), len(ledger.intents)) == (kind, reason, calls, intents)
+    assert (t.ending, t.reason, len(made), len(ledger.intents)) == (kind, reason, calls, intents)
     if kind in ("accepted", "failed"):
         assert t.ledger_cid == "m-1"
 
@@ -92,7 +92,7 @@ async def test_a_replayed_failure_is_sent_again_but_never_an_accepted_message(ou
     made: list[HttpRequest] = []
     ledger = FakeLedger("done", outcome)
     t = await pipeline("resend", made).outcome(VALUE, int(time.time() * 1000), ledger, replayed)  # type: ignore[arg-type]
-    assert (t.kind, len(made)) == (kind, calls)
+    assert (t.ending, len(made)) == (kind, calls)
 
 
 RETRY = RetryState(attempts=4, passes=1, due_at_ms=0, token="t-current")
@@ -108,7 +108,7 @@ async def test_a_retrying_message_is_sent_only_from_its_current_retry_record(
     made: list[HttpRequest] = []
     ledger = FakeLedger("retrying", token=token)
     t = await pipeline("fail", made).outcome(VALUE, int(time.time() * 1000), ledger, retry=retry)  # type: ignore[arg-type]
-    assert (t.kind, len(made)) == (kind, calls)
+    assert (t.ending, len(made)) == (kind, calls)
     if kind == "accepted":
         assert ledger.intents == ["m-1"] and orjson.loads(t.value or b"")["attempts"] == 5   # 4 earlier + this one
 
@@ -121,26 +121,26 @@ async def test_spent_in_place_retries_hand_off_until_the_attempt_cap() -> None:
     p = pipeline("resend", made, status=503, handoff=HANDOFF)
     now = time.time()
     first = await p.outcome(VALUE, int(now * 1000))
-    assert first.kind == "retry" and first.reason == "unavailable" and first.handoff is not None
+    assert first.ending == "retry" and first.reason == "unavailable" and first.handoff is not None
     h = first.handoff
     assert (h.attempts, h.passes, len(made)) == (2, 1, 2)
     assert now + 5 <= h.due_at <= now + 11 and len(h.token) == 16
     second = await p.outcome(VALUE, int(now * 1000), retry=RetryState(h.attempts, h.passes, 0, h.token))
-    assert second.kind == "retry" and second.handoff is not None and second.handoff.passes == 2
+    assert second.ending == "retry" and second.handoff is not None and second.handoff.passes == 2
     assert second.handoff.token != h.token and second.handoff.due_at >= now + 10
     # the cap (5) falls inside the third pass: it makes one call, not its full in-place budget (2)
     made.clear()
     last = await p.outcome(VALUE, int(now * 1000), retry=RetryState(4, 2, 0, "t"))
     body = orjson.loads(last.value or b"")
-    assert (last.kind, body["reason"], body["attempts"], len(made)) == ("failed", "unavailable", 5, 1)
+    assert (last.ending, body["reason"], body["attempts"], len(made)) == ("failed", "unavailable", 5, 1)
 
 
 async def test_without_a_retry_topic_spent_retries_fail_and_permanent_errors_never_hand_off() -> None:
     made: list[HttpRequest] = []
     t = await pipeline("resend", made, status=503).outcome(VALUE, int(time.time() * 1000))
-    assert (t.kind, t.reason, orjson.loads(t.value or b"")["attempts"]) == ("failed", "unavailable", 2)
+    assert (t.ending, t.reason, orjson.loads(t.value or b"")["attempts"]) == ("failed", "unavailable", 2)
     rejected = await pipeline("resend", made, status=400, handoff=HANDOFF).outcome(VALUE, int(time.time() * 1000))
-    assert (rejected.kind, rejected.reason) == ("failed", "rejected")
+    assert (rejected.ending, rejected.reason) == ("failed", "rejected")
 
 
 async def test_failing_over_onto_an_at_most_once_route_records_the_intent_first() -> None:
@@ -167,4 +167,4 @@ async def test_failing_over_onto_an_at_most_once_route_records_the_intent_first(
     p = Pipeline(senders, Router.from_settings(settings.routing, {"a": "smpp_rest", "b": "smpp_rest"}))
     ledger = FakeLedger(None)
     t = await p.outcome(VALUE, int(time.time() * 1000), ledger)  # type: ignore[arg-type]
-    assert (t.kind, orjson.loads(t.value or b"")["route"], ledger.intents, len(made)) == ("accepted", "b", ["m-1"], 1)
+    assert (t.ending, orjson.loads(t.value or b"")["route"], ledger.intents, len(made)) == ("accepted", "b", ["m-1"], 1)

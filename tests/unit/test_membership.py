@@ -158,7 +158,7 @@ async def test_a_dispatcher_that_lost_its_partitions_starts_no_call_and_leaves_i
     from connector import contract as topics
     from connector.config import load
     from connector.offsets import PartitionProgress
-    from connector.pipeline import Terminal
+    from connector.pipeline import Verdict
     from connector.routing import Router
     from connector.streams.dispatch import Dispatcher
 
@@ -174,15 +174,15 @@ async def test_a_dispatcher_that_lost_its_partitions_starts_no_call_and_leaves_i
     first_call = asyncio.Event()
     release = asyncio.Event()
 
-    async def outcome(value: Any, *args: Any) -> Terminal:
+    async def outcome(value: Any, *args: Any) -> Verdict:
         await d._may_call()                   # what every sender does right before its call
         calls.append(int(value))
         if len(calls) == 1:
             first_call.set()
             await release.wait()              # a call in progress when the worker freezes
-        return Terminal("failed", b"{}")
+        return Verdict("failed", b"{}")
 
-    async def produce(rec: Any, t: Terminal) -> None:
+    async def produce(rec: Any, t: Verdict) -> None:
         return None
 
     d.pipeline.outcome = outcome              # type: ignore[method-assign]

@@ -331,7 +331,7 @@ def test_get_message_sample():
     assert (status.id, status.status, status.state) == ("2758ebc5-1db5-4822-a5ed-36121e0674a6", "SENT",
                                                         DeliveryState.IN_FLIGHT)
     assert status.status_description == "Sent" and status.date == "2014-01-24T12:45:50.903-04:30"
-    assert status.raw["clientId"] == "As223sdadq8d8287v5v" and not status.terminal
+    assert status.raw["clientId"] == "As223sdadq8d8287v5v" and not status.final
     # the <message> object of the sendSMS sample parses the same way
     assert parse_get_message(ok(SEND_SMS_SAMPLE)).id == "-8174720676710228700"
 
@@ -434,7 +434,7 @@ IN, DONE, UNDELIV, EXP, REJ = ("in-flight", "delivered", "undeliverable", "expir
 ])
 def test_map_status(status, state):
     assert map_status(status).value == state
-    assert map_status(status).terminal is (state != IN)
+    assert map_status(status).final is (state != IN)
 
 
 # -- prepare: what is refused before any call ------------------------------------------------------

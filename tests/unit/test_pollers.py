@@ -26,25 +26,25 @@ from connector.inbound import InboundSms, Keywords
 from connector.providers import ogangi as og
 from connector.providers import thingspace as ts
 from connector.records import Recipient
+from connector.providers.ogangi import mo_cursor_after as ogangi_cursor_after
+from connector.providers.ogangi import mo_inbound as ogangi_inbound
+from connector.providers.ogangi import mo_read_plan as ogangi_read_plan
+from connector.providers.ogangi import mo_reset_cursor as ogangi_reset_cursor
+from connector.providers.thingspace import mo_inbound as thingspace_inbound
 from connector.streams.pollers import (
+    ListMoPoller,
+    QueueMoPoller,
     InboundLog,
     Intent,
     MoPoller,
     MoState,
-    OgangiMoPoller,
     PollerState,
     SeenKeys,
-    ThingSpaceMoPoller,
     decode_mo,
     encode_mo,
     fresh_records,
-    ogangi_cursor_after,
-    ogangi_inbound,
-    ogangi_read_plan,
-    ogangi_reset_cursor,
     publish_groups,
     retry_delay,
-    thingspace_inbound,
 )
 from connector.policy import RetryPolicy
 
@@ -342,7 +342,7 @@ def ts_sender(queue: TsQueue) -> Any:
     async def call(build: Any, parse: Any) -> Any:
         token = parse_qs(urlsplit(build().url).query).get("next", [None])[0]
         return queue.history(token)
-    return SimpleNamespace(route="ts", provider=SimpleNamespace(name="thingspace", config=TS_CONFIG), call=call)
+    return SimpleNamespace(route="ts", provider=ts.ThingSpace(TS_CONFIG, route="ts"), call=call)
 
 
 def og_sender(mo_list: OgList) -> Any:
@@ -355,7 +355,7 @@ def og_sender(mo_list: OgList) -> Any:
 
 
 def make_poller(kind: type[MoPoller], world: World, sender: Any, **kw: Any) -> MoPoller:
-    poller = kind(f"{kind.provider}-mo:test", sender, MemoryState(world), MemoryInbound(world),
+    poller = kind(f"{sender.provider.name}-mo:test", sender, MemoryState(world), MemoryInbound(world),
                   MemoryPublisher(world), interval_s=0, keywords=KEYWORDS, **kw)  # type: ignore[arg-type]
     poller.restore()
     return poller
@@ -391,7 +391,7 @@ async def run_ts(crash_at: set[int], messages: list[dict[str, Any]], page_size: 
     for _ in range(restarts + 1):
         world.restart()
         try:
-            await drain(make_poller(ThingSpaceMoPoller, world, ts_sender(queue), seen_window=50))
+            await drain(make_poller(QueueMoPoller, world, ts_sender(queue), seen_window=50))
             return world, queue
         except Crash:
             continue
@@ -448,7 +448,7 @@ async def test_a_stalled_broker_never_lets_a_fetched_block_be_acknowledged(page_
             return page
 
         queue.history = answer  # type: ignore[method-assign]
-        poller = make_poller(ThingSpaceMoPoller, world, ts_sender(queue), seen_window=50)
+        poller = make_poller(QueueMoPoller, world, ts_sender(queue), seen_window=50)
         failures, idle = 0, 0
         for _ in range(400):
             try:
@@ -526,7 +526,7 @@ async def test_thingspace_refused_token_is_dropped() -> None:
             raise ts.Rejected("ThingSpace MO history answered HTTP 400", code="UnifiedWebService.INPUT_INVALID.Next.Invalid")
         return await inner.call(build, parse)
 
-    poller = make_poller(ThingSpaceMoPoller, world, SimpleNamespace(route="ts", provider=inner.provider, call=call))
+    poller = make_poller(QueueMoPoller, world, SimpleNamespace(route="ts", provider=inner.provider, call=call))
     poller.position = {"token": "STALE"}
     await drain(poller)
     assert calls[:2] == ["STALE", None] and len(world.keys("thingspace")) == 5
@@ -547,7 +547,7 @@ async def run_og(crash_at: set[int], batches: list[list[og.MoMessage]], per_page
         for _ in range(restarts + 1):
             world.restart()
             try:
-                await drain(make_poller(OgangiMoPoller, world, og_sender(mo_list), per_page=per_page, overlap=2,
+                await drain(make_poller(ListMoPoller, world, og_sender(mo_list), per_page=per_page, overlap=2,
                                         seen_window=40))
                 break
             except Crash:
@@ -572,7 +572,7 @@ async def test_ogangi_overlap_finds_a_message_inserted_before_the_cursor() -> No
     world = World()
     mo_list = OgList(world)
     mo_list.mo = [og_message(i) for i in range(6)]
-    poller = make_poller(OgangiMoPoller, world, og_sender(mo_list), per_page=4, overlap=2)
+    poller = make_poller(ListMoPoller, world, og_sender(mo_list), per_page=4, overlap=2)
     await drain(poller)
     assert poller.position == {"cursor": 6}
     late = og_message(99)
@@ -587,7 +587,7 @@ async def test_ogangi_list_that_shrank_is_read_again_from_its_tail() -> None:
     world = World()
     mo_list = OgList(world)
     mo_list.mo = [og_message(i) for i in range(10)]
-    poller = make_poller(OgangiMoPoller, world, og_sender(mo_list), per_page=4, overlap=2)
+    poller = make_poller(ListMoPoller, world, og_sender(mo_list), per_page=4, overlap=2)
     await drain(poller)
     mo_list.mo = mo_list.mo[6:] + [og_message(i) for i in range(10, 12)]   # the provider dropped 6 old ones
     await drain(poller)
@@ -609,7 +609,7 @@ async def test_a_failed_publish_is_finished_from_the_intent_without_duplicates()
                 raise RuntimeError("broker unavailable")
             await super().publish_mo(m)
 
-    poller = make_poller(ThingSpaceMoPoller, world, ts_sender(queue))
+    poller = make_poller(QueueMoPoller, world, ts_sender(queue))
     poller.publisher = Flaky(world)  # type: ignore[assignment]
     with pytest.raises(RuntimeError):
         await poller.poll_once()

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from connector import contract as topics
 from connector import records
 from connector.errors import InvalidMessage, InvalidRecord
-from connector.records import (Accepted, OutboundSms, Outcome, Recipient, decode_outbound,
+from connector.records import (Accepted, OutboundSms, SendFacts, Recipient, decode_outbound,
                                encode_accepted, encode_failed, encode_outbound)
 
 GOOD = {"client_message_id": "m-1", "recipient": {"phone": "+14155550100"}, "text": "hi",
@@ -75,7 +75,7 @@ def test_encode_outbound_round_trips() -> None:
 
 
 def test_terminal_records_match_their_schemas() -> None:
-    o = Outcome(msg=decode_outbound(dumps(GOOD)), received_at=1.0, route="smpp", provider="smpp_rest",
+    o = SendFacts(msg=decode_outbound(dumps(GOOD)), received_at=1.0, route="smpp", provider="smpp_rest",
                 encoding="gsm7", segments=1, attempts=2, submitted_at=2.0)
     accepted = orjson.loads(encode_accepted(o, Accepted("api-1", details={"profile": 1}), 3.0))
     failed = orjson.loads(encode_failed(o, "rejected", "no", 3.0, provider_code="E1", provider_text="bad"))
@@ -86,7 +86,7 @@ def test_terminal_records_match_their_schemas() -> None:
 
 
 def test_failed_record_without_route_matches_schema() -> None:
-    o = Outcome(msg=decode_outbound(dumps(GOOD)), received_at=1.0)
+    o = SendFacts(msg=decode_outbound(dumps(GOOD)), received_at=1.0)
     jsonschema.validate(orjson.loads(encode_failed(o, "invalid", "no route", 2.0)), topics.schema("failed_sms.json"))
 
 

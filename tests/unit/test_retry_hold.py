@@ -32,7 +32,7 @@ class Consumer:
 
 
 def record(partition: int, offset: int, due_in_s: float) -> ConsumerRecord[bytes, bytes]:
-    headers = retries.retry_headers([], [], HandOff.new(4, 1, time.time() + due_in_s), "unavailable")
+    headers = HandOff.new(4, 1, time.time() + due_in_s).headers([], [], "unavailable")
     return ConsumerRecord(RETRY, partition, offset, 0, 0, b"k%d" % offset, b"{}", None, 2, 2, headers)
 
 

@@ -17,8 +17,8 @@ from connector import tracing
 from connector.config import TracingSettings
 from connector.errors import Timeout
 from connector.http import HttpRequest, HttpResponse
-from connector.pipeline import Terminal
-from connector.records import Outcome, OutboundSms, Recipient, encode_failed
+from connector.pipeline import Verdict
+from connector.records import SendFacts, OutboundSms, Recipient, encode_failed
 
 
 @dataclass
@@ -57,7 +57,7 @@ def test_off_by_default_and_then_every_hook_is_a_no_op() -> None:
     assert tracing.inject(headers) is headers
     assert tracing.context_headers() == ()
     assert tracing.message(Rec()) is tracing.message(Rec())       # one shared null context
-    tracing.outcome(Terminal("accepted", b"{}"))
+    tracing.outcome(Verdict("accepted", b"{}"))
     tracing.remember(b"k", [("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")])
     assert tracing.consuming(Rec()) is tracing.message(Rec())
 
@@ -81,9 +81,9 @@ def test_a_message_span_continues_the_producers_trace_and_its_context_goes_on_th
 
 def test_the_outcome_goes_on_the_span_without_number_or_text(spans: InMemorySpanExporter) -> None:
     msg = OutboundSms(client_message_id="c-1", recipient=Recipient(phone="+14155550123"), text="very private")
-    o = Outcome(msg=msg, received_at=0.0, route="revio", provider="revio")
+    o = SendFacts(msg=msg, received_at=0.0, route="revio", provider="revio")
     with tracing.message(Rec()):
-        tracing.outcome(Terminal("failed", encode_failed(o, "invalid-number", "bad number", 1.0), "invalid-number"))
+        tracing.outcome(Verdict("failed", encode_failed(o, "invalid-number", "bad number", 1.0), "invalid-number"))
     (span,) = finished(spans)
     assert span.attributes["sms.outcome"] == "failed" and span.attributes["sms.reason"] == "invalid-number"
     assert span.attributes["sms.route"] == "revio" and span.attributes["messaging.message.id"] == "c-1"

@@ -1,0 +1,106 @@
+"""Kafka plumbing written once: group-less consumers, reading topics to their end, producing
+until the broker acknowledges, and the rebalance listener of the consumer-group streams.
+
+Reading to the end: each partition is read from its start offset until the consumer's position
+reaches the end offset taken when reading began. A fetch returns whole batches, so this is
+complete even where a broker's end offset is its last batch's base offset + 1 (Tansu), and it
+ends even when compaction removed the last records (a record-offset rule would wait for them).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+
+from connector.config import KafkaSettings
+from connector.kafka import client_options
+
+__all__ = ["Headers", "IdleTimeout", "RebalanceListener", "batches_to_end", "groupless_consumer", "produce_acknowledged", "read_to_end"]
+
+Headers = list[tuple[str, bytes]]
+
+
+class IdleTimeout(TimeoutError):
+    """No record arrived for the reader's ``idle_timeout_s`` before the end was reached."""
+
+
+def groupless_consumer(kafka: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
+    """A consumer outside any group (assign, never subscribe; nothing committed), reading from
+    the earliest offset when it seeks nowhere. ``options`` add or override aiokafka's."""
+    return AIOKafkaConsumer(**{**client_options(kafka), "group_id": None, "enable_auto_commit": False,
+                               "auto_offset_reset": "earliest", **options})
+
+
+async def batches_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None], *,
+                         timeout_s: float | None = None, idle_timeout_s: float | None = None,
+                         fetch_timeout_ms: int = 200, max_records: int = 10000) -> AsyncIterator[list[Any]]:
+    """Assign ``start``'s partitions and read each from its offset (None: its beginning) to the
+    end offset taken now (module docstring), yielding the records of each non-empty fetch.
+    Raises TimeoutError after ``timeout_s`` in all, or ``idle_timeout_s`` without a record
+    (None: no limit)."""
+    tps = list(start)
+    consumer.assign(tps)
+    for tp, offset in start.items():
+        if offset is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+    if not tps:
+        return
+    end = await consumer.end_offsets(tps)
+    remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+    now = time.monotonic()
+    deadline = None if timeout_s is None else now + timeout_s
+    last_record = now
+    while remaining:
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            raise TimeoutError(f"reading {sorted({tp.topic for tp in tps})} to its end took over {timeout_s:.0f}s")
+        if idle_timeout_s is not None and now - last_record > idle_timeout_s:
+            raise IdleTimeout(f"no record of {sorted({tp.topic for tp in tps})} for {idle_timeout_s:.0f}s")
+        batch = await consumer.getmany(*remaining, timeout_ms=fetch_timeout_ms, max_records=max_records)
+        records = [r for part in batch.values() for r in part]
+        if records:
+            last_record = time.monotonic()
+            yield records
+        remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None],
+                      on_record: Callable[[Any], None], *, on_batch: Callable[[], None] | None = None,
+                      **options: Any) -> None:
+    """``batches_to_end`` calling ``on_record`` per record and ``on_batch`` after each fetch."""
+    async for records in batches_to_end(consumer, start, **options):
+        for r in records:
+            on_record(r)
+        if on_batch is not None:
+            on_batch()
+
+
+async def produce_acknowledged(producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes | None,
+                               headers: Headers | None = None) -> Any:
+    """Send one record and return once the broker acknowledged it (its metadata); raises the
+    producer's error otherwise. With ``acks="all"`` this is durable."""
+    fut = await producer.send(topic, value=value, key=key, headers=headers or [])
+    return await fut
+
+
+class RebalanceListener(ConsumerRebalanceListener):
+    """Hands a group stream's assignments and revocations to its owner (plain or async callables)."""
+
+    def __init__(self, on_assigned: Callable[[list[TopicPartition]], Any],
+                 on_revoked: Callable[[list[TopicPartition]], Awaitable[Any]]) -> None:
+        self._assigned = on_assigned
+        self._revoked = on_revoked
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        result = self._assigned(list(assigned))
+        if inspect.isawaitable(result):
+            await result
