@@ -92,7 +92,7 @@ def clean(text: str) -> str:
             continue
         elif ch == "+":
             if kept:
-                raise InvalidMessage("'+' may only start the number", field=_FIELD)
+                raise InvalidMessage("recipient.phone has a '+' that does not start the number", field=_FIELD)
             kept.append(ch)
         else:
             category = unicodedata.category(ch)

@@ -54,7 +54,7 @@ def test_accepted_forms_become_one_e164(text: str, e164: str, region: str | None
     ("+1-800-FLOWERS", "a letter"),                     # vanity numbers are not guessed
     ("14155550123", "must be E.164"),
     ("4155550123", "must be E.164"),
-    ("+1415+5550123", "'+' may only start"),
+    ("+1415+5550123", "'+' that does not start"),
     ("", "must be E.164"),
     ("+", "not a phone number"),
     ("+1415555", "not a possible number: TOO_SHORT"),
@@ -173,3 +173,10 @@ def test_a_control_character_lookalike_digit_or_letter_never_gets_through(e164: 
     with pytest.raises(InvalidMessage):
         numbers.parse(e164[:pos] + ch + e164[pos:])
     assert numbers.canonical(e164[:pos] + ch + e164[pos:]) is None
+
+
+@pytest.mark.parametrize("text", ["0+", "1+2", "+1+4155550123", "++14155550123"])
+def test_a_plus_inside_the_number_is_refused_naming_the_field(text: str) -> None:
+    # found by the property above (hypothesis: "0+"): every refusal names recipient.phone
+    with pytest.raises(InvalidMessage, match=r"^recipient\.phone has a '\+' that does not start the number"):
+        numbers.parse(text)
