@@ -71,6 +71,7 @@ from connector.errors import AuthFailed, InDoubt, InvalidMessage, ProviderError,
 from connector.http import HttpRequest, HttpResponse
 from connector.providers.base import Auth, Capability, Prepared, Provider, SendResult
 from connector.records import Accepted, OutboundSms
+from connector.providers.xmltree import find_child, local_name
 
 PATH = "/v20/default.asmx"
 NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -265,14 +266,6 @@ class OptOutResult:
         return not self.pending
 
 
-def _local(tag: Any) -> str:
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
-
-
-def _child(el: Element | None, name: str) -> Element | None:
-    if el is None:
-        return None
-    return next((c for c in el if _local(c.tag) == name), None)
 
 
 def _text(el: Element | None) -> str | None:
@@ -298,8 +291,8 @@ def _parse_xml(raw: bytes) -> Element | None:
 
 
 def _fault_error(operation: str, fault: Element) -> ProviderError:
-    code = _text(_child(fault, "faultcode")) or ""
-    text = _text(_child(fault, "faultstring")) or ""
+    code = _text(find_child(fault, "faultcode")) or ""
+    text = _text(find_child(fault, "faultstring")) or ""
     message = f"Rev.io {operation}: SOAP fault {code or '(no code)'}: {text or '(no text)'}"
     kind = code.rsplit(":", 1)[-1].split(".", 1)[0]
     if kind in _CLIENT_FAULTS:
@@ -309,7 +302,7 @@ def _fault_error(operation: str, fault: Element) -> ProviderError:
 
 def _header(el: Element) -> ResponseHeader:
     def nil(name: str) -> str | None:
-        child = _child(el, name)
+        child = find_child(el, name)
         return _text(child) or None
 
     impersonated = nil("Impersonated")
@@ -333,15 +326,15 @@ def read_result(operation: str, response: HttpResponse,
                               retry_after=response.header("Retry-After"))
     root = _parse_xml(response.body)
     if root is not None:
-        fault = next((e for e in root.iter() if _local(e.tag) == "Fault"), None)
+        fault = next((e for e in root.iter() if local_name(e.tag) == "Fault"), None)
         if fault is not None:
             raise _fault_error(operation, fault)
     if not 200 <= status < 300:
         raise for_http_status(status, f"Rev.io {operation} answered HTTP {status}",
                               retry_after=response.header("Retry-After"))
     name = operation + "Result"
-    result = None if root is None else next((e for e in root.iter() if _local(e.tag) == name), None)
-    header = _child(result, "Header")
+    result = None if root is None else next((e for e in root.iter() if local_name(e.tag) == name), None)
+    header = find_child(result, "Header")
     if result is None or header is None:
         raise unreadable(f"Rev.io {operation} answered HTTP {status} without a readable {name}/Header")
     return _header(header), result
@@ -371,7 +364,7 @@ def parse_sessions_create(response: HttpResponse) -> str | None:
         # Any refusal of a login is a login failure: the sender's breaker must see it.
         raise error if isinstance(error, AuthFailed) else AuthFailed(error.message, code=error.code,
                                                                      text=error.text)
-    return _text(_child(result, "SessionKey")) or header.session_key or None
+    return _text(find_child(result, "SessionKey")) or header.session_key or None
 
 
 def _int_or_text(value: str | None) -> int | str | None:
@@ -390,10 +383,10 @@ def parse_sms_send(response: HttpResponse, *, sms_profile_id: int | None = None,
     header, result = read_result("SMS_Send", response, unreadable=InDoubt)
     if not header.success:
         raise header_error("SMS_Send", header)
-    profile = _child(result, "Profile")
-    used_id = _int_or_text(_text(_child(profile, "SmsProfileID")))
-    used_from = _text(_child(profile, "FromNumber"))
-    return Accepted(provider_message_id=_text(_child(result, "ID")) or None,
+    profile = find_child(result, "Profile")
+    used_id = _int_or_text(_text(find_child(profile, "SmsProfileID")))
+    used_from = _text(find_child(profile, "FromNumber"))
+    return Accepted(provider_message_id=_text(find_child(result, "ID")) or None,
                     details={"sms_profile_id": used_id if used_id is not None else sms_profile_id,
                              "from_number": used_from if used_from is not None else from_number})
 

@@ -26,6 +26,7 @@ from connector.errors import AuthFailed, InDoubt, ProviderError, Rejected, Retri
 from connector.http import HttpRequest, HttpResponse
 from connector.providers.base import Auth, Capability, Prepared, Provider, SendResult
 from connector.records import Accepted
+from connector.providers.xmltree import local_name
 
 PATH = "/communication/message/smpp/sms"
 NS = "http://schemas.datacontract.org/2004/07/digitaluapi.ServiceModel"
@@ -264,25 +265,22 @@ def _parse_body(response: HttpResponse) -> dict | None:  # type: ignore[type-arg
         return None
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
 
 def _xml_response(raw: bytes) -> dict:  # type: ignore[type-arg]
     """SMPPMsgResponse XML -> the JSON shape (same property names)."""
     root = SafeET.fromstring(raw)
     out: dict = {"messages": []}  # type: ignore[type-arg]
     for child in root:
-        tag = _local(child.tag)
+        tag = local_name(child.tag)
         if tag == "error":
             out["error"] = child.text
         elif tag == "messages":
             for m in child:
                 item: dict = {}  # type: ignore[type-arg]
                 for f in m:
-                    name = _local(f.tag)
+                    name = local_name(f.tag)
                     if name == "msg":
-                        item["msg"] = {_local(x.tag): x.text for x in f}
+                        item["msg"] = {local_name(x.tag): x.text for x in f}
                     elif name == "accepted":
                         item["accepted"] = (f.text or "").strip().lower() == "true"
                     else:
@@ -291,9 +289,9 @@ def _xml_response(raw: bytes) -> dict:  # type: ignore[type-arg]
         elif tag == "ResponseStatus":
             status: dict = {"Errors": []}  # type: ignore[type-arg]
             for f in child:
-                name = _local(f.tag)
+                name = local_name(f.tag)
                 if name == "Errors":
-                    status["Errors"] = [{_local(x.tag): x.text for x in e} for e in f]
+                    status["Errors"] = [{local_name(x.tag): x.text for x in e} for e in f]
                 elif name in ("ErrorCode", "Message"):
                     status[name] = f.text
             out["ResponseStatus"] = status

@@ -87,6 +87,7 @@ from connector.providers.base import (
     UnauthorizedCallback,
 )
 from connector.records import DEVICE_KINDS, Accepted, OutboundSms, Recipient
+from connector.providers.xmltree import local_name
 
 __all__ = [
     "BearerRefused", "CallbackRegistration", "DATA_ENCODINGS", "MoMessage", "MoPage", "SessionRefused",
@@ -174,7 +175,7 @@ def _xml_error(raw: bytes) -> tuple[str | None, str | None]:
         return None, None
     found: dict[str, str] = {}
     for el in root.iter():
-        name = _local(el.tag).lower()
+        name = local_name(el.tag).lower()
         if name in ("code", "message", "description", "faultcode", "faultstring") and el.text:
             found.setdefault(name, el.text.strip())
     return (found.get("code") or found.get("faultcode"),
@@ -792,9 +793,6 @@ def callback_credentials_match(cb: ThingSpaceCallback, username: str | None,
     return user_ok and password_ok
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
 
 class _Tolerant:
     """A TreeBuilder target that can close elements a truncated document left open."""
@@ -853,7 +851,7 @@ def _parse_xml(body: bytes) -> Element:
     except DefusedXmlException as exc:
         raise InvalidRecord(f"callback XML refused: {type(exc).__name__}") from None
     except ParseError as exc:
-        if target.open and "CallbackRequest" not in {_local(t) for t in target.open}:
+        if target.open and "CallbackRequest" not in {local_name(t) for t in target.open}:
             return target.close()   # truncated after CallbackRequest was complete
         raise InvalidRecord(f"callback is not well-formed XML: {exc}") from None
 
@@ -884,7 +882,7 @@ def _children(el: Element | None) -> dict[str, Element]:
     found: dict[str, Element] = {}
     if el is not None:
         for c in el:
-            name = _local(c.tag)
+            name = local_name(c.tag)
             if name not in found and c.get(_NIL) != "true":
                 found[name] = c
     return found
@@ -892,7 +890,7 @@ def _children(el: Element | None) -> dict[str, Element]:
 
 def _from_soap(body: bytes) -> ThingSpaceCallback:
     root = _parse_xml(body)
-    req = next((el for el in root.iter() if _local(el.tag) == "CallbackRequest"), None)
+    req = next((el for el in root.iter() if local_name(el.tag) == "CallbackRequest"), None)
     if req is None:
         raise InvalidRecord("callback XML has no CallbackRequest")
     r = _children(req)

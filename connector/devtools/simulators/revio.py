@@ -46,6 +46,7 @@ import orjson
 from aiohttp import web
 
 from connector.devtools.simulators.base import Simulator
+from connector.providers.xmltree import find_child, local_name
 
 PATH = "/v20/default.asmx"
 NS_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -132,7 +133,7 @@ class RevIoSimulator(Simulator):
         if op is None or op.tag not in (f"{{{n}}}{operation}" for n in NAMESPACES.values()):
             raise SoapFault("soap:Client", "Server was unable to read request. ---> The request body does not "
                                            f"contain {operation} in namespace {ns}.")
-        req = _child(op, "Request")
+        req = find_child(op, "Request")
         return operation, op.tag[1:].split("}")[0], req if req is not None else Element("Request")
 
     # -- auth --------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class RevIoSimulator(Simulator):
 
     def _authenticate(self, req: Element) -> tuple[str | None, str | None]:
         """(SessionKey to echo, None) or (None, the auth error message)."""
-        session = _child(req, "Session")
+        session = find_child(req, "Session")
         if session is not None:
             key = _field(session, "SessionKey") or ""
             if key not in self.sessions:
@@ -165,7 +166,7 @@ class RevIoSimulator(Simulator):
                 del self.sessions[key]
                 return None, AUTH_EXPIRED_SESSION
             return key, None
-        creds = _child(req, "Credentials")
+        creds = find_child(req, "Credentials")
         if creds is None:
             return None, AUTH_NO_CREDENTIALS
         if not self._credentials_ok(creds):
@@ -178,7 +179,7 @@ class RevIoSimulator(Simulator):
 
     # -- operations: each returns (Header fields, result fields) -----------------------------
     def _sessions_create(self, req: Element) -> tuple[dict[str, Any], list[Element]]:
-        if not self._credentials_ok(_child(req, "Credentials")):
+        if not self._credentials_ok(find_child(req, "Credentials")):
             return _refused(AUTH_BAD_CREDENTIALS), []
         key = self._new_session()
         return _ok(key), [_el("SessionKey", key), _el("SessionKey_Encoded", quote(key, safe=""))]
@@ -190,7 +191,7 @@ class RevIoSimulator(Simulator):
         to, message = _field(req, "ToNumber") or "", _field(req, "Message", strip=False) or ""
         self.stats.count_messages(1)
         self.stats.sends_by_id[hashlib.sha256(f"{to}\n{message}".encode()).hexdigest()[:16]] += 1
-        profile = _child(req, "Profile")
+        profile = find_child(req, "Profile")
         profile_id = _field(profile, "SmsProfileID") or _field(req, "SmsProfileID")
         from_number = _field(profile, "FromNumber") or _field(req, "FromNumber")
         customer_id = _field(req, "CustomerID")
@@ -238,8 +239,8 @@ class RevIoSimulator(Simulator):
         key, error = self._authenticate(req)
         if error:
             return _refused(error), []
-        tns_el = _child(req, "TNs")
-        tns = [(t.text or "").strip() for t in tns_el if _local(t.tag) == "TN"] if tns_el is not None else []
+        tns_el = find_child(req, "TNs")
+        tns = [(t.text or "").strip() for t in tns_el if local_name(t.tag) == "TN"] if tns_el is not None else []
         tns = tns or [""]   # "Must be non null or empty string"
         invalid = [t for t in tns if not TEN_DIGITS.match(t)]
         if invalid:
@@ -274,18 +275,10 @@ class RevIoSimulator(Simulator):
 # XML helpers
 
 
-def _local(tag: Any) -> str:
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
-
-
-def _child(el: Element | None, name: str) -> Element | None:
-    if el is None:
-        return None
-    return next((c for c in el if _local(c.tag) == name), None)
 
 
 def _field(el: Element | None, name: str, *, strip: bool = True) -> str | None:
-    child = _child(el, name)
+    child = find_child(el, name)
     if child is None:
         return None
     text = child.text or ""

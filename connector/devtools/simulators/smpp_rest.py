@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from connector.devtools.simulators.base import Simulator
+from connector.providers.xmltree import local_name
 
 PATH = "/communication/message/smpp/sms"
 NS = "http://schemas.datacontract.org/2004/07/digitaluapi.ServiceModel"
@@ -118,19 +119,16 @@ class SmppRestSimulator(Simulator):
         return web.Response(status=503, body=orjson.dumps(body), content_type="application/json")
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
 
 def _parse_xml_request(raw: bytes) -> list[dict[str, str | None]]:
     root = SafeET.fromstring(raw)
-    if _local(root.tag) != "SendSMPPSmsRequest":
+    if local_name(root.tag) != "SendSMPPSmsRequest":
         raise ValueError("not a SendSMPPSmsRequest")
     out = []
     for container in root:
-        if _local(container.tag) == "Messages":
+        if local_name(container.tag) == "Messages":
             for m in container:
-                out.append({_local(f.tag): f.text for f in m})
+                out.append({local_name(f.tag): f.text for f in m})
     return out
 
 
