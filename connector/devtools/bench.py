@@ -69,7 +69,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, TextIO
+from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, Self, TextIO
 
 import aiohttp
 import orjson
@@ -448,7 +448,32 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class CpuMeter:
+class _Sampler:
+    """Calls ``sample()`` every ``every_s`` in the background between ``start()`` and ``stop()``."""
+
+    every_s: float
+    _task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.every_s)
+
+    def start(self) -> Self:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class CpuMeter(_Sampler):
     """Samples the CPU time of named processes every ``every_s`` in the background, so the CPU
     used over any window (e.g. first to last result record) can be read afterwards."""
 
@@ -456,27 +481,14 @@ class CpuMeter:
         self.pids = {k: v for k, v in pids.items() if v}
         self.every_s = every_s
         self.samples: list[tuple[float, dict[str, float]]] = []   # (epoch seconds, name -> CPU s)
-        self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> None:
         now = time.time()
         cpu = {k: c for k, pid in self.pids.items() if (c := cpu_seconds(pid)) is not None}
         self.samples.append((now, cpu))
 
-    async def _run(self) -> None:
-        while True:
-            self.sample()
-            await asyncio.sleep(self.every_s)
-
-    def start(self) -> CpuMeter:
-        self._task = asyncio.create_task(self._run())
-        return self
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._cancel()
         self.sample()
 
     def over(self, t0: float | None = None, t1: float | None = None) -> tuple[dict[str, float], float]:
@@ -495,7 +507,7 @@ class CpuMeter:
                 span)
 
 
-class RssSampler:
+class RssSampler(_Sampler):
     """Samples a process's VmRSS every ``every_s`` in the background; keeps its VmHWM."""
 
     def __init__(self, pid: int, every_s: float = 1.0) -> None:
@@ -503,7 +515,6 @@ class RssSampler:
         self.every_s = every_s
         self.samples: list[tuple[float, float]] = []   # (seconds since start, MB)
         self.hwm_mb = 0.0
-        self._task: asyncio.Task[None] | None = None
         self._t0 = time.monotonic()
 
     def sample(self) -> None:
@@ -512,21 +523,9 @@ class RssSampler:
             self.samples.append((round(time.monotonic() - self._t0, 1), round(st.get("VmRSS", 0) / 1024, 1)))
             self.hwm_mb = max(self.hwm_mb, st.get("VmHWM", 0) / 1024)
 
-    async def _run(self) -> None:
-        while True:
-            self.sample()
-            await asyncio.sleep(self.every_s)
-
-    def start(self) -> RssSampler:
-        self._task = asyncio.create_task(self._run())
-        return self
-
     async def stop(self) -> None:
         self.sample()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._cancel()
 
     def flat(self, tolerance: float = 0.05) -> bool | None:
         """Whether RSS stops growing: the second half's trend, extended over the whole run, adds
