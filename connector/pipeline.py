@@ -19,9 +19,9 @@ from typing import Container, Mapping, Protocol
 from connector import metrics
 from connector.breaker import CircuitOpen
 from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
-from connector.inbound import correlation_key
 from connector.policy import HandOffPolicy, Retry, hand_off
-from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, SendFacts, decode_outbound,
+from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, SendFacts, correlation_key,
+                               decode_outbound,
                                encode_accepted, encode_failed, iso)
 from connector.retries import HandOff, RetryState
 from connector.routing import Router

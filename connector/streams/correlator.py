@@ -45,11 +45,10 @@ from connector import contract as topics
 from connector import metrics, tracing
 from connector.config import Settings
 from connector.errors import SmsError
-from connector.inbound import correlation_key
 from connector.kafka import client_options
 from connector.offsets import PartitionProgress
 from connector.providers import Capability, has
-from connector.records import iso
+from connector.records import correlation_key, iso
 from connector.sender import RouteSender
 from connector.streams.plumbing import RebalanceListener, produce_acknowledged
 
