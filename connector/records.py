@@ -337,6 +337,61 @@ class Correlation:
             "final_state": self.final_state, "last_state": self.last_state,
         })
 
+    @classmethod
+    def decode(cls, value: bytes) -> Correlation:
+        """The correlation in a stored value; InvalidRecord when it cannot be read."""
+        try:
+            d = orjson.loads(value)
+            return cls(client_message_id=d["client_message_id"], provider=d["provider"], route=d.get("route"),
+                       recipient=d.get("recipient") or {}, metadata=d.get("metadata") or {},
+                       provider_message_id=d.get("provider_message_id"),
+                       provider_request_id=d.get("provider_request_id"), submitted_at=d["submitted_at"],
+                       expires_at=d.get("expires_at"), final_state=d.get("final_state"),
+                       last_state=d.get("last_state"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidRecord(f"unreadable correlation: {type(exc).__name__}") from None
+
+    def age_s(self, now: float) -> float:
+        """Seconds since the message was submitted (0 when the time cannot be read)."""
+        try:
+            return now - datetime.fromisoformat(self.submitted_at).timestamp()
+        except (ValueError, TypeError):
+            return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """One ``sms.delivery`` record (key: client_message_id): a receipt as it was read from
+    ``sms.receipts`` (every field kept, byte for byte) joined to its ``Correlation``."""
+
+    receipt: dict[str, Any]
+    correlation: Correlation
+    latency_s: float | None
+
+    @classmethod
+    def join(cls, receipt: dict[str, Any], corr: Correlation) -> DeliveryEvent:
+        latency = None
+        try:
+            if corr.submitted_at:
+                latency = round(datetime.fromisoformat(receipt["received_at"]).timestamp()
+                                - datetime.fromisoformat(corr.submitted_at).timestamp(), 3)
+        except (KeyError, ValueError):
+            latency = None
+        return cls(receipt, corr, latency)
+
+    @property
+    def key(self) -> bytes:
+        return self.correlation.client_message_id.encode()
+
+    def as_json(self) -> dict[str, Any]:
+        c = self.correlation
+        return {**self.receipt, "client_message_id": c.client_message_id, "metadata": c.metadata or {},
+                "route": c.route, "recipient": c.recipient or {}, "submitted_at": c.submitted_at,
+                "latency_s": self.latency_s}
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.as_json())
+
 
 def _ended(o: SendFacts, outcome: Ending) -> dict[str, Any]:
     """The fields every terminal record starts with, in the schemas' order."""
