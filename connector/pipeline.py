@@ -19,11 +19,11 @@ from typing import Container, Mapping, Protocol
 from connector import metrics
 from connector.breaker import CircuitOpen
 from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
-from connector.inbound import correlation_key
 from connector.policy import HandOffPolicy, Retry, hand_off
-from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, SendFacts, decode_outbound,
+from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, SendFacts, correlation_key,
+                               decode_outbound,
                                encode_accepted, encode_failed, iso)
-from connector.retries import HandOff, RetryState
+from connector.retries import RetryState
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -57,7 +57,7 @@ class Verdict:
     # set when the ledger holds an intent for this message: record "done" once the terminal is durable
     ledger_cid: str | None = None
     # retry only: when and how the message is sent again from the retry topic
-    handoff: HandOff | None = None
+    handoff: RetryState | None = None
 
 
 SKIP = Verdict(Ending.SKIPPED, None)   # a replay whose outcome is recorded: nothing to send, nothing to publish
@@ -161,7 +161,7 @@ class Pipeline:
             if isinstance(action, Retry):
                 metrics.HANDED_OFF.labels(o.route, sent.result.reason).inc()
                 return Verdict(Ending.HANDED_OFF, None, sent.result.reason, sent.result.message, ledger_cid=cid,
-                                handoff=HandOff.new(o.attempts, passes + 1, time.time() + action.after_s))
+                                handoff=RetryState.new(o.attempts, passes + 1, time.time() + action.after_s))
         return replace(self.failed(o, sent.result), ledger_cid=cid)
 
     @staticmethod

@@ -1,4 +1,6 @@
-"""Record types and their wire form (orjson), validated against the schemas in ``topics/``.
+"""Every record type and its wire form (orjson), validated against the schemas in ``topics/``:
+outbound, accepted/failed, correlation, ledger entry, and the inbound ones (delivery receipt,
+MO message, opt-out change).
 
 ``decode_outbound`` is the one way bytes from ``sms.outbound`` become an ``OutboundSms``; the
 ``encode_*`` functions are the one way terminal records become bytes. The JSON Schemas in
@@ -9,6 +11,7 @@ contract and the code cannot drift apart. Schema version: 1 for every record typ
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -334,6 +337,61 @@ class Correlation:
             "final_state": self.final_state, "last_state": self.last_state,
         })
 
+    @classmethod
+    def decode(cls, value: bytes) -> Correlation:
+        """The correlation in a stored value; InvalidRecord when it cannot be read."""
+        try:
+            d = orjson.loads(value)
+            return cls(client_message_id=d["client_message_id"], provider=d["provider"], route=d.get("route"),
+                       recipient=d.get("recipient") or {}, metadata=d.get("metadata") or {},
+                       provider_message_id=d.get("provider_message_id"),
+                       provider_request_id=d.get("provider_request_id"), submitted_at=d["submitted_at"],
+                       expires_at=d.get("expires_at"), final_state=d.get("final_state"),
+                       last_state=d.get("last_state"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidRecord(f"unreadable correlation: {type(exc).__name__}") from None
+
+    def age_s(self, now: float) -> float:
+        """Seconds since the message was submitted (0 when the time cannot be read)."""
+        try:
+            return now - datetime.fromisoformat(self.submitted_at).timestamp()
+        except (ValueError, TypeError):
+            return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """One ``sms.delivery`` record (key: client_message_id): a receipt as it was read from
+    ``sms.receipts`` (every field kept, byte for byte) joined to its ``Correlation``."""
+
+    receipt: dict[str, Any]
+    correlation: Correlation
+    latency_s: float | None
+
+    @classmethod
+    def join(cls, receipt: dict[str, Any], corr: Correlation) -> DeliveryEvent:
+        latency = None
+        try:
+            if corr.submitted_at:
+                latency = round(datetime.fromisoformat(receipt["received_at"]).timestamp()
+                                - datetime.fromisoformat(corr.submitted_at).timestamp(), 3)
+        except (KeyError, ValueError):
+            latency = None
+        return cls(receipt, corr, latency)
+
+    @property
+    def key(self) -> bytes:
+        return self.correlation.client_message_id.encode()
+
+    def as_json(self) -> dict[str, Any]:
+        c = self.correlation
+        return {**self.receipt, "client_message_id": c.client_message_id, "metadata": c.metadata or {},
+                "route": c.route, "recipient": c.recipient or {}, "submitted_at": c.submitted_at,
+                "latency_s": self.latency_s}
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.as_json())
+
 
 def _ended(o: SendFacts, outcome: Ending) -> dict[str, Any]:
     """The fields every terminal record starts with, in the schemas' order."""
@@ -383,3 +441,120 @@ def encode_failed(o: SendFacts, reason: str, error: str, completed_at: float, *,
         "completed_at": iso(completed_at),
     })
     return orjson.dumps(record)
+
+
+# --- inbound records: delivery receipts, MO messages, opt-out changes -------------------------
+#
+# The callback endpoint and the pollers turn provider payloads into these values; the correlator
+# joins receipts to their outbound message. Every record keeps the provider's
+# raw payload (credentials removed) so nothing the provider said is lost.
+#
+# Stable ids: a receipt's ``event_id`` and an MO's ``dedupe_key`` are hashes of what the provider
+# said (not of when we heard it), so a provider's resend, a poller's re-read after a restart, or a
+# replay gives the same id and consumers (and the connector itself) can drop duplicates.
+
+# kinds and states are enumerated in topics/schemas/delivery_receipt.json (the contract)
+FINAL_STATES = frozenset({"delivered", "undeliverable", "expired", "rejected", "completed"})
+
+def correlation_key(provider: str, provider_id: str) -> str:
+    """What joins a receipt to its accepted message: ``<provider>:<provider message/request id>``."""
+    return f"{provider}:{provider_id}"
+
+
+def stable_id(*parts: object) -> str:
+    basis = "\x1f".join("" if p is None else str(p) for p in parts)
+    return hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReceipt:
+    provider: str
+    correlation_key: str
+    kind: str
+    state: str
+    received_at: float
+    raw: str
+    raw_format: str = "xml"
+    provider_message_id: str | None = None
+    provider_request_id: str | None = None
+    device_kind: str | None = None
+    device_id: str | None = None
+    provider_status: str | None = None
+    occurred_at: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def event_id(self) -> str:
+        return stable_id(self.correlation_key, self.kind, self.state, self.provider_status,
+                         self.device_kind, self.device_id, self.occurred_at)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": self.event_id,
+            "provider": self.provider,
+            "correlation_key": self.correlation_key,
+            "provider_message_id": self.provider_message_id,
+            "provider_request_id": self.provider_request_id,
+            "device": {"kind": self.device_kind, "id": self.device_id} if self.device_id else None,
+            "kind": self.kind,
+            "state": self.state,
+            "final": self.final,
+            "provider_status": self.provider_status,
+            "occurred_at": self.occurred_at,
+            "received_at": iso(self.received_at),
+            "raw": self.raw,
+            "raw_format": self.raw_format,
+        }
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.as_json())
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSms:
+    provider: str
+    sender: Recipient
+    text: str
+    received_at: float
+    raw: str
+    dedupe_key: str
+    to: str | None = None
+    keyword: str | None = None
+    occurred_at: str | None = None
+    optout: str | None = None       # "stop" | "start" | None
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "schema_version": SCHEMA_VERSION,
+            "dedupe_key": self.dedupe_key,
+            "provider": self.provider,
+            "sender": self.sender.as_json(),
+            "to": self.to,
+            "text": self.text,
+            "keyword": self.keyword,
+            "optout": self.optout,
+            "occurred_at": self.occurred_at,
+            "received_at": iso(self.received_at),
+            "raw": self.raw,
+        })
+
+    @property
+    def key(self) -> bytes:
+        return self.sender.key().encode()
+
+
+@dataclass(frozen=True, slots=True)
+class OptOutChange:
+    phone: str
+    opted_out: bool
+    at: float
+    source: str
+    keyword: str | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"schema_version": SCHEMA_VERSION, "phone": self.phone, "opted_out": self.opted_out,
+                             "keyword": self.keyword, "source": self.source, "at": iso(self.at)})

@@ -12,7 +12,8 @@ A message whose in-place retries are spent (``connector.policy.hand_off``) is wr
 - ``sms.source.*``: where the message was first read, kept through every pass so its terminal
   record names the original input.
 
-Pure values: no Kafka, no clock. ``RetryState.from_headers`` reads what ``HandOff.headers`` writes.
+Pure values: no Kafka, no clock. One ``RetryState``: ``from_headers`` reads what ``headers`` writes
+(``due_at`` is exact when made by ``new``, to the millisecond when read back from headers).
 """
 
 from __future__ import annotations
@@ -32,12 +33,18 @@ SOURCE_HEADERS = frozenset({topics.HEADER_SOURCE_TOPIC, topics.HEADER_SOURCE_PAR
 
 @dataclass(frozen=True, slots=True)
 class RetryState:
-    """What a retry record says about its message's earlier passes."""
+    """A message's retry state: the hand-off a pass ends with (``new``, written by ``headers``)
+    and what a retry record says about its earlier passes (``from_headers``), one value."""
 
-    attempts: int
-    passes: int
-    due_at_ms: int
-    token: str
+    attempts: int        # provider calls made in all passes
+    passes: int          # hand-offs so far, including the latest
+    due_at: float        # epoch seconds (milliseconds on the wire)
+    token: str           # random: tells this hand-off's retry record from a replayed older one
+
+    @staticmethod
+    def new(attempts: int, passes: int, due_at: float) -> RetryState:
+        """A new hand-off: send the message again from the retry topic at ``due_at``."""
+        return RetryState(attempts, passes, due_at, os.urandom(8).hex())
 
     @classmethod
     def from_headers(cls, headers: Sequence[tuple[str, bytes]] | None) -> RetryState | None:
@@ -49,29 +56,14 @@ class RetryState:
         try:
             return cls(attempts=int(found[topics.HEADER_RETRY_ATTEMPTS]),
                        passes=int(found[topics.HEADER_RETRY_PASSES]),
-                       due_at_ms=int(found[topics.HEADER_RETRY_DUE_AT]),
+                       due_at=int(found[topics.HEADER_RETRY_DUE_AT]) / 1000,
                        token=found[topics.HEADER_RETRY_TOKEN].decode())
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
 
-
-@dataclass(frozen=True, slots=True)
-class HandOff:
-    """A pass ended retriably: send the message again from the retry topic at ``due_at``."""
-
-    attempts: int        # provider calls made in all
-    passes: int          # hand-offs including this one
-    due_at: float        # epoch seconds
-    token: str           # random: tells this hand-off's retry record from a replayed older one
-
-    @staticmethod
-    def new(attempts: int, passes: int, due_at: float) -> HandOff:
-        return HandOff(attempts, passes, due_at, os.urandom(8).hex())
-
     def headers(self, original: Sequence[tuple[str, bytes]] | None, source: Headers, reason: str) -> Headers:
         """Headers of the retry record: the original ones (earlier retry and source headers
-        replaced), the message's first source, and this hand-off (read back by
-        ``RetryState.from_headers``)."""
+        replaced), the message's first source, and this hand-off (read back by ``from_headers``)."""
         kept = [(k, v) for k, v in original or () if k not in RETRY_HEADERS and k not in SOURCE_HEADERS]
         return kept + source + [
             (topics.HEADER_RETRY_ATTEMPTS, str(self.attempts).encode()),

@@ -54,7 +54,7 @@ from connector import retries
 from connector.config import ConfigError, KafkaSettings
 
 __all__ = ["FILTER_FIELDS", "HEADER_REPLAYED_FROM", "ReplaySummary", "dlq_group", "kafka_settings",
-           "matches", "parse_filters", "record_facts", "replay", "replay_headers", "topic_kind"]
+           "matches", "parse_filters", "record_facts", "replay", "replay_headers", "topic_role"]
 
 HEADER_REPLAYED_FROM = topics.HEADER_REPLAYED_FROM
 FILTER_FIELDS = ("reason", "provider", "route", "client_message_id", "key")
@@ -90,8 +90,8 @@ def parse_filters(items: Iterable[str]) -> Filters:
     return {k: frozenset(v) for k, v in out.items()}
 
 
-def topic_kind(topic: str) -> tuple[str, str]:
-    """``(kind, topic name)`` for a topic name or role: ``dlq`` or ``failed``; ValueError otherwise."""
+def topic_role(topic: str) -> tuple[str, str]:
+    """``(role, topic name)`` for a topic name or role: ``dlq`` or ``failed``; ValueError otherwise."""
     for role in ("dlq", "failed"):
         name = topics.spec(role).name
         if topic in (role, name):
@@ -112,11 +112,11 @@ def _json(value: bytes | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def record_facts(kind: str, key: bytes | None, value: bytes | None,
+def record_facts(role: str, key: bytes | None, value: bytes | None,
                  headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str | None]:
     """What filters look at, for one DLQ or failed record."""
     data = _json(value)
-    if kind == "dlq":
+    if role == "dlq":
         reason = _headers(headers).get(topics.HEADER_ERROR_REASON)
     else:
         reason = data.get("reason")
@@ -232,12 +232,12 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
     from connector.kafka import start_producer, topic_partitions
     from connector.streams.plumbing import IdleTimeout, batches_to_end, groupless_consumer
 
-    kind, name = topic_kind(topic)
+    role, name = topic_role(topic)
     target = topics.spec("outbound").name
     summary = ReplaySummary(topic=name, target=target, filters=dict(filters or {}), dry_run=dry_run)
     consumer = groupless_consumer(kafka)
     producer: AIOKafkaProducer | None = None
-    originals = _Originals(kafka, quiet_s=max(quiet_s, 1.0)) if kind == "failed" else None
+    originals = _Originals(kafka, quiet_s=max(quiet_s, 1.0)) if role == "failed" else None
     pending: list[asyncio.Future[Any]] = []
     try:
         await consumer.start()
@@ -255,12 +255,12 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
                                                 max_records=500):
                 for rec in records:
                     summary.scanned += 1
-                    facts = record_facts(kind, rec.key, rec.value, rec.headers)
+                    facts = record_facts(role, rec.key, rec.value, rec.headers)
                     if not matches(facts, summary.filters):
                         continue
                     summary.matched += 1
                     summary.by_reason[facts["reason"] or ""] += 1
-                    out = await _original(kind, rec, facts, originals, summary)
+                    out = await _original(role, rec, facts, originals, summary)
                     if out is not None and producer is not None:
                         key, value, headers = out
                         pending.append(await producer.send(target, value=value, key=key, headers=headers))
@@ -288,10 +288,10 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
     return summary
 
 
-async def _original(kind: str, rec: Any, facts: Mapping[str, str | None], originals: _Originals | None,
+async def _original(role: str, rec: Any, facts: Mapping[str, str | None], originals: _Originals | None,
                     summary: ReplaySummary) -> tuple[bytes | None, bytes, Headers] | None:
     """(key, value, headers) to produce for one matched record, or None (noted as missing)."""
-    if kind == "dlq":
+    if role == "dlq":
         return rec.key, rec.value if rec.value is not None else b"", replay_headers(rec.headers, rec.topic,
                                                                                      rec.partition, rec.offset)
     assert originals is not None
@@ -368,7 +368,7 @@ def dlq_replay(topic: str, filters: tuple[str, ...], dry_run: bool, limit: int |
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--filter") from None
     try:
-        topic_kind(topic)
+        topic_role(topic)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--topic") from None
     try:

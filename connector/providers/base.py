@@ -38,16 +38,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence, Union
+from typing import Any, ClassVar, Iterator, Sequence, Union
 
 from connector.encoding import EncodedText, Encoding, analyse, split
 from connector.errors import InvalidMessage, InvalidRecord, ProviderError
 from connector.http import HttpRequest, HttpResponse
 from connector.numbers import DEFAULT_LEVEL, PhoneNumber
-from connector.records import Accepted, OutboundSms
-
-if TYPE_CHECKING:
-    from connector.inbound import DeliveryReceipt, InboundSms
+from connector.records import Accepted, DeliveryReceipt, InboundSms, OutboundSms
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +103,6 @@ class CallbackEvent:
 
     @property
     def is_mo(self) -> bool:
-        from connector.inbound import InboundSms
         return isinstance(self.record, InboundSms)
 
 

@@ -94,9 +94,9 @@ from connector.errors import (
 )
 from connector.http import HttpRequest, HttpResponse
 from connector import numbers
-from connector.inbound import DeliveryReceipt, InboundSms, Keywords, first_word, stable_id
+from connector.keywords import Keywords, first_word
 from connector.providers.base import Capability, PolledStatus, Prepared, Provider, SendResult
-from connector.records import Accepted, OutboundSms, Recipient
+from connector.records import Accepted, DeliveryReceipt, InboundSms, OutboundSms, Recipient, stable_id
 
 __all__ = [
     "API_PATH", "CALL_PATHS", "DeliveryState", "Envelope", "FiredMo", "MessageStatus", "MoMessage",

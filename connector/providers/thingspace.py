@@ -74,7 +74,7 @@ from connector.errors import (
 )
 from connector.http import HttpRequest, HttpResponse
 from connector.numbers import DEFAULT_LEVEL
-from connector.inbound import DeliveryReceipt, InboundSms, Keywords, correlation_key, first_word, stable_id
+from connector.keywords import Keywords, first_word
 from connector.providers.base import (
     Auth,
     CallbackEvent,
@@ -86,7 +86,8 @@ from connector.providers.base import (
     SendResult,
     UnauthorizedCallback,
 )
-from connector.records import DEVICE_KINDS, Accepted, OutboundSms, Recipient
+from connector.records import (DEVICE_KINDS, Accepted, DeliveryReceipt, InboundSms, OutboundSms, Recipient,
+                               correlation_key, stable_id)
 from connector.providers.xmltree import local_name
 
 __all__ = [

@@ -56,7 +56,8 @@ from aiokafka.errors import KafkaError
 from connector import contract as topics
 from connector import metrics
 from connector.config import Settings
-from connector.inbound import DeliveryReceipt, Keywords
+from connector.records import DeliveryReceipt
+from connector.keywords import Keywords
 from connector.providers import (
     CallbackEvent,
     Capability,

@@ -32,8 +32,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import orjson
@@ -44,12 +43,11 @@ from aiokafka.errors import KafkaError
 from connector import contract as topics
 from connector import metrics, tracing
 from connector.config import Settings
-from connector.errors import SmsError
-from connector.inbound import correlation_key
+from connector.errors import InvalidRecord, SmsError
 from connector.kafka import client_options
 from connector.offsets import PartitionProgress
 from connector.providers import Capability, has
-from connector.records import iso
+from connector.records import Correlation, DeliveryEvent, correlation_key, iso
 from connector.sender import RouteSender
 from connector.streams.plumbing import RebalanceListener, produce_acknowledged
 
@@ -67,7 +65,7 @@ class Held:
 class PartitionState:
     """The join state of one partition number (both topics)."""
 
-    correlations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    correlations: dict[str, Correlation] = field(default_factory=dict)
     held: dict[str, list[Held]] = field(default_factory=dict)
     held_order: deque[tuple[str, Held]] = field(default_factory=deque)   # arrival order, for the TTL
     seen: dict[str, set[str]] = field(default_factory=dict)        # key -> event ids published
@@ -75,19 +73,9 @@ class PartitionState:
     last_poll: dict[str, float] = field(default_factory=dict)
 
 
-def join(receipt: Mapping[str, Any], corr: Mapping[str, Any]) -> dict[str, Any]:
+def join(receipt: dict[str, Any], corr: Correlation) -> DeliveryEvent:
     """A receipt joined to its correlation record: the DeliveryEvent of sms.delivery."""
-    submitted = corr.get("submitted_at")
-    latency = None
-    try:
-        if submitted:
-            latency = round(datetime.fromisoformat(receipt["received_at"]).timestamp()
-                            - datetime.fromisoformat(submitted).timestamp(), 3)
-    except (KeyError, ValueError):
-        latency = None
-    return {**receipt, "client_message_id": corr["client_message_id"], "metadata": corr.get("metadata") or {},
-            "route": corr.get("route"), "recipient": corr.get("recipient") or {}, "submitted_at": submitted,
-            "latency_s": latency}
+    return DeliveryEvent.join(receipt, corr)
 
 
 class Correlator:
@@ -173,8 +161,8 @@ class Correlator:
             st.correlations.pop(ck, None)
             return []
         try:
-            corr = orjson.loads(value)
-        except orjson.JSONDecodeError:
+            corr = Correlation.decode(value)
+        except InvalidRecord:
             return []
         st.correlations[ck] = corr
         out = []
@@ -193,7 +181,7 @@ class Correlator:
             return []
         return await self._publish(st, ck, corr, value or b"", offset)
 
-    async def _publish(self, st: PartitionState, ck: str, corr: dict[str, Any], value: bytes, offset: int):  # type: ignore[no-untyped-def]
+    async def _publish(self, st: PartitionState, ck: str, corr: Correlation, value: bytes, offset: int):  # type: ignore[no-untyped-def]
         try:
             receipt = orjson.loads(value)
             event_id = receipt["event_id"]
@@ -209,19 +197,18 @@ class Correlator:
             return []
         seen.add(event_id)
         event = join(receipt, corr)
-        out = [(await self.producer.send(self.topic_delivery, value=orjson.dumps(event),
-                                         key=corr["client_message_id"].encode()), st, offset)]
+        out = [(await self.producer.send(self.topic_delivery, value=event.encode(), key=event.key), st, offset)]
         metrics.CORRELATION.labels(provider, "matched").inc()
         if receipt.get("final") and receipt.get("kind") != "progress":
-            if event["latency_s"] is not None:
-                metrics.DELIVERY_LATENCY.labels(provider, receipt.get("state", "")).observe(event["latency_s"])
-            if not corr.get("final_state"):
-                corr = {**corr, "final_state": receipt.get("state")}
+            if event.latency_s is not None:
+                metrics.DELIVERY_LATENCY.labels(provider, receipt.get("state", "")).observe(event.latency_s)
+            if not corr.final_state:
+                corr = replace(corr, final_state=receipt.get("state"))
                 st.correlations[ck] = corr
-                out.append((await self.producer.send(self.topic_corr, value=orjson.dumps(corr), key=ck.encode()),
+                out.append((await self.producer.send(self.topic_corr, value=corr.encode(), key=ck.encode()),
                             None, None))
-        elif receipt.get("kind") == "status-poll" and corr.get("last_state") != receipt.get("state"):
-            corr = {**corr, "last_state": receipt.get("state")}
+        elif receipt.get("kind") == "status-poll" and corr.last_state != receipt.get("state"):
+            corr = replace(corr, last_state=receipt.get("state"))
             st.correlations[ck] = corr
         return out
 
@@ -287,12 +274,12 @@ class Correlator:
                 await asyncio.sleep(1.0)
                 continue
             for ck, corr, st in due:
-                sender = self.senders.get(corr.get("route") or "")
+                sender = self.senders.get(corr.route or "")
                 if sender is None or not has(sender.provider, Capability.STATUS_POLL):
                     st.last_poll[ck] = time.monotonic()
                     continue
                 st.last_poll[ck] = time.monotonic()
-                message_id = corr.get("provider_message_id") or ""
+                message_id = corr.provider_message_id or ""
                 provider: Any = sender.provider
                 try:
                     status = await sender.call(lambda: provider.build_status_poll(message_id),
@@ -303,27 +290,28 @@ class Correlator:
                     continue
                 metrics.STATUS_POLLS.labels(provider.name, "ok").inc()
                 state = status.state
-                too_old = _age_s(corr) > inb.status_poll_max_age_s
+                too_old = corr.age_s(time.time()) > inb.status_poll_max_age_s
                 if state == "in-flight" and too_old:
                     state = "expired"
-                if state != corr.get("last_state") or state != "in-flight":
+                if state != corr.last_state or state != "in-flight":
                     receipt = provider.status_receipt(ck, message_id, status, state, time.time())
                     try:
                         await produce_acknowledged(self.producer, self.topic_receipts, ck.encode(), receipt.encode())
                     except KafkaError:
                         pass
-                    corr["last_state"] = state
+                    if st.correlations.get(ck) is corr:   # not replaced or deleted meanwhile
+                        st.correlations[ck] = replace(corr, last_state=state)
                 await asyncio.sleep(budget_s)
 
-    def _due_polls(self, interval: float) -> list[tuple[str, dict[str, Any], PartitionState]]:
+    def _due_polls(self, interval: float) -> list[tuple[str, Correlation, PartitionState]]:
         now = time.monotonic()
         due = []
         polled = self._status_polled
         for st in self.state.values():
             for ck, corr in st.correlations.items():
-                if corr.get("provider") not in polled or corr.get("final_state"):
+                if corr.provider not in polled or corr.final_state:
                     continue
-                if corr.get("last_state") not in (None, "in-flight"):
+                if corr.last_state not in (None, "in-flight"):
                     continue
                 if now - st.last_poll.get(ck, 0.0) >= interval:
                     due.append((ck, corr, st))
@@ -345,13 +333,6 @@ class Correlator:
             self.state.pop(tp.partition, None)
         if revoked:
             log.info("correlator partitions revoked", extra={"partitions": sorted({tp.partition for tp in revoked})})
-
-
-def _age_s(corr: Mapping[str, Any]) -> float:
-    try:
-        return time.time() - datetime.fromisoformat(corr["submitted_at"]).timestamp()
-    except (KeyError, ValueError, TypeError):
-        return 0.0
 
 
 __all__ = ["Correlator", "join", "correlation_key", "iso"]

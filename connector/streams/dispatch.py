@@ -247,7 +247,7 @@ class Dispatcher:
             if not progress.take(rec.offset):
                 continue
             state = retries.RetryState.from_headers(rec.headers)
-            due = state.due_at_ms / 1000 if state is not None else 0.0   # unreadable: at once
+            due = state.due_at if state is not None else 0.0   # unreadable: at once
             if due <= now:
                 self._start(tp, progress, rec)
                 continue

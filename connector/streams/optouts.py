@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from connector import contract as topics
 from connector import numbers
 from connector.config import KafkaSettings
-from connector.inbound import OptOutChange
+from connector.records import OptOutChange
 from connector.kafka import topic_partitions
 from connector.streams.plumbing import groupless_consumer, read_to_end
 from connector.sender import RouteSender

@@ -96,11 +96,11 @@ from connector import contract as topics
 from connector import metrics, numbers, tracing
 from connector.config import KafkaSettings, Settings
 from connector.errors import ProviderError, Rejected, Retriable, Throttled, Timeout
-from connector.inbound import InboundSms, Keywords
 from connector.kafka import topic_partitions
+from connector.keywords import Keywords
 from connector.policy import RetryPolicy, backoff
 from connector.providers import Capability, has
-from connector.records import Recipient
+from connector.records import InboundSms, Recipient
 from connector.sender import RouteSender
 from connector.streams.plumbing import groupless_consumer, produce_acknowledged, read_to_end
 from connector.streams.publish import InboundPublisher

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from connector import contract as topics
 from connector import metrics
-from connector.inbound import InboundSms, OptOutChange
+from connector.records import InboundSms, OptOutChange
 from connector.streams.plumbing import Headers, produce_acknowledged
 
 log = logging.getLogger("sms_connector.inbound")

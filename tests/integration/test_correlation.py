@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from connector import contract as topics
 from connector.config import load
-from connector.inbound import DeliveryReceipt, correlation_key
+from connector.records import DeliveryReceipt, correlation_key
 from connector.kafka import client_options, topic_partitions
 from connector.devtools.stack import Follower, LocalStack, kafka_env, produce
 from connector.streams.correlator import Correlator

@@ -28,7 +28,7 @@ from connector import contract as topics
 from connector.app import build_senders, inbound_producer
 from connector.config import Settings, load
 from connector.devtools.embedded_broker import free_port
-from connector.inbound import InboundSms
+from connector.records import InboundSms
 from connector.kafka import client_options, topic_partitions
 from connector.providers import thingspace as ts
 from connector.sender import RouteSender

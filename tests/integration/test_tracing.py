@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from connector import contract as topics
-from connector.inbound import DeliveryReceipt, correlation_key
+from connector.records import DeliveryReceipt, correlation_key
 from connector.kafka import client_options
 from connector.devtools.stack import Follower, LocalStack, produce
 from tests.integration.helpers import outbound, phone

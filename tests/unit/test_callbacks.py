@@ -25,7 +25,8 @@ from prometheus_client import REGISTRY
 from connector import contract as topics
 from connector.config import CallbacksSettings, InboundSettings, Secret, Settings
 from connector.errors import InvalidRecord
-from connector.inbound import Keywords, correlation_key
+from connector.records import correlation_key
+from connector.keywords import Keywords
 from connector.providers import thingspace as ts
 from connector.providers.thingspace import mo_from_callback, receipt_from_callback, redact_password
 from connector.streams.callbacks import THINGSPACE_PATH, CallbackReceiver

@@ -34,7 +34,7 @@ from connector.ops.replay import (
     parse_filters,
     record_facts,
     replay_headers,
-    topic_kind,
+    topic_role,
 )
 
 SMPP = {"SMS_CONNECTOR_ROUTES__SMPP__PROVIDER": "smpp_rest",
@@ -301,11 +301,11 @@ def test_replay_headers_drop_what_the_pipeline_added() -> None:
         ("trace", b"t-1"), ("trace", b"t-2"), (HEADER_REPLAYED_FROM, b"sms.outbound.dlq:2:15")]
 
 
-def test_topic_kind() -> None:
-    assert topic_kind("dlq") == ("dlq", "sms.outbound.dlq")
-    assert topic_kind("sms.outbound.failed") == ("failed", "sms.outbound.failed")
+def test_topic_role() -> None:
+    assert topic_role("dlq") == ("dlq", "sms.outbound.dlq")
+    assert topic_role("sms.outbound.failed") == ("failed", "sms.outbound.failed")
     with pytest.raises(ValueError, match="replay reads sms.outbound.dlq or sms.outbound.failed"):
-        topic_kind("sms.outbound")
+        topic_role("sms.outbound")
 
 
 # -- route probes, with an injected transport (no network) --------------------------------------

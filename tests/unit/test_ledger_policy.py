@@ -95,7 +95,7 @@ async def test_a_replayed_failure_is_sent_again_but_never_an_accepted_message(ou
     assert (t.ending, len(made)) == (kind, calls)
 
 
-RETRY = RetryState(attempts=4, passes=1, due_at_ms=0, token="t-current")
+RETRY = RetryState(attempts=4, passes=1, due_at=0.0, token="t-current")
 
 
 @pytest.mark.parametrize("retry, token, kind, calls", [

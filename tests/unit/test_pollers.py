@@ -22,10 +22,10 @@ from connector.config import Secret
 from aiokafka.errors import KafkaTimeoutError
 
 from connector.errors import Retriable, Throttled
-from connector.inbound import InboundSms, Keywords
+from connector.keywords import Keywords
 from connector.providers import ogangi as og
 from connector.providers import thingspace as ts
-from connector.records import Recipient
+from connector.records import InboundSms, Recipient
 from connector.providers.ogangi import mo_cursor_after as ogangi_cursor_after
 from connector.providers.ogangi import mo_inbound as ogangi_inbound
 from connector.providers.ogangi import mo_read_plan as ogangi_read_plan

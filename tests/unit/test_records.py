@@ -159,3 +159,36 @@ def test_narrowed_validation_accepts_exactly_what_the_schema_accepts(recipient: 
             return False
 
     assert verdict(records.validate_outbound) == verdict(records._validate_outbound)
+
+
+CORRELATION = records.Correlation(
+    client_message_id="m-1", provider="ogangi", route="og", recipient={"phone": "+14155550100"},
+    metadata={"campaign": "x"}, provider_message_id="pm-1", provider_request_id=None,
+    submitted_at="2026-01-02T03:04:05.000Z", expires_at=None, final_state=None, last_state="in-flight")
+
+
+def test_a_correlation_reads_back_as_what_was_written() -> None:
+    value = CORRELATION.encode()
+    assert records.Correlation.decode(value) == CORRELATION
+    assert records.Correlation.decode(value).encode() == value
+    jsonschema.validate(orjson.loads(value), topics.schema("correlation.json"))
+
+
+@pytest.mark.parametrize("value", [b"{", b"[]", dumps({"provider": "ogangi"})])
+def test_an_unreadable_correlation_is_an_invalid_record(value: bytes) -> None:
+    with pytest.raises(InvalidRecord):
+        records.Correlation.decode(value)
+
+
+def test_a_delivery_event_is_the_receipt_byte_for_byte_plus_the_message() -> None:
+    receipt = records.DeliveryReceipt(provider="ogangi", correlation_key="ogangi:pm-1", kind="delivery-confirmation",
+                                      state="delivered", received_at=1767323050.5, raw="<x/>",
+                                      provider_message_id="pm-1")
+    read = orjson.loads(receipt.encode())
+    event = records.DeliveryEvent.join(read, CORRELATION)
+    assert event.latency_s == 5.5 and event.key == b"m-1"
+    wire = event.encode()
+    assert wire == orjson.dumps({**read, "client_message_id": "m-1", "metadata": {"campaign": "x"}, "route": "og",
+                                 "recipient": {"phone": "+14155550100"},
+                                 "submitted_at": "2026-01-02T03:04:05.000Z", "latency_s": 5.5})
+    jsonschema.validate(orjson.loads(wire), topics.schema("delivery_event.json"))

@@ -13,7 +13,7 @@ from connector import contract as topics
 from connector import metrics, retries
 from connector.config import load
 from connector.offsets import PartitionProgress
-from connector.retries import HandOff
+from connector.retries import RetryState
 from connector.routing import Router
 from connector.streams.dispatch import Dispatcher
 
@@ -32,7 +32,7 @@ class Consumer:
 
 
 def record(partition: int, offset: int, due_in_s: float) -> ConsumerRecord[bytes, bytes]:
-    headers = HandOff.new(4, 1, time.time() + due_in_s).headers([], [], "unavailable")
+    headers = RetryState.new(4, 1, time.time() + due_in_s).headers([], [], "unavailable")
     return ConsumerRecord(RETRY, partition, offset, 0, 0, b"k%d" % offset, b"{}", None, 2, 2, headers)
 
 
