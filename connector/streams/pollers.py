@@ -723,7 +723,13 @@ class Pollers:
         try:
             await stop.wait()
         finally:
-            for t in self._tasks:
+            # A poll in flight is let finish (each poller's loop ends at its next stop check): its
+            # answer may be a last page only this process has seen, and abandoning it would leave
+            # the `polling` marker for the next start to report as a page at risk. Only what
+            # outlasts one provider call plus the dispatchers' shutdown allowance is cancelled.
+            grace = self.settings.http.provider_timeout_s + self.settings.dispatch.shutdown_timeout_s
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for t in pending:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.inbound.stop()
