@@ -138,4 +138,7 @@ async def test_a_worker_joining_while_messages_wait_takes_their_partitions_with_
     assert f.tally.missing(ids) == [] and dups == 0
     assert {r[0]["attempts"] for r in f.tally.records.values()} == {3}
     assert stats["requests"] == 3 * n          # no retry record was sent twice, none was lost
-    assert 0 < taken_over < n
+    # the newcomer sent what came due in the retry partitions it took over; how many depends on
+    # the rebalance: since the membership fence (a worker whose generation changed gives up what it
+    # has not sent and rejoins) the first worker may end up sending none (seen once: 1000 of 1000)
+    assert 0 < taken_over <= n
