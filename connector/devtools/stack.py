@@ -92,6 +92,22 @@ async def wait_http(url: str, timeout: float = 30.0, proc: asyncio.subprocess.Pr
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
+async def _announced_url(log: Path, proc: asyncio.subprocess.Process, start: int, timeout: float = 30.0) -> str:
+    """The URL a simulator started with ``--port 0`` prints once it listens (its log from ``start``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(log, "rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode(errors="replace")
+        for line in text.splitlines():
+            if " listening on " in line:
+                return line.rsplit(" listening on ", 1)[1].strip()
+        if proc.returncode is not None:
+            raise RuntimeError(f"simulator exited with {proc.returncode} before listening (see {log})")
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"simulator did not listen within {timeout:.0f}s (see {log})")
+
+
 def kafka_env(k: KafkaSettings) -> dict[str, str]:
     """The SMS_CONNECTOR_KAFKA__* environment that gives a child process these client settings."""
     env = {"SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
@@ -174,10 +190,14 @@ class LocalStack:
         return proc, log
 
     async def start_simulator(self, name: str, *options: str) -> str:
-        port = free_port()
-        proc, log = await self.spawn(f"sim-{name}", "simulate", name, "--port", str(port), *options)
-        url = f"http://127.0.0.1:{port}"
-        self.simulators[name] = Process(f"simulator {name}", proc, url, log)   # stop() stops it even if it never answers
+        # port 0: the simulator binds a free port itself and prints its URL (a port picked here
+        # could be taken by another process before the simulator binds it)
+        earlier = self.logdir / f"sim-{name}.log"
+        start = earlier.stat().st_size if earlier.exists() else 0     # the log is appended to on a restart
+        proc, log = await self.spawn(f"sim-{name}", "simulate", name, "--port", "0", *options)
+        self.simulators[name] = Process(f"simulator {name}", proc, "", log)   # stop() stops it even if it never answers
+        url = await _announced_url(log, proc, start)
+        self.simulators[name] = Process(f"simulator {name}", proc, url, log)
         await wait_http(url + "/_sim/health", proc=proc)
         return url
 
