@@ -97,33 +97,36 @@ class DestinationRules:
             self.check(parse(e164), route)
 
 
-def conflicts(name: str, c: RouteSettings, routing: RoutingSettings) -> list[tuple[str, str]]:
-    """(setting path, what is wrong) for rules of route ``name`` that are probably not meant."""
+def conflicts(name: str, c: RouteSettings, routing: RoutingSettings) -> list[tuple[str, str, str]]:
+    """(setting path, what is wrong, how to fix it) for rules of route ``name`` that are
+    probably not meant (``sms-connector check`` shows them as warnings)."""
     rules = DestinationRules.from_settings(c)
     path = f"routes.{name}."
-    found: list[tuple[str, str]] = []
-    for both, allow, block, what in (
-            (rules.allow_regions & rules.block_regions, "allow_regions", "block_regions", "region"),
-            (rules.allow_types & rules.block_types, "allow_number_types", "block_number_types", "number type")):
+    found: list[tuple[str, str, str]] = []
+    for both, allow, block in ((rules.allow_regions & rules.block_regions, "allow_regions", "block_regions"),
+                               (rules.allow_types & rules.block_types, "allow_number_types", "block_number_types")):
         if both:
-            found.append((path + allow, f"{', '.join(sorted(both))} also in {block}: blocked ({block} wins)"))
+            found.append((path + allow, f"{', '.join(sorted(both))} also in {block}: blocked ({block} wins)",
+                          f"remove {', '.join(sorted(both))} from one of {path + allow} and {path + block}"))
+    nothing = "the route sends to no number"
     if rules.allow_regions and not rules.allow_regions - rules.block_regions:
-        found.append((path + "allow_regions", "every allowed region is also blocked: the route sends to no number"))
+        found.append((path + "allow_regions", f"every allowed region is also blocked: {nothing}",
+                      f"correct {path}allow_regions or {path}block_regions"))
     if rules.allow_types and not rules.allow_types - rules.block_types:
-        found.append((path + "allow_number_types", "every allowed number type is also blocked: the route sends "
-                                                   "to no number"))
+        found.append((path + "allow_number_types", f"every allowed number type is also blocked: {nothing}",
+                      f"correct {path}allow_number_types or {path}block_number_types"))
     elif rules.allow_types and UNKNOWN not in rules.allow_types and c.number_check == "possible":
         found.append((path + "allow_number_types", "numbers outside libphonenumber's allocated ranges (accepted "
-                                                   "by number_check = possible) have type unknown and are "
-                                                   "blocked; add unknown to let them through"))
+                                                   "by number_check = possible) have type unknown and are blocked",
+                      f"add unknown to {path}allow_number_types to send to them, or set {path}number_check = "
+                      f"valid to refuse them as invalid"))
     for prefix, route in parse_prefix_routes(routing.prefix_routes):
-        if route != name:
-            continue
-        reachable = regions_of_prefix(prefix)
+        reachable = regions_of_prefix(prefix) if route == name else frozenset()
         sendable = (reachable & rules.allow_regions if rules.allow_regions else reachable) - rules.block_regions
         if reachable and not sendable:
-            found.append((path + ("allow_regions" if rules.allow_regions and not reachable & rules.allow_regions
-                                  else "block_regions"),
-                          f"routing.prefix_routes sends {prefix} numbers ({', '.join(sorted(reachable))}) to this "
-                          f"route, and its rules block every one of them"))
+            setting = "allow_regions" if rules.allow_regions and not reachable & rules.allow_regions else "block_regions"
+            found.append((path + setting, f"routing.prefix_routes sends {prefix} numbers "
+                                          f"({', '.join(sorted(reachable))}) to this route, and its rules block "
+                                          f"every one of them", f"correct {path}{setting} or the rule "
+                                                                f"{prefix}={route} in routing.prefix_routes"))
     return found

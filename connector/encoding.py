@@ -213,8 +213,9 @@ def split(text: str, encoding: Encoding | None = None) -> list[str]:
 # --- smart encoding ---------------------------------------------------------------------------
 
 # Character -> its GSM-7 look-alike (what is sent instead; "" drops an invisible character).
-# Only punctuation, spaces and invisible characters: never a letter or a digit, so no word is
-# changed. Guillemets, fullwidth forms and symbols without a faithful look-alike are left out.
+# Only punctuation, spaces, invisible characters and the modifier letters drawn as punctuation
+# (U+02BC apostrophe, U+02B9 prime, U+02C6 circumflex, U+02DC tilde): never a letter of a word
+# or a digit. Guillemets, fullwidth forms and symbols without a faithful look-alike are left out.
 LOOKALIKES: dict[str, str] = {
     # single quotes, apostrophes and primes -> '
     "\u2018": "'",   # LEFT SINGLE QUOTATION MARK
