@@ -82,7 +82,7 @@ class Stats:
         return {"requests": self.requests, "messages": self.messages, "accepted": self.accepted,
                 "rejected": self.rejected, "injected": dict(self.injected),
                 "distinct_ids": len(self.sends_by_id), "duplicate_ids": len(dup),
-                "max_messages_per_s": self.max_messages_per_s}
+                "max_messages_per_s": self.max_messages_per_s, "texts": list(self.texts)}
 
 
 class Simulator:
