@@ -140,3 +140,28 @@ def test_property_any_text(text: str) -> None:
         assert smart.encoded.segments <= analyse(text).segments
         kept = [c for c in text if c not in LOOKALIKES]
         assert all(c in GSM_CHARS for c in kept)
+
+
+# --- the records --------------------------------------------------------------------------------
+
+def test_records_carry_the_original_cost_only_when_the_text_was_rewritten() -> None:
+    import jsonschema
+    import orjson
+
+    from connector import contract as topics
+    from connector.records import Accepted, OutboundSms, Recipient, SendFacts, encode_accepted, encode_failed
+
+    msg = OutboundSms(client_message_id="m-1", recipient=Recipient(phone="+14155550100"), text="x")
+    plain = SendFacts(msg=msg, received_at=1.0, route="r", provider="smpp_rest", encoding="gsm7", segments=1)
+    smart = SendFacts(msg=msg, received_at=1.0, route="r", provider="smpp_rest", encoding="gsm7", segments=1,
+                      original_encoding="ucs2", original_segments=3)
+    for o, original in ((plain, None), (smart, ("ucs2", 3))):
+        accepted = orjson.loads(encode_accepted(o, Accepted("id-1"), 2.0))
+        failed = orjson.loads(encode_failed(o, "blocked-destination", "no", 2.0))
+        jsonschema.validate(accepted, topics.schema("accepted_sms.json"))
+        jsonschema.validate(failed, topics.schema("failed_sms.json"))
+        for rec in (accepted, failed):
+            if original:
+                assert (rec["original_encoding"], rec["original_segments"]) == original
+            else:
+                assert "original_encoding" not in rec and "original_segments" not in rec
