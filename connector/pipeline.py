@@ -2,7 +2,9 @@
 ledger is reached through ``MessageLedger`` (``streams.ledger.PartitionLedger`` implements it).
 
 ``Pipeline.outcome(value, timestamp_ms)`` decodes and validates the record, checks expiry,
-chooses the route, prepares the message for its provider and sends it (retries included), and
+chooses the route, applies the route's destination rules (``connector.destinations``) and smart
+encoding (``encoding.smart_encode``), prepares the message for its provider and sends it
+(retries included), and
 returns the one ``Verdict`` that ends it: accepted, failed (with reason) or dead-lettered, or
 ``retry``: a hand-off to the retry topic (``connector.retries``) when the in-place retries of a
 retriable error are spent and the attempt cap is not reached. The

@@ -28,9 +28,9 @@ from typing import Awaitable, Callable, Sequence, TypeVar
 
 from connector import metrics, tracing
 from connector.breaker import CircuitBreaker, CircuitOpen, classify_call
+from connector.destinations import DestinationRules
 from connector.errors import AuthFailed, LoginLocked, ProviderError, SmsError, Throttled
 from connector.policy import Fail, RetryPolicy, decide
-from connector.destinations import DestinationRules
 from connector.http import HttpRequest, HttpResponse
 from connector.providers.base import Prepared, Provider, SendResult
 from connector.ratelimit import RouteLimiter
