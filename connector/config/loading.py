@@ -192,6 +192,7 @@ def _check_destinations(settings: Settings, problems: Problems) -> None:
             for value in values:
                 if value not in known:
                     hint = (f"one of: {', '.join(NUMBER_TYPES)}" if known is NUMBER_TYPES else
+                            "the United Kingdom's ISO code is GB" if value == "UK" else
                             "a two-letter ISO 3166-1 code with a telephone numbering plan, e.g. US, GB, DE")
                     problems.append(Problem(path, f"{value!r} is not {what} libphonenumber knows",
                                             f"correct {value!r} in {path} ({hint})"))

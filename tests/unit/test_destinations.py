@@ -153,6 +153,8 @@ def test_unknown_codes_are_configuration_errors(setting: str, value: str, messag
     [problem] = exc.value.problems
     assert problem.path == f"routes.r.{setting}" and message in problem.message
     assert problem.fix.startswith("correct")
+    if value == "UK":
+        assert "the United Kingdom's ISO code is GB" in problem.fix
 
 
 def warnings(routing: dict[str, str] | None = None, **kw: str) -> dict[str, str]:
