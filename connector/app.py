@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from connector import metrics, tracing
 from connector.breaker import CircuitBreaker
 from connector.config import Settings
+from connector.destinations import DestinationRules
 from connector.kafka import access_problem, client_options
 from connector.policy import RetryPolicy
 from connector.providers import REGISTRY, Capability, has
@@ -59,7 +60,8 @@ def build_senders(settings: Settings) -> dict[str, RouteSender]:
         senders[name] = RouteSender(provider, transport, concurrency=c.concurrency, batch_max=c.batch_max,
                                     batch_linger_ms=c.batch_linger_ms, retry=retry, limiter=limiter,
                                     breaker=breaker, failover_route=c.failover_route or None,
-                                    in_doubt=c.in_doubt)
+                                    in_doubt=c.in_doubt, smart_encoding=c.smart_encoding,
+                                    destinations=DestinationRules.from_settings(c))
     return senders
 
 

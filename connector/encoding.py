@@ -11,6 +11,13 @@ exceeds its limit and no escape pair or surrogate pair is split across parts.
 It is pure computation with no I/O; ``analyse`` runs per message on the
 dispatch hot path, so the tables are precomputed at import and pure-ASCII text
 takes a byte-translate fast path.
+
+Smart encoding (``smart_encode``, per route ``smart_encoding``): ``LOOKALIKES`` maps characters
+that force UCS-2 but have a GSM-7 look-alike (typographic quotes and primes, dashes and hyphens,
+the ellipsis, Unicode spaces, invisible format characters, ...) to that look-alike. A text is
+rewritten only when every character outside GSM-7 is in the table and the result costs no more
+segments; one character without a look-alike (an emoji, Cyrillic, Chinese, ``á``) leaves the
+whole text untouched, its curly quotes included.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ __all__ = [
     "detect",
     "gsm7_septets",
     "split",
+    "LOOKALIKES",
+    "SmartText",
+    "smart_encode",
 ]
 
 
@@ -198,3 +208,109 @@ def split(text: str, encoding: Encoding | None = None) -> list[str]:
         return [text[i : i + multi] for i in range(0, len(text), multi)]
     ends = _cuts(text, encoding, multi)
     return [text[a:b] for a, b in zip([0, *ends], ends)]
+
+
+# --- smart encoding ---------------------------------------------------------------------------
+
+# Character -> its GSM-7 look-alike (what is sent instead; "" drops an invisible character).
+# Only punctuation, spaces, invisible characters and the modifier letters drawn as punctuation
+# (U+02BC apostrophe, U+02B9 prime, U+02C6 circumflex, U+02DC tilde): never a letter of a word
+# or a digit. Guillemets, fullwidth forms and symbols without a faithful look-alike are left out.
+LOOKALIKES: dict[str, str] = {
+    # single quotes, apostrophes and primes -> '
+    "\u2018": "'",   # LEFT SINGLE QUOTATION MARK
+    "\u2019": "'",   # RIGHT SINGLE QUOTATION MARK (the typographic apostrophe)
+    "\u201a": "'",   # SINGLE LOW-9 QUOTATION MARK
+    "\u201b": "'",   # SINGLE HIGH-REVERSED-9 QUOTATION MARK
+    "\u2032": "'",   # PRIME
+    "\u2035": "'",   # REVERSED PRIME
+    "\u02bc": "'",   # MODIFIER LETTER APOSTROPHE
+    "\u02b9": "'",   # MODIFIER LETTER PRIME
+    "\u00b4": "'",   # ACUTE ACCENT (typed as an apostrophe)
+    "`": "'",         # GRAVE ACCENT (ASCII, but not in GSM-7)
+    # double quotes and primes -> "
+    "\u201c": '"',   # LEFT DOUBLE QUOTATION MARK
+    "\u201d": '"',   # RIGHT DOUBLE QUOTATION MARK
+    "\u201e": '"',   # DOUBLE LOW-9 QUOTATION MARK
+    "\u201f": '"',   # DOUBLE HIGH-REVERSED-9 QUOTATION MARK
+    "\u2033": '"',   # DOUBLE PRIME
+    "\u2036": '"',   # REVERSED DOUBLE PRIME
+    # hyphens, dashes and the minus sign -> -
+    "\u2010": "-",   # HYPHEN
+    "\u2011": "-",   # NON-BREAKING HYPHEN
+    "\u2012": "-",   # FIGURE DASH
+    "\u2013": "-",   # EN DASH
+    "\u2014": "-",   # EM DASH
+    "\u2015": "-",   # HORIZONTAL BAR
+    "\u2212": "-",   # MINUS SIGN
+    "\u2043": "-",   # HYPHEN BULLET
+    # bullets -> -
+    "\u2022": "-",   # BULLET
+    "\u2023": "-",   # TRIANGULAR BULLET
+    "\u2219": "-",   # BULLET OPERATOR
+    # dots and slashes
+    "\u2026": "...",  # HORIZONTAL ELLIPSIS (3 septets: kept only if no segment is added)
+    "\u2024": ".",   # ONE DOT LEADER
+    "\u2044": "/",   # FRACTION SLASH
+    "\u2215": "/",   # DIVISION SLASH
+    # spacing modifiers -> the extension table (2 septets each)
+    "\u02c6": "^",   # MODIFIER LETTER CIRCUMFLEX ACCENT
+    "\u02dc": "~",   # SMALL TILDE
+    # spaces -> a plain space; line and paragraph separators -> a line feed
+    "\t": " ",       # CHARACTER TABULATION
+    "\u00a0": " ",   # NO-BREAK SPACE
+    "\u2000": " ",   # EN QUAD
+    "\u2001": " ",   # EM QUAD
+    "\u2002": " ",   # EN SPACE
+    "\u2003": " ",   # EM SPACE
+    "\u2004": " ",   # THREE-PER-EM SPACE
+    "\u2005": " ",   # FOUR-PER-EM SPACE
+    "\u2006": " ",   # SIX-PER-EM SPACE
+    "\u2007": " ",   # FIGURE SPACE
+    "\u2008": " ",   # PUNCTUATION SPACE
+    "\u2009": " ",   # THIN SPACE
+    "\u200a": " ",   # HAIR SPACE
+    "\u202f": " ",   # NARROW NO-BREAK SPACE
+    "\u205f": " ",   # MEDIUM MATHEMATICAL SPACE
+    "\u3000": " ",   # IDEOGRAPHIC SPACE
+    "\u2028": "\n",  # LINE SEPARATOR
+    "\u2029": "\n",  # PARAGRAPH SEPARATOR
+    # invisible format characters -> nothing
+    "\u00ad": "",    # SOFT HYPHEN
+    "\u200b": "",    # ZERO WIDTH SPACE
+    "\u200c": "",    # ZERO WIDTH NON-JOINER
+    "\u200d": "",    # ZERO WIDTH JOINER
+    "\u2060": "",    # WORD JOINER
+    "\ufeff": "",    # ZERO WIDTH NO-BREAK SPACE (BOM)
+}
+_LOOKALIKE_TABLE = str.maketrans(LOOKALIKES)
+
+
+@dataclass(frozen=True, slots=True)
+class SmartText:
+    """A text rewritten to GSM-7 by ``smart_encode``: ``text`` is what is sent."""
+
+    text: str
+    encoded: EncodedText        # of ``text``: always GSM-7
+    original: EncodedText       # of the text as written: UCS-2
+    replaced: int               # characters replaced (or dropped)
+
+    @property
+    def segments_saved(self) -> int:
+        return self.original.segments - self.encoded.segments
+
+
+def smart_encode(text: str) -> SmartText | None:
+    """The GSM-7 form of ``text`` when the only characters keeping it out of GSM-7 have a
+    look-alike (``LOOKALIKES``) and the result costs no more segments; else None (send ``text``
+    as is: it is GSM-7 already, or it needs UCS-2 for a character without a look-alike)."""
+    if detect(text) is _GSM7_ENC:
+        return None
+    converted = text.translate(_LOOKALIKE_TABLE)
+    if not converted or detect(converted) is not _GSM7_ENC:
+        return None
+    original, encoded = analyse(text), analyse(converted)
+    if encoded.segments > original.segments:
+        return None
+    replaced = sum(1 for ch in text if ch in LOOKALIKES)
+    return SmartText(converted, encoded, original, replaced)

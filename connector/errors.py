@@ -7,7 +7,8 @@ Provider adapters raise these from ``parse_*`` functions; the transport raises t
     ├── InvalidRecord        input that is not an OutboundSms (undecodable, schema) -> dead letter
     ├── InvalidMessage       a well-formed message that cannot be sent as given -> failed/invalid
     │   ├── OptedOut         the recipient opted out                           -> failed/opted-out
-    │   └── Expired          past its expiry before it could be sent            -> failed/expired
+    │   ├── Expired          past its expiry before it could be sent            -> failed/expired
+    │   └── BlockedDestination  the route's destination rules refuse the recipient -> failed/blocked-destination
     └── ProviderError        a provider call went wrong
         ├── Retriable        network errors, timeouts, 408, 425, 5xx
         │   ├── Timeout
@@ -54,6 +55,17 @@ class OptedOut(InvalidMessage):
 
 class Expired(InvalidMessage):
     reason = "expired"
+
+
+class BlockedDestination(InvalidMessage):
+    """The route's destination rules (regions, number types) refuse the recipient: no call.
+    ``rule`` is the route setting that refused it (``block_regions``, ``allow_number_types``, ...)."""
+
+    reason = "blocked-destination"
+
+    def __init__(self, message: str, *, rule: str, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.rule = rule
 
 
 class ProviderError(SmsError):

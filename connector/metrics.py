@@ -62,6 +62,15 @@ COMMITS = Counter("sms_kafka_commits_total", "Offset commits, by outcome.", ["ou
 PRODUCE_ERRORS = Counter("sms_kafka_produce_errors_total",
                          "Failed produce attempts of result records (retried until they succeed).", ["topic"])
 
+# -- smart encoding and destination rules (#18) --------------------------------------------------
+SMART_ENCODED = Counter("sms_outbound_smart_encoded_total", "Accepted messages sent in GSM-7 because smart encoding "
+                        "replaced their look-alike characters.", ["route"])
+SEGMENTS_SAVED = Counter("sms_outbound_segments_saved_total", "Segments smart encoding saved on accepted messages "
+                         "(what the text as written would have cost, less what it cost).", ["route"])
+BLOCKED = Counter("sms_outbound_blocked_total", "Messages refused by a route's destination rules (failed, reason "
+                  "blocked-destination, no provider call), by the rule that refused them (block_regions, "
+                  "allow_regions, block_number_types, allow_number_types).", ["route", "rule"])
+
 # -- inbound ------------------------------------------------------------------------------------
 CALLBACKS = Counter("sms_callbacks_received_total", "Provider callbacks received, by kind and outcome "
                     "(ok, duplicate, unauthorized, invalid, too_large, error).", ["provider", "kind", "outcome"])

@@ -60,6 +60,13 @@ class PhoneNumber:
         return _type(self.e164)
 
     @property
+    def country_region(self) -> str | None:
+        """``region``, or for a number outside every allocated range (accepted by ``number_check =
+        possible``, where libphonenumber names no region) the main region of its country calling
+        code (+44 -> GB, +1 -> US); None for non-geographic numbers."""
+        return self.region or _main_region(self.e164)
+
+    @property
     def digits(self) -> str:
         """E.164 without ``+`` (the SMPP gateway's and Ogangi's form)."""
         return self.e164[1:]
@@ -134,8 +141,11 @@ def _parse_clean(cleaned: str) -> PhoneNumber:
         raise InvalidMessage(f"recipient.phone is not a possible number: {_possible_reason(result)} "
                              f"(libphonenumber)", field=_FIELD)
     region = phonenumbers.region_code_for_number(number)
-    return PhoneNumber(e164=phonenumbers.format_number(number, PhoneNumberFormat.E164),
-                       region=region if region and region.isalpha() and region != "ZZ" else None)
+    e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[e164] = number
+    return PhoneNumber(e164=e164, region=region if region and region.isalpha() and region != "ZZ" else None)
 
 
 def _parse_reason(exc: NumberParseException) -> str:
@@ -148,14 +158,32 @@ def _possible_reason(result: int) -> str:
     return names.get(result, str(result))
 
 
+# The library's parse of recently parsed numbers, by E.164, for the checks below (type, validity,
+# country): the destination rules ask every new number's type right after it is parsed, and
+# parsing again would double their cost (~50 us). Bounded: cleared when full.
+_PARSED: dict[str, phonenumbers.PhoneNumber] = {}
+_PARSED_MAX = 4096
+
+
+def _library_number(e164: str) -> phonenumbers.PhoneNumber:
+    number = _PARSED.get(e164)
+    return number if number is not None else phonenumbers.parse(e164, None)
+
+
 @lru_cache(maxsize=65536)
 def _valid(e164: str) -> bool:
-    return phonenumbers.is_valid_number(phonenumbers.parse(e164, None))
+    return phonenumbers.is_valid_number(_library_number(e164))
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=65536)
+def _main_region(e164: str) -> str | None:
+    region = phonenumbers.region_code_for_country_code(_library_number(e164).country_code)
+    return region if region.isalpha() and region != "ZZ" else None
+
+
+@lru_cache(maxsize=65536)
 def _type(e164: str) -> str:
-    return _TYPE_NAMES.get(phonenumbers.number_type(phonenumbers.parse(e164, None)), "unknown")
+    return _TYPE_NAMES.get(phonenumbers.number_type(_library_number(e164)), "unknown")
 
 
 def check(number: PhoneNumber, level: str) -> PhoneNumber:
@@ -164,6 +192,15 @@ def check(number: PhoneNumber, level: str) -> PhoneNumber:
         raise InvalidMessage("recipient.phone is not a valid number: NOT_IN_NUMBER_PLAN (libphonenumber: "
                              "no allocated range of its country matches it)", field=_FIELD)
     return number
+
+
+def regions_of_prefix(prefix: str) -> frozenset[str]:
+    """The regions whose numbers can start with ``prefix`` (``+58``, ``+1415``, ``+4``: formatting
+    ignored), from the country calling codes it can belong to; empty when it fits none."""
+    digits = "".join(ch for ch in prefix if ch.isascii() and ch.isdigit())
+    return frozenset(region for cc, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()
+                     if digits and (str(cc).startswith(digits) or digits.startswith(str(cc)))
+                     for region in regions if region.isalpha() and region != "ZZ")
 
 
 def canonical(text: str) -> str | None:

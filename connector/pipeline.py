@@ -2,7 +2,9 @@
 ledger is reached through ``MessageLedger`` (``streams.ledger.PartitionLedger`` implements it).
 
 ``Pipeline.outcome(value, timestamp_ms)`` decodes and validates the record, checks expiry,
-chooses the route, prepares the message for its provider and sends it (retries included), and
+chooses the route, applies the route's destination rules (``connector.destinations``) and smart
+encoding (``encoding.smart_encode``), prepares the message for its provider and sends it
+(retries included), and
 returns the one ``Verdict`` that ends it: accepted, failed (with reason) or dead-lettered, or
 ``retry``: a hand-off to the retry topic (``connector.retries``) when the in-place retries of a
 retriable error are spent and the attempt cap is not reached. The
@@ -18,8 +20,10 @@ from typing import Container, Mapping, Protocol
 
 from connector import metrics
 from connector.breaker import CircuitOpen
-from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
+from connector.encoding import smart_encode
+from connector.errors import BlockedDestination, Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
 from connector.policy import HandOffPolicy, Retry, hand_off
+from connector.providers.base import Prepared
 from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, SendFacts, correlation_key,
                                decode_outbound,
                                encode_accepted, encode_failed, iso)
@@ -110,8 +114,7 @@ class Pipeline:
             if e164 is not None and e164 in self.optouts:
                 metrics.OPTOUT_SUPPRESSED.labels(o.route).inc()
                 raise OptedOut("the recipient opted out (sms.optout); not sent", field="recipient")
-            prepared = sender.provider.prepare(msg)
-            o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
+            prepared = self._prepare(sender, o)
         except InvalidMessage as exc:
             return self.failed(o, exc)
         cid = None
@@ -141,10 +144,9 @@ class Pipeline:
             sender = self.senders[o.route]
             o.provider = sender.provider.name
             try:
-                prepared = sender.provider.prepare(msg)
+                prepared = self._prepare(sender, o)    # the failover route's own rules apply
             except InvalidMessage as exc:
                 return self.failed(o, exc)
-            o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
             if ledger is not None and not has_intent and sender.in_doubt == "fail":
                 await ledger.intent(msg.client_message_id, o.route)   # the failover route is at-most-once
             before_failover = sent.attempts
@@ -153,6 +155,9 @@ class Pipeline:
             sent.attempts += before_failover
         o.attempts, o.submitted_at = earlier + sent.attempts, sent.submitted_at
         if isinstance(sent.result, Accepted):
+            if o.original_segments is not None and o.segments is not None:
+                metrics.SMART_ENCODED.labels(o.route).inc()
+                metrics.SEGMENTS_SAVED.labels(o.route).inc(max(0, o.original_segments - o.segments))
             return Verdict(Ending.ACCEPTED, encode_accepted(o, sent.result, time.time()),
                             correlations=_correlations(o, sent.result), ledger_cid=cid)
         if self.handoff is not None:
@@ -165,8 +170,27 @@ class Pipeline:
         return replace(self.failed(o, sent.result), ledger_cid=cid)
 
     @staticmethod
+    def _prepare(sender: RouteSender, o: SendFacts) -> Prepared:
+        """The message as ``sender``'s provider will send it, after the route's destination rules
+        and smart encoding (``o``'s encoding and segments are set, and the original's when the
+        text was rewritten). Raises InvalidMessage (``BlockedDestination`` included): no call."""
+        msg = o.msg
+        sender.destinations.check_recipient(msg.recipient, sender.provider.number_check, o.route or "")
+        smart = smart_encode(msg.text) if sender.smart_encoding else None
+        if smart is None:
+            prepared = sender.provider.prepare(msg)
+            o.original_encoding = o.original_segments = None
+        else:
+            prepared = sender.provider.prepare(replace(msg, text=smart.text))
+            o.original_encoding, o.original_segments = smart.original.encoding.value, smart.original.segments
+        o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
+        return prepared
+
+    @staticmethod
     def failed(o: SendFacts, exc: SmsError) -> Verdict:
         metrics.FAILED.labels(o.route or "", o.provider or "", exc.reason).inc()
+        if isinstance(exc, BlockedDestination):
+            metrics.BLOCKED.labels(o.route or "", exc.rule).inc()
         value = encode_failed(o, exc.reason, exc.message, time.time(), provider_code=exc.code,
                               provider_text=exc.text)
         return Verdict(Ending.FAILED, value, exc.reason, exc.message)

@@ -309,6 +309,9 @@ class SendFacts:
     segments: int | None = None
     attempts: int = 0
     submitted_at: float | None = None
+    # set when smart encoding rewrote the text: the encoding and segments of the text as written
+    original_encoding: str | None = None
+    original_segments: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +425,7 @@ def encode_accepted(o: SendFacts, accepted: Accepted, completed_at: float) -> by
     })
     if accepted.details:
         record["provider_details"] = accepted.details
+    _add_original(record, o)
     return orjson.dumps(record)
 
 
@@ -440,7 +444,15 @@ def encode_failed(o: SendFacts, reason: str, error: str, completed_at: float, *,
         "received_at": iso(o.received_at),
         "completed_at": iso(completed_at),
     })
+    _add_original(record, o)
     return orjson.dumps(record)
+
+
+def _add_original(record: dict[str, Any], o: SendFacts) -> None:
+    """Smart encoding's trace: what the text as written would have cost (absent when unchanged)."""
+    if o.original_segments is not None:
+        record["original_encoding"] = o.original_encoding
+        record["original_segments"] = o.original_segments
 
 
 # --- inbound records: delivery receipts, MO messages, opt-out changes -------------------------

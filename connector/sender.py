@@ -28,6 +28,7 @@ from typing import Awaitable, Callable, Sequence, TypeVar
 
 from connector import metrics, tracing
 from connector.breaker import CircuitBreaker, CircuitOpen, classify_call
+from connector.destinations import DestinationRules
 from connector.errors import AuthFailed, LoginLocked, ProviderError, SmsError, Throttled
 from connector.policy import Fail, RetryPolicy, decide
 from connector.http import HttpRequest, HttpResponse
@@ -53,7 +54,8 @@ class RouteSender:
                  batch_max: int = 1, batch_linger_ms: float = 2.0,
                  retry: RetryPolicy = RetryPolicy(), limiter: RouteLimiter | None = None,
                  breaker: CircuitBreaker | None = None, failover_route: str | None = None,
-                 in_doubt: str = "resend") -> None:
+                 in_doubt: str = "resend", smart_encoding: bool = False,
+                 destinations: DestinationRules = DestinationRules()) -> None:
         self.provider = provider
         self.transport = transport
         self.route = provider.route
@@ -64,6 +66,9 @@ class RouteSender:
         self.breaker = breaker or CircuitBreaker()
         self.failover_route = failover_route or None
         self.in_doubt = in_doubt
+        # Checked by the pipeline before the message is prepared (connector.encoding, connector.destinations).
+        self.smart_encoding = smart_encoding
+        self.destinations = destinations
         self._batch_max = max(1, min(batch_max, provider.max_batch))
         self._linger = batch_linger_ms / 1000
         self._pending: list[tuple[Prepared, asyncio.Future[SendResult]]] = []

@@ -33,8 +33,11 @@ from connector.config.kit import (
     registered_providers,
     setting,
 )
-from connector.config.loading import Loaded, SettingDoc, describe, load, load_detailed, parse_prefix_routes, redacted
+from connector.config.loading import (Loaded, SettingDoc, describe, load, load_detailed, number_type_list,
+                                     parse_prefix_routes, redacted, region_list)
 from connector.config.sections import (
+    NUMBER_TYPES,
+    REGION_CODES,
     SECTIONS,
     CallbacksSettings,
     DispatchSettings,
@@ -55,4 +58,5 @@ __all__ = [
     "RoutingSettings", "Secret", "SettingDoc", "Settings", "TracingSettings", "build", "describe", "env_name",
     "load", "load_detailed", "parse_prefix_routes", "provider_settings", "redacted", "registered_providers",
     "setting",
+    "NUMBER_TYPES", "REGION_CODES", "number_type_list", "region_list",
 ]

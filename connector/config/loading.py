@@ -25,7 +25,7 @@ from connector.config.kit import (
     _merge,
     build,
 )
-from connector.config.sections import SECTIONS, Route, RouteSettings, Settings
+from connector.config.sections import NUMBER_TYPES, REGION_CODES, SECTIONS, Route, RouteSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ def load_detailed(config_file: str | Path | None = None, environ: Mapping[str, s
     if not problems:
         settings = Settings(**sections, routes=routes)
         _check_routing(settings, problems)
+        _check_destinations(settings, problems)
     if problems:
         return Loaded(None, {}, tuple(problems))
     assert settings is not None
@@ -164,6 +165,37 @@ def _check_routing(settings: Settings, problems: Problems) -> None:
             path = f"routes.{name}.failover_route"
             problems.append(Problem(path, f"{failover!r} is not another configured route (configured: "
                                           f"{', '.join(routes)})", f"correct {path}"))
+
+
+def region_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of region codes, upper-cased (``allow_regions`` / ``block_regions``)."""
+    return tuple(dict.fromkeys(p.strip().upper() for p in text.split(",") if p.strip()))
+
+
+def number_type_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of number types, lower-cased, ``_`` read as ``-`` (``fixed_line``
+    is ``fixed-line``)."""
+    return tuple(dict.fromkeys(p.strip().lower().replace("_", "-") for p in text.split(",") if p.strip()))
+
+
+def _check_destinations(settings: Settings, problems: Problems) -> None:
+    """Every region code and number type of the routes' destination rules is one libphonenumber
+    knows: a typo would otherwise block (or let through) a whole country silently."""
+    for name, route in settings.routes.items():
+        c = route.common
+        for field_name, values, known, what in (
+                ("allow_regions", region_list(c.allow_regions), REGION_CODES, "an ISO 3166-1 alpha-2 region code"),
+                ("block_regions", region_list(c.block_regions), REGION_CODES, "an ISO 3166-1 alpha-2 region code"),
+                ("allow_number_types", number_type_list(c.allow_number_types), NUMBER_TYPES, "a number type"),
+                ("block_number_types", number_type_list(c.block_number_types), NUMBER_TYPES, "a number type")):
+            path = f"routes.{name}.{field_name}"
+            for value in values:
+                if value not in known:
+                    hint = (f"one of: {', '.join(NUMBER_TYPES)}" if known is NUMBER_TYPES else
+                            "the United Kingdom's ISO code is GB" if value == "UK" else
+                            "a two-letter ISO 3166-1 code with a telephone numbering plan, e.g. US, GB, DE")
+                    problems.append(Problem(path, f"{value!r} is not {what} libphonenumber knows",
+                                            f"correct {value!r} in {path} ({hint})"))
 
 
 def parse_prefix_routes(text: str, problems: Problems | None = None) -> list[tuple[str, str]]:

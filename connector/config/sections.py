@@ -9,7 +9,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import phonenumbers
+
 from connector.config.kit import Secret, setting
+
+# The vocabulary of a route's destination rules: libphonenumber's regions (ISO 3166-1 alpha-2
+# codes that have a numbering plan) and its number types, named as ``PhoneNumber.number_type``.
+REGION_CODES: frozenset[str] = frozenset(phonenumbers.SUPPORTED_REGIONS)
+NUMBER_TYPES: tuple[str, ...] = ("mobile", "fixed-line", "fixed-line-or-mobile", "toll-free", "premium-rate",
+                                 "shared-cost", "voip", "personal-number", "pager", "uan", "voicemail", "unknown")
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,28 @@ class RouteSettings:
     failover_route: str = setting("", doc="Route that takes this route's messages while its circuit is open "
                                           "(one hop). Empty: they wait for the route to recover.",
                                   example="backup")
+    # -- smart encoding and destination rules (#18; connector/encoding.py, connector/destinations.py) --
+    smart_encoding: bool = setting(False, doc="Send the GSM-7 form of a text whose only non-GSM-7 characters have a "
+                                              "GSM-7 look-alike (curly quotes, dashes, ellipsis, Unicode spaces: the "
+                                              "README's table), when it costs no more segments. A text that needs "
+                                              "UCS-2 for any other character is sent untouched.")
+    allow_regions: str = setting("", doc="Only recipients in these countries are sent (ISO 3166-1 alpha-2 codes, "
+                                         "comma-separated); empty: every country. Others fail with reason "
+                                         "blocked-destination, no provider call.", example="US,CA")
+    block_regions: str = setting("", doc="Recipients in these countries fail with reason blocked-destination, no "
+                                         "provider call (ISO 3166-1 alpha-2 codes, comma-separated). Wins over "
+                                         "allow_regions.", example="CU,KP")
+    allow_number_types: str = setting("", doc="Only recipients whose number type (libphonenumber) is one of these "
+                                              "are sent, comma-separated; empty: every type. A number the library "
+                                              "cannot type (outside its ranges, accepted by number_check = "
+                                              "possible) is unknown: list unknown to let it through. "
+                                              "fixed-line-or-mobile numbers pass a list naming mobile or fixed-line.",
+                                      example="mobile,fixed-line-or-mobile")
+    block_number_types: str = setting("premium-rate", doc="Recipients whose number type is one of these fail with "
+                                                          "reason blocked-destination, no provider call "
+                                                          "(comma-separated; empty: none). Wins over "
+                                                          "allow_number_types. Types: " + ", ".join(NUMBER_TYPES)
+                                                          + ".", example="premium-rate,shared-cost")
 
 
 @dataclass(frozen=True)

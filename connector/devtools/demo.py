@@ -4,7 +4,10 @@ Recipients across the local stack's routes: devices (ThingSpace), US numbers (Re
 Venezuelan numbers (Ogangi) and others (the SMPP gateway). Mostly short GSM-7 texts, with
 Unicode and long texts where the route takes them, and a few that must fail: numbers the
 simulators reject, expired messages, invalid numbers, text too long for its route, and records
-that are not valid at all (bad JSON, schema violations) and must land in the DLQ. Every record
+that are not valid at all (bad JSON, schema violations) and must land in the DLQ. The cost
+guards: texts with curly quotes and dashes (``smart``: sent as GSM-7 on the local routes, which
+turn smart encoding on) and premium-rate recipients (``blocked``: failed, reason
+blocked-destination, no provider call). Every record
 carries a ``sms.demo.id`` header so its terminal record can be found, even in the DLQ.
 """
 
@@ -16,6 +19,8 @@ from typing import Iterator
 
 import orjson
 
+from connector import numbers
+from connector.errors import InvalidMessage
 from connector.records import OutboundSms, Recipient, encode_outbound
 from connector.devtools.simulators.base import REJECT_SUFFIX
 
@@ -25,6 +30,14 @@ SHORT = ["Your code is {n}", "Your parcel {n} is out for delivery", "Reminder: a
          "Balance: $12.50 @ store #4", "Meeting moved to room 4 (2nd floor)", "Ticket {n}: we are on it"]
 DEVICE = ["REBOOT", "REPORT {n}", "SET INTERVAL 300", "PING {n}"]
 UNICODE = ["Привет! Ваш код {n}", "Order {n} shipped 📦", "¡Hola! Tu código es {n} ✅", "您的验证码是 {n}"]
+# Typographic punctuation only: GSM-7 look-alikes exist for all of it (smart encoding).
+SMART = ["Don\u2019t forget: your appointment\u2019s tomorrow at 10:30 \u2014 reply \u201cYES\u201d to confirm or "
+         "\u201cNO\u201d to reschedule. Ref {n}",
+         "Your order {n} is ready\u2026 pick it up at the \u201cNorth\u201d desk \u2013 open 9\u201318, bring your ID "
+         "and this message.",
+         "We\u2019ve received your payment of $12.50 \u2013 thank you! Your receipt \u2019{n}\u2019 is in the app\u2026"]
+# Premium-rate numbers (libphonenumber): every route blocks them by default.
+PREMIUM = ["+1900555{n}", "+44909879{n}"]
 LONG = ("This is a long message that needs more than one SMS segment so that concatenation is exercised "
         "end to end; it also carries the reference {n} and an escape character or two: [ok] {{x}} € ")
 
@@ -34,7 +47,7 @@ class DemoRecord:
     demo_id: str
     key: bytes
     value: bytes
-    kind: str          # what the demo expects: ok, unicode, long, rejected, expired, invalid, dlq
+    kind: str          # what the demo expects: ok, unicode, long, smart, rejected, expired, invalid, blocked, dlq
 
 
 def _recipient(rng: random.Random, region: str) -> Recipient:
@@ -44,6 +57,13 @@ def _recipient(rng: random.Random, region: str) -> Recipient:
         return Recipient(device_kind="MDN", device_id=f"{rng.randint(201, 989)}{rng.randint(2000000, 9999999)}")
     prefix = {"us": "+1", "ve": "+58", "other": rng.choice(["+44", "+27", "+49"])}[region]
     return Recipient(phone=f"{prefix}{rng.randint(201, 989)}{rng.randint(2000001, 9999998)}")
+
+
+def _premium(phone: str) -> bool:
+    try:
+        return numbers.parse(phone).number_type == "premium-rate"
+    except InvalidMessage:
+        return False
 
 
 def generate(n: int, seed: int = 7, prefix: str = "demo") -> Iterator[DemoRecord]:
@@ -71,10 +91,16 @@ def generate(n: int, seed: int = 7, prefix: str = "demo") -> Iterator[DemoRecord
             kind, expires = "expired", 1_000_000_000.0
         elif roll < 0.09:
             kind, text = "too-long", LONG.format(n=i) * 2      # fails on one-segment routes
+        elif roll < 0.10 and rcpt.phone:
+            kind, rcpt = "blocked", Recipient(phone=rng.choice(PREMIUM).format(n=rng.randint(1000, 9999)))
         elif roll < 0.20 and region in ("ve", "other"):
             kind, text = "unicode", rng.choice(UNICODE).format(n=rng.randint(1000, 9999))
         elif roll < 0.30 and region in ("ve", "other"):
             kind, text = "long", LONG.format(n=i) * rng.randint(1, 3)
+        elif roll < 0.40 and rcpt.phone:
+            kind, text = "smart", rng.choice(SMART).format(n=rng.randint(1000, 9999))
+        if kind != "blocked" and rcpt.phone and _premium(rcpt.phone):
+            kind = "blocked"     # a random number that happens to be premium-rate
         msg = OutboundSms(client_message_id=demo_id, recipient=rcpt, text=text, expires_at=expires,
                           metadata={"campaign": "demo", "kind": kind})
         yield DemoRecord(demo_id, key, encode_outbound(msg), kind)

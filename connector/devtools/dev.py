@@ -157,6 +157,9 @@ async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, sto
     for (outcome, reason, provider), count in sorted(tally.outcomes.items()):
         detail = ", ".join(x for x in (provider and f"provider={provider}", reason and f"reason={reason}") if x)
         say(f"  {outcome:14} {count:7}  {detail}")
+    if tally.smart_encoded:
+        say(f"  smart encoding: {tally.smart_encoded} accepted messages sent as GSM-7, "
+            f"{tally.segments_saved} segments saved")
     if tally.deliveries:
         say("  delivery events so far (sms.delivery): " + ", ".join(
             f"{p} {s} {c}" for (p, s), c in sorted(tally.deliveries.items())))

@@ -86,7 +86,26 @@ def metrics_table() -> str:
     return "\n".join(rows)
 
 
-SECTIONS = {"settings": settings_table, "topics": topics_table, "records": records_reference, "metrics": metrics_table}
+def lookalikes_table() -> str:
+    """Smart encoding's table (``connector.encoding.LOOKALIKES``), grouped by what is sent."""
+    import unicodedata
+
+    from connector.encoding import LOOKALIKES
+
+    groups: dict[str, list[str]] = {}
+    for ch, sent in LOOKALIKES.items():
+        shown = "`` ` `` " if ch == "`" else f"`{ch}` " if ch.isprintable() and not ch.isspace() else ""
+        name = unicodedata.name(ch, "character tabulation" if ch == "\t" else "control").lower()
+        groups.setdefault(sent, []).append(f"{shown}U+{ord(ch):04X} {name}")
+    rows = ["| sent as | instead of |", "|---|---|"]
+    for sent, chars in groups.items():
+        label = {"": "(nothing)", " ": "a space", "\n": "a line feed"}.get(sent, f"`{sent}`")
+        rows.append(f"| {label} | {', '.join(chars).replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+SECTIONS = {"settings": settings_table, "topics": topics_table, "records": records_reference, "metrics": metrics_table,
+            "lookalikes": lookalikes_table}
 
 
 def render(text: str) -> str:

@@ -35,10 +35,12 @@ from connector.devtools.simulators import SIMULATORS
 
 # How the local stack routes traffic: route name -> route settings (provider = simulator name).
 # Devices go to ThingSpace, US numbers to Rev.io, Venezuelan ones to Ogangi, the rest to SMPP.
+# Smart encoding is on for the number routes; every route blocks premium-rate numbers (default).
 LOCAL_ROUTES: dict[str, dict[str, str]] = {
-    "smpp": {"provider": "smpp_rest", "channel": "sms", "batch_max": "50", "concurrency": "32"},
-    "revio": {"provider": "revio", "concurrency": "32"},
-    "ogangi": {"provider": "ogangi", "concurrency": "32", "sender": "24365"},
+    "smpp": {"provider": "smpp_rest", "channel": "sms", "batch_max": "50", "concurrency": "32",
+             "smart_encoding": "true"},
+    "revio": {"provider": "revio", "concurrency": "32", "smart_encoding": "true"},
+    "ogangi": {"provider": "ogangi", "concurrency": "32", "sender": "24365", "smart_encoding": "true"},
     "thingspace": {"provider": "thingspace", "concurrency": "32"},
 }
 LOCAL_DEFAULT_ROUTE = "smpp"
@@ -268,6 +270,8 @@ class Tally:
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # kept when keep_records
     keep_records: bool = False
     deliveries: Counter[tuple[str, str]] = field(default_factory=Counter)   # (provider, state) on sms.delivery
+    smart_encoded: int = 0        # accepted records smart encoding rewrote (original_segments set)
+    segments_saved: int = 0       # their original_segments less segments
     delivery_events: list[dict[str, Any]] = field(default_factory=list)    # kept when keep_records
 
     def done(self, expected: Iterable[str]) -> int:
@@ -305,6 +309,9 @@ class Tally:
             entry["headers"] = hdrs
             msg_id = msg_id or entry.get("client_message_id")
             self.outcomes[(entry.get("outcome", role), entry.get("reason") or "", entry.get("provider") or "")] += 1
+            if entry.get("original_segments") is not None and entry.get("outcome") == "accepted":
+                self.smart_encoded += 1
+                self.segments_saved += entry["original_segments"] - (entry.get("segments") or 0)
         if msg_id:
             self.seen[msg_id] += 1
             if self.keep_records:

@@ -4,7 +4,8 @@ Without ``--connect`` nothing leaves the machine: the configuration is loaded ex
 worker loads it (``config.load``: types, ranges, choices, routes, routing rules, every referenced
 secret resolved) and each problem becomes a failed row that says what to fix. A few things the
 worker accepts but that are probably not meant (a ``batch_max`` above what the provider takes,
-``segment_policy = split`` on a provider that cannot split, ...) are warnings. The effective
+``segment_policy = split`` on a provider that cannot split, destination rules that contradict
+each other or block every number a prefix rule sends to the route, ...) are warnings. The effective
 settings follow, with where each comes from (default, file, env) and secrets redacted.
 
 ``--connect`` also reaches out, with a short timeout per step, and never sends a message:
@@ -46,6 +47,7 @@ import click
 
 from connector import contract as topics
 from connector.config import ENV_PREFIX, Problem, Settings, load_detailed, redacted
+from connector.destinations import conflicts
 from connector.ops import quiet_client_logs
 from connector.policy import handoff_policy, longest_schedule_s
 
@@ -174,6 +176,8 @@ def config_rows(settings: Settings) -> list[CheckRow]:
                                  f"{c.concurrency} calls in flight but http.provider_max_connections is "
                                  f"{settings.http.provider_max_connections}: calls beyond it wait for a "
                                  f"connection. Fix: lower one or raise the other"))
+        for path, what, fix in conflicts(name, c, settings.routing):
+            rows.append(CheckRow(f"route {name}", path, Status.WARN, f"{what}. Fix: {fix}"))
         if c.segment_policy == "split" and not provider.can_split:
             rows.append(CheckRow(f"route {name}", f"routes.{name}.segment_policy", Status.WARN,
                                  f"split, but {provider.title} cannot split: every multi-segment message "

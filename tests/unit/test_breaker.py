@@ -43,6 +43,7 @@ ACCEPTED = Accepted(provider_message_id="m1")
     (errors.Rejected("invalid destination"), None),       # one message's fault, not the route's
     (errors.InvalidMessage("bad number"), None),
     (errors.OptedOut("stop"), None),
+    (errors.BlockedDestination("premium-rate", rule="block_number_types"), None),   # no call was made
     (errors.ProviderError("internal error while sending"), None),
     (CircuitOpen("open"), None),
 ])

@@ -21,6 +21,7 @@ P = RetryPolicy(max_attempts=4, base_delay_s=0.2, max_delay_s=5.0, max_retry_aft
     (errors.AuthFailed("no"), 1, Fail("auth")),
     (errors.InDoubt("?"), 1, Fail("in-doubt")),
     (errors.InvalidMessage("x"), 1, Fail("invalid")),
+    (errors.BlockedDestination("premium-rate", rule="block_number_types"), 1, Fail("blocked-destination")),
 ])
 def test_decide(error: errors.SmsError, attempt: int, expected: object) -> None:
     action = decide(error, attempt, P, rand=lambda: 0.5)

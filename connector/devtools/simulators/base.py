@@ -23,7 +23,7 @@ import asyncio
 import signal
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -64,6 +64,8 @@ class Stats:
     injected: Counter[str] = field(default_factory=Counter)
     sends_by_id: Counter[str] = field(default_factory=Counter)
     max_messages_per_s: int = 0
+    # the texts of the last accepted messages, as the provider received them (contract tests)
+    texts: deque[str] = field(default_factory=lambda: deque(maxlen=100))
     _window: int = 0
     _window_count: int = 0
 
@@ -80,7 +82,7 @@ class Stats:
         return {"requests": self.requests, "messages": self.messages, "accepted": self.accepted,
                 "rejected": self.rejected, "injected": dict(self.injected),
                 "distinct_ids": len(self.sends_by_id), "duplicate_ids": len(dup),
-                "max_messages_per_s": self.max_messages_per_s}
+                "max_messages_per_s": self.max_messages_per_s, "texts": list(self.texts)}
 
 
 class Simulator:

@@ -251,6 +251,7 @@ class OgangiSimulator(Simulator):
                 return None
         else:
             self.stats.accepted += 1
+            self.stats.texts.append(text)
         msg_id = str(self.random.getrandbits(64) - 2 ** 63)
         now = datetime.now(timezone.utc)
         msg = SimMessage(id=msg_id, method=method, carrier=carrier, sender=sender, to=number, text=text,

@@ -223,6 +223,7 @@ class RevIoSimulator(Simulator):
             used = next(iter(self.profiles))
         sms_id = next(self._ids)
         self.stats.accepted += 1
+        self.stats.texts.append(message)
         self.sent.append({"id": sms_id, "to": to, "message": message, "customer_id": customer_id,
                           "sms_profile_id": used, "from_number": self.profiles[used]})
         return _ok(key), [_el("ID", str(sms_id)),

@@ -88,6 +88,7 @@ class SmppRestSimulator(Simulator):
                 results.append({"apiMessageId": None, "accepted": False, "to": to, "error": error, "msg": msg})
                 continue
             self.stats.accepted += 1
+            self.stats.texts.append(content)
             api_id = self.api_ids.get(cid) if cid else None
             if api_id is None:
                 api_id = f"smpp-{next(self._ids):010d}"

@@ -427,6 +427,7 @@ class ThingSpaceSimulator(Simulator):
             self.stats.rejected += 1
             return error
         self.stats.accepted += 1
+        self.stats.texts.append(message)
         request_id = str(uuid.uuid4())
         record = {"requestId": request_id, "deviceIds": devices,
                   "selection": None if devices else selected,
