@@ -191,6 +191,12 @@ class LocalStack:
             async with s.get(self.simulators[name].url + "/_sim/stats") as r:
                 return orjson.loads(await r.read())
 
+    async def sim_sent_at(self, name: str) -> dict[str, float]:
+        """Message id -> epoch of its first send at simulator ``name``."""
+        async with aiohttp.ClientSession() as s:
+            async with s.get(self.simulators[name].url + "/_sim/sent-at") as r:
+                return orjson.loads(await r.read())
+
     async def start_worker(self, env: Mapping[str, str] | None = None, http_port: int = 0,
                            routes: Mapping[str, Mapping[str, str]] | None = None,
                            roles: tuple[str, ...] = ("dispatch",)) -> Process:
