@@ -40,6 +40,8 @@ LOCAL_ROUTES: dict[str, dict[str, str]] = {
     "revio": {"provider": "revio", "concurrency": "32"},
     "ogangi": {"provider": "ogangi", "concurrency": "32", "sender": "24365"},
     "thingspace": {"provider": "thingspace", "concurrency": "32"},
+    # quiet hours: demo records name a zone where it is night (connector.devtools.demo)
+    "quiet": {"provider": "smpp_rest", "channel": "sms", "concurrency": "8", "quiet_hours": "21:00-08:00"},
 }
 LOCAL_DEFAULT_ROUTE = "smpp"
 LOCAL_ROUTING = {"SMS_CONNECTOR_ROUTING__DEVICE_ROUTE": "thingspace",

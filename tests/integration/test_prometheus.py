@@ -32,6 +32,7 @@ import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from connector.devtools.demo import generate
 from connector.devtools.embedded_broker import free_port
 from tests.integration import devrun
 
@@ -277,7 +278,10 @@ def test_prometheus_scrapes_the_demo(dev: DevRun, tmp_path: Path) -> None:
     assert all({k for k, _ in ls} == {"reason"} for _, ls in strip["dead-lettered"]), strip["dead-lettered"]
     assert sum(strip["dead-lettered"].values()) > 0
     assert all({k for k, _ in ls} == {"provider", "outcome"} for _, ls in strip["request count"])
-    assert list(terminal.values()) == [float(DEMO)], f"accepted + failed + dead-lettered != consumed: {terminal}"
+    # the demo's records held for quiet hours (until morning in their zone) have no outcome yet
+    held = sum(1 for r in generate(DEMO) if r.kind == "held")
+    assert list(terminal.values()) == [float(DEMO - held)], \
+        f"accepted + failed + dead-lettered != consumed - held for quiet hours: {terminal}"
 
     # And the metrics agree with the terminal records dev read back from Kafka.
     summary = summary_counts(dev.text())
