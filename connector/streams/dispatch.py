@@ -64,7 +64,7 @@ from connector.streams.batcher import Batcher
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
 from connector.streams.plumbing import RebalanceListener
-from connector.streams.scheduled import ScheduledLaps, is_deferral, send_until_acknowledged
+from connector.streams.scheduled import ScheduledLaps, is_deferral
 from connector.schedule import SchedulePolicy
 from connector.routing import Router
 from connector.sender import RouteSender
@@ -124,7 +124,7 @@ class Dispatcher:
                         default=0.0))
         # [scheduled sends] deferred messages wait in the retry hold too: counted apart (streams.scheduled)
         self.topic_scheduled = topics.spec("scheduled").name
-        self.laps = ScheduledLaps(self.topic_scheduled, self.topic_retry, d.schedule_lap_s, self._send_scheduled)
+        self.laps = ScheduledLaps(self.topic_scheduled, self.topic_retry, d.schedule_lap_s, self._forward_scheduled)
         metrics.RETRY_WAITING.set_function(lambda: len(self._waiting) - self._deferred_held())
         metrics.DEFERRED_WAITING.set_function(lambda: self.laps.waiting + self._deferred_held())
         # [/scheduled sends]
@@ -299,10 +299,13 @@ class Dispatcher:
         """Held retry-topic records that wait for a send time, not for a retry."""
         return sum(1 for w in self._waiting if is_deferral(w[3].headers))
 
-    async def _send_scheduled(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
-                              headers: Headers, timestamp: int | None) -> None:
-        assert self._batcher is not None
-        await send_until_acknowledged(self._batcher, topic, partition, key, value, tracing.inject(headers), timestamp)
+    async def _forward_scheduled(self, rec: ConsumerRecord[bytes, bytes]) -> None:
+        """A scheduled record whose check time came: handed on as the same deferral (its token,
+        due time and reason), to the retry topic or for another lap (``ScheduledLaps.destination``)."""
+        state = retries.RetryState.from_headers(rec.headers) or retries.RetryState.new(0, 0, 0.0)
+        reason = next((v.decode(errors="replace") for k, v in rec.headers or () if k == topics.HEADER_RETRY_REASON),
+                      None) or "scheduled"
+        await self._produce(rec, Verdict(Ending.HANDED_OFF, None, reason, handoff=state, deferral=reason))
     # [/scheduled sends]
 
     def _forget_waiting(self, revoked: Sequence[TopicPartition]) -> None:
@@ -435,7 +438,7 @@ class Dispatcher:
 
     def _source(self, rec: ConsumerRecord[bytes, bytes]) -> Headers:
         """Where the message was read first: a retry record carries its original input's."""
-        if rec.topic == self.topic_retry:
+        if rec.topic in (self.topic_retry, self.topic_scheduled):
             carried = retries.carried_source(rec.headers)
             if carried:
                 return carried

@@ -30,26 +30,22 @@ again before it sends.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Sequence
 
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 
 from connector import contract as topics
 from connector import metrics
 from connector.offsets import PartitionProgress
 from connector.schedule import QUIET_HOURS, SCHEDULED
 
-log = logging.getLogger("sms_connector.scheduled")
-
 Headers = list[tuple[str, bytes]]
 HEADER_CHECK_AT = topics.HEADER_SCHEDULE_CHECK_AT
 DEFERRAL_REASONS = frozenset({SCHEDULED.encode(), QUIET_HOURS.encode()})
-# (topic, partition, key, value, headers, timestamp) -> acknowledged
-Send = Callable[[str, int, "bytes | None", "bytes | None", Headers, "int | None"], Awaitable[None]]
+# hands a scheduled record on (``destination`` decides where) and returns once it is acknowledged
+Forward = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 
 def _header_ms(headers: Sequence[tuple[str, bytes]] | None, name: str) -> float | None:
@@ -70,11 +66,11 @@ def is_deferral(headers: Sequence[tuple[str, bytes]] | None) -> bool:
 class ScheduledLaps:
     """The reader of ``sms.outbound.scheduled`` in one dispatch worker (see the module docstring)."""
 
-    def __init__(self, topic: str, retry_topic: str, lap_s: float, send: Send) -> None:
+    def __init__(self, topic: str, retry_topic: str, lap_s: float, forward: Forward) -> None:
         self.topic = topic
         self.retry_topic = retry_topic
         self.lap_s = lap_s
-        self._send = send
+        self._hand_on = forward
         self._pending: dict[TopicPartition, deque[ConsumerRecord[bytes, bytes]]] = {}
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._timers: dict[TopicPartition, asyncio.TimerHandle] = {}
@@ -132,12 +128,11 @@ class ScheduledLaps:
             self._consumer.resume(tp)
 
     async def _forward(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes]) -> None:
-        due_at = _header_ms(rec.headers, topics.HEADER_RETRY_DUE_AT) or 0.0
-        topic, headers = self.destination(list(rec.headers or ()), due_at)
         if progress.revoked:
             return       # not finished: the partition's next owner forwards it
-        await self._send(topic, tp.partition, rec.key, rec.value, headers, rec.timestamp)
-        metrics.DEFERRED_FORWARDED.labels("retry" if topic == self.retry_topic else "scheduled").inc()
+        due_at = _header_ms(rec.headers, topics.HEADER_RETRY_DUE_AT) or 0.0
+        await self._hand_on(rec)
+        metrics.DEFERRED_FORWARDED.labels("retry" if due_at - time.time() <= self.lap_s else "scheduled").inc()
         progress.finish(rec.offset)
 
     # -- ownership -------------------------------------------------------------------------------
@@ -156,18 +151,3 @@ class ScheduledLaps:
     def close(self) -> None:
         self.forget(list(self._pending))
 
-
-async def send_until_acknowledged(batcher: Any, topic: str, partition: int, key: bytes | None, value: bytes | None,
-                                  headers: Headers, timestamp: int | None) -> None:
-    """Produce one record through the dispatcher's batcher until the broker acknowledges it."""
-    delay = 0.1
-    while True:
-        try:
-            await batcher.send(topic, partition, key, value or b"", headers, timestamp)
-            return
-        except KafkaError as exc:
-            metrics.PRODUCE_ERRORS.labels(topic).inc()
-            log.warning("produce failed; retrying", extra={"topic": topic, "error": type(exc).__name__,
-                                                           "retry_in_s": delay})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
