@@ -13,7 +13,7 @@ import pytest
 from connector import contract as topics
 from connector.devtools.stack import Follower, LocalStack, produce
 from connector.records import iso
-from tests.integration.helpers import metric_sum, outbound, phone
+from tests.integration.helpers import metric_sum, outbound, phone, size
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ ENV = {"SMS_CONNECTOR_DISPATCH__SCHEDULE_LAP_S": str(LAP_S)}
 ROUTE = {"smpp": {"provider": "smpp_rest", "concurrency": "32"}}
 
 
-def quiet_until_next_minute(min_left_s: float = 8) -> tuple[str, float]:
+def quiet_until_next_minute(min_left_s: float = 20) -> tuple[str, float]:
     """UTC quiet hours from an hour ago to the next minute (at least ``min_left_s`` away), and
     the epoch of their end."""
     now = datetime.now(timezone.utc)
@@ -57,7 +57,7 @@ async def test_scheduled_and_quiet_hours_messages_are_sent_on_time_and_never_ear
         otp = [f"otp-{i}" for i in range(10)]
         assert await f.wait_for(otp, timeout=30)
         otp_s = time.time() - now
-        assert await f.wait_for(ids, timeout=120, settle_s=2.0), f"missing {f.tally.missing(ids)}"
+        assert await f.wait_for(ids, timeout=150, settle_s=2.0), f"missing {f.tally.missing(ids)}"
         await asyncio.sleep(1)
         deferred = await metric_sum(worker.url, "sms_deferred_total")
         waiting = await metric_sum(worker.url, "sms_deferred_waiting")
@@ -85,8 +85,9 @@ async def test_kill_9_while_scheduled_and_held_messages_wait(stack: LocalStack) 
     for their next check; the worker is killed, another takes over: each is sent once, on time."""
     worker = await stack.start_worker(env=ENV, routes=ROUTE)
     now = time.time()
-    send_at = {f"held-{i}": now + 6 + (i % 5) for i in range(150)}             # within one lap: held
-    send_at |= {f"sched-{i}": now + 14 + (i % 8) for i in range(150)}          # beyond: the scheduled topic
+    n = size(600, 150)
+    send_at = {f"held-{i}": now + 6 + (i % 5) for i in range(n)}             # within one lap: held
+    send_at |= {f"sched-{i}": now + 14 + (i % 8) for i in range(n)}          # beyond: the scheduled topic
     records = [outbound(cid, phone(i % 90), send_at=when) for i, (cid, when) in enumerate(send_at.items())]
     ids = list(send_at)
     async with Follower(stack.kafka) as f:
