@@ -149,5 +149,8 @@ class ScheduledLaps:
         self._progress.pop(tp, None)
 
     def close(self) -> None:
+        """Shutdown: forwards in progress are dropped unfinished (re-read after the restart, as after a crash)."""
         self.forget(list(self._pending))
+        for task in list(self._tasks):
+            task.cancel()
 
