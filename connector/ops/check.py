@@ -48,7 +48,7 @@ from connector import contract as topics
 from connector.config import ENV_PREFIX, Problem, Settings, load_detailed, redacted
 from connector.ops import quiet_client_logs
 from connector.policy import handoff_policy, longest_schedule_s
-from connector.schedule import parse_quiet_hours
+from connector.schedule import known_zone, parse_quiet_hours
 
 __all__ = ["CheckReport", "CheckRow", "Status", "check_command", "config_rows", "problem_row", "render",
            "run_check"]
@@ -186,6 +186,10 @@ def config_rows(settings: Settings) -> list[CheckRow]:
 def schedule_rows(settings: Settings) -> list[CheckRow]:
     """Warnings for quiet hours that cannot do what they seem to (connector.schedule)."""
     rows: list[CheckRow] = []
+    if any(route.common.quiet_hours for route in settings.routes.values()) and not known_zone("America/New_York"):
+        rows.append(CheckRow("config", "quiet_hours", Status.FAIL,
+                             "no time zone database (zoneinfo finds neither the system's nor the tzdata "
+                             "package's): quiet hours would hold nothing. Fix: install tzdata (pip or the OS)"))
     for name, route in settings.routes.items():
         quiet, path = parse_quiet_hours(route.common.quiet_hours), f"routes.{name}.quiet_hours"
         if quiet is None:
