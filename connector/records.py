@@ -217,9 +217,9 @@ def decode_outbound(value: bytes | None) -> OutboundSms:
         field_name = name[5:] if isinstance(name, str) and name.startswith("data.") else None
         raise InvalidRecord(f"does not match outbound_sms.json: {exc.message}",
                             field=field_name) from None
-    expires_at = _instant(data, "expires_at")
+    expires_at = rfc3339_field(data, "expires_at")
     # -- scheduled sends and quiet hours (connector.schedule) --
-    send_at = _instant(data, "send_at")
+    send_at = rfc3339_field(data, "send_at")
     zone = data.get("recipient_time_zone")
     if zone is not None and not schedule.known_zone(zone):
         raise InvalidRecord(f"recipient_time_zone {zone!r} is not an IANA time zone the tz database knows "
@@ -251,7 +251,7 @@ def decode_outbound(value: bytes | None) -> OutboundSms:
     )
 
 
-def _instant(data: dict[str, Any], name: str) -> float | None:
+def rfc3339_field(data: dict[str, Any], name: str) -> float | None:
     """An RFC 3339 date-time field (its shape checked by the schema's ``format``) as epoch
     seconds; InvalidRecord when it is not a real instant with an offset."""
     if name not in data:
