@@ -12,22 +12,9 @@ from aiokafka import ConsumerRecord, TopicPartition
 from connector import contract as topics
 from connector.offsets import PartitionProgress
 from connector.streams.scheduled import HEADER_CHECK_AT, ScheduledLaps, is_deferral
+from tests.fakes import PausingConsumer
 
 TP = TopicPartition("sms.outbound.scheduled", 3)
-
-
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.paused: set[TopicPartition] = set()
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused.update(tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused.difference_update(tps)
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TP}
 
 
 def record(offset: int, check_at: float, due_at: float) -> ConsumerRecord[bytes, bytes]:
@@ -53,7 +40,7 @@ async def test_only_the_head_is_waited_for_and_nothing_is_taken_before_its_check
         forwarded.append(rec.offset)
 
     laps = ScheduledLaps("sms.outbound.scheduled", "sms.outbound.retry", 60, forward)
-    consumer, progress = FakeConsumer(), PartitionProgress()
+    consumer, progress = PausingConsumer(TP), PartitionProgress()
     now = time.time()
     # written one lap apart in order: 10 and 11 are due for a check, 12 in 0.3 s, 13 in an hour
     laps.take(TP, progress, [record(10, now - 5, now + 3600), record(11, now - 1, now + 20),
@@ -69,7 +56,7 @@ async def test_only_the_head_is_waited_for_and_nothing_is_taken_before_its_check
 
 async def test_an_empty_queue_resumes_the_partition() -> None:
     laps = ScheduledLaps("sms.outbound.scheduled", "sms.outbound.retry", 60, lambda rec: asyncio.sleep(0))
-    consumer, progress = FakeConsumer(), PartitionProgress()
+    consumer, progress = PausingConsumer(TP), PartitionProgress()
     consumer.paused.add(TP)
     laps.take(TP, progress, [record(0, 0, 0)], consumer)
     await asyncio.sleep(0.01)
