@@ -114,3 +114,31 @@ async def test_kill_9_while_scheduled_and_held_messages_wait(stack: LocalStack) 
     assert early == {}, f"sent before send_at: {early}"
     assert f.tally.duplicates(ids) == 0 and stats["duplicate_ids"] == 0 and stats["messages"] == len(ids)
     assert all(f.tally.records[c][0]["outcome"] == "accepted" for c in ids)
+
+
+async def test_a_rebalance_while_messages_wait_moves_them_with_their_partitions(stack: LocalStack) -> None:
+    """A second worker joins while messages are held and in the scheduled topic, then the first
+    leaves: the partitions (outbound, retry, scheduled, ledger) move together; none lost, early or twice."""
+    first = await stack.start_worker(env=ENV, routes=ROUTE)
+    now = time.time()
+    send_at = {f"mv-held-{i}": now + 8 + (i % 2) for i in range(100)}
+    send_at |= {f"mv-sched-{i}": now + 15 + (i % 6) for i in range(100)}
+    ids = list(send_at)
+    async with Follower(stack.kafka) as f:
+        f.tally.keep_records = True
+        await produce(stack.kafka, [outbound(cid, phone(i % 60), send_at=when) for i, (cid, when) in enumerate(send_at.items())])
+        deadline = time.monotonic() + 30
+        while await metric_sum(first.url, "sms_deferred_total") < len(ids):
+            assert time.monotonic() < deadline, "the messages were not all deferred"
+            await asyncio.sleep(0.2)
+        second = await stack.start_worker(env=ENV, routes=ROUTE)
+        assert await f.wait_for(ids, timeout=120, settle_s=3.0), f"missing {len(f.tally.missing(ids))}"
+        by_second = await metric_sum(second.url, "sms_outbound_accepted_total")
+        assert await first.stop(timeout=40) == 0 and second.alive
+    sent = await stack.sim_sent_at("smpp_rest")
+    stats = await stack.sim_stats("smpp_rest")
+    early = {cid: round(sent[cid] - send_at[cid], 3) for cid in ids if sent[cid] < send_at[cid]}
+    print(f"\nrebalance with {len(ids)} messages waiting: terminal {sum(f.tally.seen[c] for c in ids)}, duplicates "
+          f"{f.tally.duplicates(ids)}, provider sends {stats['messages']}, sent by the worker that joined {by_second:.0f}")
+    assert f.tally.missing(ids) == [] and early == {}
+    assert f.tally.duplicates(ids) == 0 and stats["duplicate_ids"] == 0 and stats["messages"] == len(ids)
