@@ -14,6 +14,7 @@ drive the same path against every simulator without a broker.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Container, Mapping, Protocol
@@ -24,10 +25,12 @@ from connector.encoding import smart_encode
 from connector.errors import BlockedDestination, Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
 from connector.policy import HandOffPolicy, Retry, hand_off
 from connector.providers.base import Prepared
-from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, SendFacts, correlation_key,
+from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, OutboundSms, SendFacts,
+                               correlation_key,
                                decode_outbound,
                                encode_accepted, encode_failed, iso)
 from connector.retries import RetryState
+from connector.schedule import SCHEDULED, SchedulePolicy
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -62,6 +65,8 @@ class Verdict:
     ledger_cid: str | None = None
     # retry only: when and how the message is sent again from the retry topic
     handoff: RetryState | None = None
+    # a hand-off that waits for the message's send time, not a retry: "scheduled" / "quiet-hours"
+    deferral: str | None = None
 
 
 SKIP = Verdict(Ending.SKIPPED, None)   # a replay whose outcome is recorded: nothing to send, nothing to publish
@@ -69,13 +74,16 @@ SKIP = Verdict(Ending.SKIPPED, None)   # a replay whose outcome is recorded: not
 
 class Pipeline:
     def __init__(self, senders: Mapping[str, RouteSender], router: Router,
-                 optouts: Container[str] = frozenset(), handoff: HandOffPolicy | None = None) -> None:
+                 optouts: Container[str] = frozenset(), handoff: HandOffPolicy | None = None,
+                 schedule: SchedulePolicy | None = None) -> None:
         """``handoff``: the retry topic's policy; None fails a message once its in-place retries
-        are spent (no retry topic)."""
+        are spent (no retry topic). ``schedule``: send_at and quiet hours (None: send_at only,
+        no quiet hours)."""
         self.senders = senders
         self.router = router
         self.optouts = optouts
         self.handoff = handoff
+        self.schedule = schedule if schedule is not None else SchedulePolicy({})
 
     async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: MessageLedger | None = None,
                       replayed: bool = False, retry: RetryState | None = None) -> Verdict:
@@ -115,8 +123,11 @@ class Pipeline:
                 metrics.OPTOUT_SUPPRESSED.labels(o.route).inc()
                 raise OptedOut("the recipient opted out (sms.optout); not sent", field="recipient")
             prepared = self._prepare(sender, o)
+            wait = self._wait(msg, o.route)
         except InvalidMessage as exc:
             return self.failed(o, exc)
+        if wait is not None:
+            return self._defer(o, wait, ledger, retry)
         cid = None
         has_intent = known == INTENT   # recorded now or before a crash: the route's in-doubt policy applies
         if ledger is not None:
@@ -168,6 +179,36 @@ class Pipeline:
                 return Verdict(Ending.HANDED_OFF, None, sent.result.reason, sent.result.message, ledger_cid=cid,
                                 handoff=RetryState.new(o.attempts, passes + 1, time.time() + action.after_s))
         return replace(self.failed(o, sent.result), ledger_cid=cid)
+
+    # -- scheduled sends and quiet hours (connector.schedule) --------------------------------
+    def _wait(self, msg: OutboundSms, route: str | None) -> tuple[float, str] | None:
+        """When the message must wait (due_at, reason), checked against its expiry and the
+        furthest allowed schedule (Expired / InvalidMessage); None: send now."""
+        now = time.time()
+        wait = self.schedule.wait(msg, route, now)
+        if wait is None:
+            return None
+        due_at, why = wait
+        if msg.expires_at is not None and msg.expires_at <= due_at:
+            raise Expired(f"expires at {iso(msg.expires_at)}, before it may be sent ({why} until {iso(due_at)})",
+                          field="expires_at")
+        if due_at - now > self.schedule.max_ahead_s:
+            raise InvalidMessage(f"may not be sent before {iso(due_at)} ({why}), more than "
+                                 f"dispatch.max_schedule_ahead_s ({self.schedule.max_ahead_s:g} s) ahead",
+                                 field="send_at" if why == SCHEDULED else None)
+        return wait
+
+    @staticmethod
+    def _defer(o: SendFacts, wait: tuple[float, str], ledger: MessageLedger | None,
+               retry: RetryState | None) -> Verdict:
+        """Hand the message off until its due time (``streams.scheduled``), keeping its retry count.
+        The due time is rounded up to the millisecond of the retry headers: never early."""
+        due_at, why = wait
+        metrics.DEFERRED.labels(o.route or "", why).inc()
+        state = RetryState.new(retry.attempts if retry is not None else 0, retry.passes if retry is not None else 0,
+                               math.ceil(due_at * 1000) / 1000)
+        return Verdict(Ending.HANDED_OFF, None, why, f"waits until {iso(due_at)} ({why})", handoff=state,
+                       deferral=why, ledger_cid=o.msg.client_message_id if ledger is not None else None)
 
     @staticmethod
     def _prepare(sender: RouteSender, o: SendFacts) -> Prepared:

@@ -21,7 +21,7 @@ import fastjsonschema
 import orjson
 
 from connector import contract as topics
-from connector import numbers
+from connector import numbers, schedule
 from connector.errors import InvalidMessage, InvalidRecord
 
 SCHEMA_VERSION = 1
@@ -182,6 +182,10 @@ class OutboundSms:
     expires_at: float | None = None          # epoch seconds
     options: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # scheduled sends and quiet hours (connector.schedule)
+    send_at: float | None = None             # epoch seconds; not sent before
+    recipient_time_zone: str | None = None   # IANA zone for quiet hours, instead of the number's
+    bypass_quiet_hours: bool = False         # e.g. one-time passwords
 
     def options_for(self, provider: str) -> dict[str, Any]:
         return self.options.get(provider) or {}
@@ -213,15 +217,13 @@ def decode_outbound(value: bytes | None) -> OutboundSms:
         field_name = name[5:] if isinstance(name, str) and name.startswith("data.") else None
         raise InvalidRecord(f"does not match outbound_sms.json: {exc.message}",
                             field=field_name) from None
-    expires_at = None
-    if "expires_at" in data:
-        try:
-            when = datetime.fromisoformat(data["expires_at"])
-        except ValueError:
-            raise InvalidRecord("expires_at is not an RFC 3339 date-time", field="expires_at") from None
-        if when.tzinfo is None:
-            raise InvalidRecord("expires_at needs a time zone offset (e.g. Z)", field="expires_at")
-        expires_at = when.timestamp()
+    expires_at = rfc3339_field(data, "expires_at")
+    # -- scheduled sends and quiet hours (connector.schedule) --
+    send_at = rfc3339_field(data, "send_at")
+    zone = data.get("recipient_time_zone")
+    if zone is not None and not schedule.known_zone(zone):
+        raise InvalidRecord(f"recipient_time_zone {zone!r} is not an IANA time zone the tz database knows "
+                            f"(e.g. America/New_York)", field="recipient_time_zone")
     rcpt = data["recipient"]
     if "phone" in rcpt:
         recipient = Recipient.from_phone(rcpt["phone"])
@@ -243,7 +245,25 @@ def decode_outbound(value: bytes | None) -> OutboundSms:
         expires_at=expires_at,
         options=data.get("options") or {},
         metadata=data.get("metadata") or {},
+        send_at=send_at,
+        recipient_time_zone=zone,
+        bypass_quiet_hours=bool(data.get("bypass_quiet_hours", False)),
     )
+
+
+def rfc3339_field(data: dict[str, Any], name: str) -> float | None:
+    """An RFC 3339 date-time field (its shape checked by the schema's ``format``) as epoch
+    seconds; InvalidRecord when it is not a real instant with an offset."""
+    if name not in data:
+        return None
+    try:
+        # RFC 3339 allows a lowercase t and z; fromisoformat wants them upper case
+        when = datetime.fromisoformat(data[name].upper())
+    except ValueError:
+        raise InvalidRecord(f"{name} is not an RFC 3339 date-time", field=name) from None
+    if when.tzinfo is None:
+        raise InvalidRecord(f"{name} needs a time zone offset (e.g. Z)", field=name)
+    return when.timestamp()
 
 
 def encode_outbound(msg: OutboundSms) -> bytes:
@@ -263,6 +283,12 @@ def encode_outbound(msg: OutboundSms) -> bytes:
         data["options"] = msg.options
     if msg.metadata:
         data["metadata"] = msg.metadata
+    if msg.send_at is not None:
+        data["send_at"] = iso(msg.send_at)
+    if msg.recipient_time_zone is not None:
+        data["recipient_time_zone"] = msg.recipient_time_zone
+    if msg.bypass_quiet_hours:
+        data["bypass_quiet_hours"] = True
     return orjson.dumps(data)
 
 

@@ -49,3 +49,21 @@ class FakeTime:
             self.now = max(self.now, when)
             fut.set_result(None)
         raise AssertionError("did not finish")
+
+
+class PausingConsumer:
+    """What the dispatcher's readers ask of an aiokafka consumer to hold a partition back:
+    pause / resume, and the assignment."""
+
+    def __init__(self, *assigned: Any) -> None:
+        self.paused: set[Any] = set()
+        self.assigned = set(assigned)
+
+    def pause(self, *tps: Any) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: Any) -> None:
+        self.paused.difference_update(tps)
+
+    def assignment(self) -> set[Any]:
+        return self.assigned

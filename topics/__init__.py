@@ -38,6 +38,7 @@ HEADER_RETRY_PASSES = "sms.retry.passes"       # hand-offs so far (1 on the firs
 HEADER_RETRY_DUE_AT = "sms.retry.due-at"       # epoch milliseconds: not sent again before
 HEADER_RETRY_TOKEN = "sms.retry.token"         # this hand-off's id in the ledger (a replayed older one is skipped)
 HEADER_RETRY_REASON = "sms.retry.reason"       # the error that caused the hand-off
+HEADER_SCHEDULE_CHECK_AT = "sms.schedule.check-at"  # epoch ms: sms.outbound.scheduled's reader looks again
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -160,6 +162,12 @@ def _check_routing(settings: Settings, problems: Problems) -> None:
                                     f"add a [routes.{route}] section, or change the rule {prefix}={route} in "
                                     f"routing.prefix_routes"))
     for name, route in routes.items():
+        try:
+            parse_quiet_hours(route.common.quiet_hours)
+        except ValueError as exc:
+            problems.append(Problem(f"routes.{name}.quiet_hours", str(exc),
+                                    f"set routes.{name}.quiet_hours to HH:MM-HH:MM, e.g. 21:00-08:00, or empty"))
+    for name, route in routes.items():
         failover = route.common.failover_route
         if failover and (failover not in routes or failover == name):
             path = f"routes.{name}.failover_route"
@@ -196,6 +204,19 @@ def _check_destinations(settings: Settings, problems: Problems) -> None:
                             "a two-letter ISO 3166-1 code with a telephone numbering plan, e.g. US, GB, DE")
                     problems.append(Problem(path, f"{value!r} is not {what} libphonenumber knows",
                                             f"correct {value!r} in {path} ({hint})"))
+_QUIET_HOURS = re.compile(r"^\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*$")
+
+
+def parse_quiet_hours(text: str) -> tuple[dt_time, dt_time] | None:
+    """A route's ``quiet_hours`` (``"21:00-08:00"``) -> (start, end) local wall times; ``""`` -> None;
+    ValueError for anything else (``connector.schedule`` does the arithmetic)."""
+    if not text or not text.strip():
+        return None
+    m = _QUIET_HOURS.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not HH:MM-HH:MM (24-hour local time, e.g. 21:00-08:00)")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    return dt_time(h1, m1), dt_time(h2, m2)
 
 
 def parse_prefix_routes(text: str, problems: Problems | None = None) -> list[tuple[str, str]]:

@@ -84,6 +84,18 @@ class DispatchSettings:
                                            minimum=1000, maximum=100_000_000)
     retry_after_max_s: float = setting(30.0, doc="A provider's Retry-After is honoured in place up to this; a longer one ends the in-place retries (the message is handed off to the retry topic, or fails as throttled at the attempt cap).",
                                        minimum=0, maximum=3600)
+    # -- scheduled sends and quiet hours (connector.schedule, streams.scheduled) --
+    max_schedule_ahead_s: float = setting(7 * 86400.0, doc="A record whose send_at (or whose quiet-hours wait) is "
+                                                          "further ahead than this fails with reason invalid. "
+                                                          "Keep it below the retention of sms.outbound.scheduled "
+                                                          "(8 days).", minimum=60, maximum=7 * 86400)
+    schedule_lap_s: float = setting(1800.0, doc="A message waiting for its send_at (or for the end of quiet hours) "
+                                                "is held in memory (via sms.outbound.retry) only in the last lap "
+                                                "before it is due; until then it is rewritten to the end of "
+                                                "sms.outbound.scheduled once per lap. Longer: fewer rewrites "
+                                                "(a message scheduled d ahead is written about d / lap times), "
+                                                "more messages held in memory (those due within one lap, bounded "
+                                                "by retry_topic_max_waiting).", minimum=10, maximum=86400)
 
 
 @dataclass(frozen=True)
@@ -178,6 +190,11 @@ class RouteSettings:
                                                           "(comma-separated; empty: none). Wins over "
                                                           "allow_number_types. Types: " + ", ".join(NUMBER_TYPES)
                                                           + ".", example="premium-rate,shared-cost")
+    quiet_hours: str = setting("", doc="Local hours (HH:MM-HH:MM, 24-hour, may cross midnight) in the recipient's "
+                                       "time zone during which this route sends nothing: a message due then waits "
+                                       "for their end (the recipient_time_zone of the record, else the number's "
+                                       "zones, the most restrictive when there are several). Records with "
+                                       "bypass_quiet_hours skip them. Empty: none.", example="21:00-08:00")
 
 
 @dataclass(frozen=True)

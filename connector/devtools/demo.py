@@ -9,11 +9,17 @@ guards: texts with curly quotes and dashes (``smart``: sent as GSM-7 on the loca
 turn smart encoding on) and premium-rate recipients (``blocked``: failed, reason
 blocked-destination, no provider call). Every record
 carries a ``sms.demo.id`` header so its terminal record can be found, even in the DLQ.
+
+Scheduled sends and quiet hours: a few records carry a ``send_at`` seconds ahead (sent when it
+comes); a few go to the dev stack's ``quiet`` route (quiet hours 21:00-08:00) naming a time zone
+where it is night now: those are held until morning there (kind ``held``: no terminal record is
+expected while the demo runs), unless they bypass quiet hours like a one-time password (``otp``).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -47,7 +53,22 @@ class DemoRecord:
     demo_id: str
     key: bytes
     value: bytes
-    kind: str          # what the demo expects: ok, unicode, long, smart, rejected, expired, invalid, blocked, dlq
+    kind: str          # what the demo expects: ok, unicode, long, smart, rejected, expired, invalid, blocked, dlq,
+    #                    scheduled, otp, held (waits for the end of quiet hours: no terminal record yet)
+
+
+QUIET_ROUTE = "quiet"   # the dev stack's route with quiet hours (connector.devtools.stack.LOCAL_ROUTES)
+# one zone every few hours around the world: whatever the time, some are at night (21:00-08:00)
+ZONES = ("Pacific/Auckland", "Asia/Tokyo", "Asia/Kolkata", "Europe/Berlin", "America/Sao_Paulo",
+         "America/New_York", "America/Los_Angeles", "Pacific/Honolulu")
+
+
+def night_zones(now: float) -> list[str]:
+    """The zones of ``ZONES`` where local time is between 22:00 and 06:00 at ``now`` (never empty:
+    they are at most four hours apart)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+    return [z for z in ZONES if not 6 <= datetime.fromtimestamp(now, ZoneInfo(z)).hour < 22]
 
 
 def _recipient(rng: random.Random, region: str) -> Recipient:
@@ -66,8 +87,12 @@ def _premium(phone: str) -> bool:
         return False
 
 
-def generate(n: int, seed: int = 7, prefix: str = "demo") -> Iterator[DemoRecord]:
+def generate(n: int, seed: int = 7, prefix: str = "demo", now: float | None = None) -> Iterator[DemoRecord]:
+    """``now``: the clock scheduled sends and quiet hours are set against (the kinds and texts
+    depend on ``seed`` alone)."""
     rng = random.Random(seed)
+    now = time.time() if now is None else now
+    nights = night_zones(now)
     for i in range(n):
         demo_id = f"{prefix}-{i:06d}"
         region = rng.choices(["device", "us", "ve", "other"], weights=[20, 25, 20, 35])[0]
@@ -101,6 +126,13 @@ def generate(n: int, seed: int = 7, prefix: str = "demo") -> Iterator[DemoRecord
             kind, text = "smart", rng.choice(SMART).format(n=rng.randint(1000, 9999))
         if kind != "blocked" and rcpt.phone and _premium(rcpt.phone):
             kind = "blocked"     # a random number that happens to be premium-rate
+        schedule: dict[str, object] = {}
+        if kind == "ok" and 0.40 <= roll < 0.43:
+            kind, schedule = "scheduled", {"send_at": now + 4 + 8 * rng.random()}
+        elif kind == "ok" and 0.43 <= roll < 0.48 and rcpt.phone:
+            zone = nights[int(rng.random() * len(nights))]
+            kind = "otp" if rng.random() < 0.3 else "held"
+            schedule = {"route": QUIET_ROUTE, "recipient_time_zone": zone, "bypass_quiet_hours": kind == "otp"}
         msg = OutboundSms(client_message_id=demo_id, recipient=rcpt, text=text, expires_at=expires,
-                          metadata={"campaign": "demo", "kind": kind})
+                          metadata={"campaign": "demo", "kind": kind}, **schedule)  # type: ignore[arg-type]
         yield DemoRecord(demo_id, key, encode_outbound(msg), kind)

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import aiohttp
+
 from connector import contract as topics
 from connector.ops import devmanifest
 from connector.devtools.demo import DEMO_HEADER, generate
@@ -26,6 +28,7 @@ from connector.devtools.simulators import SIMULATORS
 from connector.config import load
 from connector.ops.operations import CALLBACK_PATH, register_callbacks
 from connector.devtools.stack import LOCAL_ROUTES, Follower, LocalStack, produce, worker_env
+from connector.ops.snapshot import parse_metrics
 from connector.ops.status import LiveStatus
 
 
@@ -112,10 +115,22 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
         say("stopped")
 
 
+async def _deferred_by_reason(worker_url: str) -> dict[str, float]:
+    """sms_deferred_total by reason, from the worker's metrics (empty when they cannot be read)."""
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"{worker_url}/metrics") as r:
+            return parse_metrics(await r.text()).deferred
+    except aiohttp.ClientError:
+        return {}
+
+
 async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, stop: asyncio.Event,
                 worker: asyncio.subprocess.Process, say: Callable[[str], None], out: Any = None) -> int:
     records = list(generate(n, prefix=f"demo{int(time.time())}"))
-    expected = [r.demo_id for r in records]
+    # held for quiet hours (until morning in their zone): no terminal record while the demo runs
+    held = [r.demo_id for r in records if r.kind == "held"]
+    expected = [r.demo_id for r in records if r.kind != "held"]
+    n = len(expected)
     t0 = time.monotonic()
     # On a terminal the status view (connector.ops.status) replaces the progress lines; elsewhere
     # (tests, CI, a pipe) LiveStatus does nothing and the plain lines are printed as before.
@@ -124,7 +139,7 @@ async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, sto
                        dev_broker=True) as status:
         emit = status.say if status.active else say
         await produce(stack.kafka, ((r.key, r.value, [(DEMO_HEADER, r.demo_id.encode())]) for r in records))
-        emit(f"demo       produced {n} records in {time.monotonic() - t0:.1f}s")
+        emit(f"demo       produced {len(records)} records in {time.monotonic() - t0:.1f}s")
         tally = follower.tally
         deadline = time.monotonic() + timeout
         last = -1
@@ -160,6 +175,10 @@ async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, sto
     if tally.smart_encoded:
         say(f"  smart encoding: {tally.smart_encoded} accepted messages sent as GSM-7, "
             f"{tally.segments_saved} segments saved")
+    deferred = await _deferred_by_reason(stack.workers[0].url)
+    if deferred or held:
+        say("  deferred       " + ", ".join(f"reason={reason} {count:.0f}" for reason, count in sorted(deferred.items()))
+            + f"; still waiting for the end of quiet hours {len(held) - tally.done(held)} (not expected yet)")
     if tally.deliveries:
         say("  delivery events so far (sms.delivery): " + ", ".join(
             f"{p} {s} {c}" for (p, s), c in sorted(tally.deliveries.items())))

@@ -42,6 +42,8 @@ LOCAL_ROUTES: dict[str, dict[str, str]] = {
     "revio": {"provider": "revio", "concurrency": "32", "smart_encoding": "true"},
     "ogangi": {"provider": "ogangi", "concurrency": "32", "sender": "24365", "smart_encoding": "true"},
     "thingspace": {"provider": "thingspace", "concurrency": "32"},
+    # quiet hours: demo records name a zone where it is night (connector.devtools.demo)
+    "quiet": {"provider": "smpp_rest", "channel": "sms", "concurrency": "8", "quiet_hours": "21:00-08:00"},
 }
 LOCAL_DEFAULT_ROUTE = "smpp"
 LOCAL_ROUTING = {"SMS_CONNECTOR_ROUTING__DEVICE_ROUTE": "thingspace",
@@ -211,6 +213,12 @@ class LocalStack:
     async def sim_stats(self, name: str) -> dict[str, Any]:
         async with aiohttp.ClientSession() as s:
             async with s.get(self.simulators[name].url + "/_sim/stats") as r:
+                return orjson.loads(await r.read())
+
+    async def sim_sent_at(self, name: str) -> dict[str, float]:
+        """Message id -> epoch of its first send at simulator ``name``."""
+        async with aiohttp.ClientSession() as s:
+            async with s.get(self.simulators[name].url + "/_sim/sent-at") as r:
                 return orjson.loads(await r.read())
 
     async def start_worker(self, env: Mapping[str, str] | None = None, http_port: int = 0,

@@ -50,6 +50,7 @@ from connector.config import ENV_PREFIX, Problem, Settings, load_detailed, redac
 from connector.destinations import conflicts
 from connector.ops import quiet_client_logs
 from connector.policy import handoff_policy, longest_schedule_s
+from connector.schedule import known_zone, parse_quiet_hours
 
 __all__ = ["CheckReport", "CheckRow", "Status", "check_command", "config_rows", "problem_row", "render",
            "run_check"]
@@ -182,6 +183,43 @@ def config_rows(settings: Settings) -> list[CheckRow]:
             rows.append(CheckRow(f"route {name}", f"routes.{name}.segment_policy", Status.WARN,
                                  f"split, but {provider.title} cannot split: every multi-segment message "
                                  f"fails as invalid. Fix: use whole or reject"))
+    rows += schedule_rows(settings)
+    return rows
+
+
+def schedule_rows(settings: Settings) -> list[CheckRow]:
+    """Warnings for quiet hours that cannot do what they seem to (connector.schedule)."""
+    rows: list[CheckRow] = []
+    if any(route.common.quiet_hours for route in settings.routes.values()) and not known_zone("America/New_York"):
+        rows.append(CheckRow("config", "quiet_hours", Status.FAIL,
+                             "no time zone database (zoneinfo finds neither the system's nor the tzdata "
+                             "package's): quiet hours would hold nothing. Fix: install tzdata (pip or the OS)"))
+    for name, route in settings.routes.items():
+        quiet, path = parse_quiet_hours(route.common.quiet_hours), f"routes.{name}.quiet_hours"
+        if quiet is None:
+            continue
+        if quiet.empty:
+            rows.append(CheckRow(f"route {name}", path, Status.WARN,
+                                 f"{quiet}: starts when it ends, so it holds nothing. Fix: give it a length, "
+                                 f"or leave it empty"))
+        elif quiet.length_s > 20 * 3600:
+            rows.append(CheckRow(f"route {name}", path, Status.WARN,
+                                 f"{quiet}: {quiet.length_s / 3600:g} quiet hours a day leave "
+                                 f"{24 - quiet.length_s / 3600:g} to send in, less in regions with several "
+                                 f"zones: messages wait up to a day and a burst goes out at once. Fix: check "
+                                 f"start and end are not swapped"))
+        if name == settings.routing.device_route:
+            rows.append(CheckRow(f"route {name}", path, Status.WARN,
+                                 f"{quiet} on the device route: a device id has no number to take a time zone "
+                                 f"from, so only records naming recipient_time_zone are held. Fix: have "
+                                 f"producers set recipient_time_zone"))
+        failover = route.common.failover_route
+        if failover and failover in settings.routes and \
+                parse_quiet_hours(settings.routes[failover].common.quiet_hours) != quiet:
+            rows.append(CheckRow(f"route {name}", path, Status.WARN,
+                                 f"{quiet}, but its failover route {failover} has "
+                                 f"{settings.routes[failover].common.quiet_hours or 'none'}: a message keeps the "
+                                 f"quiet hours of the route it was routed to. Fix: give both the same"))
     return rows
 
 

@@ -45,6 +45,7 @@ class KafkaProbe:
         self.read_budget_s = read_budget_s
         self.outbound = topics.spec("outbound").name
         self.terminal_topics = [topics.spec(r).name for r in TERMINAL_ROLES]
+        self.scheduled = topics.spec("scheduled").name   # its lag: messages waiting more than a lap ahead
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._tps: list[TopicPartition] = []
@@ -89,7 +90,7 @@ class KafkaProbe:
             cluster = await admin.describe_cluster()
             self.dev_broker = str(cluster.get("cluster_id") or "").startswith(TANSU_CLUSTER_PREFIX)
         if not self._tps:
-            wanted = [self.outbound, *self.terminal_topics]
+            wanted = [self.outbound, *self.terminal_topics, self.scheduled]
             described = {t["topic"]: t for t in await admin.describe_topics(wanted)}
             missing = [n for n in wanted if not (described.get(n) or {}).get("partitions")]
             if missing:
@@ -99,18 +100,20 @@ class KafkaProbe:
             if self.dev_broker:   # read only in _read_real_ends: paused in between
                 consumer.assign(self._tps)
                 consumer.pause(*self._tps)
-        out_tps = [tp for tp in self._tps if tp.topic == self.outbound]
+        out_tps = [tp for tp in self._tps if tp.topic in (self.outbound, self.scheduled)]
         ends = dict(await consumer.end_offsets(self._tps))
         beginnings = dict(await consumer.beginning_offsets(self._tps))
         committed = await admin.list_consumer_group_offsets(self.group, partitions=out_tps)
         if self.dev_broker:
             ends = await self._read_real_ends(ends)
-        lag = consumer_lag(self.outbound, self.group, {tp.partition: ends[tp] for tp in out_tps},
-                           {tp.partition: (committed[tp].offset if tp in committed else None) for tp in out_tps},
-                           {tp.partition: beginnings[tp] for tp in out_tps})
+        lags = tuple(consumer_lag(name, self.group, {tp.partition: ends[tp] for tp in out_tps if tp.topic == name},
+                                  {tp.partition: (committed[tp].offset if tp in committed else None)
+                                   for tp in out_tps if tp.topic == name},
+                                  {tp.partition: beginnings[tp] for tp in out_tps if tp.topic == name})
+                     for name in (self.outbound, self.scheduled))
         terminal = {name: sum(max(0, ends[tp] - beginnings[tp]) for tp in self._tps if tp.topic == name)
                     for name in self.terminal_topics}
-        return KafkaState(self.kafka.bootstrap_servers, self.group, (lag,), terminal, approx=bool(self.dev_broker))
+        return KafkaState(self.kafka.bootstrap_servers, self.group, lags, terminal, approx=bool(self.dev_broker))
 
     async def _read_real_ends(self, ends: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Tansu's end offset is its last batch's base offset + 1: fetch from there and take the

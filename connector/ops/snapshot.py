@@ -23,7 +23,7 @@ METRICS_READ = ("sms_outbound_consumed", "sms_outbound_accepted", "sms_outbound_
                 "sms_outbound_dead_lettered", "sms_outbound_segments", "sms_outbound_in_flight", "sms_outbound_retry_waiting",
                 "sms_outbound_oldest_pending_seconds", "sms_kafka_partitions_assigned", "sms_provider_retries",
                 "sms_callbacks_received", "sms_mo_received", "sms_optout_suppressed", "sms_circuit_state",
-                "sms_delivery_latency_seconds")
+                "sms_delivery_latency_seconds", "sms_deferred", "sms_deferred_waiting")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,6 +92,8 @@ class Snapshot:
     optout_suppressed: dict[str, float] = field(default_factory=dict)         # route
     delivery_latency: dict[tuple[str, str], Hist] = field(default_factory=dict)  # (provider, state)
     circuits: dict[str, float] = field(default_factory=dict)                  # route -> 0/1/2
+    deferred: dict[str, float] = field(default_factory=dict)                  # reason (scheduled, quiet-hours)
+    deferred_waiting: float = 0.0   # deferred messages held in memory (further ahead: the scheduled topic's lag)
     workers: int = 0                     # metrics sources that answered
     errors: list[str] = field(default_factory=list)   # "URL: what went wrong", one per source that did not
 
@@ -177,6 +179,10 @@ def parse_metrics(text: str) -> Snapshot:
                 _add(snap.mo_received, provider, v)
             elif name == "sms_optout_suppressed_total":
                 _add(snap.optout_suppressed, lb.get("route", ""), v)
+            elif name == "sms_deferred_total":
+                _add(snap.deferred, lb.get("reason", ""), v)
+            elif name == "sms_deferred_waiting":
+                snap.deferred_waiting += v
             elif name == "sms_circuit_state":
                 route = lb.get("route", "")
                 snap.circuits[route] = max(snap.circuits.get(route, 0.0), v)
@@ -202,11 +208,12 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
         out.segments += s.segments
         out.in_flight += s.in_flight
         out.retry_waiting += s.retry_waiting
+        out.deferred_waiting += s.deferred_waiting
         out.partitions_assigned += s.partitions_assigned
         out.oldest_pending_s = max(out.oldest_pending_s, s.oldest_pending_s)
         for src, dst in ((s.accepted, out.accepted), (s.failed, out.failed), (s.dead_lettered, out.dead_lettered),
                          (s.retries, out.retries), (s.callbacks, out.callbacks), (s.mo_received, out.mo_received),
-                         (s.optout_suppressed, out.optout_suppressed)):
+                         (s.optout_suppressed, out.optout_suppressed), (s.deferred, out.deferred)):
             for k, v in src.items():
                 _add(dst, k, v)
         for route, state in s.circuits.items():

@@ -47,6 +47,8 @@ DEFAULT_INTERVAL_S = 2.0
 METRICS_TIMEOUT_S = 5.0
 CIRCUIT_NAMES = {0: "closed", 1: "half-open", 2: "open"}
 
+SCHEDULED_TOPIC = topics.spec("scheduled").name
+
 
 # ------------------------------------------------------------------------------------------------
 # Polling
@@ -207,6 +209,10 @@ def render(snapshot: Snapshot, rates: Rates | None, kafka: KafkaState | None, *,
     pipe.add_column("now", justify="right")
     pipe.add_row("in flight", _n(s.in_flight))
     pipe.add_row("waiting to retry", _n(s.retry_waiting))
+    scheduled_lag = sum(lag.lag for lag in kafka.lag if lag.topic == SCHEDULED_TOPIC) if kafka is not None else 0
+    if s.deferred or s.deferred_waiting or scheduled_lag:   # scheduled sends and quiet hours
+        pipe.add_row("waiting for send time", _n(s.deferred_waiting + scheduled_lag))
+        pipe.add_row("deferred", ", ".join(f"{reason} {_n(v)}" for reason, v in sorted(s.deferred.items())) or "0")
     pipe.add_row("oldest pending", _secs(s.oldest_pending_s))
     parts_total = None
     if kafka is not None and kafka.lag:
@@ -285,7 +291,7 @@ def _render_kafka(k: KafkaState, s: Snapshot) -> RenderableType:
     lines = [t]
     names = {topics.spec(r).name: r for r in TERMINAL_ROLES}
     on_topics = ", ".join(f"{names.get(n, n)} {_n(c)}" for n, c in k.terminal.items())
-    committed = sum(lag.committed for lag in k.lag)
+    committed = sum(lag.committed for lag in k.lag if lag.topic != SCHEDULED_TOPIC)
     check = Text(f"terminal records on topics: {on_topics} = {_n(k.terminal_total)}; "
                  f"committed input {_n(committed)}; workers' metrics {_n(s.terminal_total)}", style="dim")
     lines.append(check)

@@ -64,6 +64,8 @@ from connector.streams.batcher import Batcher
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
 from connector.streams.plumbing import RebalanceListener
+from connector.streams.scheduled import ScheduledLaps, is_deferral
+from connector.schedule import SchedulePolicy
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -80,7 +82,7 @@ class Dispatcher:
                  optouts: Container[str] = frozenset()) -> None:
         self.settings = settings
         d = settings.dispatch
-        self.pipeline = Pipeline(senders, router, optouts, handoff_policy(d))
+        self.pipeline = Pipeline(senders, router, optouts, handoff_policy(d), SchedulePolicy.from_settings(settings))
         self.topic_correlation = topics.spec("correlation").name
         self.topic_in = topics.spec("outbound").name
         self.topic_retry = topics.spec("retry").name
@@ -120,7 +122,12 @@ class Dispatcher:
         metrics.OLDEST_PENDING.set_function(
             lambda: max((p.oldest_age() for tp, p in list(self._progress.items()) if tp.topic == self.topic_in),
                         default=0.0))
-        metrics.RETRY_WAITING.set_function(lambda: len(self._waiting))
+        # [scheduled sends] deferred messages wait in the retry hold too: counted apart (streams.scheduled)
+        self.topic_scheduled = topics.spec("scheduled").name
+        self.laps = ScheduledLaps(self.topic_scheduled, self.topic_retry, d.schedule_lap_s, self._forward_scheduled)
+        metrics.RETRY_WAITING.set_function(lambda: len(self._waiting) - self._deferred_held())
+        metrics.DEFERRED_WAITING.set_function(lambda: self.laps.waiting + self._deferred_held())
+        # [/scheduled sends]
         self._unrecorded = 0   # messages sent whose outcome is not durable yet (in doubt if the worker dies)
         metrics.UNRECORDED.set_function(lambda: self._unrecorded)
 
@@ -163,16 +170,16 @@ class Dispatcher:
                                  self.settings.dispatch.idempotency_max_entries)
         topic_ledger = topics.spec("ledger").name
         for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry,
-                      self.topic_correlation, topic_ledger):
+                      self.topic_correlation, topic_ledger, self.topic_scheduled):
             self._partitions[topic] = len(await self._producer.partitions_for(topic))
-        for topic in (self.topic_retry, topic_ledger):
+        for topic in (self.topic_retry, topic_ledger, self.topic_scheduled):
             if self._partitions[topic] != self._partitions[self.topic_in]:
                 raise RuntimeError(
                     f"topic {topic} has {self._partitions[topic]} partitions and {self.topic_in} has "
                     f"{self._partitions[self.topic_in]}: they must be equal (both are written to the input's "
                     f"partition number, whose owner reads them)")
         try:
-            self._consumer.subscribe([self.topic_in, self.topic_retry], listener=RebalanceListener(self.on_assigned, self.on_revoked))
+            self._consumer.subscribe([self.topic_in, self.topic_retry, self.topic_scheduled], listener=RebalanceListener(self.on_assigned, self.on_revoked))
             await self._consumer.start()
             self.membership.attach(self._consumer)
             self.started.set()
@@ -184,6 +191,7 @@ class Dispatcher:
                 commits.cancel()
                 if self._wake is not None:
                     self._wake.cancel()
+                self.laps.close()   # [scheduled sends] records read, not yet checked: re-read after a restart
                 await self._drain(self.settings.dispatch.shutdown_timeout_s)
                 await self._commit()
         finally:
@@ -219,6 +227,9 @@ class Dispatcher:
             return
         if tp.topic == self.topic_retry:
             self._hold(tp, progress, records)
+            return
+        if tp.topic == self.topic_scheduled:   # [scheduled sends]
+            self.laps.take(tp, progress, records, self._consumer)
             return
         metrics.CONSUMED.inc(len(records))
         for rec in records:
@@ -282,6 +293,20 @@ class Dispatcher:
         if self._retry_paused and len(self._waiting) < self._max_waiting // 2 and self._consumer is not None:
             self._retry_paused = False
             self._consumer.resume(*[t for t in self._progress if t.topic == self.topic_retry])
+
+    # [scheduled sends] (streams.scheduled)
+    def _deferred_held(self) -> int:
+        """Held retry-topic records that wait for a send time, not for a retry."""
+        return sum(1 for w in self._waiting if is_deferral(w[3].headers))
+
+    async def _forward_scheduled(self, rec: ConsumerRecord[bytes, bytes]) -> None:
+        """A scheduled record whose check time came: handed on as the same deferral (its token,
+        due time and reason), to the retry topic or for another lap (``ScheduledLaps.destination``)."""
+        state = retries.RetryState.from_headers(rec.headers) or retries.RetryState.new(0, 0, 0.0)
+        reason = next((v.decode(errors="replace") for k, v in rec.headers or () if k == topics.HEADER_RETRY_REASON),
+                      None) or "scheduled"
+        await self._produce(rec, Verdict(Ending.HANDED_OFF, None, reason, handoff=state, deferral=reason))
+    # [/scheduled sends]
 
     def _forget_waiting(self, revoked: Sequence[TopicPartition]) -> None:
         """Drop held retry records of revoked partitions: uncommitted, the next owner re-reads them."""
@@ -360,7 +385,10 @@ class Dispatcher:
             return self.topic_failed, t.value or b"", source
         if t.ending is Ending.HANDED_OFF and t.handoff is not None:
             headers = t.handoff.headers(rec.headers, source, t.reason or "")
-            return self.topic_retry, rec.value if rec.value is not None else b"", headers
+            topic = self.topic_retry
+            if t.deferral is not None:   # [scheduled sends] far ahead: the scheduled topic
+                topic, headers = self.laps.destination(headers, t.handoff.due_at)
+            return topic, rec.value if rec.value is not None else b"", headers
         headers: Headers = [h for h in rec.headers or () if h[0] not in retries.SOURCE_HEADERS]
         headers += source
         headers += [(topics.HEADER_ERROR_REASON, (t.reason or "").encode()),
@@ -410,7 +438,7 @@ class Dispatcher:
 
     def _source(self, rec: ConsumerRecord[bytes, bytes]) -> Headers:
         """Where the message was read first: a retry record carries its original input's."""
-        if rec.topic == self.topic_retry:
+        if rec.topic in (self.topic_retry, self.topic_scheduled):
             carried = retries.carried_source(rec.headers)
             if carried:
                 return carried
@@ -519,6 +547,7 @@ class Dispatcher:
         for progress in self._progress.values():
             progress.revoked = True
         self._forget_waiting(list(self._progress))
+        self.laps.forget(list(self._progress))   # [scheduled sends]
         log.warning("partitions given up: records not yet sent are left to their next owner",
                     extra={"in_flight": self.in_flight, "reason": reason})
 
@@ -538,6 +567,7 @@ class Dispatcher:
             if lost:
                 self._progress[tp].revoked = True
         self._forget_waiting(mine)
+        self.laps.forget(mine)   # [scheduled sends]
         if mine and lost:
             await self._settle_lost(self.settings.dispatch.shutdown_timeout_s)
         elif mine:

@@ -99,7 +99,7 @@ def test_every_operator_command_works_against_dev_as_is(dev: DevRun, command: li
 
 def test_check_connect_checks_devs_routes(dev: DevRun) -> None:
     result = cli("check", "--connect", "--no-settings", cwd=dev.workdir)
-    assert "valid: 4 route(s)" in result.stdout and "0 failed" in result.stdout, result.stdout
+    assert "valid: 5 route(s)" in result.stdout and "0 failed" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("command", [

@@ -802,12 +802,16 @@ def test_keda_scales_dispatch_on_lag(scenario: str) -> None:
         assert d["metadata"]["labels"]["app.kubernetes.io/component"] == "dispatch"
         assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"] <= partitions
         settings = worker_settings(scenario)
+        # the input scales; the scheduled topic's lag only keeps one worker up (no scale to zero
+        # while messages wait for their send time)
+        assert [t["metadata"]["topic"] for t in so["spec"]["triggers"]] == [topics.spec("outbound").name,
+                                                                              topics.spec("scheduled").name]
+        assert so["spec"]["triggers"][1]["metadata"]["activationLagThreshold"] == "0"
         for trigger in so["spec"]["triggers"]:
             meta = trigger["metadata"]
             assert all(isinstance(v, str) for v in meta.values()), "trigger metadata must be strings"
             assert trigger["type"] == "kafka"
             assert meta["consumerGroup"] == settings.kafka.group_id
-            assert meta["topic"] == topics.spec("outbound").name
             assert meta["bootstrapServers"] == settings.kafka.bootstrap_servers
             assert meta["allowIdleConsumers"] == "false"
             assert ("sasl" in meta) == settings.kafka.security_protocol.startswith("SASL_")

@@ -379,3 +379,29 @@ async def test_revio_without_sessions_still_checks_credentials_with_sessions_cre
     route = {"username": "u", "password": "p", "client": "c", "use_sessions": "false"}
     await check_route("r", probe_sender("revio", route, answering(500, b"", seen)), 1.0)
     assert b"Sessions_Create" in seen[0].body or "Sessions_Create" in seen[0].headers.get("SOAPAction", "")
+
+
+def _route(name: str, **extra: str) -> dict[str, str]:
+    p = f"SMS_CONNECTOR_ROUTES__{name.upper()}__"
+    return {p + "PROVIDER": "smpp_rest", p + "BASE_URL": "https://gw", p + "API_KEY": "k",
+            **{p + k.upper(): v for k, v in extra.items()}}
+
+
+def test_quiet_hours_that_cannot_do_what_they_seem_are_warnings() -> None:
+    settings = load(None, {**_route("a", quiet_hours="08:00-08:00"), **_route("b", quiet_hours="06:00-03:00"),
+                           **_route("c", quiet_hours="21:00-08:00", failover_route="d"), **_route("d"),
+                           **_route("dev", quiet_hours="22:00-07:00"),
+                           "SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": "a", "SMS_CONNECTOR_ROUTING__DEVICE_ROUTE": "dev"})
+    warnings = {(r.area, r.item): r.detail for r in config_rows(settings) if r.status is Status.WARN}
+    assert "holds nothing" in warnings[("route a", "routes.a.quiet_hours")]
+    assert "21 quiet hours a day" in warnings[("route b", "routes.b.quiet_hours")]
+    assert "failover route d has none" in warnings[("route c", "routes.c.quiet_hours")]
+    assert "recipient_time_zone" in warnings[("route dev", "routes.dev.quiet_hours")]
+    assert ("route d", "routes.d.quiet_hours") not in warnings
+    ok = load(None, {**_route("a", quiet_hours="21:00-08:00")})
+    assert not [r for r in config_rows(ok) if r.status is Status.WARN]
+
+
+def test_malformed_quiet_hours_are_a_problem_with_the_fix() -> None:
+    [problem] = problems(_route("a", quiet_hours="9pm-8am"))
+    assert problem.path == "routes.a.quiet_hours" and "HH:MM-HH:MM" in problem.message and "21:00-08:00" in problem.fix

@@ -16,19 +16,12 @@ from connector.offsets import PartitionProgress
 from connector.retries import RetryState
 from connector.routing import Router
 from connector.streams.dispatch import Dispatcher
+from tests.fakes import PausingConsumer
 
 RETRY = topics.spec("retry").name
 
 
-class Consumer:
-    def __init__(self) -> None:
-        self.paused: set[TopicPartition] = set()
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused.update(tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused.difference_update(tps)
+Consumer = PausingConsumer
 
 
 def record(partition: int, offset: int, due_in_s: float) -> ConsumerRecord[bytes, bytes]:

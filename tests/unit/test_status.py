@@ -268,3 +268,18 @@ def test_sources_come_from_the_dev_manifest_when_no_url_is_given(tmp_path: Path)
     assert urls == ["http://w:1/metrics"] and dev_broker is None   # a URL given: the config's Kafka
     urls, _, dev_broker, _ = resolve_sources((), None, str(tmp_path / "absent.json"))
     assert urls == [] and dev_broker is None
+
+
+def test_render_shows_messages_waiting_for_their_send_time() -> None:
+    """Deferred messages: those held by the workers plus the scheduled topic's lag, and the deferrals by reason."""
+    text_in = ('sms_deferred_total{route="r",reason="scheduled"} 7\n'
+               'sms_deferred_total{route="r",reason="quiet-hours"} 3\n'
+               'sms_deferred_waiting 4\n')
+    snap = merge([parse_metrics("# TYPE sms_deferred_total counter\n# TYPE sms_deferred_waiting gauge\n" + text_in)])
+    assert snap.deferred == {"scheduled": 7, "quiet-hours": 3} and snap.deferred_waiting == 4
+    lags = (consumer_lag("sms.outbound", "g", {0: 3}, {0: 3}), consumer_lag("sms.outbound.scheduled", "g", {0: 9}, {0: 4}))
+    text = text_of(render(snap, None, KafkaState("k:9092", "g", lags, {}), sources=1))
+    assert any(ln.split()[-5:] == ["waiting", "for", "send", "time", "9"] for ln in text.splitlines()), text
+    # 9: 4 held by the workers + 5 in the scheduled topic
+    assert "quiet-hours 3, scheduled 7" in text
+    assert "committed input 3" in text                    # the scheduled topic is not input

@@ -8,7 +8,7 @@ This module gives each one the same operator surface:
   Set at start (``sms-connector simulate NAME --latency-ms ...``) or live with
   ``PUT /_sim/faults`` (JSON, fields of ``Faults``).
 - ``Stats`` (``GET /_sim/stats``): requests, messages, sends per client message id (duplicates
-  are visible), and the highest messages-per-second seen in any one-second window.
+  are visible; ``GET /_sim/sent-at``: when each was first sent), and the highest messages-per-second seen in any one-second window.
 - ``POST /_sim/reset`` clears counters and faults; ``GET /_sim/health`` answers 200.
 
 Recipients whose number ends in ``0666`` are rejected by every simulator as an invalid
@@ -63,6 +63,7 @@ class Stats:
     rejected: int = 0
     injected: Counter[str] = field(default_factory=Counter)
     sends_by_id: Counter[str] = field(default_factory=Counter)
+    first_sent_at: dict[str, float] = field(default_factory=dict)   # id -> epoch of its first send (GET /_sim/sent-at)
     max_messages_per_s: int = 0
     # the texts of the last accepted messages, as the provider received them (contract tests)
     texts: deque[str] = field(default_factory=lambda: deque(maxlen=100))
@@ -76,6 +77,11 @@ class Stats:
             self._window, self._window_count = now, 0
         self._window_count += n
         self.max_messages_per_s = max(self.max_messages_per_s, self._window_count)
+
+    def sent(self, key: str) -> None:
+        """One send of the message ``key`` (a client message id, or the simulator's own key)."""
+        self.sends_by_id[key] += 1
+        self.first_sent_at.setdefault(key, time.time())
 
     def as_json(self) -> dict[str, Any]:
         dup = {k: v for k, v in self.sends_by_id.items() if v > 1}
@@ -148,6 +154,7 @@ class Simulator:
         app.add_routes([
             web.get("/_sim/health", self._health),
             web.get("/_sim/stats", self._stats),
+            web.get("/_sim/sent-at", self._sent_at),
             web.put("/_sim/faults", self._set_faults),
             web.post("/_sim/reset", self._reset),
         ])
@@ -159,6 +166,10 @@ class Simulator:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps({**self.stats.as_json(), "faults": asdict(self.faults)}),
                             content_type="application/json")
+
+    async def _sent_at(self, request: web.Request) -> web.Response:
+        """When each message was first sent (epoch seconds), by id: scheduled sends are checked against it."""
+        return web.Response(body=orjson.dumps(self.stats.first_sent_at), content_type="application/json")
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         try:

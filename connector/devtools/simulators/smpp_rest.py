@@ -82,7 +82,7 @@ class SmppRestSimulator(Simulator):
             elif self.should_reject(to):
                 error = "Destination rejected by the SMSC (ESME_RINVDSTADR)"
             if cid:
-                self.stats.sends_by_id[cid] += 1
+                self.stats.sent(cid)
             if error:
                 self.stats.rejected += 1
                 results.append({"apiMessageId": None, "accepted": False, "to": to, "error": error, "msg": msg})
