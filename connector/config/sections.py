@@ -117,10 +117,18 @@ class RouteSettings:
     batch_max: int = setting(1, doc="Messages per provider request where the provider takes several (SMPP Messages[]).",
                              minimum=1, maximum=1000)
     batch_linger_ms: float = setting(2.0, doc="How long a partial batch waits for more messages.", minimum=0, maximum=1000)
-    rate_limit: float = setting(0.0, doc="Segments per second this worker sends through the route, at most (the "
-                                         "provider account's limit; 0 = unlimited). Strict: no one-second "
-                                         "interval holds more. Per worker process: with N workers on one "
-                                         "account, give each 1/N.", example="50", minimum=0, maximum=100000)
+    rate_limit: float = setting(0.0, doc="Segments per second the whole deployment sends through the route, at "
+                                         "most: the provider account's limit (0 = unlimited). Strict: no "
+                                         "one-second interval holds more. Each dispatch worker takes the share "
+                                         "of it that its sms.outbound partitions are of all, recomputed on every "
+                                         "rebalance; do not divide it by the replica count.",
+                                example="50", minimum=0, maximum=100000)
+    rate_limit_margin_ms: float = setting(50.0, doc="Safety margin of the rate limit for the provider's clock: "
+                                                    "the limit holds over every window of 1 s plus this, so "
+                                                    "requests whose way to the provider varies by less than it "
+                                                    "never arrive more than rate_limit in any second. Costs "
+                                                    "margin/(1 s + margin) of the rate (50 ms: 4.8%).",
+                                          minimum=0, maximum=500)
     rate_limit_min: float = setting(1.0, doc="Floor of the adaptive rate: on 429 the route halves its rate (at "
                                              "most once per second, or per Retry-After), never below this, and "
                                              "climbs back by 5% of rate_limit per second without 429s.",

@@ -552,6 +552,7 @@ class Dispatcher:
             for partition in {tp.partition for tp in mine} - {tp.partition for tp in self._progress}:
                 self.ledger.revoke(partition)
         metrics.PARTITIONS_ASSIGNED.set(self.assigned)
+        self._share_limits(fence=False)   # after the drain: the records finished at the old share
         if not any(tp.topic == self.topic_in for tp in self._progress):
             self.membership.revoked()
         if mine:
@@ -569,9 +570,14 @@ class Dispatcher:
             if self.ledger is not None:
                 self.ledger.assign(tp.partition)   # its records wait for it (see _run_chain)
         metrics.PARTITIONS_ASSIGNED.set(self.assigned)
+        self._share_limits(fence=True)
         log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned
                                                                     if tp.topic == self.topic_in)})
 
-
-
-
+    def _share_limits(self, *, fence: bool) -> None:
+        """Each route's rate limit is the deployment's: this worker takes the share of it that its
+        input partitions are of all (``connector.ratelimit``, "Deployment share")."""
+        total = self._partitions.get(self.topic_in, 0)
+        share = self.assigned / total if total else 0.0
+        for sender in self.pipeline.senders.values():
+            sender.limiter.set_share(min(1.0, share), fence=fence)
