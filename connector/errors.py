@@ -7,7 +7,8 @@ Provider adapters raise these from ``parse_*`` functions; the transport raises t
     ├── InvalidRecord        input that is not an OutboundSms (undecodable, schema) -> dead letter
     ├── InvalidMessage       a well-formed message that cannot be sent as given -> failed/invalid
     │   ├── OptedOut         the recipient opted out                           -> failed/opted-out
-    │   └── Expired          past its expiry before it could be sent            -> failed/expired
+    │   ├── Expired          past its expiry before it could be sent            -> failed/expired
+    │   └── OverBudget       the route's spend budget is spent (over_budget=fail) -> failed/budget
     └── ProviderError        a provider call went wrong
         ├── Retriable        network errors, timeouts, 408, 425, 5xx
         │   ├── Timeout
@@ -89,6 +90,11 @@ class LoginLocked(AuthFailed):
 
 class Rejected(ProviderError):
     reason = "rejected"
+
+
+class OverBudget(InvalidMessage):
+    """A route's spend budget (connector.budget) has no room left in its window; no call made."""
+    reason = "budget"
 
 
 class InDoubt(ProviderError):

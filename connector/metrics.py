@@ -88,3 +88,12 @@ LEDGER_ENTRIES = Gauge("sms_ledger_entries", "Client message ids the idempotency
 LEDGER_REPLAYS = Counter("sms_ledger_replays_total", "Outbound records seen again whose id the ledger knew, by what "
                          "was done (done: skipped; retrying: skipped, its hand-off exists; in-doubt-resend; in-doubt-fail; "
                          "replayed-after-failure).", ["decision"])
+
+# -- spend budgets (connector.budget) -----------------------------------------------------------
+BUDGET_SPENT = Gauge("sms_budget_segments_spent", "Segments charged to the route's budget in the current window by "
+                     "the slots this worker owns (sum over workers: the deployment's spending; scope: '' for the "
+                     "route, else the region).", ["route", "scope", "window"])
+BUDGET_LIMIT = Gauge("sms_budget_segments", "The route's budget in segments per window (the deployment's; the "
+                     "same on every worker).", ["route", "scope", "window"])
+BUDGET_HELD = Counter("sms_budget_held_total", "Messages held over a spent budget until its window ends "
+                      "(over_budget=hold), by route.", ["route"])

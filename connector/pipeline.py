@@ -12,14 +12,16 @@ drive the same path against every simulator without a broker.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, replace
-from typing import Container, Mapping, Protocol
+from typing import Any, Container, Mapping, Protocol
 
 from connector import metrics
 from connector.breaker import CircuitOpen
-from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
-from connector.policy import HandOffPolicy, Retry, hand_off
+from connector.budget import BudgetSpent, Charge
+from connector.errors import Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, OverBudget, SmsError, Timeout
+from connector.policy import FAIL_BUDGET, HOLD_HAND_OFF, HandOffPolicy, Retry, hand_off, over_budget_action
 from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, SendFacts, correlation_key,
                                decode_outbound,
                                encode_accepted, encode_failed, iso)
@@ -40,6 +42,16 @@ class MessageLedger(Protocol):
     def token(self, cid: str) -> str | None: ...
 
     async def intent(self, cid: str, route: str | None) -> None: ...
+
+
+class SpendBudgets(Protocol):
+    """The routes' spend budgets as the pipeline needs them (``streams.budgets.Budgets``)."""
+
+    def applies(self, route: str) -> bool: ...
+
+    async def charge(self, route: str, recipient: Any, segments: int) -> Charge | BudgetSpent | None: ...
+
+    async def refund(self, charge: Charge) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,7 @@ class Pipeline:
         self.router = router
         self.optouts = optouts
         self.handoff = handoff
+        self.budgets: SpendBudgets | None = None    # set by the dispatcher when a route has a budget
 
     async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: MessageLedger | None = None,
                       replayed: bool = False, retry: RetryState | None = None) -> Verdict:
@@ -114,6 +127,14 @@ class Pipeline:
             o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
         except InvalidMessage as exc:
             return self.failed(o, exc)
+        charge: Charge | None = None
+        if self.budgets is not None and self.budgets.applies(o.route):
+            while isinstance(taken := await self.budgets.charge(o.route, msg.recipient, o.segments), BudgetSpent):
+                held = self._over_budget(o, taken, retry, ledger)
+                if held is not None:
+                    return held
+                await asyncio.sleep(max(0.0, taken.until - time.time()) + 0.01)   # held in place: no retry topic
+            charge = taken
         cid = None
         has_intent = known == INTENT   # recorded now or before a crash: the route's in-doubt policy applies
         if ledger is not None:
@@ -152,6 +173,8 @@ class Pipeline:
                                      budget=budget - before_failover if budget is not None else None)
             sent.attempts += before_failover
         o.attempts, o.submitted_at = earlier + sent.attempts, sent.submitted_at
+        if charge is not None and not isinstance(sent.result, (Accepted, Timeout, InDoubt)) and self.budgets:
+            await self.budgets.refund(charge)   # the provider surely did not take it: not spent
         if isinstance(sent.result, Accepted):
             return Verdict(Ending.ACCEPTED, encode_accepted(o, sent.result, time.time()),
                             correlations=_correlations(o, sent.result), ledger_cid=cid)
@@ -163,6 +186,25 @@ class Pipeline:
                 return Verdict(Ending.HANDED_OFF, None, sent.result.reason, sent.result.message, ledger_cid=cid,
                                 handoff=RetryState.new(o.attempts, passes + 1, time.time() + action.after_s))
         return replace(self.failed(o, sent.result), ledger_cid=cid)
+
+    def _over_budget(self, o: SendFacts, spent: BudgetSpent, retry: RetryState | None,
+                     ledger: MessageLedger | None) -> Verdict | None:
+        """A message over a spent budget: failed, handed off until the window ends, or None
+        (wait in place: there is no retry topic)."""
+        limit = spent.limit
+        what = f"route {o.route}: budget of {limit.segments} segments per {limit.window}" + (
+            f" for region {limit.scope}" if limit.scope else "") + " spent"
+        action = over_budget_action(spent.over_budget, self.handoff is not None)
+        if action == FAIL_BUDGET:
+            return self.failed(o, OverBudget(what))
+        metrics.BUDGET_HELD.labels(o.route or "").inc()
+        if action != HOLD_HAND_OFF:
+            return None
+        passes = retry.passes if retry is not None else 0
+        attempts = retry.attempts if retry is not None else 0
+        return Verdict(Ending.HANDED_OFF, None, "budget", f"{what}; held until {iso(spent.until)}",
+                       ledger_cid=o.msg.client_message_id if ledger is not None else None,
+                       handoff=RetryState.new(attempts, passes, spent.until))
 
     @staticmethod
     def failed(o: SendFacts, exc: SmsError) -> Verdict:

@@ -156,6 +156,21 @@ class RouteSettings:
     failover_route: str = setting("", doc="Route that takes this route's messages while its circuit is open "
                                           "(one hop). Empty: they wait for the route to recover.",
                                   example="backup")
+    # -- spend budgets (connector.budget): the deployment's, shared by every worker --
+    budget_segments_per_hour: int = setting(0, doc="Segments the whole deployment may send through the route per "
+                                                   "UTC hour (0 = no hourly budget). Shared by all workers, kept "
+                                                   "in the sms.budget topic across restarts; over it, over_budget "
+                                                   "decides.", example="5000", minimum=0, maximum=10**12)
+    budget_segments_per_day: int = setting(0, doc="Segments the whole deployment may send through the route per UTC "
+                                                  "day (0 = no daily budget).", example="50000", minimum=0,
+                                           maximum=10**12)
+    budget_regions: str = setting("", doc="Budgets per destination region (the recipient's ISO country code), on "
+                                          "top of the route's: 'REGION=PER_HOUR/PER_DAY,...' (0 = none for that "
+                                          "window).", example="NG=100/1000,GH=50/500")
+    over_budget: str = setting("hold", doc="A message over a budget: hold (handed off to sms.outbound.retry until "
+                                           "the window ends, then sent; waits in place when there is no retry "
+                                           "topic) or fail (a failed record, reason budget).",
+                               choices=("hold", "fail"))
 
 
 @dataclass(frozen=True)
