@@ -10,7 +10,10 @@ import aiohttp
 import orjson
 import pytest
 
+from connector import contract as topics
 from connector.devtools.simulators.base import max_in_window
+from connector.kafka import topic_partitions
+from connector.streams.plumbing import groupless_consumer, read_to_end
 from connector.devtools.stack import Follower, LocalStack, produce
 from tests.integration.helpers import many, metric_sum, size, until
 
@@ -75,3 +78,100 @@ async def test_scaling_workers_under_load_keeps_the_route_under_its_account_limi
     assert f.tally.missing(expected) == [] and f.tally.duplicates(expected) == 0
     assert busiest <= rate
     assert steady_rate >= 0.9 * rate / (1 + margin_ms / 1000)
+
+
+# -- spend budgets ----------------------------------------------------------------------------------
+
+async def both_own_partitions(workers: list, each: int) -> None:  # type: ignore[type-arg]
+    async def spread() -> bool:
+        return [await metric_sum(w.url, "sms_kafka_partitions_assigned") for w in workers] == [each] * len(workers)
+    for _ in range(600):
+        if await spread():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the workers did not share the partitions")
+
+
+def by_reason(tally, ids: list[str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    found: dict[str, int] = {}
+    for c in ids:
+        for r in tally.records.get(c, []):
+            key = r.get("reason") or r.get("outcome", "")
+            found[key] = found.get(key, 0) + 1
+    return found
+
+
+async def test_two_workers_share_one_budget_and_a_restart_keeps_what_was_spent(stack: LocalStack) -> None:
+    budget = 60          # segments per hour for the deployment (5 per partition)
+    route = {"smpp": {"provider": "smpp_rest", "budget_segments_per_hour": str(budget), "over_budget": "fail"}}
+    workers = [await stack.start_worker(routes=route) for _ in range(2)]
+    await both_own_partitions(workers, 6)
+    first = [f"budget-{i}" for i in range(200)]
+    async with Follower(stack.kafka) as f:
+        f.tally.keep_records = True
+        await produce(stack.kafka, many(200, keys=200, prefix="budget"))
+        assert await f.wait_for(first, timeout=120, settle_s=1.0)
+        spent = await metric_sum(workers[0].url, "sms_budget_segments_spent") + \
+            await metric_sum(workers[1].url, "sms_budget_segments_spent")
+        sent = (await stack.sim_stats("smpp_rest"))["messages"]
+        outcomes = by_reason(f.tally, first)
+        print(f"\ntwo workers, budget {budget}/h: provider calls {sent}, outcomes {outcomes}, "
+              f"sms_budget_segments_spent summed over workers {spent:g}")
+        assert sent <= budget                    # together, never over
+        assert sent == budget                    # and all of it used (every worker had traffic)
+        assert outcomes == {"accepted": budget, "budget": 200 - budget}
+        assert spent == budget
+        # a restart of the whole deployment: the figures come back from sms.budget
+        for w in workers:
+            assert await w.stop(timeout=40) == 0
+        again = await stack.start_worker(routes=route)
+        second = [f"again-{i}" for i in range(30)]
+        await produce(stack.kafka, many(30, keys=30, prefix="again"))
+        assert await f.wait_for(second, timeout=120, settle_s=1.0)
+        assert by_reason(f.tally, second) == {"budget": 30}
+        assert (await stack.sim_stats("smpp_rest"))["messages"] == budget
+        assert await metric_sum(again.url, "sms_budget_segments_spent") == budget
+
+
+async def retry_records(stack: LocalStack) -> list:  # type: ignore[type-arg]
+    found: list = []  # type: ignore[type-arg]
+    consumer = groupless_consumer(stack.kafka)
+    await consumer.start()
+    try:
+        name = topics.spec("retry").name
+        parts = await topic_partitions(consumer, name)
+        await read_to_end(consumer, {tp: None for tp in parts}, found.append)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_held_messages_wait_durably_for_the_next_window_and_survive_a_kill(stack: LocalStack) -> None:
+    budget = 24
+    next_hour = (int(time.time() // 3600) + 1) * 3600
+    route = {"smpp": {"provider": "smpp_rest", "budget_segments_per_hour": str(budget), "over_budget": "hold"}}
+    worker = await stack.start_worker(routes=route)
+    ids = [f"hold-{i}" for i in range(60)]
+    async with Follower(stack.kafka) as f:
+        f.tally.keep_records = True
+        await produce(stack.kafka, many(60, keys=60, prefix="hold"))
+        await until(lambda: f.tally.done(ids) >= budget, 60)
+        for _ in range(200):      # the other 36 are handed off to the retry topic
+            held = [r for r in await retry_records(stack)
+                    if dict(r.headers).get("sms.retry.reason") == b"budget"]
+            if len(held) >= 60 - budget:
+                break
+            await asyncio.sleep(0.2)
+        held_metric = await metric_sum(worker.url, "sms_budget_held_total")
+        worker.kill()                                  # kill -9 while they wait
+        await worker.proc.wait()
+        await stack.start_worker(routes=route)
+        await asyncio.sleep(5)
+    dues = {int(dict(r.headers)["sms.retry.due-at"]) // 1000 for r in held}
+    print(f"\nhold, budget {budget}/h: accepted {f.tally.done(ids)}, held {len(held)} (metric {held_metric:g}), "
+          f"due at {sorted(dues)} (next hour {next_hour}), provider calls "
+          f"{(await stack.sim_stats('smpp_rest'))['messages']}")
+    assert f.tally.done(ids) == budget and by_reason(f.tally, ids) == {"accepted": budget}
+    assert len(held) == 60 - budget and held_metric == 60 - budget
+    assert dues == {next_hour}                       # held until the window ends, not sooner
+    assert (await stack.sim_stats("smpp_rest"))["messages"] == budget   # nothing sent early, after the kill too
