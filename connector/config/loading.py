@@ -164,6 +164,13 @@ def _check_routing(settings: Settings, problems: Problems) -> None:
             path = f"routes.{name}.failover_route"
             problems.append(Problem(path, f"{failover!r} is not another configured route (configured: "
                                           f"{', '.join(routes)})", f"correct {path}"))
+    from connector.budget import parse_region_budgets   # stdlib only: keeps config a leaf in effect
+    for name, route in routes.items():
+        try:
+            parse_region_budgets(route.common.budget_regions)
+        except ValueError as exc:
+            path = f"routes.{name}.budget_regions"
+            problems.append(Problem(path, str(exc), f"write {path} as REGION=PER_HOUR/PER_DAY,... e.g. NG=100/1000"))
 
 
 def parse_prefix_routes(text: str, problems: Problems | None = None) -> list[tuple[str, str]]:
