@@ -35,8 +35,9 @@ PROVIDER_RETRIES = Counter("sms_provider_retries_total", "Provider calls retried
                            ["route", "provider", "reason"])
 PROVIDER_LOGINS = Counter("sms_provider_logins_total", "Provider logins / session refreshes, by outcome.",
                           ["route", "provider", "outcome"])
-ROUTE_RATE_LIMIT = Gauge("sms_route_rate_limit", "Current send rate limit of a route in segments per second, "
-                         "after 429 back-off (0 = unlimited).", ["route"])
+ROUTE_RATE_LIMIT = Gauge("sms_route_rate_limit", "This worker's current send rate limit of a route in segments "
+                         "per second: its share of the route's rate_limit (its input partitions' share), after 429 "
+                         "back-off (0 = unlimited or no partitions). Summed over workers: the deployment's.", ["route"])
 RATE_LIMITED_SECONDS = Counter("sms_rate_limited_seconds_total", "Time provider calls waited for their route's "
                                "rate limit.", ["route"])
 CIRCUIT_STATE = Gauge("sms_circuit_state", "Circuit breaker state of a route: 0 closed, 1 half-open, 2 open.",

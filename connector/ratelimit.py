@@ -318,8 +318,11 @@ class RouteLimiter:
 
     @property
     def rate(self) -> float | None:
-        """The current rate in segments/s (AIMD-adjusted), None when unlimited."""
-        return None if self.aimd is None else self.aimd.rate
+        """The current rate in segments/s (AIMD-adjusted, this worker's share), None when unlimited,
+        0 while the share is 0."""
+        if self.aimd is None:
+            return None
+        return self.aimd.rate if self._open.is_set() else 0.0
 
     @property
     def in_flight(self) -> int:

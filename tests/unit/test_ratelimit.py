@@ -384,6 +384,7 @@ async def test_share_zero_closes_the_limiter_until_a_share_comes_back() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
     assert entered == []                         # no share, no grant
+    assert limiter.rate == 0                     # what sms_route_rate_limit shows
     clock.now = 5.0
     limiter.set_share(1.0)                       # the fence: a window before the first grant
     await clock.run(task)
