@@ -165,13 +165,19 @@ async def test_held_messages_wait_durably_for_the_next_window_and_survive_a_kill
         held_metric = await metric_sum(worker.url, "sms_budget_held_total")
         worker.kill()                                  # kill -9 while they wait
         await worker.proc.wait()
-        await stack.start_worker(routes=route)
-        await asyncio.sleep(5)
+        restarted = await stack.start_worker(routes=route)
+        for _ in range(300):       # the new worker re-reads them and holds them again until they are due
+            if await metric_sum(restarted.url, "sms_outbound_retry_waiting") == 60 - budget:
+                break
+            await asyncio.sleep(0.1)
+        rewaiting = await metric_sum(restarted.url, "sms_outbound_retry_waiting")
+        await asyncio.sleep(3)
     dues = {int(dict(r.headers)["sms.retry.due-at"]) // 1000 for r in held}
     print(f"\nhold, budget {budget}/h: accepted {f.tally.done(ids)}, held {len(held)} (metric {held_metric:g}), "
           f"due at {sorted(dues)} (next hour {next_hour}), provider calls "
           f"{(await stack.sim_stats('smpp_rest'))['messages']}")
     assert f.tally.done(ids) == budget and by_reason(f.tally, ids) == {"accepted": budget}
     assert len(held) == 60 - budget and held_metric == 60 - budget
+    assert rewaiting == 60 - budget                  # none lost by the kill
     assert dues == {next_hour}                       # held until the window ends, not sooner
     assert (await stack.sim_stats("smpp_rest"))["messages"] == budget   # nothing sent early, after the kill too
