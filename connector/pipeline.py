@@ -127,14 +127,9 @@ class Pipeline:
             o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
         except InvalidMessage as exc:
             return self.failed(o, exc)
-        charge: Charge | None = None
-        if self.budgets is not None and self.budgets.applies(o.route):
-            while isinstance(taken := await self.budgets.charge(o.route, msg.recipient, o.segments), BudgetSpent):
-                held = self._over_budget(o, taken, retry, ledger)
-                if held is not None:
-                    return held
-                await asyncio.sleep(max(0.0, taken.until - time.time()) + 0.01)   # held in place: no retry topic
-            charge = taken
+        charge = await self._charge(o, retry, ledger)
+        if isinstance(charge, Verdict):
+            return charge
         cid = None
         has_intent = known == INTENT   # recorded now or before a crash: the route's in-doubt policy applies
         if ledger is not None:
@@ -166,6 +161,11 @@ class Pipeline:
             except InvalidMessage as exc:
                 return self.failed(o, exc)
             o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
+            if charge is not None and self.budgets is not None:
+                await self.budgets.refund(charge)     # the first route made no call: its budget is not spent
+            charge = await self._charge(o, retry, ledger)    # the failover route's budget is
+            if isinstance(charge, Verdict):
+                return charge
             if ledger is not None and not has_intent and sender.in_doubt == "fail":
                 await ledger.intent(msg.client_message_id, o.route)   # the failover route is at-most-once
             before_failover = sent.attempts
@@ -186,6 +186,19 @@ class Pipeline:
                 return Verdict(Ending.HANDED_OFF, None, sent.result.reason, sent.result.message, ledger_cid=cid,
                                 handoff=RetryState.new(o.attempts, passes + 1, time.time() + action.after_s))
         return replace(self.failed(o, sent.result), ledger_cid=cid)
+
+    async def _charge(self, o: SendFacts, retry: RetryState | None, ledger: MessageLedger | None) -> Charge | Verdict | None:
+        """Charge the message to its route's budgets (``connector.budget``) before its call: the
+        charge, None (no budget), or the verdict of a message over budget. Held in place (no
+        retry topic), it waits here for the window's end."""
+        if self.budgets is None or not self.budgets.applies(o.route or ""):
+            return None
+        while isinstance(taken := await self.budgets.charge(o.route or "", o.msg.recipient, o.segments), BudgetSpent):
+            held = self._over_budget(o, taken, retry, ledger)
+            if held is not None:
+                return held
+            await asyncio.sleep(max(0.0, taken.until - time.time()) + 0.01)
+        return taken
 
     def _over_budget(self, o: SendFacts, spent: BudgetSpent, retry: RetryState | None,
                      ledger: MessageLedger | None) -> Verdict | None:

@@ -100,3 +100,30 @@ async def test_a_region_budget_holds_its_region_only_and_a_rejection_costs_nothi
     finally:
         await close(p)
         await runner.cleanup()
+
+
+async def test_a_failover_is_charged_to_the_failover_routes_budget_not_the_first_routes() -> None:
+    bad, r1, url1 = await start("smpp_rest", error_rate=1.0)
+    good, r2, url2 = await start("smpp_rest")
+    env = env_for("a", "smpp_rest", url1, failover_route="b", breaker_min_calls="5", breaker_open_s="60",
+                  budget_segments_per_hour="1000")
+    env.update(env_for("b", "smpp_rest", url2, budget_segments_per_hour="4", over_budget="fail"))
+    env.update({"SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": "a", "SMS_CONNECTOR_DISPATCH__RETRY_MAX_ATTEMPTS": "1"})
+    settings = load(environ=env)
+    p = Pipeline(build_senders(settings), Router.from_settings(settings.routing, {"a": "smpp_rest", "b": "smpp_rest"}))
+    budgets = ClockedBudgets(settings, NOON + 60)
+    p.budgets = budgets
+    try:
+        out = [await p.outcome(record(i), int(time.time() * 1000)) for i in range(12)]   # opens a's circuit
+        failed_over = [v for v in out if v.ending == Ending.ACCEPTED]
+        over = [v for v in out if v.reason == "budget"]
+        assert len(failed_over) == 4 == good.stats.messages            # b's budget, not more
+        assert over and all(v.ending == Ending.FAILED for v in over)
+        spent = {(k[0]): 0.0 for k in budgets.book.spent}
+        for k, v in budgets.book.spent.items():
+            spent[k[0]] += v
+        assert spent.get("a", 0) == 0 and spent["b"] == 4              # a's charges were given back
+    finally:
+        await close(p)
+        await r1.cleanup()
+        await r2.cleanup()
