@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from connector.config import parse_region_budgets
+
 HOUR, DAY = "hour", "day"
 WINDOWS = {HOUR: 3600, DAY: 86400}
 ROUTE_WIDE = ""                    # the scope of a route's own budget (a region's is its ISO code)
@@ -66,27 +68,6 @@ class RouteBudget:
 
     def applying(self, region: str | None) -> list[Limit]:
         return [lim for lim in self.limits if lim.scope == ROUTE_WIDE or lim.scope == (region or "").upper()]
-
-
-def parse_region_budgets(text: str) -> dict[str, tuple[int, int]]:
-    """``"NG=100/1000,GH=50/0"`` -> {region: (per hour, per day)}; 0 = no such budget. Raises ValueError."""
-    found: dict[str, tuple[int, int]] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        region, sep, figures = part.partition("=")
-        hour, slash, day = figures.partition("/")
-        region = region.strip().upper()
-        if not sep or not slash or len(region) != 2 or not region.isalpha():
-            raise ValueError(f"{part!r}: expected REGION=PER_HOUR/PER_DAY, e.g. NG=100/1000")
-        try:
-            per_hour, per_day = int(hour), int(day)
-        except ValueError:
-            raise ValueError(f"{part!r}: the budgets must be whole numbers of segments") from None
-        if per_hour < 0 or per_day < 0:
-            raise ValueError(f"{part!r}: budgets cannot be negative")
-        found[region] = (per_hour, per_day)
-    return found
 
 
 def route_budget(route: str, per_hour: int, per_day: int, regions: str = "", over_budget: str = "hold") -> RouteBudget | None:

@@ -33,7 +33,8 @@ from connector.config.kit import (
     registered_providers,
     setting,
 )
-from connector.config.loading import Loaded, SettingDoc, describe, load, load_detailed, parse_prefix_routes, redacted
+from connector.config.loading import (Loaded, SettingDoc, describe, load, load_detailed, parse_prefix_routes,
+                                      parse_region_budgets, redacted)
 from connector.config.sections import (
     SECTIONS,
     CallbacksSettings,
@@ -53,6 +54,6 @@ __all__ = [
     "ENV_PREFIX", "SECTIONS", "CallbacksSettings", "ConfigError", "DispatchSettings", "HttpSettings",
     "InboundSettings", "KafkaSettings", "Loaded", "LogSettings", "Problem", "Route", "RouteSettings",
     "RoutingSettings", "Secret", "SettingDoc", "Settings", "TracingSettings", "build", "describe", "env_name",
-    "load", "load_detailed", "parse_prefix_routes", "provider_settings", "redacted", "registered_providers",
+    "load", "load_detailed", "parse_prefix_routes", "parse_region_budgets", "provider_settings", "redacted", "registered_providers",
     "setting",
 ]

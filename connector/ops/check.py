@@ -184,7 +184,7 @@ def config_rows(settings: Settings) -> list[CheckRow]:
 
 def budget_rows(name: str, c: Any, retry_topic: bool, idempotency_window_s: float) -> list[CheckRow]:
     """Warnings for a route's spend budgets (connector.budget) that are probably not meant."""
-    from connector.budget import parse_region_budgets
+    from connector.config import parse_region_budgets
 
     rows: list[CheckRow] = []
     area = f"route {name}"

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from connector.budget import (DAY, HOUR, BudgetBook, BudgetSpent, Charge, Limit, parse_region_budgets, route_budget,
-                              window_end, window_id)
+from connector.budget import DAY, HOUR, BudgetBook, BudgetSpent, Charge, Limit, route_budget, window_end, window_id
+from connector.config import parse_region_budgets
 from connector.policy import FAIL_BUDGET, HOLD_HAND_OFF, HOLD_IN_PLACE, over_budget_action
 
 NOON = 1_796_558_400.0     # 2026-12-06T12:00:00Z
