@@ -111,6 +111,7 @@ class BudgetBook:
     partitions: int = 1                                      # of sms.outbound
     spent: dict[SlotKey, float] = field(default_factory=dict)
     owned: set[int] = field(default_factory=set)
+    _hour: str = ""                                          # the hour of the last charge: a new one prunes
 
     def allowance(self, limit: Limit) -> float:
         """What one slot may hold."""
@@ -121,6 +122,9 @@ class BudgetBook:
         budget = self.budgets.get(route)
         if budget is None or segments <= 0:
             return None
+        if (hour := window_id(HOUR, now)) != self._hour:
+            self._hour = hour
+            self.prune(now)                                  # figures of ended windows: memory stays bounded
         plans: list[tuple[SlotKey, float]] = []
         for limit in budget.applying(region):
             wid = window_id(limit.window, now)

@@ -102,3 +102,11 @@ def test_figures_of_an_earlier_window_are_ignored() -> None:
 ])
 def test_over_budget_policy(policy: str, retry_topic: bool, action: str) -> None:
     assert over_budget_action(policy, retry_topic) == action
+
+
+def test_a_new_hour_forgets_the_figures_of_ended_windows() -> None:
+    b = book(per_hour=100, per_day=1000, partitions=1)
+    assert isinstance(b.take("r", None, 5, NOON), Charge)
+    assert isinstance(b.take("r", None, 5, NOON + 3600), Charge)
+    assert sorted(k[2] for k in b.spent) == ["d:2026-12-06", "h:2026-12-06T13"]
+    assert b.spent[("r", "", "d:2026-12-06", 0)] == 10
