@@ -127,3 +127,29 @@ async def test_a_failover_is_charged_to_the_failover_routes_budget_not_the_first
         await close(p)
         await r1.cleanup()
         await r2.cleanup()
+
+
+class TimePassingBudgets(ClockedBudgets):
+    """Time jumps to a spent window's end as soon as someone is told to wait for it."""
+
+    async def charge(self, route: str, recipient: Any, segments: int) -> Charge | BudgetSpent | None:
+        taken = await super().charge(route, recipient, segments)
+        if isinstance(taken, BudgetSpent):
+            self.now = taken.until
+        return taken
+
+
+async def test_without_a_retry_topic_a_held_message_waits_in_place_for_the_next_window() -> None:
+    sim, runner, url = await start("smpp_rest")
+    settings = load(environ=env_for("r", "smpp_rest", url, budget_segments_per_hour="1"))
+    p = Pipeline(build_senders(settings), Router.from_settings(settings.routing, {"r": "smpp_rest"}), handoff=None)
+    yesterday = NOON - 86400           # its windows ended long ago: the wait in place is short
+    budgets = TimePassingBudgets(settings, yesterday)
+    p.budgets = budgets
+    try:
+        out = [await p.outcome(record(i), int(time.time() * 1000)) for i in range(2)]
+        assert [v.ending for v in out] == [Ending.ACCEPTED] * 2      # the second waited, then went out
+        assert budgets.now == yesterday + 3600 and sim.stats.messages == 2
+    finally:
+        await close(p)
+        await runner.cleanup()
