@@ -198,6 +198,10 @@ class Pipeline:
             if held is not None:
                 return held
             await asyncio.sleep(max(0.0, taken.until - time.time()) + 0.01)
+            expires_at = o.msg.expires_at
+            if expires_at is not None and expires_at <= time.time():
+                return self.failed(o, Expired(f"expired at {iso(expires_at)} while held over budget",
+                                              field="expires_at"))
         return taken
 
     def _over_budget(self, o: SendFacts, spent: BudgetSpent, retry: RetryState | None,
@@ -208,16 +212,17 @@ class Pipeline:
         what = f"route {o.route}: budget of {limit.segments} segments per {limit.window}" + (
             f" for region {limit.scope}" if limit.scope else "") + " spent"
         action = over_budget_action(spent.over_budget, self.handoff is not None)
+        cid = o.msg.client_message_id if ledger is not None else None
         if action == FAIL_BUDGET:
-            return self.failed(o, OverBudget(what))
+            # recorded as done: a replayed input is not judged again (``dlq replay`` after a raise still is)
+            return replace(self.failed(o, OverBudget(what)), ledger_cid=cid)
         metrics.BUDGET_HELD.labels(o.route or "").inc()
         if action != HOLD_HAND_OFF:
             return None
         passes = retry.passes if retry is not None else 0
         attempts = retry.attempts if retry is not None else 0
         return Verdict(Ending.HANDED_OFF, None, "budget", f"{what}; held until {iso(spent.until)}",
-                       ledger_cid=o.msg.client_message_id if ledger is not None else None,
-                       handoff=RetryState.new(attempts, passes, spent.until))
+                       ledger_cid=cid, handoff=RetryState.new(attempts, passes, spent.until))
 
     @staticmethod
     def failed(o: SendFacts, exc: SmsError) -> Verdict:
