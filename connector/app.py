@@ -53,7 +53,8 @@ def build_senders(settings: Settings) -> dict[str, RouteSender]:
                                   max_connections=min(h.provider_max_connections, c.concurrency))
         if tracing.active():
             transport = tracing.TracedTransport(transport, name, c.provider)
-        limiter = RouteLimiter(c.rate_limit or None, min_rate=c.rate_limit_min, concurrency=c.concurrency)
+        limiter = RouteLimiter(c.rate_limit or None, min_rate=c.rate_limit_min, concurrency=c.concurrency,
+                               margin_s=c.rate_limit_margin_ms / 1000)
         breaker = CircuitBreaker(failure_ratio=c.breaker_failure_ratio, window_s=c.breaker_window_s,
                                  min_calls=c.breaker_min_calls, open_s=c.breaker_open_s,
                                  max_open_s=c.breaker_max_open_s, on_change=_circuit_logger(name))

@@ -8,7 +8,8 @@ Provider adapters raise these from ``parse_*`` functions; the transport raises t
     ├── InvalidMessage       a well-formed message that cannot be sent as given -> failed/invalid
     │   ├── OptedOut         the recipient opted out                           -> failed/opted-out
     │   ├── Expired          past its expiry before it could be sent            -> failed/expired
-    │   └── BlockedDestination  the route's destination rules refuse the recipient -> failed/blocked-destination
+    │   ├── BlockedDestination  the route's destination rules refuse the recipient -> failed/blocked-destination
+    │   └── OverBudget       the route's spend budget is spent (over_budget=fail) -> failed/budget
     └── ProviderError        a provider call went wrong
         ├── Retriable        network errors, timeouts, 408, 425, 5xx
         │   ├── Timeout
@@ -101,6 +102,11 @@ class LoginLocked(AuthFailed):
 
 class Rejected(ProviderError):
     reason = "rejected"
+
+
+class OverBudget(InvalidMessage):
+    """A route's spend budget (connector.budget) has no room left in its window; no call made."""
+    reason = "budget"
 
 
 class InDoubt(ProviderError):

@@ -35,8 +35,9 @@ PROVIDER_RETRIES = Counter("sms_provider_retries_total", "Provider calls retried
                            ["route", "provider", "reason"])
 PROVIDER_LOGINS = Counter("sms_provider_logins_total", "Provider logins / session refreshes, by outcome.",
                           ["route", "provider", "outcome"])
-ROUTE_RATE_LIMIT = Gauge("sms_route_rate_limit", "Current send rate limit of a route in segments per second, "
-                         "after 429 back-off (0 = unlimited).", ["route"])
+ROUTE_RATE_LIMIT = Gauge("sms_route_rate_limit", "This worker's current send rate limit of a route in segments "
+                         "per second: its share of the route's rate_limit (its input partitions' share), after 429 "
+                         "back-off (0 = unlimited or no partitions). Summed over workers: the deployment's.", ["route"])
 RATE_LIMITED_SECONDS = Counter("sms_rate_limited_seconds_total", "Time provider calls waited for their route's "
                                "rate limit.", ["route"])
 CIRCUIT_STATE = Gauge("sms_circuit_state", "Circuit breaker state of a route: 0 closed, 1 half-open, 2 open.",
@@ -108,3 +109,11 @@ DEFERRED_WAITING = Gauge("sms_deferred_waiting", "Deferred messages this worker 
 DEFERRED_FORWARDED = Counter("sms_deferred_forwarded_total", "Records of sms.outbound.scheduled checked at the end "
                              "of a lap, by where they went (retry: due within the next lap, held; scheduled: "
                              "rewritten for another lap).", ["to"])
+# -- spend budgets (connector.budget) -----------------------------------------------------------
+BUDGET_SPENT = Gauge("sms_budget_segments_spent", "Segments charged to the route's budget in the current window by "
+                     "the slots this worker owns (sum over workers: the deployment's spending; scope: '' for the "
+                     "route, else the region).", ["route", "scope", "window"])
+BUDGET_LIMIT = Gauge("sms_budget_segments", "The route's budget in segments per window (the deployment's; the "
+                     "same on every worker).", ["route", "scope", "window"])
+BUDGET_HELD = Counter("sms_budget_held_total", "Messages held over a spent budget until its window ends "
+                      "(over_budget=hold), by route.", ["route"])

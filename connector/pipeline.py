@@ -14,16 +14,19 @@ drive the same path against every simulator without a broker.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Container, Mapping, Protocol
+from typing import Any, Container, Mapping, Protocol
 
 from connector import metrics
 from connector.breaker import CircuitOpen
+from connector.budget import BudgetSpent, Charge
 from connector.encoding import smart_encode
-from connector.errors import BlockedDestination, Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut, SmsError
-from connector.policy import HandOffPolicy, Retry, hand_off
+from connector.errors import (BlockedDestination, Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut,
+                              OverBudget, SmsError, Timeout)
+from connector.policy import FAIL_BUDGET, HOLD_HAND_OFF, HandOffPolicy, Retry, hand_off, over_budget_action
 from connector.providers.base import Prepared
 from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, OutboundSms, SendFacts,
                                correlation_key,
@@ -47,6 +50,16 @@ class MessageLedger(Protocol):
     def token(self, cid: str) -> str | None: ...
 
     async def intent(self, cid: str, route: str | None) -> None: ...
+
+
+class SpendBudgets(Protocol):
+    """The routes' spend budgets as the pipeline needs them (``streams.budgets.Budgets``)."""
+
+    def applies(self, route: str) -> bool: ...
+
+    async def charge(self, route: str, recipient: Any, segments: int) -> Charge | BudgetSpent | None: ...
+
+    async def refund(self, charge: Charge) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +97,7 @@ class Pipeline:
         self.optouts = optouts
         self.handoff = handoff
         self.schedule = schedule if schedule is not None else SchedulePolicy({})
+        self.budgets: SpendBudgets | None = None    # set by the dispatcher when a route has a budget
 
     async def outcome(self, value: bytes | None, timestamp_ms: int, ledger: MessageLedger | None = None,
                       replayed: bool = False, retry: RetryState | None = None) -> Verdict:
@@ -128,6 +142,9 @@ class Pipeline:
             return self.failed(o, exc)
         if wait is not None:
             return self._defer(o, wait, ledger, retry)
+        charge = await self._charge(o, retry, ledger)
+        if isinstance(charge, Verdict):
+            return charge
         cid = None
         has_intent = known == INTENT   # recorded now or before a crash: the route's in-doubt policy applies
         if ledger is not None:
@@ -158,6 +175,11 @@ class Pipeline:
                 prepared = self._prepare(sender, o)    # the failover route's own rules apply
             except InvalidMessage as exc:
                 return self.failed(o, exc)
+            if charge is not None and self.budgets is not None:
+                await self.budgets.refund(charge)     # the first route made no call: its budget is not spent
+            charge = await self._charge(o, retry, ledger)    # the failover route's budget is
+            if isinstance(charge, Verdict):
+                return charge
             if ledger is not None and not has_intent and sender.in_doubt == "fail":
                 await ledger.intent(msg.client_message_id, o.route)   # the failover route is at-most-once
             before_failover = sent.attempts
@@ -165,6 +187,8 @@ class Pipeline:
                                      budget=budget - before_failover if budget is not None else None)
             sent.attempts += before_failover
         o.attempts, o.submitted_at = earlier + sent.attempts, sent.submitted_at
+        if charge is not None and not isinstance(sent.result, (Accepted, Timeout, InDoubt)) and self.budgets:
+            await self.budgets.refund(charge)   # the provider surely did not take it: not spent
         if isinstance(sent.result, Accepted):
             if o.original_segments is not None and o.segments is not None:
                 metrics.SMART_ENCODED.labels(o.route).inc()
@@ -226,6 +250,42 @@ class Pipeline:
             o.original_encoding, o.original_segments = smart.original.encoding.value, smart.original.segments
         o.encoding, o.segments = prepared.encoded.encoding.value, prepared.segments
         return prepared
+    async def _charge(self, o: SendFacts, retry: RetryState | None, ledger: MessageLedger | None) -> Charge | Verdict | None:
+        """Charge the message to its route's budgets (``connector.budget``) before its call: the
+        charge, None (no budget), or the verdict of a message over budget. Held in place (no
+        retry topic), it waits here for the window's end."""
+        if self.budgets is None or not self.budgets.applies(o.route or ""):
+            return None
+        while isinstance(taken := await self.budgets.charge(o.route or "", o.msg.recipient, o.segments), BudgetSpent):
+            held = self._over_budget(o, taken, retry, ledger)
+            if held is not None:
+                return held
+            await asyncio.sleep(max(0.0, taken.until - time.time()) + 0.01)
+            expires_at = o.msg.expires_at
+            if expires_at is not None and expires_at <= time.time():
+                return self.failed(o, Expired(f"expired at {iso(expires_at)} while held over budget",
+                                              field="expires_at"))
+        return taken
+
+    def _over_budget(self, o: SendFacts, spent: BudgetSpent, retry: RetryState | None,
+                     ledger: MessageLedger | None) -> Verdict | None:
+        """A message over a spent budget: failed, handed off until the window ends, or None
+        (wait in place: there is no retry topic)."""
+        limit = spent.limit
+        what = f"route {o.route}: budget of {limit.segments} segments per {limit.window}" + (
+            f" for region {limit.scope}" if limit.scope else "") + " spent"
+        action = over_budget_action(spent.over_budget, self.handoff is not None)
+        cid = o.msg.client_message_id if ledger is not None else None
+        if action == FAIL_BUDGET:
+            # recorded as done: a replayed input is not judged again (``dlq replay`` after a raise still is)
+            return replace(self.failed(o, OverBudget(what)), ledger_cid=cid)
+        metrics.BUDGET_HELD.labels(o.route or "").inc()
+        if action != HOLD_HAND_OFF:
+            return None
+        passes = retry.passes if retry is not None else 0
+        attempts = retry.attempts if retry is not None else 0
+        return Verdict(Ending.HANDED_OFF, None, "budget", f"{what}; held until {iso(spent.until)}",
+                       ledger_cid=cid, handoff=RetryState.new(attempts, passes, spent.until))
 
     @staticmethod
     def failed(o: SendFacts, exc: SmsError) -> Verdict:

@@ -100,3 +100,16 @@ def longest_schedule_s(policy: HandOffPolicy, in_place: int) -> float:
     makes ``in_place`` calls, and each wait is at most its ceiling."""
     passes = max(0, -(-(policy.max_attempts - in_place) // max(1, in_place)))   # ceil
     return sum(min(policy.max_delay_s, policy.delay_s * 2 ** k) for k in range(passes))
+
+
+# -- spend budgets (connector.budget) -----------------------------------------------------------
+HOLD_HAND_OFF, HOLD_IN_PLACE, FAIL_BUDGET = "hand-off", "wait", "fail"
+
+
+def over_budget_action(over_budget: str, has_retry_topic: bool) -> str:
+    """A message over a spent budget: ``fail`` (reason budget), or hold it until the window ends:
+    handed off to the retry topic (its partition goes on, the record is durable) or, without a
+    retry topic, waiting in place (it keeps its key's order and its partition's commit)."""
+    if over_budget == "fail":
+        return FAIL_BUDGET
+    return HOLD_HAND_OFF if has_retry_topic else HOLD_IN_PLACE

@@ -2,9 +2,10 @@
 backs off on 429 and recovers, and a cap on calls in flight, combined in ``RouteLimiter``.
 
 One ``RouteLimiter`` per route per worker process, owned by the route's ``RouteSender``, which
-every partition of the worker shares. So the limit covers all the partitions a worker owns. It
-does not cover other processes: with N replicas on one provider account, give each ``1/N`` of the
-account's limit. No I/O. Time comes from an injected ``clock`` and waits from an injected
+every partition of the worker shares. The configured rate is the *account's* limit, for the whole
+deployment: each worker enforces its *share* of it (``set_share``; the dispatcher sets the share
+to the fraction of ``sms.outbound``'s partitions the worker owns, on every rebalance), so the
+shares of all workers add up to at most 1 (see "Deployment share" below). No I/O. Time comes from an injected ``clock`` and waits from an injected
 ``sleep``, so every rule is a unit test with a fake clock.
 
 **The limit is strict.** In any interval of ``window_s`` (1 s), open or closed, the bucket grants
@@ -24,6 +25,16 @@ starting empty only delays the problem until the first idle second. So the bucke
 
 Rates below one segment per window round down: at 2.5 segments/s a window holds 2 segments.
 
+**The provider's clock.** The bucket counts grants by the worker's clock; the provider counts
+requests when they arrive. The time from a grant to the arrival (the membership check, building
+the request, the network, both event loops) varies by milliseconds, or tens of them on a busy
+machine, and two requests granted just over a window apart can arrive just under one apart. So
+the ledger's window is ``window_s + margin_s`` (``routes.<name>.rate_limit_margin_ms``): grants
+in any ``window_s + margin_s`` hold at most ``rate * window_s``, and the provider sees no window
+over the limit as long as the delay varies by less than the margin. Tokens refill at
+``rate * window_s / (window_s + margin_s)`` so pacing, not the ledger, binds in steady traffic.
+The cost is that share of the rate (50 ms: 4.8 %).
+
 **Messages larger than the bucket.** A message is one provider request and cannot be split here.
 A message of ``n > capacity`` segments is granted when the bucket is *full* and leaves the
 bucket in debt (negative tokens). The refill pays the debt back before anything else is granted,
@@ -32,6 +43,16 @@ hold. A message larger than the whole window (``n > rate * window_s``) is grante
 *empty* window and is then alone in every window that contains it. So, strictly, a window holds at
 most ``max(rate * window_s, the largest single message)``. Keep ``max_segments`` at or below the
 rate if that matters.
+
+**Deployment share.** ``set_share(s)`` scales the rate, its AIMD bounds and the bucket's capacity
+by ``s``; ``s = 0`` closes the limiter (slots wait until a share is given again). Kafka's eager
+rebalance (aiokafka has no other) revokes *every* partition of every member before any member is
+given its new assignment, so the old generation's grants all happen before the new generation's
+first assignment. But a worker's window knows only its own grants: right after an assignment the
+other workers' grants of the last second are invisible to it, and a new share used at once could
+add up with them to more than the limit in one window. So an assignment *fences* the bucket:
+its window is treated as full for one ``window_s`` (``fence``), and no window at the provider
+holds grants of two generations. The cost is one window without sends per rebalance.
 
 **Fairness.** ``acquire`` is first come, first served: waiters queue on a FIFO lock and only the
 head of the queue takes tokens. A 10-segment message waiting for a full bucket is not overtaken
@@ -62,14 +83,19 @@ class TokenBucket:
     """
 
     def __init__(self, rate: float, capacity: float | None = None, *, window_s: float = 1.0,
-                 clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+                 margin_s: float = 0.0, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be positive, got {rate!r} (use no bucket for 'unlimited')")
         if capacity is not None and capacity < 1:
             raise ValueError(f"capacity must be at least 1 segment, got {capacity!r}")
         if window_s <= 0:
             raise ValueError(f"window_s must be positive, got {window_s!r}")
+        if margin_s < 0:
+            raise ValueError(f"margin_s must not be negative, got {margin_s!r}")
         self.window_s = window_s
+        self.margin_s = margin_s
+        self._span = window_s + margin_s       # the ledger's window: the limit holds over this
+        self._pace = window_s / self._span     # tokens refill at rate * pace, so pacing binds first
         self._clock = clock
         self._sleep = sleep
         self._fixed_capacity = capacity
@@ -105,6 +131,18 @@ class TokenBucket:
         self.capacity = self._capacity_for(self._rate)
         self._tokens = min(self._tokens, self.capacity)
 
+    def fence(self) -> None:
+        """Treat the window that ends now as full: nothing is granted for the next ``window_s``
+        (other processes may have used it; see "Deployment share")."""
+        now = self._clock()
+        self._refill(now)
+        self._prune(now)
+        # a whole window's worth on top of what is there: even this worker's own older grants
+        # ageing out leave no room before now + window_s
+        filler = max(self.limit, 1.0)
+        self._ledger.append((now, filler))
+        self._in_window += filler
+
     # -- taking --------------------------------------------------------------------------------
     def try_take(self, n: float) -> float:
         """Take ``n`` segments now and return 0, or take nothing and return the seconds until
@@ -117,7 +155,7 @@ class TokenBucket:
         wait = 0.0
         need = min(n, self.capacity)          # n > capacity: a full bucket, then debt
         if self._tokens + _EPS < need:
-            wait = (need - self._tokens) / self._rate
+            wait = (need - self._tokens) / (self._rate * self._pace)
         limit = self.limit
         if self._in_window > 0 and self._in_window + n > limit + _EPS:
             # Wait until enough of the window's grants have aged out. A message larger than the
@@ -129,7 +167,7 @@ class TokenBucket:
                 if freed + _EPS >= excess:
                     # An entry stays in the closed window [now - W, now] until now > t + W:
                     # wake just after that, never on the boundary itself.
-                    wait = max(wait, granted_at + self.window_s - now + MIN_WAIT_S)
+                    wait = max(wait, granted_at + self._span - now + MIN_WAIT_S)
                     break
         if wait > 0:
             return max(wait, MIN_WAIT_S)
@@ -160,13 +198,13 @@ class TokenBucket:
     def _refill(self, now: float) -> None:
         elapsed = now - self._stamp
         if elapsed > 0:
-            self._tokens = min(self.capacity, self._tokens + elapsed * self._rate)
+            self._tokens = min(self.capacity, self._tokens + elapsed * self._rate * self._pace)
             self._stamp = now
 
     def _prune(self, now: float) -> None:
         # The window is closed, [now - W, now]: an entry leaves only once now > t + W.
         ledger = self._ledger
-        while ledger and ledger[0][0] + self.window_s < now:
+        while ledger and ledger[0][0] + self._span < now:
             self._in_window -= ledger.popleft()[1]
         if not ledger:
             self._in_window = 0.0             # no float residue from repeated sums
@@ -208,6 +246,17 @@ class AimdRate:
         self._calm_from = -math.inf       # no decrease before this; growth starts here
         self._last_success = -math.inf
 
+    def rescale(self, max_rate: float) -> None:
+        """New bounds (a share of an account's rate): ``min_rate`` and the additive increase
+        keep their proportion to ``max_rate``; the caller places ``rate`` within them."""
+        if max_rate <= 0:
+            raise ValueError(f"max_rate must be positive, got {max_rate!r}")
+        factor = max_rate / self.max_rate
+        self.max_rate = float(max_rate)
+        self.min_rate = min(self.max_rate, max(self.min_rate * factor, 1e-6))
+        self.increase_per_s *= factor
+        self.rate = min(self.max_rate, max(self.min_rate, self.rate * factor))
+
     def on_throttled(self, retry_after: float | None = None) -> bool:
         """A 429 (or the provider's rate-limit answer). True when the rate went down."""
         now = self._clock()
@@ -246,7 +295,7 @@ class RouteLimiter:
     """
 
     def __init__(self, rate: float | None, *, min_rate: float | None = None, concurrency: int = 64,
-                 capacity: float | None = None, window_s: float = 1.0, beta: float = 0.5,
+                 capacity: float | None = None, window_s: float = 1.0, margin_s: float = 0.0, beta: float = 0.5,
                  increase_per_s: float | None = None, cooldown_s: float = 1.0,
                  clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
         if concurrency < 1:
@@ -256,15 +305,24 @@ class RouteLimiter:
         self._in_flight = 0
         self.aimd: AimdRate | None = None
         self.bucket: TokenBucket | None = None
+        self.account_rate = float(rate or 0.0)      # the deployment's limit; this worker has ``share`` of it
+        self.share = 1.0
+        self._open = asyncio.Event()               # cleared while the share is 0
+        self._open.set()
+        self._clock = clock
         if rate:
             self.aimd = AimdRate(rate, min_rate, beta=beta, increase_per_s=increase_per_s,
                                  cooldown_s=cooldown_s, clock=clock)
-            self.bucket = TokenBucket(rate, capacity, window_s=window_s, clock=clock, sleep=sleep)
+            self.bucket = TokenBucket(rate, capacity, window_s=window_s, margin_s=margin_s, clock=clock,
+                                      sleep=sleep)
 
     @property
     def rate(self) -> float | None:
-        """The current rate in segments/s (AIMD-adjusted), None when unlimited."""
-        return None if self.aimd is None else self.aimd.rate
+        """The current rate in segments/s (AIMD-adjusted, this worker's share), None when unlimited,
+        0 while the share is 0."""
+        if self.aimd is None:
+            return None
+        return self.aimd.rate if self._open.is_set() else 0.0
 
     @property
     def in_flight(self) -> int:
@@ -278,6 +336,28 @@ class RouteLimiter:
             return None
         return max(1, math.floor(self.bucket.limit + _EPS))
 
+    def set_share(self, share: float, *, fence: bool = True) -> None:
+        """This worker's fraction of the account's rate (0..1). The rate, the AIMD bounds and the
+        bucket's capacity scale with it, the AIMD position (how far below its maximum a 429 put
+        it) is kept. 0 closes the limiter: sends wait for a share. ``fence``: the new share starts
+        after one full window (module docstring, "Deployment share")."""
+        if not 0 <= share <= 1:
+            raise ValueError(f"share must be in [0, 1], got {share!r}")
+        self.share = share
+        if self.aimd is None or self.bucket is None:
+            return      # unlimited: nothing to share
+        if share == 0:
+            self._open.clear()
+            return
+        aimd = self.aimd
+        position = aimd.rate / aimd.max_rate
+        aimd.rescale(self.account_rate * share)
+        aimd.rate = max(aimd.min_rate, min(aimd.max_rate, aimd.max_rate * position))
+        self.bucket.set_rate(aimd.rate)
+        if fence:
+            self.bucket.fence()
+        self._open.set()
+
     @asynccontextmanager
     async def slot(self, segments: int = 1) -> AsyncIterator[float]:
         """A place for one call carrying ``segments`` segments. Yields the seconds waited for
@@ -285,7 +365,11 @@ class RouteLimiter:
         async with self._sem:
             waited = 0.0
             if self.bucket is not None and segments > 0:
-                waited = await self.bucket.acquire(segments)
+                if not self._open.is_set():       # no share of the account's rate now
+                    started = self._clock()
+                    await self._open.wait()
+                    waited += self._clock() - started
+                waited += await self.bucket.acquire(segments)
             self._in_flight += 1
             try:
                 yield waited

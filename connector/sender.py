@@ -12,8 +12,9 @@ refreshed once per request; a failed login opens a breaker for ``LOGIN_COOL_DOWN
 sends fail fast with ``LoginLocked`` instead of locking the account.
 Limits (``connector.ratelimit``): every provider call runs in a ``RouteLimiter`` slot (concurrency
 place, then the call's segments from the route's strict bucket); 429s slow the route down (AIMD).
-The sender owns its route's limiter and every partition of the worker shares the sender, so the
-limit is per route per process. Circuit (``connector.breaker``): each send attempt asks the route's
+The sender owns its route's limiter and every partition of the worker shares the sender; the
+limiter enforces this worker's share of the route's (the account's) limit, which the dispatcher
+sets from the partitions it owns. Circuit (``connector.breaker``): each send attempt asks the route's
 breaker first; while it is open the attempt waits (the route pauses) or, with a failover route,
 the message comes back as ``CircuitOpen`` for the pipeline to re-route. Each call's outcome is
 recorded.

@@ -34,7 +34,7 @@ from connector.config.kit import (
     setting,
 )
 from connector.config.loading import (Loaded, SettingDoc, describe, load, load_detailed, number_type_list,
-                                     parse_prefix_routes, redacted, region_list)
+                                      parse_prefix_routes, parse_region_budgets, redacted, region_list)
 from connector.config.sections import (
     NUMBER_TYPES,
     REGION_CODES,
@@ -56,7 +56,7 @@ __all__ = [
     "ENV_PREFIX", "SECTIONS", "CallbacksSettings", "ConfigError", "DispatchSettings", "HttpSettings",
     "InboundSettings", "KafkaSettings", "Loaded", "LogSettings", "Problem", "Route", "RouteSettings",
     "RoutingSettings", "Secret", "SettingDoc", "Settings", "TracingSettings", "build", "describe", "env_name",
-    "load", "load_detailed", "parse_prefix_routes", "provider_settings", "redacted", "registered_providers",
+    "load", "load_detailed", "parse_prefix_routes", "parse_region_budgets", "provider_settings", "redacted", "registered_providers",
     "setting",
     "NUMBER_TYPES", "REGION_CODES", "number_type_list", "region_list",
 ]

@@ -173,6 +173,33 @@ def _check_routing(settings: Settings, problems: Problems) -> None:
             path = f"routes.{name}.failover_route"
             problems.append(Problem(path, f"{failover!r} is not another configured route (configured: "
                                           f"{', '.join(routes)})", f"correct {path}"))
+    for name, route in routes.items():
+        try:
+            parse_region_budgets(route.common.budget_regions)
+        except ValueError as exc:
+            path = f"routes.{name}.budget_regions"
+            problems.append(Problem(path, str(exc), f"write {path} as REGION=PER_HOUR/PER_DAY,... e.g. NG=100/1000"))
+
+
+def parse_region_budgets(text: str) -> dict[str, tuple[int, int]]:
+    """``"NG=100/1000,GH=50/0"`` -> {region: (per hour, per day)}; 0 = no such budget. Raises ValueError."""
+    found: dict[str, tuple[int, int]] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        region, sep, figures = part.partition("=")
+        hour, slash, day = figures.partition("/")
+        region = region.strip().upper()
+        if not sep or not slash or len(region) != 2 or not region.isalpha():
+            raise ValueError(f"{part!r}: expected REGION=PER_HOUR/PER_DAY, e.g. NG=100/1000")
+        try:
+            per_hour, per_day = int(hour), int(day)
+        except ValueError:
+            raise ValueError(f"{part!r}: the budgets must be whole numbers of segments") from None
+        if per_hour < 0 or per_day < 0:
+            raise ValueError(f"{part!r}: budgets cannot be negative")
+        found[region] = (per_hour, per_day)
+    return found
 
 
 def region_list(text: str) -> tuple[str, ...]:

@@ -137,10 +137,18 @@ class RouteSettings:
     batch_max: int = setting(1, doc="Messages per provider request where the provider takes several (SMPP Messages[]).",
                              minimum=1, maximum=1000)
     batch_linger_ms: float = setting(2.0, doc="How long a partial batch waits for more messages.", minimum=0, maximum=1000)
-    rate_limit: float = setting(0.0, doc="Segments per second this worker sends through the route, at most (the "
-                                         "provider account's limit; 0 = unlimited). Strict: no one-second "
-                                         "interval holds more. Per worker process: with N workers on one "
-                                         "account, give each 1/N.", example="50", minimum=0, maximum=100000)
+    rate_limit: float = setting(0.0, doc="Segments per second the whole deployment sends through the route, at "
+                                         "most: the provider account's limit (0 = unlimited). Strict: no "
+                                         "one-second interval holds more. Each dispatch worker takes the share "
+                                         "of it that its sms.outbound partitions are of all, recomputed on every "
+                                         "rebalance; do not divide it by the replica count.",
+                                example="50", minimum=0, maximum=100000)
+    rate_limit_margin_ms: float = setting(50.0, doc="Safety margin of the rate limit for the provider's clock: "
+                                                    "the limit holds over every window of 1 s plus this, so "
+                                                    "requests whose way to the provider varies by less than it "
+                                                    "never arrive more than rate_limit in any second. Costs "
+                                                    "margin/(1 s + margin) of the rate (50 ms: 4.8%).",
+                                          minimum=0, maximum=500)
     rate_limit_min: float = setting(1.0, doc="Floor of the adaptive rate: on 429 the route halves its rate (at "
                                              "most once per second, or per Retry-After), never below this, and "
                                              "climbs back by 5% of rate_limit per second without 429s.",
@@ -195,6 +203,21 @@ class RouteSettings:
                                        "for their end (the recipient_time_zone of the record, else the number's "
                                        "zones, the most restrictive when there are several). Records with "
                                        "bypass_quiet_hours skip them. Empty: none.", example="21:00-08:00")
+    # -- spend budgets (connector.budget): the deployment's, shared by every worker --
+    budget_segments_per_hour: int = setting(0, doc="Segments the whole deployment may send through the route per "
+                                                   "UTC hour (0 = no hourly budget). Shared by all workers, kept "
+                                                   "in the sms.budget topic across restarts; over it, over_budget "
+                                                   "decides.", example="5000", minimum=0, maximum=10**12)
+    budget_segments_per_day: int = setting(0, doc="Segments the whole deployment may send through the route per UTC "
+                                                  "day (0 = no daily budget).", example="50000", minimum=0,
+                                           maximum=10**12)
+    budget_regions: str = setting("", doc="Budgets per destination region (the recipient's ISO country code), on "
+                                          "top of the route's: 'REGION=PER_HOUR/PER_DAY,...' (0 = none for that "
+                                          "window).", example="NG=100/1000,GH=50/500")
+    over_budget: str = setting("hold", doc="A message over a budget: hold (handed off to sms.outbound.retry until "
+                                           "the window ends, then sent; waits in place when there is no retry "
+                                           "topic) or fail (a failed record, reason budget).",
+                               choices=("hold", "fail"))
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@
 Recipients across the local stack's routes: devices (ThingSpace), US numbers (Rev.io),
 Venezuelan numbers (Ogangi) and others (the SMPP gateway). Mostly short GSM-7 texts, with
 Unicode and long texts where the route takes them, and a few that must fail: numbers the
-simulators reject, expired messages, invalid numbers, text too long for its route, and records
-that are not valid at all (bad JSON, schema violations) and must land in the DLQ. The cost
-guards: texts with curly quotes and dashes (``smart``: sent as GSM-7 on the local routes, which
-turn smart encoding on) and premium-rate recipients (``blocked``: failed, reason
-blocked-destination, no provider call). Every record
+simulators reject, expired messages, invalid numbers, text too long for its route, South African
+numbers over their hourly budget (``DEMO_BUDGET_ENV``), and records that are not valid at all (bad
+JSON, schema violations) and must land in the DLQ. The cost guards: texts with curly quotes and
+dashes (``smart``: sent as GSM-7 on the local routes, which turn smart encoding on) and
+premium-rate recipients (``blocked``: failed, reason blocked-destination, no provider call). Every record
 carries a ``sms.demo.id`` header so its terminal record can be found, even in the DLQ.
 
 Scheduled sends and quiet hours: a few records carry a ``send_at`` seconds ahead (sent when it
@@ -31,6 +31,13 @@ from connector.records import OutboundSms, Recipient, encode_outbound
 from connector.devtools.simulators.base import REJECT_SUFFIX
 
 DEMO_HEADER = "sms.demo.id"
+
+# A spend budget (connector.budget) on the local stack: South African numbers (+27, one of the
+# "other" region's prefixes) may use 20 segments per hour of the SMPP route, and over it they
+# fail (reason budget), so the demo's summary shows a budget outcome. The figure is kept in
+# sms.budget: a second demo in the same hour finds it spent from the start.
+DEMO_BUDGET_ENV = {"SMS_CONNECTOR_ROUTES__SMPP__BUDGET_REGIONS": "ZA=20/0",
+                   "SMS_CONNECTOR_ROUTES__SMPP__OVER_BUDGET": "fail"}
 
 SHORT = ["Your code is {n}", "Your parcel {n} is out for delivery", "Reminder: appointment at 10:30",
          "Balance: $12.50 @ store #4", "Meeting moved to room 4 (2nd floor)", "Ticket {n}: we are on it"]

@@ -22,7 +22,7 @@ import aiohttp
 
 from connector import contract as topics
 from connector.ops import devmanifest
-from connector.devtools.demo import DEMO_HEADER, generate
+from connector.devtools.demo import DEMO_BUDGET_ENV, DEMO_HEADER, generate
 from connector.devtools.embedded_broker import free_port
 from connector.devtools.simulators import SIMULATORS
 from connector.config import load
@@ -67,6 +67,7 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
         callback_env = {"SMS_CONNECTOR_CALLBACKS__PUBLIC_URL": base,
                         "SMS_CONNECTOR_CALLBACKS__THINGSPACE_USERNAME": "dev-callbacks",
                         "SMS_CONNECTOR_CALLBACKS__THINGSPACE_PASSWORD": secrets.token_urlsafe(12)}
+        callback_env |= DEMO_BUDGET_ENV      # the demo's spend budget (connector.devtools.demo)
         worker = await stack.start_worker(env=callback_env, http_port=http_port, roles=("all",))
         say(f"worker     metrics {worker.url}/metrics  health {worker.url}/healthz  logs {stack.logdir}")
         environment = worker_env(stack.kafka.bootstrap_servers, stack.sim_urls, http_port) | callback_env

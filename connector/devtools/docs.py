@@ -29,7 +29,8 @@ def topics_table() -> str:
     rows = ["| role | topic | partitions | retention | cleanup | key | record |", "|---|---|---|---|---|---|---|"]
     for s in topics.specs().values():
         retention = "forever" if s.retention_ms < 0 else f"{s.retention_ms / 86_400_000:g} d"
-        rows.append(f"| {s.role} | `{s.name}` | {s.partitions} | {retention} | {s.cleanup_policy} | {s.key} | "
+        key = s.key.replace("|", "\\|")     # a literal | inside a table cell
+        rows.append(f"| {s.role} | `{s.name}` | {s.partitions} | {retention} | {s.cleanup_policy} | {key} | "
                     f"{('`' + s.schema + '`') if s.schema else 'original bytes'} |")
     return "\n".join(rows)
 

@@ -183,6 +183,7 @@ def config_rows(settings: Settings) -> list[CheckRow]:
             rows.append(CheckRow(f"route {name}", f"routes.{name}.segment_policy", Status.WARN,
                                  f"split, but {provider.title} cannot split: every multi-segment message "
                                  f"fails as invalid. Fix: use whole or reject"))
+        rows += budget_rows(name, c, handoff is not None, d.idempotency_window_s)
     rows += schedule_rows(settings)
     return rows
 
@@ -220,6 +221,48 @@ def schedule_rows(settings: Settings) -> list[CheckRow]:
                                  f"{quiet}, but its failover route {failover} has "
                                  f"{settings.routes[failover].common.quiet_hours or 'none'}: a message keeps the "
                                  f"quiet hours of the route it was routed to. Fix: give both the same"))
+    return rows
+
+
+def budget_rows(name: str, c: Any, retry_topic: bool, idempotency_window_s: float) -> list[CheckRow]:
+    """Warnings for a route's spend budgets (connector.budget) that are probably not meant."""
+    from connector.config import parse_region_budgets
+
+    rows: list[CheckRow] = []
+    area = f"route {name}"
+    hour, day = c.budget_segments_per_hour, c.budget_segments_per_day
+    try:
+        budgets = [("", hour, day), *((r, h, d) for r, (h, d) in parse_region_budgets(c.budget_regions).items())]
+    except ValueError:
+        return rows      # a configuration problem, reported by the loader
+    for region, per_hour, per_day in budgets:
+        what = f"region {region}'s budget" if region else "budget"
+        path = f"routes.{name}.budget_regions" if region else f"routes.{name}.budget_segments_per_day"
+        if per_hour and per_day and per_day < per_hour:
+            rows.append(CheckRow(area, path, Status.WARN,
+                                 f"daily {what} ({per_day}) below the hourly one ({per_hour}): the hourly one can "
+                                 f"never be reached. Fix: raise the daily budget or drop the hourly one"))
+    if c.rate_limit and (hour or day):
+        for label, budget, span in (("hourly", hour, 3600), ("daily", day, 86400)):
+            if budget and budget / c.rate_limit < span / 6:
+                minutes = budget / c.rate_limit / 60
+                rows.append(CheckRow(area, f"routes.{name}.rate_limit", Status.WARN,
+                                     f"at its rate limit ({c.rate_limit:g}/s) the route spends its {label} budget "
+                                     f"({budget}) in {minutes:.1f} minutes, then {'holds' if c.over_budget == 'hold' else 'fails'} "
+                                     f"every message for the rest of the window. Fix: if a burst is not meant to "
+                                     f"take the whole budget, lower rate_limit"))
+    if (hour or day or c.budget_regions) and c.over_budget == "hold":
+        longest = 86400 if any(per_day for _, _, per_day in budgets) else 3600
+        if not retry_topic:
+            rows.append(CheckRow(area, f"routes.{name}.over_budget", Status.WARN,
+                                 "hold without a retry topic (dispatch.max_attempts = retry_max_attempts): held "
+                                 "messages wait in place, holding dispatch.max_in_flight places and their "
+                                 "partition's commit until the window ends. Fix: enable the retry topic or use fail"))
+        elif idempotency_window_s and idempotency_window_s < longest:
+            rows.append(CheckRow(area, "dispatch.idempotency_window_s", Status.WARN,
+                                 f"{idempotency_window_s:g} s, but a message held over budget may wait up to "
+                                 f"{longest} s in the retry topic: a crash late in the wait may send a duplicate "
+                                 f"of it. Fix: raise dispatch.idempotency_window_s to {longest}"))
     return rows
 
 

@@ -23,7 +23,8 @@ METRICS_READ = ("sms_outbound_consumed", "sms_outbound_accepted", "sms_outbound_
                 "sms_outbound_dead_lettered", "sms_outbound_segments", "sms_outbound_in_flight", "sms_outbound_retry_waiting",
                 "sms_outbound_oldest_pending_seconds", "sms_kafka_partitions_assigned", "sms_provider_retries",
                 "sms_callbacks_received", "sms_mo_received", "sms_optout_suppressed", "sms_circuit_state",
-                "sms_delivery_latency_seconds", "sms_deferred", "sms_deferred_waiting")
+                "sms_delivery_latency_seconds", "sms_deferred", "sms_deferred_waiting",
+                "sms_budget_segments_spent", "sms_budget_segments")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -94,6 +95,9 @@ class Snapshot:
     circuits: dict[str, float] = field(default_factory=dict)                  # route -> 0/1/2
     deferred: dict[str, float] = field(default_factory=dict)                  # reason (scheduled, quiet-hours)
     deferred_waiting: float = 0.0   # deferred messages held in memory (further ahead: the scheduled topic's lag)
+    # spend budgets, by (route, scope, window): spent adds up over workers, the budget is the same on each
+    budget_spent: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    budget_limit: dict[tuple[str, str, str], float] = field(default_factory=dict)
     workers: int = 0                     # metrics sources that answered
     errors: list[str] = field(default_factory=list)   # "URL: what went wrong", one per source that did not
 
@@ -186,6 +190,12 @@ def parse_metrics(text: str) -> Snapshot:
             elif name == "sms_circuit_state":
                 route = lb.get("route", "")
                 snap.circuits[route] = max(snap.circuits.get(route, 0.0), v)
+            elif name in ("sms_budget_segments_spent", "sms_budget_segments"):
+                key = (lb.get("route", ""), lb.get("scope", ""), lb.get("window", ""))
+                if name == "sms_budget_segments":
+                    snap.budget_limit[key] = max(snap.budget_limit.get(key, 0.0), v)
+                else:
+                    _add(snap.budget_spent, key, v)
             elif name.startswith("sms_delivery_latency_seconds_"):
                 h = hists.setdefault((provider, lb.get("state", "")), Hist())
                 if name.endswith("_bucket"):
@@ -218,6 +228,10 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
                 _add(dst, k, v)
         for route, state in s.circuits.items():
             out.circuits[route] = max(out.circuits.get(route, 0.0), state)
+        for k, v in s.budget_spent.items():
+            _add(out.budget_spent, k, v)
+        for k, v in s.budget_limit.items():
+            out.budget_limit[k] = max(out.budget_limit.get(k, 0.0), v)
         for k, h in s.delivery_latency.items():
             out.delivery_latency.setdefault(k, Hist()).add(h)
         out.workers += s.workers

@@ -228,6 +228,12 @@ def render(snapshot: Snapshot, rates: Rates | None, kafka: KafkaState | None, *,
         pipe.add_row(Text("circuits", style="bold red"),
                      Text(", ".join(f"{rt} {CIRCUIT_NAMES.get(int(v), v)}" for rt, v in sorted(not_closed.items())),
                           style="bold red"))
+    for (route, scope, window), budget in sorted(s.budget_limit.items()):
+        spent = s.budget_spent.get((route, scope, window), 0.0)
+        share = spent / budget if budget else 0.0
+        pipe.add_row(f"budget {route}{' ' + scope if scope else ''} per {window}",
+                     Text(f"{_n(spent)}/{_n(budget)} ({100 * share:.0f}%)",
+                          style="bold red" if share >= 1 else "yellow" if share >= 0.8 else ""))
     grid = Table.grid(padding=(0, 4))
     grid.add_row(thr, pipe)
     parts.append(grid)

@@ -61,6 +61,8 @@ from connector.records import Ending
 from connector.policy import handoff_policy
 from connector.records import iso
 from connector.streams.batcher import Batcher
+from connector.budget import route_budget_of
+from connector.streams.budgets import Budgets
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
 from connector.streams.plumbing import RebalanceListener
@@ -108,6 +110,7 @@ class Dispatcher:
         self._retry_paused = False
         self._wake: asyncio.TimerHandle | None = None
         self.ledger: Ledger | None = None
+        self.budgets: Budgets | None = None   # the routes' spend budgets (streams.budgets), if any route has one
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         k = settings.kafka
@@ -172,7 +175,9 @@ class Dispatcher:
         for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry,
                       self.topic_correlation, topic_ledger, self.topic_scheduled):
             self._partitions[topic] = len(await self._producer.partitions_for(topic))
-        for topic in (self.topic_retry, topic_ledger, self.topic_scheduled):
+        await self._start_budgets()
+        for topic in (self.topic_retry, topic_ledger, self.topic_scheduled,
+                      *([self.budgets.topic] if self.budgets else [])):
             if self._partitions[topic] != self._partitions[self.topic_in]:
                 raise RuntimeError(
                     f"topic {topic} has {self._partitions[topic]} partitions and {self.topic_in} has "
@@ -582,6 +587,9 @@ class Dispatcher:
             for partition in {tp.partition for tp in mine} - {tp.partition for tp in self._progress}:
                 self.ledger.revoke(partition)
         metrics.PARTITIONS_ASSIGNED.set(self.assigned)
+        self._share_limits(fence=False)   # after the drain: the records finished at the old share
+        if self.budgets is not None:
+            self.budgets.revoke(tp.partition for tp in mine if tp.topic == self.topic_in)
         if not any(tp.topic == self.topic_in for tp in self._progress):
             self.membership.revoked()
         if mine:
@@ -599,9 +607,26 @@ class Dispatcher:
             if self.ledger is not None:
                 self.ledger.assign(tp.partition)   # its records wait for it (see _run_chain)
         metrics.PARTITIONS_ASSIGNED.set(self.assigned)
+        self._share_limits(fence=True)
+        if self.budgets is not None:
+            self.budgets.assign(tp.partition for tp in assigned if tp.topic == self.topic_in)
         log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned
                                                                     if tp.topic == self.topic_in)})
 
+    def _share_limits(self, *, fence: bool) -> None:
+        """Each route's rate limit is the deployment's: this worker takes the share of it that its
+        input partitions are of all (``connector.ratelimit``, "Deployment share")."""
+        total = self._partitions.get(self.topic_in, 0)
+        share = self.assigned / total if total else 0.0
+        for sender in self.pipeline.senders.values():
+            sender.limiter.set_share(min(1.0, share), fence=fence)
 
-
-
+    async def _start_budgets(self) -> None:
+        """The routes' spend budgets, shared with the pipeline (after the topics' sizes are known)."""
+        budgets = {name: b for name, route in self.settings.routes.items()
+                   if (b := route_budget_of(name, route.common)) is not None}
+        if budgets and self._batcher is not None and self._producer is not None:
+            topic = topics.spec("budget").name
+            self._partitions[topic] = len(await self._producer.partitions_for(topic))
+            self.budgets = Budgets(self.settings.kafka, self._batcher, budgets, self._partitions[self.topic_in])
+            self.pipeline.budgets = self.budgets

@@ -977,6 +977,12 @@ def test_prometheus_rules(scenario: str) -> None:
         assert expected <= set(alerts)
         if "SmsConnectorCallbackErrors" in alerts:
             assert 'outcome="error"' in alerts["SmsConnectorCallbackErrors"]
+        if values["dispatch"]["enabled"]:   # spend budgets: a warning before the budget is spent, at the threshold
+            threshold = values["metrics"]["prometheusRule"]["budgetSpentThreshold"]
+            assert f"> {threshold}" in alerts["SmsConnectorBudgetNearlySpent"]
+            assert {"sms_budget_segments_spent", "sms_budget_segments"} <= promql_metrics(
+                alerts["SmsConnectorBudgetNearlySpent"])
+            assert 'reason="budget"' in alerts["SmsConnectorBudgetSpent"]
 
 
 DASHBOARD_MUST_SHOW = {
@@ -986,6 +992,7 @@ DASHBOARD_MUST_SHOW = {
     "lag": {"sms_kafka_consumer_lag"},
     "DLR latency": {"sms_delivery_latency_seconds_bucket"},
     "opt-outs": {"sms_optout_suppressed_total"},
+    "spend budgets": {"sms_budget_segments_spent", "sms_budget_segments"},
 }
 
 

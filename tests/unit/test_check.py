@@ -405,3 +405,28 @@ def test_quiet_hours_that_cannot_do_what_they_seem_are_warnings() -> None:
 def test_malformed_quiet_hours_are_a_problem_with_the_fix() -> None:
     [problem] = problems(_route("a", quiet_hours="9pm-8am"))
     assert problem.path == "routes.a.quiet_hours" and "HH:MM-HH:MM" in problem.message and "21:00-08:00" in problem.fix
+# -- spend budgets ----------------------------------------------------------------------------------
+
+def budget_warnings(**route: str) -> dict[str, str]:
+    env = {**SMPP, **{f"SMS_CONNECTOR_ROUTES__SMPP__{k.upper()}": v for k, v in route.items()}}
+    return {r.item: r.detail for r in config_rows(load(None, env)) if r.status is Status.WARN}
+
+
+def test_budget_settings_that_are_probably_not_meant_are_warnings() -> None:
+    w = budget_warnings(budget_segments_per_hour="1000", budget_segments_per_day="500")
+    assert "below the hourly one" in w["routes.smpp.budget_segments_per_day"]
+    w = budget_warnings(budget_regions="NG=100/50", rate_limit="5")
+    assert "below the hourly one" in w["routes.smpp.budget_regions"]
+    w = budget_warnings(budget_segments_per_hour="3000", rate_limit="50", over_budget="fail")
+    assert "in 1.0 minutes, then fails every message" in w["routes.smpp.rate_limit"]
+    # a hold of up to a day outlives the default 1 h idempotency window
+    w = budget_warnings(budget_segments_per_day="100000")
+    assert "up to 86400 s in the retry topic" in w["dispatch.idempotency_window_s"]
+    # consistent: hourly x 24 above the daily budget is fine, so is a rate that takes an hour or more
+    assert budget_warnings(budget_segments_per_hour="1000", budget_segments_per_day="20000",
+                           rate_limit="0.5", over_budget="fail") == {}
+
+
+def test_unreadable_region_budgets_are_a_problem() -> None:
+    found = problems({**SMPP, "SMS_CONNECTOR_ROUTES__SMPP__BUDGET_REGIONS": "NG:100"})
+    assert any("routes.smpp.budget_regions" in p.path and "REGION=PER_HOUR/PER_DAY" in p.fix for p in found)

@@ -330,3 +330,83 @@ async def test_slot_zero_takes_only_a_place() -> None:
         pass
     async with limiter.slot(0) as waited:                        # the bucket is empty: no wait
         assert waited == 0
+
+
+# -- RouteLimiter: a share of the deployment's rate ------------------------------------------------
+
+def test_a_share_scales_the_rate_its_bounds_and_the_burst() -> None:
+    clock = FakeTime()
+    limiter = RouteLimiter(120, min_rate=12, clock=clock, sleep=clock.sleep)
+    limiter.set_share(3 / 12, fence=False)
+    assert limiter.rate == pytest.approx(30)
+    assert limiter.bucket is not None and limiter.aimd is not None
+    assert limiter.bucket.limit == pytest.approx(30) and limiter.bucket.capacity == pytest.approx(3)
+    assert limiter.aimd.min_rate == pytest.approx(3)
+    limiter.on_throttled()                       # halved within the share...
+    assert limiter.rate == pytest.approx(15)
+    limiter.set_share(6 / 12, fence=False)       # ...and the new share keeps the position
+    assert limiter.rate == pytest.approx(30) and limiter.aimd.max_rate == pytest.approx(60)
+
+
+def test_shares_of_all_workers_add_up_to_the_account_rate() -> None:
+    # 12 partitions over 5 workers (range assignment: 3, 3, 2, 2, 2)
+    limiters = [RouteLimiter(100) for _ in range(5)]
+    for limiter, owned in zip(limiters, [3, 3, 2, 2, 2]):
+        limiter.set_share(owned / 12, fence=False)
+    assert sum(lim.rate or 0 for lim in limiters) == pytest.approx(100)
+
+
+def test_an_assignment_fences_one_window_even_with_the_own_grants_ageing_out() -> None:
+    clock = FakeTime(0.0)
+    limiter = RouteLimiter(10, clock=clock, sleep=clock.sleep)
+    bucket = limiter.bucket
+    assert bucket is not None
+    assert bucket.try_take(1) == 0               # an old-generation grant at t=0
+    clock.now = 0.5
+    limiter.set_share(0.5)                       # assigned at t=0.5: the others' grants are unseen
+    clock.now = 1.2                              # the own grant aged out; the fence has not
+    assert bucket.try_take(1) > 0
+    clock.now = 1.5 + 2e-6
+    assert bucket.try_take(1) == 0
+
+
+async def test_share_zero_closes_the_limiter_until_a_share_comes_back() -> None:
+    clock = FakeTime(0.0)
+    limiter = RouteLimiter(10, clock=clock, sleep=clock.sleep)
+    limiter.set_share(0)
+    entered: list[float] = []
+
+    async def send() -> None:
+        async with limiter.slot(1):
+            entered.append(clock.now)
+
+    task = asyncio.ensure_future(send())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert entered == []                         # no share, no grant
+    assert limiter.rate == 0                     # what sms_route_rate_limit shows
+    clock.now = 5.0
+    limiter.set_share(1.0)                       # the fence: a window before the first grant
+    await clock.run(task)
+    assert entered and entered[0] > 6.0
+
+
+def test_an_unlimited_route_ignores_its_share() -> None:
+    limiter = RouteLimiter(None)
+    limiter.set_share(0)
+    assert limiter.rate is None and limiter.bucket is None
+
+
+def test_the_margin_widens_the_hard_window_and_paces_below_the_rate() -> None:
+    clock = FakeTime(0.0)
+    bucket = TokenBucket(10, 10, margin_s=0.05, clock=clock)
+    assert bucket.try_take(10) == 0
+    clock.now = 1.0 + 2e-6                # one second later, but inside 1 s + margin
+    assert bucket.try_take(1) == pytest.approx(0.05, abs=1e-5)
+    clock.now = 1.05 + 2e-6
+    assert bucket.try_take(1) == 0
+    # the refill is 10 * 1 / 1.05 per second: one token takes 0.105 s
+    assert bucket.try_take(10) > 0
+    paced = TokenBucket(10, 1, margin_s=0.05, clock=FakeTime(0.0))
+    assert paced.try_take(1) == 0
+    assert paced.try_take(1) == pytest.approx(0.105, abs=1e-5)

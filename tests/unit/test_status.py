@@ -283,3 +283,17 @@ def test_render_shows_messages_waiting_for_their_send_time() -> None:
     # 9: 4 held by the workers + 5 in the scheduled topic
     assert "quiet-hours 3, scheduled 7" in text
     assert "committed input 3" in text                    # the scheduled topic is not input
+def test_budget_usage_adds_up_over_workers_and_is_shown_against_the_budget() -> None:
+    def worker(spent: float) -> Snapshot:
+        reg = CollectorRegistry()
+        m_spent, m_limit = clone(metrics.BUDGET_SPENT, reg), clone(metrics.BUDGET_LIMIT, reg)
+        m_spent.labels("smpp", "", "hour").set(spent)
+        m_limit.labels("smpp", "", "hour").set(1000)
+        m_spent.labels("smpp", "NG", "day").set(10)
+        m_limit.labels("smpp", "NG", "day").set(20)
+        return parse_metrics(generate_latest(reg).decode())
+    merged = merge([worker(300), worker(550)])
+    assert merged.budget_spent[("smpp", "", "hour")] == 850 and merged.budget_limit[("smpp", "", "hour")] == 1000
+    text = text_of(render(merged, None, None, at=0, sources=2))
+    assert "budget smpp per hour" in text and "850/1,000 (85%)" in text
+    assert "budget smpp NG per day" in text and "20/20 (100%)" in text

@@ -9,6 +9,7 @@ This module gives each one the same operator surface:
   ``PUT /_sim/faults`` (JSON, fields of ``Faults``).
 - ``Stats`` (``GET /_sim/stats``): requests, messages, sends per client message id (duplicates
   are visible; ``GET /_sim/sent-at``: when each was first sent), and the highest messages-per-second seen in any one-second window.
+- ``GET /_sim/sends``: each send request's arrival time and message count (sliding-window checks).
 - ``POST /_sim/reset`` clears counters and faults; ``GET /_sim/health`` answers 200.
 
 Recipients whose number ends in ``0666`` are rejected by every simulator as an invalid
@@ -25,7 +26,7 @@ import random
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import orjson
 from aiohttp import web
@@ -70,8 +71,12 @@ class Stats:
     _window: int = 0
     _window_count: int = 0
 
+    # (arrival time, messages) of every send request, for sliding-window checks of rate limits
+    sends: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=1_000_000))
+
     def count_messages(self, n: int) -> None:
         self.messages += n
+        self.sends.append((time.monotonic(), n))
         now = int(time.monotonic())
         if now != self._window:
             self._window, self._window_count = now, 0
@@ -88,7 +93,22 @@ class Stats:
         return {"requests": self.requests, "messages": self.messages, "accepted": self.accepted,
                 "rejected": self.rejected, "injected": dict(self.injected),
                 "distinct_ids": len(self.sends_by_id), "duplicate_ids": len(dup),
-                "max_messages_per_s": self.max_messages_per_s, "texts": list(self.texts)}
+                "max_messages_per_s": self.max_messages_per_s, "texts": list(self.texts),
+                "max_messages_any_1s": max_in_window(self.sends, 1.0)}
+
+
+def max_in_window(sends: Iterable[tuple[float, int]], window_s: float) -> int:
+    """The most messages that arrived in any closed interval of ``window_s`` (``sends`` in time
+    order): a sliding window, not calendar seconds, so a burst across a second's edge counts."""
+    best = total = 0
+    window: deque[tuple[float, int]] = deque()
+    for t, n in sends:
+        window.append((t, n))
+        total += n
+        while window[0][0] < t - window_s:
+            total -= window.popleft()[1]
+        best = max(best, total)
+    return best
 
 
 class Simulator:
@@ -155,6 +175,7 @@ class Simulator:
             web.get("/_sim/health", self._health),
             web.get("/_sim/stats", self._stats),
             web.get("/_sim/sent-at", self._sent_at),
+            web.get("/_sim/sends", self._sends),
             web.put("/_sim/faults", self._set_faults),
             web.post("/_sim/reset", self._reset),
         ])
@@ -170,6 +191,9 @@ class Simulator:
     async def _sent_at(self, request: web.Request) -> web.Response:
         """When each message was first sent (epoch seconds), by id: scheduled sends are checked against it."""
         return web.Response(body=orjson.dumps(self.stats.first_sent_at), content_type="application/json")
+    async def _sends(self, request: web.Request) -> web.Response:
+        """Every send request's arrival time (monotonic seconds) and message count."""
+        return web.Response(body=orjson.dumps(list(self.stats.sends)), content_type="application/json")
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         try:
