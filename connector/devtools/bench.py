@@ -109,8 +109,8 @@ SCENARIOS: dict[str, Scenario] = {
     "soak": Scenario("soak", target="peak_rss_mb <= 200 and rss_flat"),
 }
 
-FIELDS = ("scenario", "records", "records_per_s", "ceiling_per_s", "ratio_to_ceiling", "baseline_per_s",
-          "speedup_vs_baseline", "p50_ms", "p99_ms", "peak_rss_mb")
+FIELDS = ("scenario", "records", "records_per_s", "ceiling_per_s", "ratio_to_ceiling", "worker_cpu_s_per_1k",
+          "baseline_per_s", "speedup_vs_baseline", "p50_ms", "p99_ms", "peak_rss_mb")
 
 CALLBACK_USERNAME = "bench-callbacks"
 CALLBACK_PASSWORD = "bench-callbacks-secret"
@@ -136,6 +136,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     """The results as a plain-text table (one row per scenario), then any notes."""
     cols = [("scenario", "scenario", "s"), ("records", "records", ",.0f"), ("records/s", "records_per_s", ",.0f"),
             ("ceiling/s", "ceiling_per_s", ",.0f"), ("x ceiling", "ratio_to_ceiling", ".2f"),
+            ("CPU s/1k", "worker_cpu_s_per_1k", ".3f"),
             ("baseline/s", "baseline_per_s", ",.0f"), ("x baseline", "speedup_vs_baseline", ".1f"),
             ("p50 ms", "p50_ms", ".1f"), ("p99 ms", "p99_ms", ".1f"), ("peak RSS MB", "peak_rss_mb", ".0f"),
             ("target", "target", "s"), ("met", "target_met", "s")]
@@ -503,7 +504,7 @@ class CpuMeter(_Sampler):
         span = last[0] - first[0]
         if span <= 0:
             return {}, 0.0
-        return ({k: round(100 * (last[1][k] - first[1][k]) / span) for k in last[1] if k in first[1]},
+        return ({k: round(100 * (last[1][k] - first[1][k]) / span, 1) for k in last[1] if k in first[1]},
                 span)
 
 
@@ -1018,6 +1019,8 @@ def _cpu_per_record(row: dict[str, Any], rate: float | None) -> None:
     worker = (row.get("cpu_pct") or {}).get("worker")
     if worker and rate:
         row["worker_cpu_us_per_record"] = round(worker / 100 / rate * 1e6, 1)
+        # the same figure as the table shows it: worker CPU seconds per 1,000 messages
+        row["worker_cpu_s_per_1k"] = round(worker / 100 / rate * 1000, 3)
 
 
 def _pids(stack: LocalStack, worker: Process) -> dict[str, int | None]:
