@@ -44,8 +44,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -278,19 +277,10 @@ class RouteLimiter:
             return None
         return max(1, math.floor(self.bucket.limit + _EPS))
 
-    @asynccontextmanager
-    async def slot(self, segments: int = 1) -> AsyncIterator[float]:
+    def slot(self, segments: int = 1) -> _Slot:
         """A place for one call carrying ``segments`` segments. Yields the seconds waited for
         tokens (waits for a concurrency place are not counted)."""
-        async with self._sem:
-            waited = 0.0
-            if self.bucket is not None and segments > 0:
-                waited = await self.bucket.acquire(segments)
-            self._in_flight += 1
-            try:
-                yield waited
-            finally:
-                self._in_flight -= 1
+        return _Slot(self, segments)
 
     def on_throttled(self, retry_after: float | None = None) -> bool:
         if self.aimd is None or not self.aimd.on_throttled(retry_after):
@@ -307,3 +297,31 @@ class RouteLimiter:
     def _follow(self) -> None:
         assert self.aimd is not None and self.bucket is not None
         self.bucket.set_rate(self.aimd.rate)
+
+
+class _Slot:
+    """``RouteLimiter.slot``: a class rather than an ``asynccontextmanager``, whose generator
+    and wrapper cost several µs per provider call on the hot path."""
+
+    __slots__ = ("limiter", "segments")
+
+    def __init__(self, limiter: RouteLimiter, segments: int) -> None:
+        self.limiter = limiter
+        self.segments = segments
+
+    async def __aenter__(self) -> float:
+        limiter = self.limiter
+        await limiter._sem.acquire()
+        try:
+            waited = 0.0
+            if limiter.bucket is not None and self.segments > 0:
+                waited = await limiter.bucket.acquire(self.segments)
+        except BaseException:
+            limiter._sem.release()
+            raise
+        limiter._in_flight += 1
+        return waited
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.limiter._in_flight -= 1
+        self.limiter._sem.release()

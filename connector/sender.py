@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from connector import metrics, tracing
 from connector.breaker import CircuitBreaker, CircuitOpen, classify_call
@@ -84,6 +84,7 @@ class RouteSender:
         self._m_rate_waited = metrics.RATE_LIMITED_SECONDS.labels(self.route)
         self._m_circuit_waited = metrics.CIRCUIT_WAIT_SECONDS.labels(self.route)
         self._m_in_call = metrics.MESSAGES_IN_CALLS.labels(self.route)
+        self._m_request: dict[str, Any] = {}     # outcome -> its request-duration child (a label lookup per call)
         metrics.ROUTE_RATE_LIMIT.labels(self.route).set_function(lambda: self.limiter.rate or 0.0)
         metrics.CIRCUIT_STATE.labels(self.route).set_function(lambda: self.breaker.state_code)
 
@@ -105,9 +106,7 @@ class RouteSender:
             if self._batch_max > 1:
                 await self.await_gate()    # this message's own check (the batch's call checks again)
             result = await (self._send_one(p) if self._batch_max == 1 else self._submit(p))
-            if isinstance(result, Accepted):
-                self._m_accepted.inc()
-                self._m_segments.inc(p.segments)
+            if isinstance(result, Accepted):    # counted per call, in _send_batch
                 return SendOutcome(result, attempt, started)
             action = decide(result, attempt, self.retry)
             if isinstance(action, Fail) or (budget is not None and attempt >= budget):
@@ -199,6 +198,10 @@ class RouteSender:
             self.breaker.record(None)   # cancelled: free a half-open probe place
             raise
         self._record(results)
+        accepted = [p.segments for p, r in zip(prepared, results) if isinstance(r, Accepted)]
+        if accepted:     # once per call, not per message: each inc takes the metric's lock
+            self._m_accepted.inc(len(accepted))
+            self._m_segments.inc(sum(accepted))
         return results
 
     # -- one provider call -------------------------------------------------------------------
@@ -243,7 +246,10 @@ class RouteSender:
             self.limiter.on_success()
 
     def _observe(self, t0: float, outcome: str) -> None:
-        metrics.PROVIDER_REQUEST.labels(self.provider.name, outcome).observe(time.perf_counter() - t0)
+        child = self._m_request.get(outcome)
+        if child is None:
+            child = self._m_request[outcome] = metrics.PROVIDER_REQUEST.labels(self.provider.name, outcome)
+        child.observe(time.perf_counter() - t0)
 
     async def _ensure_login(self) -> None:
         auth = self.provider.auth
