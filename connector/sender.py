@@ -83,10 +83,11 @@ class RouteSender:
         self._m_segments = metrics.SEGMENTS.labels(*labels)
         self._m_rate_waited = metrics.RATE_LIMITED_SECONDS.labels(self.route)
         self._m_circuit_waited = metrics.CIRCUIT_WAIT_SECONDS.labels(self.route)
-        self._m_in_call = metrics.MESSAGES_IN_CALLS.labels(self.route)
         self._m_request: dict[str, Any] = {}     # outcome -> its request-duration child (a label lookup per call)
         metrics.ROUTE_RATE_LIMIT.labels(self.route).set_function(lambda: self.limiter.rate or 0.0)
         metrics.CIRCUIT_STATE.labels(self.route).set_function(lambda: self.breaker.state_code)
+        # read when scraped: no gauge update (and its lock) per call
+        metrics.MESSAGES_IN_CALLS.labels(self.route).set_function(lambda: self.in_calls)
 
     # -- public ------------------------------------------------------------------------------
     async def send(self, p: Prepared, *, may_fail_over: bool = True, budget: int | None = None) -> SendOutcome:
@@ -185,12 +186,10 @@ class RouteSender:
                 if waited:
                     self._m_rate_waited.inc(waited)
                 await self.await_gate()
-                self._m_in_call.inc(len(prepared))
                 self.in_calls += len(prepared)
                 try:
                     results = await self._call(prepared)
                 finally:
-                    self._m_in_call.dec(len(prepared))
                     self.in_calls -= len(prepared)
         except Exception as exc:  # noqa: BLE001 - a bug must still end each message
             results = [ProviderError(f"internal error while sending: {type(exc).__name__}: {exc}")] * len(prepared)
