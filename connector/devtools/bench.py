@@ -177,10 +177,14 @@ def bound_note(r: dict[str, Any]) -> str:
     if cpu:
         shares = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items())
         parts.append(f"CPU during the run (% of one core): {shares}.")
+        waited = (r.get("cpu_wait_pct") or {}).get("worker", 0)
         if cpu.get("worker", 0) >= 75:
             parts.append("Bound by the worker's CPU: one event loop on one core.")
         elif cpu.get("simulator", 0) >= 75:
             parts.append("Bound by the simulator's CPU.")
+        elif cpu.get("worker", 0) + waited >= 75:
+            parts.append(f"Bound by the machine: the worker also waited for a CPU {waited:.0f}% of the time "
+                         "(runnable, not running: other processes held both cores).")
         else:
             parts.append("The worker is not CPU-saturated: it waits (in-flight bound, provider latency or broker).")
     if r.get("worker_cpu_us_per_record"):
@@ -449,6 +453,16 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_seconds(pid: int) -> float | None:
+    """Seconds a process has been runnable but waiting for a CPU (``/proc/<pid>/schedstat``):
+    on a shared machine, the CPU it wanted and did not get."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class _Sampler:
     """Calls ``sample()`` every ``every_s`` in the background between ``start()`` and ``stop()``."""
 
@@ -475,26 +489,31 @@ class _Sampler:
 
 
 class CpuMeter(_Sampler):
-    """Samples the CPU time of named processes every ``every_s`` in the background, so the CPU
-    used over any window (e.g. first to last result record) can be read afterwards."""
+    """Samples the CPU time (and run-queue wait) of named processes every ``every_s`` in the
+    background, so the CPU used over any window (e.g. first to last result record) can be read
+    afterwards."""
 
     def __init__(self, pids: Mapping[str, int | None], every_s: float = 0.2) -> None:
         self.pids = {k: v for k, v in pids.items() if v}
         self.every_s = every_s
-        self.samples: list[tuple[float, dict[str, float]]] = []   # (epoch seconds, name -> CPU s)
+        # (epoch seconds, name -> CPU s, name -> s waited for a CPU)
+        self.samples: list[tuple[float, dict[str, float], dict[str, float]]] = []
 
     def sample(self) -> None:
         now = time.time()
         cpu = {k: c for k, pid in self.pids.items() if (c := cpu_seconds(pid)) is not None}
-        self.samples.append((now, cpu))
+        wait = {k: w for k, pid in self.pids.items() if (w := runqueue_seconds(pid)) is not None}
+        self.samples.append((now, cpu, wait))
 
     async def stop(self) -> None:
         await self._cancel()
         self.sample()
 
-    def over(self, t0: float | None = None, t1: float | None = None) -> tuple[dict[str, float], float]:
+    def over(self, t0: float | None = None, t1: float | None = None, *,
+             waiting: bool = False) -> tuple[dict[str, float], float]:
         """(CPU % of one core per process, seconds) between the samples bracketing [t0, t1]
-        (epoch seconds; default: everything sampled)."""
+        (epoch seconds; default: everything sampled). ``waiting``: instead of the CPU used, the
+        % of the window each process was runnable but waiting for a CPU."""
         if len(self.samples) < 2:
             return {}, 0.0
         first = self.samples[0] if t0 is None else max((s for s in self.samples if s[0] <= t0),
@@ -504,7 +523,8 @@ class CpuMeter(_Sampler):
         span = last[0] - first[0]
         if span <= 0:
             return {}, 0.0
-        return ({k: round(100 * (last[1][k] - first[1][k]) / span, 1) for k in last[1] if k in first[1]},
+        i = 2 if waiting else 1
+        return ({k: round(100 * (last[i][k] - first[i][k]) / span, 1) for k in last[i] if k in first[i]},
                 span)
 
 
@@ -932,6 +952,7 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
             if terminals:
                 ts = [t.timestamp_ms / 1000 for t in terminals]
                 row["cpu_pct"] = cpu.over(min(ts), max(ts))[0]
+                row["cpu_wait_pct"] = cpu.over(min(ts), max(ts), waiting=True)[0]
             _cpu_per_record(row, rate)
         else:
             worker = await start_worker(stack, kafka, {"bench": route}, env)
@@ -942,6 +963,7 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
                                                      timeout)
             await cpu.stop()
             row["cpu_pct"] = cpu.over()[0]
+            row["cpu_wait_pct"] = cpu.over(waiting=True)[0]
             _cpu_per_record(row, rate)
             rss.sample()    # memory over the feed only (the latency phase below is idle time)
             row["rss_second_half_slope_mb_per_min"] = rss.second_half_slope()
@@ -1198,6 +1220,7 @@ async def callbacks_scenario(sc: Scenario, o: Options, say: _Progress) -> dict[s
             ticker.cancel()
             await cpu.stop()
             row["cpu_pct"] = cpu.over()[0]
+            row["cpu_wait_pct"] = cpu.over(waiting=True)[0]
             _cpu_per_record(row, len(lat) / elapsed if elapsed > 0 else None)
             if spy is not None:
                 await stop_profiler(spy)

@@ -73,3 +73,13 @@ def test_profile_summary_and_table_of_collapsed_stacks(tmp_path) -> None:  # typ
            "ceiling_cpu_us_per_record": 120.0, "profile": p}
     table = format_table([row])
     assert "target not met" in table and "worker's CPU" in table and "aiohttp 75%" in table
+
+
+def test_a_starved_worker_is_called_bound_by_the_machine() -> None:
+    """CPU shares alone call a worker that got 35% of a core "not saturated"; the run-queue wait
+    (``/proc/<pid>/schedstat``) says it wanted the rest and another process had it."""
+    row = {"scenario": "latency50", "records": 10, "records_per_s": 5.0, "target": "records_per_s >= 2000",
+           "target_met": False, "cpu_pct": {"worker": 35.0}, "cpu_wait_pct": {"worker": 55.0}}
+    assert "Bound by the machine" in format_table([row]) and "waited for a CPU 55%" in format_table([row])
+    row["cpu_wait_pct"] = {"worker": 5.0}
+    assert "not CPU-saturated" in format_table([row])
