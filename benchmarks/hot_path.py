@@ -196,10 +196,11 @@ def primitives(n: int, repeat: int) -> dict[str, float]:
 
     async def tasks(count: int) -> float:
         loop = asyncio.get_running_loop()
+        rounds = max(1, count // 100)
         t0 = time.process_time()
-        for _ in range(count // 100):
+        for _ in range(rounds):
             await asyncio.gather(*[loop.create_task(nothing()) for _ in range(100)])
-        return (time.process_time() - t0) / count * 1e6
+        return (time.process_time() - t0) / (rounds * 100) * 1e6
 
     async def futures(count: int) -> float:
         loop = asyncio.get_running_loop()
