@@ -454,13 +454,17 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def runqueue_seconds(pid: int) -> float | None:
-    """Seconds a process has been runnable but waiting for a CPU (``/proc/<pid>/schedstat``):
-    on a shared machine, the CPU it wanted and did not get."""
+    """Seconds a process's threads have been runnable but waiting for a CPU
+    (``/proc/<pid>/task/*/schedstat``): on a shared machine, the CPU it wanted and did not get."""
+    total = 0.0
     try:
-        with open(f"/proc/{pid}/schedstat") as fh:
-            return int(fh.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError, ValueError):   # a thread may end meanwhile
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                    total += int(fh.read().split()[1]) / 1e9
+    except OSError:
         return None
+    return total
 
 
 class _Sampler:
