@@ -11,7 +11,7 @@ commits: CPU time (``time.process_time``) in one process, best of ``--repeat`` r
 - **pipeline**: ``Pipeline.outcome`` end to end for ``--records`` records, one task per record
   as the dispatcher makes them, ``--in-flight`` at once, through a ``RouteSender`` whose transport
   answers like the SMPP REST simulator in memory (the answer's cost is measured and taken off),
-  for ``batch_max`` 1 and 200. What is left out, and measured by ``bench``: aiohttp, aiokafka,
+  for ``batch_max`` 1 and 200, with the worker's garbage-collector settings. What is left out, and measured by ``bench``: aiohttp, aiokafka,
   the dispatcher's chains, commits and produces;
 - **primitives**: what the per-record machinery of asyncio and dataclasses costs (a task, a
   future, a frozen dataclass), the unit prices of the vectorised-dispatch plan.
@@ -39,7 +39,7 @@ from typing import Any, Callable
 import orjson
 
 from connector import metrics
-from connector.app import build_senders
+from connector.app import build_senders, tune_gc
 from connector.config import load
 from connector.http import HttpRequest, HttpResponse
 from connector.pipeline import Pipeline, Verdict, _correlations
@@ -113,6 +113,8 @@ async def run_pipeline(batch_max: int, records: list[bytes], in_flight: int, con
         await asyncio.gather(*running)
 
     gc.collect()
+    tune_gc()     # the worker's collector settings (connector.app): without them, cyclic GC over the
+    #               thousands of tasks in flight is a large and noisy share of the figure
     if profile is not None:
         profile.enable()
     t0 = time.process_time()
