@@ -121,6 +121,14 @@ def parse(text: str) -> PhoneNumber:
     """The canonical number for ``text``, or InvalidMessage (reason invalid) with the reason."""
     if not isinstance(text, str):
         raise InvalidMessage("recipient.phone is not a string", field=_FIELD)
+    return _parse_text(text)
+
+
+@lru_cache(maxsize=65536)
+def _parse_text(text: str) -> PhoneNumber:
+    # Cached by the text as written: one message asks for its number several times (routing,
+    # opt-outs, the provider's form, the result's region), and ``clean`` is a loop per character.
+    # Refusals raise, so they are not cached.
     cleaned = clean(text)
     if not cleaned.startswith("+"):
         raise InvalidMessage("recipient.phone must be E.164: '+', the country code and the number "

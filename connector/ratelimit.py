@@ -65,8 +65,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -358,23 +357,10 @@ class RouteLimiter:
             self.bucket.fence()
         self._open.set()
 
-    @asynccontextmanager
-    async def slot(self, segments: int = 1) -> AsyncIterator[float]:
+    def slot(self, segments: int = 1) -> _Slot:
         """A place for one call carrying ``segments`` segments. Yields the seconds waited for
         tokens (waits for a concurrency place are not counted)."""
-        async with self._sem:
-            waited = 0.0
-            if self.bucket is not None and segments > 0:
-                if not self._open.is_set():       # no share of the account's rate now
-                    started = self._clock()
-                    await self._open.wait()
-                    waited += self._clock() - started
-                waited += await self.bucket.acquire(segments)
-            self._in_flight += 1
-            try:
-                yield waited
-            finally:
-                self._in_flight -= 1
+        return _Slot(self, segments)
 
     def on_throttled(self, retry_after: float | None = None) -> bool:
         if self.aimd is None or not self.aimd.on_throttled(retry_after):
@@ -391,3 +377,35 @@ class RouteLimiter:
     def _follow(self) -> None:
         assert self.aimd is not None and self.bucket is not None
         self.bucket.set_rate(self.aimd.rate)
+
+
+class _Slot:
+    """``RouteLimiter.slot``: a class rather than an ``asynccontextmanager``, whose generator
+    and wrapper cost several µs per provider call on the hot path."""
+
+    __slots__ = ("limiter", "segments")
+
+    def __init__(self, limiter: RouteLimiter, segments: int) -> None:
+        self.limiter = limiter
+        self.segments = segments
+
+    async def __aenter__(self) -> float:
+        limiter = self.limiter
+        await limiter._sem.acquire()
+        try:
+            waited = 0.0
+            if limiter.bucket is not None and self.segments > 0:
+                if not limiter._open.is_set():       # no share of the account's rate now
+                    started = limiter._clock()
+                    await limiter._open.wait()
+                    waited += limiter._clock() - started
+                waited += await limiter.bucket.acquire(self.segments)
+        except BaseException:
+            limiter._sem.release()
+            raise
+        limiter._in_flight += 1
+        return waited
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.limiter._in_flight -= 1
+        self.limiter._sem.release()

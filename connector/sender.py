@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from connector import metrics, tracing
 from connector.breaker import CircuitBreaker, CircuitOpen, classify_call
@@ -89,9 +89,11 @@ class RouteSender:
         self._m_segments = metrics.SEGMENTS.labels(*labels)
         self._m_rate_waited = metrics.RATE_LIMITED_SECONDS.labels(self.route)
         self._m_circuit_waited = metrics.CIRCUIT_WAIT_SECONDS.labels(self.route)
-        self._m_in_call = metrics.MESSAGES_IN_CALLS.labels(self.route)
+        self._m_request: dict[str, Any] = {}     # outcome -> its request-duration child (a label lookup per call)
         metrics.ROUTE_RATE_LIMIT.labels(self.route).set_function(lambda: self.limiter.rate or 0.0)
         metrics.CIRCUIT_STATE.labels(self.route).set_function(lambda: self.breaker.state_code)
+        # read when scraped: no gauge update (and its lock) per call
+        metrics.MESSAGES_IN_CALLS.labels(self.route).set_function(lambda: self.in_calls)
 
     # -- public ------------------------------------------------------------------------------
     async def send(self, p: Prepared, *, may_fail_over: bool = True, budget: int | None = None) -> SendOutcome:
@@ -111,9 +113,7 @@ class RouteSender:
             if self._batch_max > 1:
                 await self.await_gate()    # this message's own check (the batch's call checks again)
             result = await (self._send_one(p) if self._batch_max == 1 else self._submit(p))
-            if isinstance(result, Accepted):
-                self._m_accepted.inc()
-                self._m_segments.inc(p.segments)
+            if isinstance(result, Accepted):    # counted per call, in _send_batch
                 return SendOutcome(result, attempt, started)
             action = decide(result, attempt, self.retry)
             if isinstance(action, Fail) or (budget is not None and attempt >= budget):
@@ -192,12 +192,10 @@ class RouteSender:
                 if waited:
                     self._m_rate_waited.inc(waited)
                 await self.await_gate()
-                self._m_in_call.inc(len(prepared))
                 self.in_calls += len(prepared)
                 try:
                     results = await self._call(prepared)
                 finally:
-                    self._m_in_call.dec(len(prepared))
                     self.in_calls -= len(prepared)
         except Exception as exc:  # noqa: BLE001 - a bug must still end each message
             results = [ProviderError(f"internal error while sending: {type(exc).__name__}: {exc}")] * len(prepared)
@@ -205,6 +203,10 @@ class RouteSender:
             self.breaker.record(None)   # cancelled: free a half-open probe place
             raise
         self._record(results)
+        accepted = [p.segments for p, r in zip(prepared, results) if isinstance(r, Accepted)]
+        if accepted:     # once per call, not per message: each inc takes the metric's lock
+            self._m_accepted.inc(len(accepted))
+            self._m_segments.inc(sum(accepted))
         return results
 
     # -- one provider call -------------------------------------------------------------------
@@ -249,7 +251,10 @@ class RouteSender:
             self.limiter.on_success()
 
     def _observe(self, t0: float, outcome: str) -> None:
-        metrics.PROVIDER_REQUEST.labels(self.provider.name, outcome).observe(time.perf_counter() - t0)
+        child = self._m_request.get(outcome)
+        if child is None:
+            child = self._m_request[outcome] = metrics.PROVIDER_REQUEST.labels(self.provider.name, outcome)
+        child.observe(time.perf_counter() - t0)
 
     async def _ensure_login(self) -> None:
         auth = self.provider.auth

@@ -24,8 +24,10 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -45,6 +47,7 @@ def build_app(args: argparse.Namespace) -> Any:
         args.group,
         broker=f"kafka://{args.bootstrap.split(',')[0]}",
         store="memory://",
+        datadir=args.datadir,     # faust's default is ./<app id>-data, left behind in the caller's directory
         web_enabled=True,
         web_host="127.0.0.1",
         web_port=args.web_port,
@@ -111,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=12)
     p.add_argument("--web-port", type=int, default=0)
     p.add_argument("--loglevel", default="WARNING")
+    p.add_argument("--datadir", default=None, help="faust's data directory (default: a temporary one, removed "
+                                                   "on exit)")
     return p.parse_args(argv)
 
 
@@ -122,10 +127,17 @@ def main(argv: list[str] | None = None) -> None:
         args.web_port = free_port()
     import faust
 
-    app = build_app(args)
-    logging.getLogger("faust").setLevel(args.loglevel)
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    temporary = args.datadir is None
+    if temporary:
+        args.datadir = tempfile.mkdtemp(prefix="sms-bench-faust-")
+    try:
+        app = build_app(args)
+        logging.getLogger("faust").setLevel(args.loglevel)
+        worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
+        worker.execute_from_commandline()
+    finally:
+        if temporary:
+            shutil.rmtree(args.datadir, ignore_errors=True)
 
 
 if __name__ == "__main__":

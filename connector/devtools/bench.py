@@ -109,8 +109,8 @@ SCENARIOS: dict[str, Scenario] = {
     "soak": Scenario("soak", target="peak_rss_mb <= 200 and rss_flat"),
 }
 
-FIELDS = ("scenario", "records", "records_per_s", "ceiling_per_s", "ratio_to_ceiling", "baseline_per_s",
-          "speedup_vs_baseline", "p50_ms", "p99_ms", "peak_rss_mb")
+FIELDS = ("scenario", "records", "records_per_s", "ceiling_per_s", "ratio_to_ceiling", "worker_cpu_s_per_1k",
+          "baseline_per_s", "speedup_vs_baseline", "p50_ms", "p99_ms", "peak_rss_mb")
 
 CALLBACK_USERNAME = "bench-callbacks"
 CALLBACK_PASSWORD = "bench-callbacks-secret"
@@ -136,6 +136,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     """The results as a plain-text table (one row per scenario), then any notes."""
     cols = [("scenario", "scenario", "s"), ("records", "records", ",.0f"), ("records/s", "records_per_s", ",.0f"),
             ("ceiling/s", "ceiling_per_s", ",.0f"), ("x ceiling", "ratio_to_ceiling", ".2f"),
+            ("CPU s/1k", "worker_cpu_s_per_1k", ".3f"),
             ("baseline/s", "baseline_per_s", ",.0f"), ("x baseline", "speedup_vs_baseline", ".1f"),
             ("p50 ms", "p50_ms", ".1f"), ("p99 ms", "p99_ms", ".1f"), ("peak RSS MB", "peak_rss_mb", ".0f"),
             ("target", "target", "s"), ("met", "target_met", "s")]
@@ -176,10 +177,14 @@ def bound_note(r: dict[str, Any]) -> str:
     if cpu:
         shares = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items())
         parts.append(f"CPU during the run (% of one core): {shares}.")
+        waited = (r.get("cpu_wait_pct") or {}).get("worker", 0)
         if cpu.get("worker", 0) >= 75:
             parts.append("Bound by the worker's CPU: one event loop on one core.")
         elif cpu.get("simulator", 0) >= 75:
             parts.append("Bound by the simulator's CPU.")
+        elif cpu.get("worker", 0) + waited >= 75:
+            parts.append(f"Bound by the machine: the worker also waited for a CPU {waited:.0f}% of the time "
+                         "(runnable, not running: other processes held both cores).")
         else:
             parts.append("The worker is not CPU-saturated: it waits (in-flight bound, provider latency or broker).")
     if r.get("worker_cpu_us_per_record"):
@@ -448,6 +453,20 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_seconds(pid: int) -> float | None:
+    """Seconds a process's threads have been runnable but waiting for a CPU
+    (``/proc/<pid>/task/*/schedstat``): on a shared machine, the CPU it wanted and did not get."""
+    total = 0.0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError, ValueError):   # a thread may end meanwhile
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                    total += int(fh.read().split()[1]) / 1e9
+    except OSError:
+        return None
+    return total
+
+
 class _Sampler:
     """Calls ``sample()`` every ``every_s`` in the background between ``start()`` and ``stop()``."""
 
@@ -474,26 +493,31 @@ class _Sampler:
 
 
 class CpuMeter(_Sampler):
-    """Samples the CPU time of named processes every ``every_s`` in the background, so the CPU
-    used over any window (e.g. first to last result record) can be read afterwards."""
+    """Samples the CPU time (and run-queue wait) of named processes every ``every_s`` in the
+    background, so the CPU used over any window (e.g. first to last result record) can be read
+    afterwards."""
 
     def __init__(self, pids: Mapping[str, int | None], every_s: float = 0.2) -> None:
         self.pids = {k: v for k, v in pids.items() if v}
         self.every_s = every_s
-        self.samples: list[tuple[float, dict[str, float]]] = []   # (epoch seconds, name -> CPU s)
+        # (epoch seconds, name -> CPU s, name -> s waited for a CPU)
+        self.samples: list[tuple[float, dict[str, float], dict[str, float]]] = []
 
     def sample(self) -> None:
         now = time.time()
         cpu = {k: c for k, pid in self.pids.items() if (c := cpu_seconds(pid)) is not None}
-        self.samples.append((now, cpu))
+        wait = {k: w for k, pid in self.pids.items() if (w := runqueue_seconds(pid)) is not None}
+        self.samples.append((now, cpu, wait))
 
     async def stop(self) -> None:
         await self._cancel()
         self.sample()
 
-    def over(self, t0: float | None = None, t1: float | None = None) -> tuple[dict[str, float], float]:
+    def over(self, t0: float | None = None, t1: float | None = None, *,
+             waiting: bool = False) -> tuple[dict[str, float], float]:
         """(CPU % of one core per process, seconds) between the samples bracketing [t0, t1]
-        (epoch seconds; default: everything sampled)."""
+        (epoch seconds; default: everything sampled). ``waiting``: instead of the CPU used, the
+        % of the window each process was runnable but waiting for a CPU."""
         if len(self.samples) < 2:
             return {}, 0.0
         first = self.samples[0] if t0 is None else max((s for s in self.samples if s[0] <= t0),
@@ -503,7 +527,8 @@ class CpuMeter(_Sampler):
         span = last[0] - first[0]
         if span <= 0:
             return {}, 0.0
-        return ({k: round(100 * (last[1][k] - first[1][k]) / span) for k in last[1] if k in first[1]},
+        i = 2 if waiting else 1
+        return ({k: round(100 * (last[i][k] - first[i][k]) / span, 1) for k in last[i] if k in first[i]},
                 span)
 
 
@@ -931,6 +956,7 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
             if terminals:
                 ts = [t.timestamp_ms / 1000 for t in terminals]
                 row["cpu_pct"] = cpu.over(min(ts), max(ts))[0]
+                row["cpu_wait_pct"] = cpu.over(min(ts), max(ts), waiting=True)[0]
             _cpu_per_record(row, rate)
         else:
             worker = await start_worker(stack, kafka, {"bench": route}, env)
@@ -941,6 +967,7 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
                                                      timeout)
             await cpu.stop()
             row["cpu_pct"] = cpu.over()[0]
+            row["cpu_wait_pct"] = cpu.over(waiting=True)[0]
             _cpu_per_record(row, rate)
             rss.sample()    # memory over the feed only (the latency phase below is idle time)
             row["rss_second_half_slope_mb_per_min"] = rss.second_half_slope()
@@ -1018,6 +1045,8 @@ def _cpu_per_record(row: dict[str, Any], rate: float | None) -> None:
     worker = (row.get("cpu_pct") or {}).get("worker")
     if worker and rate:
         row["worker_cpu_us_per_record"] = round(worker / 100 / rate * 1e6, 1)
+        # the same figure as the table shows it: worker CPU seconds per 1,000 messages
+        row["worker_cpu_s_per_1k"] = round(worker / 100 / rate * 1000, 3)
 
 
 def _pids(stack: LocalStack, worker: Process) -> dict[str, int | None]:
@@ -1195,6 +1224,7 @@ async def callbacks_scenario(sc: Scenario, o: Options, say: _Progress) -> dict[s
             ticker.cancel()
             await cpu.stop()
             row["cpu_pct"] = cpu.over()[0]
+            row["cpu_wait_pct"] = cpu.over(waiting=True)[0]
             _cpu_per_record(row, len(lat) / elapsed if elapsed > 0 else None)
             if spy is not None:
                 await stop_profiler(spy)

@@ -113,7 +113,7 @@ class SmppRest(Provider):
         ids = [client_message_id(p, i) for p in batch for i in range(len(p.parts))]
         tos = [p.to for p in batch for _ in p.parts]
         matched = match_results(ids, tos, results)
-        leftover = len(results) - sum(r is not None for r in matched)
+        leftover = len(results) - sum(r is not None for r in matched) if None in matched else 0
         out: list[SendResult] = []
         position = 0
         for p in batch:
@@ -163,6 +163,8 @@ def match_results(ids: Sequence[str], tos: Sequence[str], results: Sequence[obje
             matched[i] = r
         else:
             rest.append(r)
+    if not rest:
+        return matched      # every entry echoed its message's id (the gateway's usual answer)
     open_ = [i for i, r in enumerate(matched) if r is None]
     if rest and len(rest) == len(open_) and all(_same_to(r, tos[i]) for r, i in zip(rest, open_)):
         for r, i in zip(rest, open_):
@@ -255,11 +257,14 @@ def _parse_body(response: HttpResponse) -> dict | None:  # type: ignore[type-arg
     raw = response.body
     if not raw:
         return None
-    ctype = response.content_type
     try:
-        if "xml" in ctype or raw.lstrip().startswith(b"<"):
+        if "xml" in response.content_type:
             return _xml_response(raw)
-        data = orjson.loads(raw)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # XML under another content type (no JSON text starts with "<")
+            return _xml_response(raw) if raw.lstrip().startswith(b"<") else None
         return data if isinstance(data, dict) else None
     except Exception:  # noqa: BLE001 - any unreadable body is "unreadable", classified by the caller
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.integration
 async def test_reduced_bench_reports_every_field() -> None:
     out = io.StringIO()
     broker = "kafka" if ON_KAFKA else "tansu"     # `bench --broker`: each scenario on a fresh local broker
+    faust_dirs = set(Path.cwd().glob("sms-bench-*-data"))
     results = await run_bench(["single", "batch", "callbacks"], 500, json_out=True, out=out,
                               baseline_records=100, err=None, broker=broker)
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -36,9 +38,12 @@ async def test_reduced_bench_reports_every_field() -> None:
         assert 10 < r["peak_rss_mb"] < 2000
         assert r["target_met"] in (True, False)
         assert r["cpu_pct"]["worker"] > 0 and r["worker_cpu_us_per_record"] > 0
+        assert r["worker_cpu_s_per_1k"] == pytest.approx(r["worker_cpu_us_per_record"] / 1000, abs=0.001)
     # The baseline is measured once per provider latency: batch reuses single's 0 ms figure.
     assert rows[1]["baseline_per_s"] == rows[0]["baseline_per_s"] and rows[1]["baseline_from"] == "single"
     assert rows[0]["baseline_records"] == 100
+    # the faust baseline keeps its data directory in a temporary place, removed when it exits
+    assert set(Path.cwd().glob("sms-bench-*-data")) == faust_dirs
 
     cb = rows[2]
     assert set(FIELDS) <= set(cb)
@@ -51,6 +56,7 @@ async def test_reduced_bench_reports_every_field() -> None:
     table = format_table(results)
     assert table.splitlines()[0].startswith("scenario") and all(s in table for s in ("single", "batch", "callbacks"))
     assert f"broker: {rows[0]['broker']}" in table
+    assert "CPU s/1k" in table.splitlines()[0]
 
 
 def test_profile_summary_and_table_of_collapsed_stacks(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -67,3 +73,13 @@ def test_profile_summary_and_table_of_collapsed_stacks(tmp_path) -> None:  # typ
            "ceiling_cpu_us_per_record": 120.0, "profile": p}
     table = format_table([row])
     assert "target not met" in table and "worker's CPU" in table and "aiohttp 75%" in table
+
+
+def test_a_starved_worker_is_called_bound_by_the_machine() -> None:
+    """CPU shares alone call a worker that got 35% of a core "not saturated"; the run-queue wait
+    (``/proc/<pid>/schedstat``) says it wanted the rest and another process had it."""
+    row = {"scenario": "latency50", "records": 10, "records_per_s": 5.0, "target": "records_per_s >= 2000",
+           "target_met": False, "cpu_pct": {"worker": 35.0}, "cpu_wait_pct": {"worker": 55.0}}
+    assert "Bound by the machine" in format_table([row]) and "waited for a CPU 55%" in format_table([row])
+    row["cpu_wait_pct"] = {"worker": 5.0}
+    assert "not CPU-saturated" in format_table([row])

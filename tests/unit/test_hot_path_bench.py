@@ -1,0 +1,22 @@
+"""``benchmarks/hot_path.py`` still runs (a few records; the harness, not speed)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+from benchmarks import hot_path
+
+
+def test_hot_path_reports_pipeline_stages_and_primitives(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert hot_path.main(["--records", "60", "--stage-records", "20", "--repeat", "1", "--in-flight", "30",
+                              "--profile", str(tmp_path / "p.txt"), "--json"]) == 0
+    result = json.loads(out.getvalue())
+    assert set(result["pipeline_us_per_record"]) == {"single (batch_max 1, 64 calls)",
+                                                     "batch (batch_max 200, 16 calls)"}
+    for section in ("pipeline_us_per_record", "stages_us", "primitives_us"):
+        assert all(v > 0 for v in result[section].values()), result[section]
+    assert "outcome" in (tmp_path / "p.txt").read_text()
