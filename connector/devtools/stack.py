@@ -324,7 +324,7 @@ class Follower:
 
     async def _run(self) -> None:
         roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq", "delivery")}
-        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False, isolation_level="read_committed",
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:

@@ -49,7 +49,7 @@ from connector.offsets import PartitionProgress
 from connector.providers import Capability, has
 from connector.records import Correlation, DeliveryEvent, correlation_key, iso
 from connector.sender import RouteSender
-from connector.streams.plumbing import RebalanceListener, produce_acknowledged
+from connector.streams.plumbing import READ_COMMITTED, RebalanceListener, produce_acknowledged
 
 log = logging.getLogger("sms_connector.correlator")
 
@@ -103,7 +103,7 @@ class Correlator:
             # Range, not aiokafka's default round-robin: partition p of both topics must land on
             # the same worker for the join to be local.
             partition_assignment_strategy=(RangePartitionAssignor,),
-            auto_offset_reset="earliest", session_timeout_ms=int(k.session_timeout_s * 1000),
+            auto_offset_reset="earliest", session_timeout_ms=int(k.session_timeout_s * 1000), **READ_COMMITTED,
             heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)))
         self._consumer.subscribe([self.topic_corr, self.topic_receipts], listener=RebalanceListener(self.on_assigned, self.on_revoked))
         await self._consumer.start()
