@@ -225,7 +225,33 @@ async def check_kafka(settings: Settings, timeout: float) -> list[CheckRow]:
     if not bad:
         rows.append(CheckRow("topics", "contract", Status.OK,
                              f"all {len(states)} topics exist with their partition counts"))
+    rows.append(await check_transactions(settings, timeout))
     return rows
+
+
+async def check_transactions(settings: Settings, timeout: float) -> CheckRow:
+    """With ``kafka.exactly_once``: the brokers run transactions and this principal may use its
+    transactional ids (a probe id initialised, one empty transaction committed, as the worker
+    does at start)."""
+    from aiokafka.errors import TransactionalIdAuthorizationFailed
+
+    from connector.kafka import transactional_acl_problem
+    from connector.streams.transactions import broker_supports_transactions
+
+    k = settings.kafka
+    if not k.exactly_once:
+        return CheckRow("kafka", "transactions", Status.SKIP, "kafka.exactly_once is off: the worker runs at-least-once")
+    try:
+        supported = await broker_supports_transactions(k, timeout)
+    except TransactionalIdAuthorizationFailed:
+        return CheckRow("kafka", "transactions", Status.FAIL, transactional_acl_problem(k))
+    if not supported:
+        return CheckRow("kafka", "transactions", Status.WARN,
+                        f"the brokers did not run a transaction within {timeout:g}s (no transactions, as the embedded "
+                        f"dev broker Tansu): the worker will run at-least-once. Fix: Apache Kafka brokers with "
+                        f"transactions, or set kafka.exactly_once=false to say at-least-once is meant")
+    return CheckRow("kafka", "transactions", Status.OK,
+                    f"an empty transaction committed as '{k.transactional_id_prefix}-...': exactly-once is available")
 
 
 async def check_route(name: str, sender: Any, timeout: float) -> CheckRow:

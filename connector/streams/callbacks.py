@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Literal
@@ -67,9 +68,10 @@ from connector.providers import (
     UnauthorizedCallback,
     supporting,
 )
-from connector.streams.publish import InboundPublisher, produce_durably
+from connector.streams.publish import GroupCommit, InboundPublisher, Writes, produce_durably
+from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
-__all__ = ["CallbackReceiver", "PRODUCE_TIMEOUT_S", "THINGSPACE_PATH"]
+__all__ = ["CallbackReceiver", "PRODUCE_TIMEOUT_S", "THINGSPACE_PATH", "callback_transactions"]
 
 log = logging.getLogger("sms_connector.callbacks")
 
@@ -115,10 +117,11 @@ class CallbackReceiver:
     ``producer`` must be started, with acks="all"; its owner stops it after ``aclose()``."""
 
     def __init__(self, settings: Settings, producer: AIOKafkaProducer, publisher: InboundPublisher, *,
-                 produce_timeout_s: float = PRODUCE_TIMEOUT_S) -> None:
+                 produce_timeout_s: float = PRODUCE_TIMEOUT_S, transactions: GroupCommit | None = None) -> None:
         self.settings = settings
         self.producer = producer
         self.publisher = publisher
+        self.transactions = transactions        # exactly-once: records committed in grouped transactions
         self.produce_timeout_s = produce_timeout_s
         cfg = settings.callbacks
         self.max_body_bytes = cfg.max_body_bytes
@@ -180,7 +183,7 @@ class CallbackReceiver:
         kind = read.kind
         try:
             outcomes = [await self._once(event.event_id, self._produce(event)) for event in read.events]
-        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        except (KafkaError, TransactionFailed, asyncio.TimeoutError, OSError) as exc:
             self._note_durable(False, exc)
             return self._answer(provider, 503, kind, "error", error="not durable yet, send again",
                                 detail=type(exc).__name__)
@@ -193,6 +196,13 @@ class CallbackReceiver:
 
     def _produce(self, event: CallbackEvent) -> Callable[[], Awaitable[None]]:
         record = event.record
+        if self.transactions is not None:
+            writes = Writes()
+            if isinstance(record, DeliveryReceipt):
+                writes.add(self.topic_receipts, record.correlation_key.encode(), record.encode())
+            else:
+                self.publisher.plan_mo(record, writes)
+            return lambda: self.transactions.write(writes)  # type: ignore[union-attr]
         if isinstance(record, DeliveryReceipt):
             key, value = record.correlation_key.encode(), record.encode()
             return lambda: produce_durably(self.producer, self.topic_receipts, key, value)
@@ -271,4 +281,24 @@ class CallbackReceiver:
 
 async def _run(produce: Callable[[], Awaitable[None]]) -> None:
     await produce()
+
+
+CALLBACK_PRODUCERS = 2     # transactional producers per replica, taking turns (GroupCommit)
+
+
+def callback_transactions(settings: Settings) -> GroupCommit:
+    """Exactly-once callbacks: each replica's own transactional ids,
+    ``<prefix>-<group_id>-callbacks-<host>-<http port>-<n>``. A callback server consumes no
+    partition, so there is no input to fence on; what the id must give is (1) uniqueness among
+    the live replicas (two processes sharing an id would fence each other at every start): a
+    pod's hostname is its pod name, unique in the namespace, and two processes on one host
+    cannot listen on one port; and (2) stability across a restart of the same replica, so that
+    its first InitProducerId aborts the transaction a kill -9 left open at once, instead of
+    read_committed readers of sms.receipts waiting at that transaction's last stable offset
+    until ``kafka.transaction_timeout_s``. (A pod rescheduled under a new name cannot do that:
+    the broker aborts its old transaction after the timeout.)"""
+    k = settings.kafka
+    where = f"{socket.gethostname()}-{settings.http.port}"
+    return GroupCommit([TransactionalProducer(k, transactional_id(k, f"callbacks-{where}-{n}"), "callbacks", linger_ms=1)
+                        for n in range(CALLBACK_PRODUCERS)])
 
