@@ -176,6 +176,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
                 await group.start()
                 closers.append(group.stop)
             receiver = CallbackReceiver(settings, producer, publisher, transactions=group)  # type: ignore[arg-type]
+            await receiver.remember_recent(settings.kafka)
             web_app.add_routes(receiver.routes())
             closers.append(receiver.aclose)
             correlator = Correlator(settings, producer, senders, transactional=eos)  # type: ignore[arg-type]

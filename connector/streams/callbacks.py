@@ -47,7 +47,7 @@ import logging
 import socket
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 import orjson
 from aiohttp import web
@@ -56,7 +56,8 @@ from aiokafka.errors import KafkaError
 
 from connector import contract as topics
 from connector import metrics
-from connector.config import Settings
+from connector.config import KafkaSettings, Settings
+from connector.kafka import topic_partitions
 from connector.records import DeliveryReceipt
 from connector.keywords import Keywords
 from connector.providers import (
@@ -68,6 +69,7 @@ from connector.providers import (
     UnauthorizedCallback,
     supporting,
 )
+from connector.streams.plumbing import groupless_consumer, read_to_end
 from connector.streams.publish import GroupCommit, InboundPublisher, Writes, produce_durably
 from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
@@ -142,6 +144,38 @@ class CallbackReceiver:
             else:
                 log.warning(f"{provider.title} callback credentials not configured: every callback is refused "
                             "with 401", extra={"path": provider.callback_path})
+
+    async def remember_recent(self, kafka: KafkaSettings, timeout_s: float = 30.0) -> int:
+        """Seed the dedupe window with the receipts already committed (the tail of each
+        sms.receipts partition, read_committed), so a resend of a callback answered, or
+        committed but not answered, before a restart is answered "duplicate" instead of written
+        again. Returns how many event ids it remembered."""
+        consumer = groupless_consumer(kafka)
+        await consumer.start()
+        try:
+            tps = await topic_partitions(consumer, self.topic_receipts)
+            begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+            per_partition = max(100, 2 * self.window // max(1, len(tps)))
+            start = {tp: max(begin[tp], end[tp] - per_partition) for tp in tps}
+            ids: list[str] = []
+
+            def remember(record: Any) -> None:
+                try:
+                    event_id = orjson.loads(record.value)["event_id"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    return
+                ids.append("receipt:" + str(event_id))
+
+            await read_to_end(consumer, start, remember, timeout_s=timeout_s)
+        finally:
+            await consumer.stop()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        for event_id in ids[-self.window:]:
+            self._seen[event_id] = _Delivery(done, acknowledged=True)   # type: ignore[arg-type]
+        while len(self._seen) > self.window:
+            self._seen.popitem(last=False)
+        return len(ids)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(e.provider.callback_path, self._handler(e)) for e in self.endpoints]
