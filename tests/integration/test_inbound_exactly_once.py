@@ -193,7 +193,7 @@ async def test_correlator_killed_mid_work_publishes_every_event_once(kafka_stack
     finally:
         await producer.stop()
     port = free_port()
-    env = {**callback_settings_env(), "SMS_CONNECTOR_LOG__LEVEL": "INFO"}
+    env = {**callback_settings_env(), "SMS_CONNECTOR_LOG__LEVEL": "INFO", "SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": "thingspace"}
     async with Committed(kafka_stack, "delivery") as seen:
         events = lambda: len(seen.records["delivery"])  # noqa: E731
         for kill_at in (n // 4, n // 2):
@@ -218,7 +218,7 @@ async def test_callbacks_killed_mid_load_record_each_once(kafka_stack: LocalStac
     each callback once."""
     n = 1500
     port = free_port()
-    env = {**callback_settings_env(), "SMS_CONNECTOR_LOG__LEVEL": "INFO"}
+    env = {**callback_settings_env(), "SMS_CONNECTOR_LOG__LEVEL": "INFO", "SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": "thingspace"}
     tag = f"k{int(time.time()) % 100000}"
     bodies = [callback_body(tag, i) for i in range(n)]
     answered: set[int] = set()
