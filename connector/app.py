@@ -173,10 +173,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
 
             group = callback_transactions(settings) if eos else None
             if group is not None:
-                await group.start()
                 closers.append(group.stop)
             receiver = CallbackReceiver(settings, producer, publisher, transactions=group)  # type: ignore[arg-type]
-            await receiver.remember_recent(settings.kafka)
+            t0 = loop.time()
+            # Exactly-once: the replica's transactional ids initialised (a kill -9's open
+            # transaction aborted) and the receipts already recorded remembered, both before the
+            # first callback is answered.
+            _, remembered = await asyncio.gather(group.start() if group else asyncio.sleep(0),
+                                                 receiver.remember_recent(settings.kafka))
+            log.info("callbacks ready", extra={"remembered_event_ids": remembered,
+                                               "seconds": round(loop.time() - t0, 2)})
             web_app.add_routes(receiver.routes())
             closers.append(receiver.aclose)
             correlator = Correlator(settings, producer, senders, transactional=eos)  # type: ignore[arg-type]

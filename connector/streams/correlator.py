@@ -55,6 +55,8 @@ from connector.streams.transactions import TransactionalProducer, TransactionFai
 
 log = logging.getLogger("sms_connector.correlator")
 
+METADATA_MAX = 3500      # bytes of offset metadata we write (brokers keep 4096 by default)
+
 
 @dataclass
 class Held:
@@ -78,6 +80,10 @@ class PartitionState:
     txn: TransactionalProducer | None = None
     writes: Writes = field(default_factory=Writes)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    through: int | None = None          # one past the last receipt read (its outputs are in ``writes``)
+    skip_below: int = 0                 # after a restart: receipts below this were finished before it...
+    replay_held: set[int] = field(default_factory=set)    # ...but these, which were held then
+    committed_at: tuple[int, str] | None = None           # the offset and metadata last committed
 
 
 def join(receipt: dict[str, Any], corr: Correlation) -> DeliveryEvent:
@@ -136,9 +142,13 @@ class Correlator:
                             tracing.remember(r.key, r.headers)
                             pending += await self._on_correlation(st, r.key, r.value)
                         else:
+                            if r.offset < st.skip_below and r.offset not in st.replay_held:
+                                st.through = max(st.through or 0, r.offset + 1)
+                                continue        # finished and committed before a restart (_offset_metadata)
                             st.progress.take(r.offset)
                             with tracing.consuming(r):
                                 pending += await self._on_receipt(st, r.key, r.value, r.offset)
+                            st.through = max(st.through or 0, r.offset + 1)
                 await self._settle(pending)
                 if self.transactional and batch:
                     await self._commit(sorted({tp.partition for tp in batch}))
@@ -296,20 +306,72 @@ class Correlator:
         if st is None or st.txn is None:
             return
         async with st.lock:
-            position = st.progress.committable()
-            if not st.writes.records and position is None:
+            target = self._offset_metadata(st)
+            if not st.writes.records and (target is None or target == st.committed_at):
                 return
             writes, st.writes = st.writes, Writes()
-            offsets = {TopicPartition(self.topic_receipts, partition): position} if position is not None else None
+            offsets = {TopicPartition(self.topic_receipts, partition): target} if target is not None else None
             try:
-                await commit_writes(st.txn, writes, offsets, self.group)
+                await commit_writes(st.txn, writes, offsets, self.group)  # type: ignore[arg-type]
             except TransactionFailed as exc:
                 log.warning("correlator transaction failed; the partition is read again from its committed offset",
                             extra={"partition": partition, "error": str(exc)})
                 self._resets.add(partition)
                 return
-            if position is not None:
-                st.progress.committed = position
+            if target is not None:
+                st.committed_at = target
+                st.progress.committed = target[0]
+
+    def _offset_metadata(self, st: PartitionState) -> tuple[int, str] | None:
+        """Exactly-once: the sms.receipts offset to commit with the partition's outputs, and its
+        metadata. Receipts held for their correlation record are not finished; committing only up
+        to the first of them (as at-least-once does) would make a restart publish again every
+        receipt read after it. So the offset is the first held receipt, and the metadata says how
+        far the partition was read (``through``) and which offsets in between are still held
+        (``held``, relative to the offset): a restart (``_restore_offsets``) holds those again
+        and skips the rest, whose outputs this same transaction (or an earlier one) committed.
+        Kafka keeps up to ``offset.metadata.max.bytes`` (4 KB by default) of metadata: with more
+        receipts held than fit, the offset alone is committed (at-least-once for that stretch)."""
+        read = st.through or 0
+        held = {h.offset for waiting in st.held.values() for h in waiting}
+        held |= {o for o in st.replay_held if o >= read}       # held before a restart, not read again yet
+        through = max(read, st.skip_below)
+        if st.through is None and not held:
+            return None
+        position = min(held) if held else through
+        if position >= through:
+            return position, ""
+        metadata = orjson.dumps({"through": through - position, "held": sorted(o - position for o in held)}).decode()
+        if len(metadata) > METADATA_MAX:
+            log.warning("too many receipts held to record them with the offset: a restart now may publish "
+                        "some delivery events again", extra={"held": len(held)})
+            return position, ""
+        return position, metadata
+
+    async def _restore_offsets(self, partitions: list[int]) -> None:
+        """Exactly-once, on assignment: read the committed offsets' metadata (``_offset_metadata``)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**client_options(self.settings.kafka))
+        await admin.start()
+        try:
+            tps = [TopicPartition(self.topic_receipts, p) for p in partitions]
+            committed = await admin.list_consumer_group_offsets(self.group, partitions=tps)
+        finally:
+            await admin.close()
+        for tp, meta in committed.items():
+            st = self.state.get(tp.partition)
+            if st is None or meta is None or meta.offset < 0:
+                continue
+            st.committed_at = (meta.offset, meta.metadata or "")
+            if not meta.metadata:
+                continue
+            try:
+                saved = orjson.loads(meta.metadata)
+                st.skip_below = meta.offset + int(saved["through"])
+                st.replay_held = {meta.offset + int(d) for d in saved["held"]}
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("unreadable offset metadata ignored", extra={"partition": tp.partition})
 
     async def _reset(self, partition: int) -> None:
         """After a failed transaction: forget what the partition did since its last commit and
@@ -321,6 +383,7 @@ class Correlator:
         if old is None or self._consumer is None:
             return
         self.state[partition] = PartitionState(txn=old.txn)
+        await self._restore_offsets([partition])
         corr, receipts = TopicPartition(self.topic_corr, partition), TopicPartition(self.topic_receipts, partition)
         await self._consumer.seek_to_beginning(corr)
         committed = await self._consumer.committed(receipts)
@@ -408,6 +471,7 @@ class Correlator:
                     st.txn = TransactionalProducer(k, transactional_id(k, f"correlator-{p}"), "correlator", linger_ms=1)
                     starting.append(st.txn.start())
             await asyncio.gather(*starting)
+            await self._restore_offsets(sorted({tp.partition for tp in assigned}))
         log.info("correlator partitions assigned", extra={"partitions": sorted({tp.partition for tp in assigned})})
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
