@@ -70,7 +70,7 @@ from connector.providers import (
     supporting,
 )
 from connector.streams.plumbing import groupless_consumer, read_to_end
-from connector.streams.publish import GroupCommit, InboundPublisher, Writes, produce_durably
+from connector.streams.publish import INBOUND_TXN_OPTIONS, GroupCommit, InboundPublisher, Writes, produce_durably
 from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
 __all__ = ["CallbackReceiver", "PRODUCE_TIMEOUT_S", "THINGSPACE_PATH", "callback_transactions"]
@@ -317,7 +317,7 @@ async def _run(produce: Callable[[], Awaitable[None]]) -> None:
     await produce()
 
 
-CALLBACK_PRODUCERS = 2     # transactional producers per replica, taking turns (GroupCommit)
+CALLBACK_PRODUCERS = 4     # transactional producers per replica, taking turns (GroupCommit)
 
 
 def callback_transactions(settings: Settings) -> GroupCommit:
@@ -333,6 +333,6 @@ def callback_transactions(settings: Settings) -> GroupCommit:
     the broker aborts its old transaction after the timeout.)"""
     k = settings.kafka
     where = f"{socket.gethostname()}-{settings.http.port}"
-    return GroupCommit([TransactionalProducer(k, transactional_id(k, f"callbacks-{where}-{n}"), "callbacks", linger_ms=1)
-                        for n in range(CALLBACK_PRODUCERS)])
+    return GroupCommit([TransactionalProducer(k, transactional_id(k, f"callbacks-{where}-{n}"), "callbacks",
+                                              **INBOUND_TXN_OPTIONS) for n in range(CALLBACK_PRODUCERS)])
 

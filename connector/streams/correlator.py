@@ -50,7 +50,7 @@ from connector.providers import Capability, has
 from connector.records import Correlation, DeliveryEvent, correlation_key, iso
 from connector.sender import RouteSender
 from connector.streams.plumbing import READ_COMMITTED, Headers, RebalanceListener, produce_acknowledged
-from connector.streams.publish import Writes, commit_writes
+from connector.streams.publish import INBOUND_TXN_OPTIONS, Writes, commit_writes
 from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
 log = logging.getLogger("sms_connector.correlator")
@@ -468,7 +468,8 @@ class Correlator:
             for p in sorted({tp.partition for tp in assigned}):
                 st = self.state[p]
                 if st.txn is None:
-                    st.txn = TransactionalProducer(k, transactional_id(k, f"correlator-{p}"), "correlator", linger_ms=1)
+                    st.txn = TransactionalProducer(k, transactional_id(k, f"correlator-{p}"), "correlator",
+                                                   **INBOUND_TXN_OPTIONS)
                     starting.append(st.txn.start())
             await asyncio.gather(*starting)
             await self._restore_offsets(sorted({tp.partition for tp in assigned}))

@@ -103,7 +103,7 @@ from connector.providers import Capability, has
 from connector.records import InboundSms, Recipient
 from connector.sender import RouteSender
 from connector.streams.plumbing import groupless_consumer, produce_acknowledged, read_to_end
-from connector.streams.publish import InboundPublisher, Writes, commit_writes
+from connector.streams.publish import INBOUND_TXN_OPTIONS, InboundPublisher, Writes, commit_writes
 from connector.streams.transactions import TransactionAborted, TransactionalProducer, transactional_id
 
 __all__ = [
@@ -823,6 +823,6 @@ class Pollers:
         k = self.settings.kafka
         for p in self.pollers:
             if p.txn is None:
-                txn = TransactionalProducer(k, transactional_id(k, f"poller-{p.name}"), "pollers", linger_ms=1)
+                txn = TransactionalProducer(k, transactional_id(k, f"poller-{p.name}"), "pollers", **INBOUND_TXN_OPTIONS)
                 await txn.start()
                 p.txn = txn

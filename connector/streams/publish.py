@@ -127,6 +127,14 @@ class Writes:
                 log.exception("an effect after a committed transaction failed")
 
 
+# The inbound streams' transactional producers: no linger (a callback waits for its commit), and a
+# short retry backoff: right after a commit the coordinator answers the next transaction's
+# AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until its markers are written, and aiokafka waits
+# retry_backoff_ms (100 ms by default) before asking again. Measured on Apache Kafka 4.1 (one
+# broker, idle machine): begin + one send + commit took 34 ms with the default, 20 ms with 5 ms.
+INBOUND_TXN_OPTIONS = {"linger_ms": 1, "retry_backoff_ms": 5}
+
+
 async def commit_writes(txn: TransactionalProducer, writes: Writes,
                         offsets: Mapping[TopicPartition, int] | None = None, group_id: str | None = None, *,
                         before_commit: Callable[[], Awaitable[None]] | None = None, run_effects: bool = True) -> None:
