@@ -7,11 +7,10 @@ consumer of our topics sees: every record once, none lost. And the connector's o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from collections import Counter
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import aiohttp
 import orjson
@@ -46,28 +45,18 @@ def kafka_stack(broker: LocalStack) -> LocalStack:
     return broker
 
 
-class Committed:
+class Committed(Watch):
     """A read_committed reader of some of our topics from their beginning, in the background (as
-    an analytics consumer would read them)."""
+    an analytics consumer would read them); entered and left as test_pollers' ``Watch``."""
 
     def __init__(self, stack: LocalStack, *roles: str, isolation: str = "read_committed") -> None:
+        # not Watch.__init__: other topics
         self.kafka = stack.kafka
         self.names = {topics.spec(r).name: r for r in roles}
         self.records: dict[str, list[Any]] = {r: [] for r in roles}
         self.isolation = isolation
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-
-    async def __aenter__(self) -> Committed:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._ready.wait(), 20)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
     async def _run(self) -> None:
         consumer = groupless_consumer(self.kafka, isolation_level=self.isolation)
@@ -86,7 +75,7 @@ class Committed:
     def count(self, role: str, field: str) -> Counter[str]:
         return Counter(str(r.get(field)) for r in self.records[role])
 
-    async def until(self, predicate: Callable[[], bool], timeout: float, what: str,
+    async def until(self, predicate: Callable[[], bool], timeout: float, what: str,  # type: ignore[override]
                     proc: Process | None = None) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
