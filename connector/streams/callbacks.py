@@ -9,6 +9,8 @@ a hard size limit, asking the provider to read it (credentials, records), produc
 HTTP contract (every answer is a small JSON object):
 
 - ``200 {"status": "ok"}``: the record is acknowledged by the broker (acks=all); never earlier.
+  With exactly-once (``transactions``, a ``publish.GroupCommit``): the record is committed, in a
+  transaction shared with the callbacks that arrived meanwhile (``callback_transactions``).
 - ``200 {"status": "duplicate"}``: a resend of a callback already made durable (nothing produced).
 - ``400``: the body is not a readable callback (malformed XML / JSON, a DTD, an entity bomb or
   an external entity, no ``CallbackRequest``, a receipt without ``RequestId``, an MO without a
@@ -18,8 +20,9 @@ HTTP contract (every answer is a small JSON object):
   Nothing is produced.
 - ``413``: the body is longer than ``callbacks.max_body_bytes`` (counted while reading, whatever
   ``Content-Length`` says, after any content decoding).
-- ``503``: the broker did not acknowledge within ``produce_timeout_s`` (or refused): ThingSpace
-  resends the callback until it gets a 2xx, so nothing is lost.
+- ``503``: the broker did not acknowledge within ``produce_timeout_s`` (or refused; or the
+  transaction did not commit): ThingSpace resends the callback until it gets a 2xx, so nothing
+  is lost.
 - ``500``: a bug while building or producing the record (logged with its traceback).
 
 Duplicates: ThingSpace resends a callback until it gets a 2xx (``CallbackCount`` grows and is not
@@ -29,7 +32,9 @@ resend of an acknowledged event answers 200 at once; a resend arriving while tha
 still running (including one whose own request already answered 503 on the timeout: the
 producer keeps trying) waits for the same task, so N copies give exactly one record; a resend
 after the produce failed produces again. The window is per process: after a restart, or across
-replicas, a resend can produce a second record with the same ``event_id`` / ``dedupe_key``, and
+replicas, a resend can produce a second record with the same ``event_id`` / ``dedupe_key`` (after a
+restart ``remember_recent`` seeds the window from the tail of sms.receipts, so a receipt's
+resend to the same replica is a duplicate, not a second record), and
 consumers drop it by that id (as they must for a producer retry anyway). The producer's own
 request timeout (``kafka.request_timeout_s``, 30 s) must stay above ``produce_timeout_s`` (10 s):
 a producer that gives up first reports a failure for a request a stalled broker may still

@@ -22,8 +22,16 @@ the range assignor, partition *p* of both topics goes to the same worker, so the
   final event is published the correlation record is rewritten with ``final_state``, so polling
   does not restart after a rebalance.
 
-At-least-once: after a crash, receipts after the last commit are processed again; their events
-carry the same ``event_id``, so consumers can drop repeats.
+At-least-once (``transactional=False``; Tansu): after a crash, receipts after the last commit
+are processed again; their events carry the same ``event_id``, so consumers can drop repeats.
+
+Exactly-once (``transactional=True``, #16): consume-transform-produce per partition. Outputs
+join the partition's open batch (``_send``), and the batch, with the sms.receipts offset it
+finishes, is committed in one transaction of the partition's own transactional id
+(``<prefix>-<group_id>-correlator-<p>``, initialised on assignment: the previous owner, a zombie
+included, is fenced and its open transaction aborted). Held receipts are carried across a
+restart by the offset's metadata (``_offset_metadata``). A failed transaction makes the
+partition be read again from its committed offset (``_reset``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ with backoff, never fatal. ``PollerState`` keeps each poller's state in the comp
 ``sms.poller.state`` topic (key = poller name, value JSON), written one record per batch (so end
 offsets are exact, even on the embedded dev broker) and read back up to its end at start.
 
+Exactly-once with Kafka transactions (``Pollers(transactional=True)``: ``kafka.exactly_once`` on a
+broker that has them, #16): a block's records, their opt-out changes and the state past the
+block are one transaction of the poller's own transactional id (``<prefix>-<group_id>-poller-
+<name>``); nothing else below (intent, read-back) is needed. The marker and the open-window
+detection are the same. Without transactions (Tansu, or ``kafka.exactly_once=false``):
+
 Exactly once per dedupe key. A block of MO messages goes through three steps, and a crash at any
 point leaves a state from which a restart converges to "every key once" in ``sms.inbound``:
 
