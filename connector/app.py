@@ -96,6 +96,33 @@ def inbound_producer(settings: Settings) -> AIOKafkaProducer:
     return tracing.TracedProducer(producer) if tracing.active() else producer  # type: ignore[return-value]
 
 
+async def exactly_once(settings: Settings) -> bool:
+    """Whether this worker runs its streams in Kafka transactions: ``kafka.exactly_once`` and
+    brokers that have them (one probe: an empty transaction). Said once, at start. A principal
+    refused its transactional ids stops the worker with the ACL to grant."""
+    from aiokafka.errors import TransactionalIdAuthorizationFailed
+
+    from connector.kafka import KafkaAccessError, transactional_acl_problem
+    from connector.streams.transactions import broker_supports_transactions
+
+    k = settings.kafka
+    if not k.exactly_once:
+        log.info("at-least-once (kafka.exactly_once=false): a crash may repeat records, never lose one")
+        return False
+    try:
+        supported = await broker_supports_transactions(k)
+    except TransactionalIdAuthorizationFailed:
+        raise KafkaAccessError(transactional_acl_problem(k)) from None
+    if supported:
+        log.info("exactly-once: records and offsets committed in Kafka transactions",
+                 extra={"transactional_id_prefix": k.transactional_id_prefix})
+    else:
+        log.warning(f"at-least-once: the brokers at {k.bootstrap_servers} have no transactions (as the embedded dev "
+                    f"broker Tansu); a crash may repeat records, never lose one. Exactly-once needs Apache Kafka; "
+                    f"set kafka.exactly_once=false to skip this check")
+    return supported
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
                      roles: frozenset[str] = frozenset({"dispatch"})) -> None:
     """Run the worker's roles until ``stop`` is set or SIGINT/SIGTERM arrives."""
@@ -110,6 +137,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
     if refused is not None:
         raise refused
     tracing.configure(settings.tracing)
+    eos = await exactly_once(settings)
     senders = build_senders(settings)
     checks: list[ReadyPart] = []
     jobs: list[Awaitable[Any]] = []
@@ -143,13 +171,24 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             checks.append(dispatch_ready)
             jobs.append(dispatcher.run(stop))
         if "callbacks" in roles:
-            from connector.streams.callbacks import CallbackReceiver
+            from connector.streams.callbacks import CallbackReceiver, callback_transactions
             from connector.streams.correlator import Correlator
 
-            receiver = CallbackReceiver(settings, producer, publisher)  # type: ignore[arg-type]
+            group = callback_transactions(settings) if eos else None
+            if group is not None:
+                closers.append(group.stop)
+            receiver = CallbackReceiver(settings, producer, publisher, transactions=group)  # type: ignore[arg-type]
+            t0 = loop.time()
+            # Exactly-once: the replica's transactional ids initialised (a kill -9's open
+            # transaction aborted) and the receipts already recorded remembered, both before the
+            # first callback is answered.
+            _, remembered = await asyncio.gather(group.start() if group else asyncio.sleep(0),
+                                                 receiver.remember_recent(settings.kafka))
+            log.info("callbacks ready", extra={"remembered_event_ids": remembered,
+                                               "seconds": round(loop.time() - t0, 2)})
             web_app.add_routes(receiver.routes())
             closers.append(receiver.aclose)
-            correlator = Correlator(settings, producer, senders)  # type: ignore[arg-type]
+            correlator = Correlator(settings, producer, senders, transactional=eos)  # type: ignore[arg-type]
             jobs.append(correlator.run(stop))
 
             async def callbacks_ready() -> tuple[bool, dict[str, object]]:
@@ -158,7 +197,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
         if "pollers" in roles:
             from connector.streams.pollers import Pollers
 
-            pollers = Pollers(settings, senders, producer, publisher)  # type: ignore[arg-type]
+            pollers = Pollers(settings, senders, producer, publisher, transactional=eos)  # type: ignore[arg-type]
             jobs.append(pollers.run(stop))
 
             async def pollers_ready() -> tuple[bool, dict[str, object]]:

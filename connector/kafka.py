@@ -216,6 +216,15 @@ class KafkaAccessError(RuntimeError):
     The message is one line that names the setting."""
 
 
+def transactional_acl_problem(k: KafkaSettings) -> str:
+    """One line for a principal the brokers refuse its transactional ids (exactly-once), naming
+    the ACL to grant."""
+    who = f"'{k.sasl_username}'" if k.sasl_username else "this client's principal"
+    return (f"the brokers refuse {who} its transactional ids (TRANSACTIONAL_ID_AUTHORIZATION_FAILED). Fix: grant "
+            f"Write and Describe on TransactionalId prefix '{k.transactional_id_prefix}-' (the chart's KafkaUser "
+            f"does), or set kafka.exactly_once=false")
+
+
 async def access_problem(k: KafkaSettings, timeout: float = 10.0) -> KafkaAccessError | None:
     """Connect to the first bootstrap server as the clients do and say why it is refused: a TLS
     certificate not trusted, a TLS handshake failing, SASL credentials or mechanism rejected.

@@ -117,3 +117,11 @@ BUDGET_LIMIT = Gauge("sms_budget_segments", "The route's budget in segments per 
                      "same on every worker).", ["route", "scope", "window"])
 BUDGET_HELD = Counter("sms_budget_held_total", "Messages held over a spent budget until its window ends "
                       "(over_budget=hold), by route.", ["route"])
+# -- transactions (exactly-once, #16) ------------------------------------------------------------
+TRANSACTIONS = Counter("sms_transactions_total", "Kafka transactions ended, by the stream that ran them (role: "
+                       "dispatch, callbacks, pollers, correlator) and outcome (committed; aborted: its records "
+                       "discarded and written again; fenced: the producer was fenced or broken and replaced, or "
+                       "its partition given up).", ["role", "outcome"])
+TRANSACTION_COMMIT = Histogram("sms_transaction_commit_seconds", "Time to commit one transaction (its offsets and "
+                               "the commit, after its records were sent), by role.", ["role"],
+                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))

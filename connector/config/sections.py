@@ -44,6 +44,20 @@ class KafkaSettings:
     fetch_max_wait_ms: int = setting(100, doc="How long a fetch waits for data on an idle partition: lower means "
                                                   "lower latency at low traffic, more requests.", minimum=1, maximum=10000)
     linger_ms: int = setting(5, doc="Producer linger: results are produced in batches.", minimum=0, maximum=1000)
+    # -- exactly-once (#16) -------------------------------------------------------------------
+    exactly_once: bool = setting(True, doc="Kafka transactions: each batch of finished messages' terminal, correlation "
+                                           "and ledger records is committed atomically with the input offsets it "
+                                           "finishes, so a read_committed consumer sees exactly one terminal record "
+                                           "per message, even across kill -9 and rebalances. Needs brokers with "
+                                           "transactions (Apache Kafka); off (or on a broker without them, such as "
+                                           "the embedded dev broker Tansu) the worker runs at-least-once.")
+    transactional_id_prefix: str = setting("sms-connector", doc="Prefix of the transactional ids: dispatch uses "
+                                           "'<prefix>-<group_id>-<partition>', one per input partition (the "
+                                           "principal needs Write and Describe on the TransactionalId resources "
+                                           "with this prefix).")
+    transaction_timeout_s: float = setting(60.0, doc="A transaction open longer than this is aborted by the broker "
+                                                     "(its producer is then replaced). Must not exceed the brokers' "
+                                                     "transaction.max.timeout.ms.", minimum=1, maximum=900)
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,14 @@ class DispatchSettings:
                                        minimum=0.05, maximum=60)
     shutdown_timeout_s: float = setting(25.0, doc="On SIGTERM or rebalance, how long in-flight records may take to finish.",
                                         minimum=0, maximum=600)
+    transaction_max_records: int = setting(500, doc="With kafka.exactly_once: a partition's transaction is committed "
+                                                    "once this many messages finished in it (or after "
+                                                    "transaction_max_s). Larger batches cost less per message (a commit "
+                                                    "costs about 25 ms of broker round trips) and leave more in doubt "
+                                                    "after a crash.", minimum=1, maximum=100000)
+    transaction_max_s: float = setting(0.1, doc="With kafka.exactly_once: the longest a finished message waits for its "
+                                                "transaction to commit (its terminal record is invisible to "
+                                                "read_committed consumers until then).", minimum=0.001, maximum=30)
     retry_max_attempts: int = setting(4, doc="Provider calls per message in place, per pass (first call included), for "
                                              "retriable errors. The message keeps its place in its recipient's order "
                                              "meanwhile; then it is handed off to sms.outbound.retry (see max_attempts).",

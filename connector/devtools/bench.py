@@ -371,6 +371,7 @@ async def collect(kafka: KafkaSettings, start: Mapping[TopicPartition, int], pre
     roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq")}
     pfx = prefix.encode()
     consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False, auto_offset_reset="earliest",
+                                isolation_level="read_committed",   # count what an analytics consumer sees (#16)
                                 max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
     found: dict[str, Terminal] = {}

@@ -59,6 +59,8 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
     try:
         await stack.start_broker()
         say(f"broker     {stack.kafka.bootstrap_servers} (embedded, in-memory); topics created")
+        say("guarantee  at-least-once: the embedded broker (Tansu) has no Kafka transactions, so a crash may "
+            "repeat a record (never lose one); exactly-once (kafka.exactly_once) needs Apache Kafka")
         for name in sorted({r["provider"] for r in LOCAL_ROUTES.values()}):
             url = await stack.start_simulator(name, *(("--deliver-callbacks",) if name == "thingspace" else ()))
             say(f"simulator  {name} at {url}{SIMULATORS[name].base_path}")

@@ -116,6 +116,7 @@ def kafka_env(k: KafkaSettings) -> dict[str, str]:
     """The SMS_CONNECTOR_KAFKA__* environment that gives a child process these client settings."""
     env = {"SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
            "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": str(k.idempotent_producer).lower(),
+           "SMS_CONNECTOR_KAFKA__EXACTLY_ONCE": str(k.exactly_once).lower(),
            "SMS_CONNECTOR_KAFKA__GROUP_ID": k.group_id,
            "SMS_CONNECTOR_KAFKA__REPLICATION_FACTOR": str(k.replication_factor),
            "SMS_CONNECTOR_KAFKA__SECURITY_PROTOCOL": k.security_protocol}
@@ -132,9 +133,10 @@ def worker_env(kafka: str | KafkaSettings, sims: Mapping[str, str], http_port: i
                routes: Mapping[str, Mapping[str, str]] | None = None,
                default_route: str = LOCAL_DEFAULT_ROUTE) -> dict[str, str]:
     """Environment that configures a worker for the local stack (a bootstrap address alone means
-    the embedded broker, which lacks the idempotent producer)."""
+    the embedded broker, which lacks the idempotent producer and transactions)."""
     if isinstance(kafka, str):
-        kafka = KafkaSettings(bootstrap_servers=kafka, idempotent_producer=False, replication_factor=1)
+        kafka = KafkaSettings(bootstrap_servers=kafka, idempotent_producer=False, replication_factor=1,
+                              exactly_once=False)
     env = {
         **kafka_env(kafka),
         "SMS_CONNECTOR_KAFKA__SESSION_TIMEOUT_S": "10",
@@ -173,7 +175,7 @@ class LocalStack:
         if isinstance(self.broker, KafkaCluster):
             return self.broker.settings(group_id=self.group_id)
         return KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers, idempotent_producer=False,
-                             replication_factor=1, group_id=self.group_id)
+                             replication_factor=1, group_id=self.group_id, exactly_once=False)
 
     @property
     def sim_urls(self) -> dict[str, str]:
@@ -359,7 +361,7 @@ class Follower:
 
     async def _run(self) -> None:
         roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq", "delivery")}
-        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False, isolation_level="read_committed",
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:

@@ -15,6 +15,11 @@ settings follow, with where each comes from (default, file, env) and secrets red
   least its partition count. Bounded by ``--timeout``; a failure to connect (refused, TLS, SASL,
   no answer in time) is "broker unreachable". (Kafka clients are only used through
   ``connector.kafka`` here, as the module boundaries want.)
+- Transactions, with ``kafka.exactly_once`` (#16): a probe transactional id
+  (``<prefix>-<group_id>-probe``) is initialised and one empty transaction committed, as the
+  worker does at start. Refused (TRANSACTIONAL_ID_AUTHORIZATION_FAILED): a failed row naming
+  the ACL to grant; no transaction within ``--timeout`` (a broker without them, such as Tansu):
+  a warning, the worker will run at-least-once.
 - Each route authenticates, nothing else:
 
   * providers with a login (ThingSpace: OAuth token + M2M session; Rev.io: ``Sessions_Create``)
@@ -310,7 +315,32 @@ async def check_kafka(settings: Settings, timeout: float) -> list[CheckRow]:
     if not bad:
         rows.append(CheckRow("topics", "contract", Status.OK,
                              f"all {len(states)} topics exist with their partition counts"))
+    if settings.kafka.exactly_once:     # off: nothing to check (the effective settings say so)
+        rows.append(await check_transactions(settings, timeout))
     return rows
+
+
+async def check_transactions(settings: Settings, timeout: float) -> CheckRow:
+    """With ``kafka.exactly_once``: the brokers run transactions and this principal may use its
+    transactional ids (a probe id initialised, one empty transaction committed, as the worker
+    does at start)."""
+    from aiokafka.errors import TransactionalIdAuthorizationFailed
+
+    from connector.kafka import transactional_acl_problem
+    from connector.streams.transactions import broker_supports_transactions
+
+    k = settings.kafka
+    try:
+        supported = await broker_supports_transactions(k, timeout)
+    except TransactionalIdAuthorizationFailed:
+        return CheckRow("kafka", "transactions", Status.FAIL, transactional_acl_problem(k))
+    if not supported:
+        return CheckRow("kafka", "transactions", Status.WARN,
+                        f"the brokers did not run a transaction within {timeout:g}s (no transactions, as the embedded "
+                        f"dev broker Tansu): the worker will run at-least-once. Fix: Apache Kafka brokers with "
+                        f"transactions, or set kafka.exactly_once=false to say at-least-once is meant")
+    return CheckRow("kafka", "transactions", Status.OK,
+                    f"an empty transaction committed as '{k.transactional_id_prefix}-...': exactly-once is available")
 
 
 async def check_route(name: str, sender: Any, timeout: float) -> CheckRow:

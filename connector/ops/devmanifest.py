@@ -73,7 +73,7 @@ def environment(data: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(env, dict):
         return {str(k): str(v) for k, v in env.items()}
     return {"SMS_CONNECTOR_KAFKA__BOOTSTRAP_SERVERS": str(data.get("bootstrap_servers", "")),
-            "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": "false"}
+            "SMS_CONNECTOR_KAFKA__IDEMPOTENT_PRODUCER": "false", "SMS_CONNECTOR_KAFKA__EXACTLY_ONCE": "false"}
 
 
 def dev_environment(config: str | None, path: str | Path = DEFAULT_PATH) -> dict[str, str] | None:

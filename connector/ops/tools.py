@@ -8,11 +8,11 @@ import time
 from typing import Callable
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
 from connector import contract as topics
 from connector.config import KafkaSettings
-from connector.kafka import client_options, start_producer, topic_partitions
+from connector.kafka import start_producer, topic_partitions
 from connector.records import OutboundSms
 
 
@@ -43,7 +43,9 @@ async def tail(k: KafkaSettings, topic: str, show: Callable[[ConsumerRecord[byte
     works on any broker and disturbs no worker), calling ``show`` per record. Starts at the end,
     or the beginning; stops after ``max_records``, or (``follow`` off) at the end of the topic.
     Returns how many records were shown."""
-    consumer = AIOKafkaConsumer(**client_options(k), group_id=None, enable_auto_commit=False)
+    from connector.streams.plumbing import groupless_consumer
+
+    consumer = groupless_consumer(k, auto_offset_reset="latest")
     shown = 0
     try:
         await consumer.start()

@@ -9,6 +9,8 @@ a hard size limit, asking the provider to read it (credentials, records), produc
 HTTP contract (every answer is a small JSON object):
 
 - ``200 {"status": "ok"}``: the record is acknowledged by the broker (acks=all); never earlier.
+  With exactly-once (``transactions``, a ``publish.GroupCommit``): the record is committed, in a
+  transaction shared with the callbacks that arrived meanwhile (``callback_transactions``).
 - ``200 {"status": "duplicate"}``: a resend of a callback already made durable (nothing produced).
 - ``400``: the body is not a readable callback (malformed XML / JSON, a DTD, an entity bomb or
   an external entity, no ``CallbackRequest``, a receipt without ``RequestId``, an MO without a
@@ -18,8 +20,9 @@ HTTP contract (every answer is a small JSON object):
   Nothing is produced.
 - ``413``: the body is longer than ``callbacks.max_body_bytes`` (counted while reading, whatever
   ``Content-Length`` says, after any content decoding).
-- ``503``: the broker did not acknowledge within ``produce_timeout_s`` (or refused): ThingSpace
-  resends the callback until it gets a 2xx, so nothing is lost.
+- ``503``: the broker did not acknowledge within ``produce_timeout_s`` (or refused; or the
+  transaction did not commit): ThingSpace resends the callback until it gets a 2xx, so nothing
+  is lost.
 - ``500``: a bug while building or producing the record (logged with its traceback).
 
 Duplicates: ThingSpace resends a callback until it gets a 2xx (``CallbackCount`` grows and is not
@@ -29,7 +32,9 @@ resend of an acknowledged event answers 200 at once; a resend arriving while tha
 still running (including one whose own request already answered 503 on the timeout: the
 producer keeps trying) waits for the same task, so N copies give exactly one record; a resend
 after the produce failed produces again. The window is per process: after a restart, or across
-replicas, a resend can produce a second record with the same ``event_id`` / ``dedupe_key``, and
+replicas, a resend can produce a second record with the same ``event_id`` / ``dedupe_key`` (after a
+restart ``remember_recent`` seeds the window from the tail of sms.receipts, so a receipt's
+resend to the same replica is a duplicate, not a second record), and
 consumers drop it by that id (as they must for a producer retry anyway). The producer's own
 request timeout (``kafka.request_timeout_s``, 30 s) must stay above ``produce_timeout_s`` (10 s):
 a producer that gives up first reports a failure for a request a stalled broker may still
@@ -44,9 +49,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 import orjson
 from aiohttp import web
@@ -55,7 +61,8 @@ from aiokafka.errors import KafkaError
 
 from connector import contract as topics
 from connector import metrics
-from connector.config import Settings
+from connector.config import KafkaSettings, Settings
+from connector.kafka import topic_partitions
 from connector.records import DeliveryReceipt
 from connector.keywords import Keywords
 from connector.providers import (
@@ -67,9 +74,11 @@ from connector.providers import (
     UnauthorizedCallback,
     supporting,
 )
-from connector.streams.publish import InboundPublisher, produce_durably
+from connector.streams.plumbing import groupless_consumer, read_to_end
+from connector.streams.publish import INBOUND_TXN_OPTIONS, GroupCommit, InboundPublisher, Writes, produce_durably
+from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
-__all__ = ["CallbackReceiver", "PRODUCE_TIMEOUT_S", "THINGSPACE_PATH"]
+__all__ = ["CallbackReceiver", "PRODUCE_TIMEOUT_S", "THINGSPACE_PATH", "callback_transactions"]
 
 log = logging.getLogger("sms_connector.callbacks")
 
@@ -115,10 +124,11 @@ class CallbackReceiver:
     ``producer`` must be started, with acks="all"; its owner stops it after ``aclose()``."""
 
     def __init__(self, settings: Settings, producer: AIOKafkaProducer, publisher: InboundPublisher, *,
-                 produce_timeout_s: float = PRODUCE_TIMEOUT_S) -> None:
+                 produce_timeout_s: float = PRODUCE_TIMEOUT_S, transactions: GroupCommit | None = None) -> None:
         self.settings = settings
         self.producer = producer
         self.publisher = publisher
+        self.transactions = transactions        # exactly-once: records committed in grouped transactions
         self.produce_timeout_s = produce_timeout_s
         cfg = settings.callbacks
         self.max_body_bytes = cfg.max_body_bytes
@@ -139,6 +149,38 @@ class CallbackReceiver:
             else:
                 log.warning(f"{provider.title} callback credentials not configured: every callback is refused "
                             "with 401", extra={"path": provider.callback_path})
+
+    async def remember_recent(self, kafka: KafkaSettings, timeout_s: float = 30.0) -> int:
+        """Seed the dedupe window with the receipts already committed (the tail of each
+        sms.receipts partition, read_committed), so a resend of a callback answered, or
+        committed but not answered, before a restart is answered "duplicate" instead of written
+        again. Returns how many event ids it remembered."""
+        consumer = groupless_consumer(kafka)
+        await consumer.start()
+        try:
+            tps = await topic_partitions(consumer, self.topic_receipts)
+            begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+            per_partition = max(100, 2 * self.window // max(1, len(tps)))
+            start = {tp: max(begin[tp], end[tp] - per_partition) for tp in tps}
+            ids: list[str] = []
+
+            def remember(record: Any) -> None:
+                try:
+                    event_id = orjson.loads(record.value)["event_id"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    return
+                ids.append("receipt:" + str(event_id))
+
+            await read_to_end(consumer, start, remember, timeout_s=timeout_s)
+        finally:
+            await consumer.stop()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        for event_id in ids[-self.window:]:
+            self._seen[event_id] = _Delivery(done, acknowledged=True)   # type: ignore[arg-type]
+        while len(self._seen) > self.window:
+            self._seen.popitem(last=False)
+        return len(ids)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(e.provider.callback_path, self._handler(e)) for e in self.endpoints]
@@ -180,7 +222,7 @@ class CallbackReceiver:
         kind = read.kind
         try:
             outcomes = [await self._once(event.event_id, self._produce(event)) for event in read.events]
-        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        except (KafkaError, TransactionFailed, asyncio.TimeoutError, OSError) as exc:
             self._note_durable(False, exc)
             return self._answer(provider, 503, kind, "error", error="not durable yet, send again",
                                 detail=type(exc).__name__)
@@ -193,6 +235,13 @@ class CallbackReceiver:
 
     def _produce(self, event: CallbackEvent) -> Callable[[], Awaitable[None]]:
         record = event.record
+        if self.transactions is not None:
+            writes = Writes()
+            if isinstance(record, DeliveryReceipt):
+                writes.add(self.topic_receipts, record.correlation_key.encode(), record.encode())
+            else:
+                self.publisher.plan_mo(record, writes)
+            return lambda: self.transactions.write(writes)  # type: ignore[union-attr]
         if isinstance(record, DeliveryReceipt):
             key, value = record.correlation_key.encode(), record.encode()
             return lambda: produce_durably(self.producer, self.topic_receipts, key, value)
@@ -271,4 +320,24 @@ class CallbackReceiver:
 
 async def _run(produce: Callable[[], Awaitable[None]]) -> None:
     await produce()
+
+
+CALLBACK_PRODUCERS = 4     # transactional producers per replica, taking turns (GroupCommit)
+
+
+def callback_transactions(settings: Settings) -> GroupCommit:
+    """Exactly-once callbacks: each replica's own transactional ids,
+    ``<prefix>-<group_id>-callbacks-<host>-<http port>-<n>``. A callback server consumes no
+    partition, so there is no input to fence on; what the id must give is (1) uniqueness among
+    the live replicas (two processes sharing an id would fence each other at every start): a
+    pod's hostname is its pod name, unique in the namespace, and two processes on one host
+    cannot listen on one port; and (2) stability across a restart of the same replica, so that
+    its first InitProducerId aborts the transaction a kill -9 left open at once, instead of
+    read_committed readers of sms.receipts waiting at that transaction's last stable offset
+    until ``kafka.transaction_timeout_s``. (A pod rescheduled under a new name cannot do that:
+    the broker aborts its old transaction after the timeout.)"""
+    k = settings.kafka
+    where = f"{socket.gethostname()}-{settings.http.port}"
+    return GroupCommit([TransactionalProducer(k, transactional_id(k, f"callbacks-{where}-{n}"), "callbacks",
+                                              **INBOUND_TXN_OPTIONS) for n in range(CALLBACK_PRODUCERS)])
 

@@ -22,8 +22,16 @@ the range assignor, partition *p* of both topics goes to the same worker, so the
   final event is published the correlation record is rewritten with ``final_state``, so polling
   does not restart after a rebalance.
 
-At-least-once: after a crash, receipts after the last commit are processed again; their events
-carry the same ``event_id``, so consumers can drop repeats.
+At-least-once (``transactional=False``; Tansu): after a crash, receipts after the last commit
+are processed again; their events carry the same ``event_id``, so consumers can drop repeats.
+
+Exactly-once (``transactional=True``, #16): consume-transform-produce per partition. Outputs
+join the partition's open batch (``_send``), and the batch, with the sms.receipts offset it
+finishes, is committed in one transaction of the partition's own transactional id
+(``<prefix>-<group_id>-correlator-<p>``, initialised on assignment: the previous owner, a zombie
+included, is fenced and its open transaction aborted). Held receipts are carried across a
+restart by the offset's metadata (``_offset_metadata``). A failed transaction makes the
+partition be read again from its committed offset (``_reset``).
 """
 
 from __future__ import annotations
@@ -49,9 +57,13 @@ from connector.offsets import PartitionProgress
 from connector.providers import Capability, has
 from connector.records import Correlation, DeliveryEvent, correlation_key, iso
 from connector.sender import RouteSender
-from connector.streams.plumbing import RebalanceListener, produce_acknowledged
+from connector.streams.plumbing import READ_COMMITTED, Headers, RebalanceListener, produce_acknowledged
+from connector.streams.publish import INBOUND_TXN_OPTIONS, Writes, commit_writes
+from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
 log = logging.getLogger("sms_connector.correlator")
+
+METADATA_MAX = 3500      # bytes of offset metadata we write (brokers keep 4096 by default)
 
 
 @dataclass
@@ -71,6 +83,15 @@ class PartitionState:
     seen: dict[str, set[str]] = field(default_factory=dict)        # key -> event ids published
     progress: PartitionProgress = field(default_factory=PartitionProgress)
     last_poll: dict[str, float] = field(default_factory=dict)
+    # exactly-once: this partition's transactional producer, the writes of its open batch, and
+    # a lock so the main loop and the housekeeping never run two of its transactions at once
+    txn: TransactionalProducer | None = None
+    writes: Writes = field(default_factory=Writes)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    through: int | None = None          # one past the last receipt read (its outputs are in ``writes``)
+    skip_below: int = 0                 # after a restart: receipts below this were finished before it...
+    replay_held: set[int] = field(default_factory=set)    # ...but these, which were held then
+    committed_at: tuple[int, str] | None = None           # the offset and metadata last committed
 
 
 def join(receipt: dict[str, Any], corr: Correlation) -> DeliveryEvent:
@@ -80,9 +101,12 @@ def join(receipt: dict[str, Any], corr: Correlation) -> DeliveryEvent:
 
 class Correlator:
     def __init__(self, settings: Settings, producer: AIOKafkaProducer,
-                 senders: Mapping[str, RouteSender] | None = None) -> None:
+                 senders: Mapping[str, RouteSender] | None = None, *, transactional: bool = False) -> None:
         self.settings = settings
         self.producer = producer
+        self.transactional = transactional
+        self.group = f"{settings.kafka.group_id}-correlator"
+        self._resets: set[int] = set()     # partitions whose transaction failed: state rebuilt from Kafka
         self.senders = senders or {}
         self.topic_corr = topics.spec("correlation").name
         self.topic_receipts = topics.spec("receipts").name
@@ -99,11 +123,11 @@ class Correlator:
     async def run(self, stop: asyncio.Event) -> None:
         k = self.settings.kafka
         self._consumer = AIOKafkaConsumer(
-            **client_options(k), group_id=f"{k.group_id}-correlator", enable_auto_commit=False,
+            **client_options(k), group_id=self.group, enable_auto_commit=False,
             # Range, not aiokafka's default round-robin: partition p of both topics must land on
             # the same worker for the join to be local.
             partition_assignment_strategy=(RangePartitionAssignor,),
-            auto_offset_reset="earliest", session_timeout_ms=int(k.session_timeout_s * 1000),
+            auto_offset_reset="earliest", session_timeout_ms=int(k.session_timeout_s * 1000), **READ_COMMITTED,
             heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)))
         self._consumer.subscribe([self.topic_corr, self.topic_receipts], listener=RebalanceListener(self.on_assigned, self.on_revoked))
         await self._consumer.start()
@@ -113,6 +137,8 @@ class Correlator:
             tasks.append(asyncio.create_task(self._poll_statuses(stop)))
         try:
             while not stop.is_set():
+                for partition in sorted(self._resets):
+                    await self._reset(partition)
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=2000)
                 pending: list[tuple[asyncio.Future[Any], PartitionState | None, int | None]] = []
                 for tp, records in batch.items():
@@ -124,14 +150,23 @@ class Correlator:
                             tracing.remember(r.key, r.headers)
                             pending += await self._on_correlation(st, r.key, r.value)
                         else:
+                            if r.offset < st.skip_below and r.offset not in st.replay_held:
+                                st.through = max(st.through or 0, r.offset + 1)
+                                continue        # finished and committed before a restart (_offset_metadata)
                             st.progress.take(r.offset)
                             with tracing.consuming(r):
                                 pending += await self._on_receipt(st, r.key, r.value, r.offset)
+                            st.through = max(st.through or 0, r.offset + 1)
                 await self._settle(pending)
+                if self.transactional and batch:
+                    await self._commit(sorted({tp.partition for tp in batch}))
         finally:
             for t in tasks:
                 t.cancel()
             await self._commit()
+            for st in self.state.values():
+                if st.txn is not None:
+                    await st.txn.stop()
             await self._consumer.stop()
             log.info("correlator stopped")
 
@@ -186,8 +221,8 @@ class Correlator:
             receipt = orjson.loads(value)
             event_id = receipt["event_id"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            fut = await self.producer.send(self.topic_unmatched, value=value, key=ck.encode(),
-                                           headers=[(topics.HEADER_ERROR_REASON, b"invalid-receipt")])
+            fut = await self._send(st, self.topic_unmatched, ck.encode(), value,
+                                   [(topics.HEADER_ERROR_REASON, b"invalid-receipt")])
             return [(fut, st, offset)]
         provider = str(receipt.get("provider", ""))
         seen = st.seen.setdefault(ck, set())
@@ -197,7 +232,7 @@ class Correlator:
             return []
         seen.add(event_id)
         event = join(receipt, corr)
-        out = [(await self.producer.send(self.topic_delivery, value=event.encode(), key=event.key), st, offset)]
+        out = [(await self._send(st, self.topic_delivery, event.key, event.encode()), st, offset)]
         metrics.CORRELATION.labels(provider, "matched").inc()
         if receipt.get("final") and receipt.get("kind") != "progress":
             if event.latency_s is not None:
@@ -205,8 +240,7 @@ class Correlator:
             if not corr.final_state:
                 corr = replace(corr, final_state=receipt.get("state"))
                 st.correlations[ck] = corr
-                out.append((await self.producer.send(self.topic_corr, value=corr.encode(), key=ck.encode()),
-                            None, None))
+                out.append((await self._send(st, self.topic_corr, ck.encode(), corr.encode()), None, None))
         elif receipt.get("kind") == "status-poll" and corr.last_state != receipt.get("state"):
             corr = replace(corr, last_state=receipt.get("state"))
             st.correlations[ck] = corr
@@ -230,7 +264,7 @@ class Correlator:
                     waiting[:] = [x for x in waiting if x is not h]
                     if not waiting:
                         del st.held[ck]
-                    fut = await self.producer.send(self.topic_unmatched, value=h.value, key=ck.encode())
+                    fut = await self._send(st, self.topic_unmatched, ck.encode(), h.value)
                     pending.append((fut, st, h.offset))
                     metrics.CORRELATION.labels(ck.split(":", 1)[0], "unmatched").inc()
             try:
@@ -239,7 +273,21 @@ class Correlator:
                 pass
             await self._commit()
 
-    async def _commit(self) -> None:
+    async def _send(self, st: PartitionState, topic: str, key: bytes | None, value: bytes | None,
+                    headers: Headers | None = None) -> asyncio.Future[Any]:
+        """Produce one output record; with exactly-once it joins the partition's next transaction
+        (a future already done: the transaction's commit is what makes it durable)."""
+        if not self.transactional:
+            return await self.producer.send(topic, value=value, key=key, headers=headers or [])
+        st.writes.add(topic, key, value, headers)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def _commit(self, partitions: list[int] | None = None) -> None:
+        if self.transactional:
+            await asyncio.gather(*(self._commit_partition(p) for p in (partitions or list(self.state))))
+            return
         if self._consumer is None:
             return
         offsets = {}
@@ -257,6 +305,100 @@ class Correlator:
         for tp, position in offsets.items():
             if tp.partition in self.state:
                 self.state[tp.partition].progress.committed = position
+
+    async def _commit_partition(self, partition: int) -> None:
+        """Exactly-once: the partition's outputs since its last transaction (delivery events,
+        unmatched receipts, correlation state) and the sms.receipts offset they finish, in one
+        transaction. A failed one leaves the partition to ``_reset``."""
+        st = self.state.get(partition)
+        if st is None or st.txn is None:
+            return
+        async with st.lock:
+            target = self._offset_metadata(st)
+            if not st.writes.records and (target is None or target == st.committed_at):
+                return
+            writes, st.writes = st.writes, Writes()
+            offsets = {TopicPartition(self.topic_receipts, partition): target} if target is not None else None
+            try:
+                await commit_writes(st.txn, writes, offsets, self.group)  # type: ignore[arg-type]
+            except TransactionFailed as exc:
+                log.warning("correlator transaction failed; the partition is read again from its committed offset",
+                            extra={"partition": partition, "error": str(exc)})
+                self._resets.add(partition)
+                return
+            if target is not None:
+                st.committed_at = target
+                st.progress.committed = target[0]
+
+    def _offset_metadata(self, st: PartitionState) -> tuple[int, str] | None:
+        """Exactly-once: the sms.receipts offset to commit with the partition's outputs, and its
+        metadata. Receipts held for their correlation record are not finished; committing only up
+        to the first of them (as at-least-once does) would make a restart publish again every
+        receipt read after it. So the offset is the first held receipt, and the metadata says how
+        far the partition was read (``through``) and which offsets in between are still held
+        (``held``, relative to the offset): a restart (``_restore_offsets``) holds those again
+        and skips the rest, whose outputs this same transaction (or an earlier one) committed.
+        Kafka keeps up to ``offset.metadata.max.bytes`` (4 KB by default) of metadata: with more
+        receipts held than fit, the offset alone is committed (at-least-once for that stretch)."""
+        read = st.through or 0
+        held = {h.offset for waiting in st.held.values() for h in waiting}
+        held |= {o for o in st.replay_held if o >= read}       # held before a restart, not read again yet
+        through = max(read, st.skip_below)
+        if st.through is None and not held:
+            return None
+        position = min(held) if held else through
+        if position >= through:
+            return position, ""
+        metadata = orjson.dumps({"through": through - position, "held": sorted(o - position for o in held)}).decode()
+        if len(metadata) > METADATA_MAX:
+            log.warning("too many receipts held to record them with the offset: a restart now may publish "
+                        "some delivery events again", extra={"held": len(held)})
+            return position, ""
+        return position, metadata
+
+    async def _restore_offsets(self, partitions: list[int]) -> None:
+        """Exactly-once, on assignment: read the committed offsets' metadata (``_offset_metadata``)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**client_options(self.settings.kafka))
+        await admin.start()
+        try:
+            tps = [TopicPartition(self.topic_receipts, p) for p in partitions]
+            committed = await admin.list_consumer_group_offsets(self.group, partitions=tps)
+        finally:
+            await admin.close()
+        for tp, meta in committed.items():
+            st = self.state.get(tp.partition)
+            if st is None or meta is None or meta.offset < 0:
+                continue
+            st.committed_at = (meta.offset, meta.metadata or "")
+            if not meta.metadata:
+                continue
+            try:
+                saved = orjson.loads(meta.metadata)
+                st.skip_below = meta.offset + int(saved["through"])
+                st.replay_held = {meta.offset + int(d) for d in saved["held"]}
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("unreadable offset metadata ignored", extra={"partition": tp.partition})
+
+    async def _reset(self, partition: int) -> None:
+        """After a failed transaction: forget what the partition did since its last commit and
+        read it again, as a new owner would (sms.correlation from its beginning, sms.receipts
+        from the committed offset: the producer was replaced first, so no transaction of this
+        id is pending and the committed offset is final)."""
+        self._resets.discard(partition)
+        old = self.state.get(partition)
+        if old is None or self._consumer is None:
+            return
+        self.state[partition] = PartitionState(txn=old.txn)
+        await self._restore_offsets([partition])
+        corr, receipts = TopicPartition(self.topic_corr, partition), TopicPartition(self.topic_receipts, partition)
+        await self._consumer.seek_to_beginning(corr)
+        committed = await self._consumer.committed(receipts)
+        if committed is None:
+            await self._consumer.seek_to_beginning(receipts)
+        else:
+            self._consumer.seek(receipts, committed)
 
     @property
     def _status_polled(self) -> set[str]:
@@ -325,12 +467,28 @@ class Correlator:
         # sms.receipts resumes at the first unfinished receipt.
         for tp in assigned:
             self.state.setdefault(tp.partition, PartitionState())
+        if self.transactional:
+            # One transactional id per partition number, "<prefix>-<group_id>-correlator-<p>":
+            # initialising it fences the previous owner (a zombie past its session timeout) and
+            # aborts its open transaction before this worker reads the partition.
+            k = self.settings.kafka
+            starting = []
+            for p in sorted({tp.partition for tp in assigned}):
+                st = self.state[p]
+                if st.txn is None:
+                    st.txn = TransactionalProducer(k, transactional_id(k, f"correlator-{p}"), "correlator",
+                                                   **INBOUND_TXN_OPTIONS)
+                    starting.append(st.txn.start())
+            await asyncio.gather(*starting)
+            await self._restore_offsets(sorted({tp.partition for tp in assigned}))
         log.info("correlator partitions assigned", extra={"partitions": sorted({tp.partition for tp in assigned})})
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._commit()
         for tp in revoked:
-            self.state.pop(tp.partition, None)
+            st = self.state.pop(tp.partition, None)
+            if st is not None and st.txn is not None:
+                await st.txn.stop()
         if revoked:
             log.info("correlator partitions revoked", extra={"partitions": sorted({tp.partition for tp in revoked})})
 

@@ -19,9 +19,17 @@ from aiokafka.abc import ConsumerRebalanceListener
 from connector.config import KafkaSettings
 from connector.kafka import client_options
 
-__all__ = ["Headers", "IdleTimeout", "RebalanceListener", "batches_to_end", "groupless_consumer", "produce_acknowledged", "read_to_end"]
+__all__ = ["Headers", "IdleTimeout", "READ_COMMITTED", "RebalanceListener", "batches_to_end", "groupless_consumer",
+           "produce_acknowledged", "read_to_end"]
 
 Headers = list[tuple[str, bytes]]
+
+# Every reader inside the connector reads committed records only (#16): with exactly-once on, a
+# crashed or fenced writer leaves aborted records behind, and only a read_committed reader skips
+# them. On a broker without transactions (Tansu) every record is committed, so nothing changes.
+# The end offsets such a reader gets are last stable offsets: reading "to the end" stops before
+# an open transaction instead of waiting for it.
+READ_COMMITTED = {"isolation_level": "read_committed"}
 
 
 class IdleTimeout(TimeoutError):
@@ -30,9 +38,10 @@ class IdleTimeout(TimeoutError):
 
 def groupless_consumer(kafka: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
     """A consumer outside any group (assign, never subscribe; nothing committed), reading from
-    the earliest offset when it seeks nowhere. ``options`` add or override aiokafka's."""
+    the earliest offset when it seeks nowhere, committed records only (``READ_COMMITTED``).
+    ``options`` add or override aiokafka's."""
     return AIOKafkaConsumer(**{**client_options(kafka), "group_id": None, "enable_auto_commit": False,
-                               "auto_offset_reset": "earliest", **options})
+                               "auto_offset_reset": "earliest", **READ_COMMITTED, **options})
 
 
 async def batches_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None], *,

@@ -8,6 +8,12 @@ with backoff, never fatal. ``PollerState`` keeps each poller's state in the comp
 ``sms.poller.state`` topic (key = poller name, value JSON), written one record per batch (so end
 offsets are exact, even on the embedded dev broker) and read back up to its end at start.
 
+Exactly-once with Kafka transactions (``Pollers(transactional=True)``: ``kafka.exactly_once`` on a
+broker that has them, #16): a block's records, their opt-out changes and the state past the
+block are one transaction of the poller's own transactional id (``<prefix>-<group_id>-poller-
+<name>``); nothing else below (intent, read-back) is needed. The marker and the open-window
+detection are the same. Without transactions (Tansu, or ``kafka.exactly_once=false``):
+
 Exactly once per dedupe key. A block of MO messages goes through three steps, and a crash at any
 point leaves a state from which a restart converges to "every key once" in ``sms.inbound``:
 
@@ -103,7 +109,8 @@ from connector.providers import Capability, has
 from connector.records import InboundSms, Recipient
 from connector.sender import RouteSender
 from connector.streams.plumbing import groupless_consumer, produce_acknowledged, read_to_end
-from connector.streams.publish import InboundPublisher
+from connector.streams.publish import INBOUND_TXN_OPTIONS, InboundPublisher, Writes, commit_writes
+from connector.streams.transactions import TransactionAborted, TransactionalProducer, transactional_id
 
 __all__ = [
     "InboundLog", "Intent", "ListMoPoller", "MoPoller", "PollerState", "Pollers", "QueueMoPoller", "SeenKeys",
@@ -301,6 +308,19 @@ class PollerState:
             await produce_acknowledged(self.producer, self.topic, name.encode(), data)
             self.values[name] = orjson.loads(data)
 
+    def write(self, writes: Writes, name: str, value: Any) -> None:
+        """The state record as one write of a transaction (exactly-once); ``adopt`` it once committed."""
+        writes.add(self.topic, name.encode(), orjson.dumps(value))
+
+    def adopt(self, name: str, value: Any) -> None:
+        self.values[name] = orjson.loads(orjson.dumps(value))
+
+    async def reload(self, name: str) -> Any:
+        """The poller's latest committed state, read again (after a transaction whose outcome is
+        unknown: fenced or timed out at its commit)."""
+        values = await self.load()
+        return values.get(name)
+
 
 class InboundLog:
     """``sms.inbound`` as the pollers need it: end offsets before a block, and which of a
@@ -420,10 +440,15 @@ class MoPoller:
         self.published = 0
         self.on_step: Callable[[str], Awaitable[None]] | None = None
         self.provider = sender.provider.name      # a label: metrics and the intent's records
+        # Exactly-once (``Pollers(transactional=True)``): a block's records and the state that
+        # moves past it are committed in one transaction of this poller's own transactional id
+        # (a restarted poller fences its previous instance). No intent, no read-back.
+        self.txn: TransactionalProducer | None = None
+        self._unsure = False       # a transaction failed at its commit: committed or not, read the state again
         self._m_polled = metrics.MO_POLLED.labels(self.provider)
 
     # -- state ----------------------------------------------------------------------------------
-    def restore(self) -> None:
+    def restore(self, quiet: bool = False) -> None:
         raw = self.state.get(self.name)
         if raw is None:
             return
@@ -434,7 +459,7 @@ class MoPoller:
             return
         self.position, self.intent, self.polling = st.position, st.intent, st.polling
         self.seen = SeenKeys(self.seen.capacity, st.seen)
-        if st.polling is not None and st.intent is None:
+        if st.polling is not None and st.intent is None and not quiet:
             self.at_risk("crash", "the poller stopped while a poll without a token was in flight")
 
     def at_risk(self, reason: str, what: str) -> None:
@@ -446,12 +471,36 @@ class MoPoller:
                   extra={"poller": self.name, "reason": reason})
 
     async def save(self, position: dict[str, Any] | None = None, intent: Intent | None = None,
-                   polling: float | None = None, seen: SeenKeys | None = None) -> None:
-        """Write the state durably, then adopt it (memory never runs ahead of the topic)."""
+                   polling: float | None = None, seen: SeenKeys | None = None, *,
+                   writes: Writes | None = None) -> None:
+        """Write the state durably, then adopt it (memory never runs ahead of the topic). With a
+        transactional producer the state is committed in one transaction with ``writes`` (a
+        block's records), else written alone (``writes`` must then be None)."""
         position = self.position if position is None else position
         seen = seen or self.seen
-        await self.state.save(self.name, MoState(position, seen.to_list(), intent, polling).as_json())
+        value = MoState(position, seen.to_list(), intent, polling).as_json()
+        published = (lambda: self._step("published")) if writes is not None else None
+        if self.txn is None:
+            assert writes is None, "records and state in one write need a transactional producer"
+            await self.state.save(self.name, value)
+        else:
+            writes = writes or Writes()
+            self.state.write(writes, self.name, value)
+            self._unsure = True
+            try:
+                await commit_writes(self.txn, writes, before_commit=published)
+            except TransactionAborted:
+                self._unsure = False      # certainly not committed
+                raise
+            self._unsure = False
+            self.state.adopt(self.name, value)
         self.position, self.intent, self.polling, self.seen = position, intent, polling, seen
+
+    async def _reload(self) -> None:
+        """After a transaction that may or may not have committed: the state as committed."""
+        self.state.values[self.name] = await self.state.reload(self.name)
+        self.restore(quiet=True)
+        self._unsure = False
 
     async def _step(self, name: str) -> None:
         if self.on_step is not None:
@@ -483,6 +532,8 @@ class MoPoller:
     async def settle(self) -> None:
         """Finish what is in progress before anything new is asked of the provider: an
         interrupted block (its intent), then a block fetched but not yet durable."""
+        if self._unsure:
+            await self._reload()
         if self.intent is not None:
             await self.recover()
         if self.fetched is not None:
@@ -517,6 +568,8 @@ class MoPoller:
         self.fetched = block
         await self._step("fetched")
         fresh = fresh_records(block.records, self.seen)
+        if self.txn is not None:
+            return await self._deliver_in_transaction(block, fresh)
         if fresh:
             offsets = block.offsets if block.offsets is not None else await self.inbound.end_offsets()
             await self.save(intent=Intent(fresh, offsets, dict(block.after)))    # 1. intent, before any produce
@@ -534,6 +587,26 @@ class MoPoller:
         await self._step("committed")
         return len(fresh)
 
+    async def _deliver_in_transaction(self, block: Fetched, fresh: list[InboundSms]) -> int:
+        """``deliver`` with exactly-once: the block's records and the state past it in one
+        transaction. If it fails the block stays in ``fetched`` for ``settle``; if its outcome is
+        unknown, ``settle`` reads the state again first, and the seen window drops what the
+        transaction did commit."""
+        seen = SeenKeys(self.seen.capacity, self.seen.to_list())
+        seen.add(r.dedupe_key for r in block.records)
+        if fresh or block.after != self.position or self.polling is not None:
+            writes = Writes()
+            for group in publish_groups(fresh):
+                for r in group:
+                    self.publisher.plan_mo(r, writes)
+            await self.save(dict(block.after), seen=seen, writes=writes)
+            self.published += len(fresh)
+        else:
+            self.seen = seen
+        self.fetched = None
+        await self._step("committed")
+        return len(fresh)
+
     async def recover(self) -> None:
         """Finish the block of a saved intent: publish what ``sms.inbound`` does not have yet,
         and derive again the opt-out changes of what it has (a crash may have come between an
@@ -544,10 +617,17 @@ class MoPoller:
         assert intent is not None
         keys = [r.dedupe_key for r in intent.records]
         found = await self.inbound.find(self.provider, keys, intent.offsets)
-        await self._publish(intent.records, already=found)
         seen = SeenKeys(self.seen.capacity, self.seen.to_list())
         seen.add(keys)
-        await self.save(dict(intent.after), seen=seen)
+        if self.txn is not None:      # an intent of an at-least-once run, finished in one transaction
+            writes = Writes()
+            for group in publish_groups(intent.records):
+                for r in group:
+                    self.publisher.plan_mo(r, writes, published=r.dedupe_key in found)
+            await self.save(dict(intent.after), seen=seen, writes=writes)
+        else:
+            await self._publish(intent.records, already=found)
+            await self.save(dict(intent.after), seen=seen)
         log.info("interrupted MO block finished", extra={"poller": self.name, "already_published": len(found),
                                                          "published_now": len(keys) - len(found)})
 
@@ -658,8 +738,10 @@ class Pollers:
     instance (routes sharing one get a single poller), each in its own task."""
 
     def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], producer: AIOKafkaProducer,
-                 publisher: InboundPublisher, *, seen_window: int = DEFAULT_SEEN_WINDOW) -> None:
+                 publisher: InboundPublisher, *, seen_window: int = DEFAULT_SEEN_WINDOW,
+                 transactional: bool = False) -> None:
         self.settings = settings
+        self.transactional = transactional     # exactly-once: each poller commits in its own transactions
         self.state = PollerState(producer, settings.kafka)
         self.inbound = InboundLog(settings.kafka)
         inbound = settings.inbound
@@ -705,6 +787,7 @@ class Pollers:
             try:
                 await self.state.load()
                 await self.inbound.start()
+                await self._start_transactions()
                 break
             except asyncio.CancelledError:
                 raise
@@ -733,3 +816,19 @@ class Pollers:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.inbound.stop()
+            for p in self.pollers:
+                if p.txn is not None:
+                    await p.txn.stop()
+
+    async def _start_transactions(self) -> None:
+        """Exactly-once: one transactional id per poller, ``<prefix>-<group_id>-poller-<name>``:
+        a poller's restart (or a second instance of it) fences the previous one, whose open
+        transaction is aborted, so two instances never both move one cursor."""
+        if not self.transactional:
+            return
+        k = self.settings.kafka
+        for p in self.pollers:
+            if p.txn is None:
+                txn = TransactionalProducer(k, transactional_id(k, f"poller-{p.name}"), "pollers", **INBOUND_TXN_OPTIONS)
+                await txn.start()
+                p.txn = txn

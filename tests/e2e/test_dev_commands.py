@@ -102,6 +102,15 @@ def test_check_connect_checks_devs_routes(dev: DevRun) -> None:
     assert "valid: 5 route(s)" in result.stdout and "0 failed" in result.stdout, result.stdout
 
 
+def test_dev_runs_at_least_once_and_says_so_once(dev: DevRun) -> None:
+    """#16: Tansu has no transactions: dev's workers run at-least-once (no probe, no waiting),
+    dev says so once at start, and the operator commands know it from the manifest."""
+    assert dev.text().count("at-least-once") == 1, dev.text()
+    assert dev.manifest["environment"]["SMS_CONNECTOR_KAFKA__EXACTLY_ONCE"] == "false"
+    result = cli("check", "--connect", "--no-settings", cwd=dev.workdir)
+    assert "transactions" not in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize("command", [
     ["send", "--to", "+14155550123", "--text", "hi"],
     ["topics", "check"],

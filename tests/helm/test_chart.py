@@ -873,11 +873,39 @@ def test_strimzi_resources(scenario: str) -> None:
                 assert res["name"] in names and res["patternType"] == "literal"
                 if names[res["name"]].direction == "input":
                     assert sorted(acl["operations"]) == ["Describe", "Read"]
+            elif res["type"] == "transactionalId":
+                assert settings.kafka.exactly_once  # type: ignore[union-attr]
+                assert (res["name"], res["patternType"]) == (f"{settings.kafka.transactional_id_prefix}-", "prefix")  # type: ignore[union-attr]
+                assert sorted(acl["operations"]) == ["Describe", "Write"]
             else:
                 assert res["type"] == "group" and acl["operations"] == ["Read"]
                 assert (res["name"], res["patternType"]) in {(group, "literal"), (f"{group}-", "prefix")}
+        txn = [a for a in u["spec"]["authorization"]["acls"] if a["resource"]["type"] == "transactionalId"]
+        assert len(txn) == int(settings.kafka.exactly_once)  # type: ignore[union-attr]
         if settings.kafka.security_protocol.startswith("SASL_"):  # type: ignore[union-attr]
             assert settings.kafka.sasl_username == u["metadata"]["name"]  # type: ignore[union-attr]
+
+
+def _transactional_acls(config_kafka: dict[str, Any]) -> list[dict[str, Any]]:
+    full = scenario_values("full")
+    config = full.get("config", {})
+    values = {**full, "config": {**config, "kafka": {**config.get("kafka", {}), **config_kafka}}}
+    files = render(values)
+    [user] = Rendered(files, parse(files)).of("KafkaUser")
+    return [a for a in user["spec"]["authorization"]["acls"] if a["resource"]["type"] == "transactionalId"]
+
+
+def test_kafka_user_may_use_the_transactional_ids_of_exactly_once() -> None:
+    """#16: every transactional id the worker uses starts with '<kafka.transactional_id_prefix>-'
+    (dispatch, correlator, pollers, callbacks): one prefix ACL, Write + Describe. Without it the
+    first InitProducerId fails with TRANSACTIONAL_ID_AUTHORIZATION_FAILED."""
+    [acl] = _transactional_acls({})
+    assert acl["resource"] == {"type": "transactionalId", "name": "sms-connector-", "patternType": "prefix"}
+    assert sorted(acl["operations"]) == ["Describe", "Write"]
+    [custom] = _transactional_acls({"transactional_id_prefix": "billing-sms"})
+    assert custom["resource"]["name"] == "billing-sms-"
+    assert _transactional_acls({"exactly_once": False}) == []
+    assert len(_transactional_acls({"exactly_once": True})) == 1
 
 
 # --------------------------------------------------------------------------------------------

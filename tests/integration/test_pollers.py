@@ -28,6 +28,7 @@ from connector import contract as topics
 from connector.app import build_senders, inbound_producer
 from connector.config import Settings, load
 from connector.devtools.embedded_broker import free_port
+from connector.devtools.kafka_broker import KafkaCluster
 from connector.records import InboundSms
 from connector.kafka import client_options, topic_partitions
 from connector.providers import thingspace as ts
@@ -72,13 +73,13 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
 
 
 @contextlib.asynccontextmanager
-async def pollers_running(env: Mapping[str, str]) -> AsyncIterator[Pollers]:
+async def pollers_running(env: Mapping[str, str], transactional: bool = False) -> AsyncIterator[Pollers]:
     """Pollers in this process, as a worker would run them."""
     settings = load(environ=env)
     senders = build_senders(settings)
     producer = producer_for(settings)
     await producer.start()
-    pollers = Pollers(settings, senders, producer, InboundPublisher(producer))
+    pollers = Pollers(settings, senders, producer, InboundPublisher(producer), transactional=transactional)
     stop = asyncio.Event()
     task = asyncio.create_task(pollers.run(stop))
     try:
@@ -122,7 +123,7 @@ class Watch:
     async def _run(self) -> None:
         names = {topics.spec(r).name: r for r in ("inbound", "optout", "poller_state")}
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", isolation_level="read_committed")
         await consumer.start()
         try:
             tps = [tp for t in names for tp in await topic_partitions(consumer, t)]
@@ -194,18 +195,31 @@ def assert_exactly_once(counts: Counter[str], expected: set[str]) -> None:
 
 # --- in process -------------------------------------------------------------------------------
 
-async def test_thingspace_queue_lands_exactly_once_per_dedupe_key_and_is_acknowledged(mo_stack: LocalStack) -> None:
+def transactions_or_skip(stack: LocalStack, transactional: bool) -> bool:
+    if transactional and not isinstance(stack.broker, KafkaCluster):
+        pytest.skip("transactions need Apache Kafka")
+    return transactional
+
+
+modes = pytest.mark.parametrize("transactional", [False, True], ids=["at-least-once", "exactly-once"])
+
+
+@modes
+async def test_thingspace_queue_lands_exactly_once_per_dedupe_key_and_is_acknowledged(
+        mo_stack: LocalStack, transactional: bool) -> None:
+    transactions_or_skip(mo_stack, transactional)
     queue, expected = ts_queue(240, 10)
     await admin_post(mo_stack.sim_urls["thingspace"] + "/_sim/thingspace/mo", queue)
     env = env_for(mo_stack, TS_ROUTE)
     async with Watch(mo_stack) as w:
-        async with pollers_running(env) as pollers:
+        async with pollers_running(env, transactional) as pollers:
             await w.until(lambda: pollers.ready, 20, "pollers ready")
             await w.until(lambda: len(w.keys("thingspace")) >= len(expected), 30, "every MO in sms.inbound")
             # the last page (200, no token) is acknowledged by the next poll
             await w.until(lambda: (w.latest_state(TS_POLLER) or {}).get("intent") is None, 5, "state committed")
             await asyncio.sleep(0.6)
             assert pollers.health()[TS_POLLER]["healthy"]
+            assert all((p.txn is not None) == transactional for p in pollers.pollers)
         await asyncio.sleep(0.3)
         assert_exactly_once(w.keys("thingspace"), expected)
         stop = [r for r in w.inbound if r["text"] == "STOP"]
@@ -215,10 +229,13 @@ async def test_thingspace_queue_lands_exactly_once_per_dedupe_key_and_is_acknowl
     assert await ts_history_is_empty(env)
 
 
-async def test_optout_keywords_from_a_phone_number_update_the_optout_table(mo_stack: LocalStack) -> None:
+@modes
+async def test_optout_keywords_from_a_phone_number_update_the_optout_table(mo_stack: LocalStack,
+                                                                          transactional: bool) -> None:
+    transactions_or_skip(mo_stack, transactional)
     url = mo_stack.sim_urls["ogangi"] + "/_sim/ogangi/mo"
     await admin_post(url, [{"from": "584121234567", "text": "hello"}, {"from": "584121234567", "text": "Stop"}])
-    async with Watch(mo_stack) as w, pollers_running(env_for(mo_stack, OG_ROUTE)):
+    async with Watch(mo_stack) as w, pollers_running(env_for(mo_stack, OG_ROUTE), transactional):
         await w.until(lambda: len(w.optout) == 1, 20, "the opt-out record")
         assert w.optout[0]["phone"] == "+584121234567" and w.optout[0]["opted_out"] is True
         await admin_post(url, [{"from": "584121234567", "text": "START"}])
@@ -275,7 +292,8 @@ async def _child_main() -> None:
                               float(os.environ.get("TEST_STEP_S", "0")))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    pollers = Pollers(settings, senders, producer, publisher)
+    # TEST_TRANSACTIONS=1: the exactly-once path (each block and its state in one transaction)
+    pollers = Pollers(settings, senders, producer, publisher, transactional=os.environ.get("TEST_TRANSACTIONS") == "1")
     for p in pollers.pollers:
         p.on_step = pause_point
     try:

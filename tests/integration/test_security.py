@@ -44,6 +44,7 @@ def chart_user() -> tuple[str, str, list[Acl]]:
 USER, GROUP, ACLS = chart_user()
 PARTIAL = "partial"    # the chart's ACLs but those on sms.delivery (Read and Write imply Describe)
 PARTIAL_LACKS = topics.spec("delivery").name
+NO_TXN = "no-txn"      # the chart's ACLs but the transactional ids' (exactly-once, #16)
 
 
 def run_async(coro: Any) -> Any:
@@ -53,10 +54,12 @@ def run_async(coro: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def secure(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
-    for cluster in session_cluster(request, security="sasl_ssl", users={USER: PASSWORD, PARTIAL: PASSWORD}):
+    for cluster in session_cluster(request, security="sasl_ssl",
+                                   users={USER: PASSWORD, PARTIAL: PASSWORD, NO_TXN: PASSWORD}):
         admin = cluster.settings()
         run_async(grant(admin, f"User:{USER}", ACLS))
         run_async(grant(admin, f"User:{PARTIAL}", [a for a in ACLS if a.name != PARTIAL_LACKS]))
+        run_async(grant(admin, f"User:{NO_TXN}", [a for a in ACLS if a.resource_type != "transactionalId"]))
         yield cluster
 
 
@@ -160,3 +163,28 @@ async def test_a_missing_acl_is_named_by_check_connect_and_topics_check(secure: 
     result = await asyncio.to_thread(invoke, "topics", "check", env=env)
     assert result.exit_code != 0 and re.search(rf"FAIL\s+{re.escape(PARTIAL_LACKS)}\s+not authorized", result.output), \
         result.output
+
+
+async def test_transactional_ids_not_granted_are_one_line_naming_the_acl(secure: KafkaCluster) -> None:
+    """Exactly-once (#16): a principal without the chart's TransactionalId ACL. ``check --connect``
+    fails one row that names the ACL to grant, and the worker exits with that line (no traceback).
+    Every other check passes: the chart's other ACLs are there."""
+    assert any(a.resource_type == "transactionalId" for a in ACLS), "the chart grants the transactional ids"
+    code, out = await run_cli("topics", "apply", env=kafka_env(secure.settings()))
+    assert code == 0, out
+    env = {**cli_env(secure, NO_TXN), "SMS_CONNECTOR_ROUTES__SMPP__PROVIDER": "smpp_rest",
+           "SMS_CONNECTOR_ROUTES__SMPP__BASE_URL": "http://127.0.0.1:9", "SMS_CONNECTOR_ROUTES__SMPP__API_KEY": "k",
+           "SMS_CONNECTOR_HTTP__PORT": "0"}
+    result = await asyncio.to_thread(invoke, "check", "--connect", "--no-settings", "--timeout", "10", env=env)
+    assert result.exit_code == 1
+    failed = [line for line in result.output.splitlines() if line.startswith("FAIL") and "route" not in line]
+    assert len(failed) == 1, result.output
+    assert "TransactionalId prefix 'sms-connector-'" in failed[0] and "Write and Describe" in failed[0], result.output
+    result = await asyncio.to_thread(invoke, "check", "--connect", "--no-settings", "--timeout", "10",
+                                     env={**cli_env(secure), **{k: v for k, v in env.items() if "ROUTES" in k}})
+    assert [line for line in result.output.splitlines() if "transactions" in line and line.startswith("OK")], \
+        result.output
+    code, out = await run_cli("worker", "--role", "callbacks", env=env, timeout=90)
+    assert code not in (0, -9), out[-3000:]
+    assert [line for line in out.splitlines() if "TransactionalId prefix" in line], out[-3000:]
+    assert "Traceback" not in out, out[-3000:]

@@ -372,7 +372,7 @@ def tail(path: Path, lines: int = 15) -> str:
 
 # --- ACLs (the standard authorizer) ------------------------------------------------------------
 
-RESOURCE_TYPES = {"topic": 2, "group": 3, "cluster": 4, "transactional_id": 5}
+RESOURCE_TYPES = {"topic": 2, "group": 3, "cluster": 4, "transactional_id": 5, "transactionalid": 5}
 PATTERN_TYPES = {"literal": 3, "prefix": 4, "prefixed": 4}
 OPERATIONS = {"read": 3, "write": 4, "create": 5, "delete": 6, "alter": 7, "describe": 8,
               "clusteraction": 9, "describeconfigs": 10, "alterconfigs": 11, "idempotentwrite": 12}

@@ -93,6 +93,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- default "sms-connector-dispatch" $kafka.group_id }}
 {{- end }}
 
+{{/* The transactional ids' prefix (exactly-once, #16): config.kafka.transactional_id_prefix, else
+the worker's default. Every id the worker uses is "<prefix>-...". */}}
+{{- define "sms-connector.transactionalIdPrefix" -}}
+{{- $kafka := default dict .Values.config.kafka }}
+{{- default "sms-connector" $kafka.transactional_id_prefix }}
+{{- end }}
+
+{{/* "true" unless config.kafka.exactly_once is false (the worker's default is on). */}}
+{{- define "sms-connector.exactlyOnce" -}}
+{{- $kafka := default dict .Values.config.kafka }}
+{{- if not (and (hasKey $kafka "exactly_once") (eq (toString $kafka.exactly_once) "false")) }}true{{ end }}
+{{- end }}
+
 {{- define "sms-connector.sasl" -}}
 {{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}true{{ end }}
 {{- end }}
