@@ -324,8 +324,12 @@ class Follower:
 
     async def _run(self) -> None:
         roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq", "delivery")}
+        # read_committed, as analytics consumers must (exactly-once, #16): records of aborted
+        # transactions are not counted. Not on the embedded broker (no idempotent producer, no
+        # transactions: the worker runs at-least-once there).
+        isolation = "read_committed" if self.kafka.idempotent_producer else "read_uncommitted"
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", isolation_level=isolation)
         await consumer.start()
         try:
             parts = [tp for t in roles for tp in await topic_partitions(consumer, t)]
