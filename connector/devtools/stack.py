@@ -294,9 +294,10 @@ class Tally:
 class Follower:
     """Reads accepted / failed / dlq (and sms.delivery) from the beginning into a Tally."""
 
-    def __init__(self, kafka: KafkaSettings, tally: Tally | None = None) -> None:
+    def __init__(self, kafka: KafkaSettings, tally: Tally | None = None, isolation: str | None = None) -> None:
         self.kafka = kafka
         self.tally = tally or Tally()
+        self.isolation = isolation     # None: read_committed where the broker has transactions
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -327,7 +328,7 @@ class Follower:
         # read_committed, as analytics consumers must (exactly-once, #16): records of aborted
         # transactions are not counted. Not on the embedded broker (no idempotent producer, no
         # transactions: the worker runs at-least-once there).
-        isolation = "read_committed" if self.kafka.idempotent_producer else "read_uncommitted"
+        isolation = self.isolation or ("read_committed" if self.kafka.idempotent_producer else "read_uncommitted")
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
                                     auto_offset_reset="earliest", isolation_level=isolation)
         await consumer.start()
