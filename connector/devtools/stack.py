@@ -291,6 +291,13 @@ class Tally:
                 self.records.setdefault(msg_id, []).append(entry)
 
 
+def committed_isolation(k: KafkaSettings) -> str:
+    """How a test or bench reader of the worker's output topics reads: read_committed, as analytics
+    consumers must (exactly-once, #16: records of aborted transactions are not counted), except on
+    the embedded broker (no idempotent producer, no transactions: the worker runs at-least-once)."""
+    return "read_committed" if k.idempotent_producer else "read_uncommitted"
+
+
 class Follower:
     """Reads accepted / failed / dlq (and sms.delivery) from the beginning into a Tally."""
 
@@ -325,10 +332,7 @@ class Follower:
 
     async def _run(self) -> None:
         roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq", "delivery")}
-        # read_committed, as analytics consumers must (exactly-once, #16): records of aborted
-        # transactions are not counted. Not on the embedded broker (no idempotent producer, no
-        # transactions: the worker runs at-least-once there).
-        isolation = self.isolation or ("read_committed" if self.kafka.idempotent_producer else "read_uncommitted")
+        isolation = self.isolation or committed_isolation(self.kafka)
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
                                     auto_offset_reset="earliest", isolation_level=isolation)
         await consumer.start()
