@@ -65,8 +65,7 @@ from connector.streams.committer import Output, PartitionCommitter
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
 from connector.streams.plumbing import RebalanceListener
-from connector.streams.transactions import (TransactionalProducer, TransactionFenced, broker_supports_transactions,
-                                            transactional_id)
+from connector.streams.transactions import TransactionalProducer, broker_supports_transactions, transactional_id
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -385,6 +384,7 @@ class Dispatcher:
         chain = self._chains[ck]
         _OWNER.set(progress)     # this task's provider calls are for this assignment of tp (see _may_call)
         while True:
+            deferred = False     # exactly-once: the slot is released when the record's transaction ends
             if not progress.revoked and not self._abandon:
                 self._active[tp] = self._active.get(tp, 0) + 1
                 try:
@@ -405,32 +405,37 @@ class Dispatcher:
                                 tracing.outcome(terminal)
                                 called = terminal.ledger_cid is not None   # a provider call was made
                                 self._unrecorded += called
-                                try:
-                                    if self.exactly_once:
-                                        await self._commit_outcome(tp, progress, rec, terminal, ledger)
-                                    else:
+                                if self.exactly_once:
+                                    # the key's next record may start now (this one's provider call is
+                                    # over); this one stays in flight and in doubt until its transaction ends
+                                    self._commit_outcome(tp, progress, rec, terminal, ledger, called)
+                                    deferred = True
+                                else:
+                                    try:
                                         await self._produce(rec, terminal)
                                         if terminal.ledger_cid is not None and ledger is not None:
                                             await self._record_done(ledger, terminal)
                                         progress.finish(rec.offset)
-                                except OwnershipLost:
-                                    progress.revoked = True      # fenced: in doubt, for the next owner
-                                    metrics.ABANDONED.inc()
-                                finally:
-                                    self._unrecorded -= called
+                                    finally:
+                                        self._unrecorded -= called
                 finally:
                     self._active[tp] -= 1
             elif progress.revoked and self.membership.lost_reason is not None:
                 metrics.ABANDONED.inc()
-            self.in_flight -= 1
-            if not self._capacity.is_set() and self.in_flight < self.max_in_flight:
-                self._capacity.set()
+            if not deferred:
+                self._release_slot()
             if not chain:
                 del self._chains[ck]
                 return
             rec = chain.popleft()
 
     _abandon = False  # set when the shutdown deadline passed: what is left is replayed
+
+    def _release_slot(self) -> None:
+        """A record taken is finished (or given up): room for the next one."""
+        self.in_flight -= 1
+        if not self._capacity.is_set() and self.in_flight < self.max_in_flight:
+            self._capacity.set()
 
     # -- one record --------------------------------------------------------------------------
     async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes],
@@ -504,14 +509,23 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _commit_outcome(self, tp: TopicPartition, progress: PartitionProgress,
-                              rec: ConsumerRecord[bytes, bytes], t: Verdict, ledger: PartitionLedger | None) -> None:
+    def _commit_outcome(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes],
+                        t: Verdict, ledger: PartitionLedger | None, called: bool) -> None:
         """Exactly-once: ``rec``'s records, its ledger entry and its offset join its partition's
-        transaction (``streams.committer``); returns once that committed. Raises OwnershipLost when
-        it never will (the partition's producer was fenced: the next owner replays the record)."""
+        transaction (``streams.committer``). When that ends, the record's slot is released (and its
+        in-doubt count); if it never commits (the partition's producer was fenced), the record is
+        abandoned to the partition's next owner, which replays it."""
+        def ended(fut: asyncio.Future[None] | None) -> None:
+            self._unrecorded -= called
+            self._release_slot()
+            if fut is None or fut.cancelled() or fut.exception() is not None:
+                progress.revoked = True      # fenced: in doubt, for the next owner
+                metrics.ABANDONED.inc()
+
         committer = self._committers.get(tp.partition)
         if committer is None:
-            raise OwnershipLost("the partition's transactions are closed")
+            ended(None)
+            return
         outputs = self._outputs(rec, t)
         entry = None
         if t.ledger_cid is not None and ledger is not None and self.ledger is not None:
@@ -521,13 +535,10 @@ class Dispatcher:
                 entry = self.ledger.entry(t.ledger_cid, DONE, outcome=t.ending)
             outputs.append(Output(self.ledger.topic, ledger.partition, t.ledger_cid.encode(), entry.encode()))
         committed = committer.add(outputs)
-        progress.finish(rec.offset)      # no await since add(): the transaction's offsets include it
+        progress.finish(rec.offset)      # right after add(): the transaction's offsets include it
         if entry is not None and ledger is not None and self.ledger is not None:
             self.ledger.remember(ledger, t.ledger_cid or "", entry)
-        try:
-            await committed
-        except TransactionFenced as exc:
-            raise OwnershipLost(str(exc)) from None
+        committed.add_done_callback(ended)
 
     def _source(self, rec: ConsumerRecord[bytes, bytes]) -> Headers:
         """Where the message was read first: a retry record carries its original input's."""
