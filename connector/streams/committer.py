@@ -11,7 +11,8 @@ once, or the next one while a commit is under way) and then, still synchronously
 offset finished; the offsets are read when the transaction closes, in the same step that stops
 it taking records, so a committed offset never covers a message whose outputs are not in that
 transaction or an earlier one. ``add`` returns a future that resolves when the transaction
-committed. A transaction closes at ``max_records`` messages or ``max_s`` after it began.
+committed. A transaction closes once it holds ``max_records`` messages (at the next turn of the
+event loop: messages added before that join it too) or ``max_s`` after it began.
 
 Failures: a produce error or a commit that fails without fencing aborts the transaction and its
 messages' records are written again in the next one (they are kept until committed). A fenced or
@@ -74,6 +75,7 @@ class PartitionCommitter:
         self._open = False
         self._wake = asyncio.Event()
         self._closing = False
+        self._discard = False                 # closing without commit: never commit again
         self._task: asyncio.Task[None] | None = None
         self.fenced: str | None = None
 
@@ -114,7 +116,7 @@ class PartitionCommitter:
     async def _run(self) -> None:
         try:
             while True:
-                while not self._queued:
+                while not self._queued or self._discard:
                     if self._closing:
                         return
                     self._wake.clear()
@@ -134,6 +136,7 @@ class PartitionCommitter:
         await self.txp.begin()
         started = time.monotonic()
         self._open = True
+        # everything queued, however many: the offsets read at close count them as finished
         items, self._queued = self._queued, []
         for item in items:
             self._send(item)
@@ -150,6 +153,8 @@ class PartitionCommitter:
                     break
         finally:
             self._open = False
+        if self._discard:
+            return      # close(commit=False): the open transaction is aborted there
         # closed: no record joins it any more; the offsets now cover exactly its messages and earlier ones
         offsets = dict(self._offsets())
         items = self._current
@@ -159,6 +164,8 @@ class PartitionCommitter:
         try:
             for fut in sent:        # every batch acknowledged, or the first failure raised
                 await fut
+            if self._discard:
+                return
             await self.txp.commit(offsets, self.group_id)
         except TransactionAborted:
             self._retry(items)
@@ -205,14 +212,14 @@ class PartitionCommitter:
         """Stop: with ``commit``, commit what was added first (up to ``timeout``); otherwise abort
         the open transaction. Then close the producer."""
         self._closing = True
+        self._discard = not commit
         self._wake.set()
         task = self._task
         if task is not None:
-            if commit:
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), timeout)
-                except (asyncio.TimeoutError, Exception):  # noqa: BLE001
-                    pass
+            try:     # without commit it returns at once (before committing: _discard)
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                pass
             if not task.done():
                 task.cancel()
                 try:
