@@ -263,12 +263,16 @@ class Dispatcher:
 
     def _finished_offsets(self, partition: int) -> dict[TopicPartition, int]:
         """Offsets to commit for input partition number ``partition`` (sms.outbound and its retry
-        topic): each one's first unfinished record, where it moved."""
+        topic): each one's first unfinished record, where it moved. Also for a partition given up
+        (revoked after a drain deadline, or a lost membership): the offsets commit atomically with
+        the records of the messages they finish, or not at all (a fenced producer), so they are
+        never ahead of those records; leaving them out would make the next owner replay finished
+        messages, and republish those the ledger does not know (failed before any provider call)."""
         out = {}
         for topic in (self.topic_in, self.topic_retry):
             tp = TopicPartition(topic, partition)
             progress = self._progress.get(tp)
-            position = progress.committable() if progress is not None and not progress.revoked else None
+            position = progress.committable() if progress is not None else None
             if position is not None:
                 out[tp] = position
         return out
