@@ -127,12 +127,16 @@ async def test_a_message_finished_while_a_commit_is_under_way_goes_to_the_next_t
     await c.close(commit=True)
 
 
-async def test_an_aborted_transaction_is_written_again_and_a_failed_batch_too() -> None:
-    txp, finished = FakeTxp(), []
+async def two_messages_whose_commit_fails_once(exc: Exception) -> tuple[FakeTxp, PartitionCommitter, list[str],
+                                                                         list[asyncio.Future[None]]]:
+    txp, finished = FakeTxp(), [0, 1]
     c, fenced = await committer(txp, finished, max_records=2)
-    txp.fail_next = [TransactionAborted("coordinator moved")]
-    futs = [c.add(out(b"x")), c.add(out(b"y"))]
-    finished += [0, 1]
+    txp.fail_next = [exc]
+    return txp, c, fenced, [c.add(out(b"x")), c.add(out(b"y"))]
+
+
+async def test_an_aborted_transaction_is_written_again() -> None:
+    txp, c, fenced, futs = await two_messages_whose_commit_fails_once(TransactionAborted("coordinator moved"))
     await asyncio.wait_for(asyncio.gather(*futs), 5)
     assert txp.aborted == [[b"x", b"y"]]
     assert txp.committed == [([b"x", b"y"], {TP: 2})] and not fenced
@@ -140,10 +144,7 @@ async def test_an_aborted_transaction_is_written_again_and_a_failed_batch_too() 
 
 
 async def test_a_fenced_producer_fails_every_waiting_message_and_says_so_once() -> None:
-    txp, finished = FakeTxp(), []
-    c, fenced = await committer(txp, finished, max_records=2)
-    txp.fail_next = [TransactionFenced("sms-g-0: ProducerFenced")]
-    futs = [c.add(out(b"x")), c.add(out(b"y"))]
+    txp, c, fenced, futs = await two_messages_whose_commit_fails_once(TransactionFenced("sms-g-0: ProducerFenced"))
     results = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 5)
     assert all(isinstance(r, TransactionFenced) for r in results)
     assert len(fenced) == 1 and txp.committed == []
