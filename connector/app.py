@@ -162,7 +162,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             await optouts.start()
             closers.append(optouts.stop)
             router = Router.from_settings(settings.routing, {n: s.provider.name for n, s in senders.items()})
-            dispatcher = Dispatcher(settings, senders, router, optouts)
+            dispatcher = Dispatcher(settings, senders, router, optouts, exactly_once=eos)
 
             async def dispatch_ready() -> tuple[bool, dict[str, object]]:
                 reachable = await dispatcher.broker_reachable()

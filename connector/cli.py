@@ -282,9 +282,13 @@ def send(config: str | None, phone: str | None, device: str | None, text: str, c
 @click.option("--tracing", "tracing_ratio", type=click.FloatRange(0, 1), default=None, metavar="RATIO",
               help="The worker traces with this sample ratio (1: every message), exporting to an OTLP sink in the "
                    "bench (rows <scenario>+tracing): what tracing costs.")
+@click.option("--compare-exactly-once", is_flag=True,
+              help="Run each dispatch scenario at-least-once then exactly-once (kafka.exactly_once off / on; "
+                   "rows <scenario>/at-least-once and /exactly-once, the ratio in the notes). Needs --broker kafka "
+                   "or a cluster with transactions.")
 def bench(scenarios: str, records: int, soak_records: int, baseline_records: int, concurrency: int | None,
           keys: int, broker: str, bootstrap_servers: str | None, profile_dir: str | None, peer: str | None,
-          json_out: bool, tracing_ratio: float | None) -> None:
+          json_out: bool, tracing_ratio: float | None, compare_exactly_once: bool) -> None:
     """Measure one worker against the simulators: records/s, p50/p99 latency, peak RSS, with the
     raw ceiling (aiohttp alone) and a typical faust + httpx baseline from the same run.
 
@@ -297,7 +301,7 @@ def bench(scenarios: str, records: int, soak_records: int, baseline_records: int
         asyncio.run(run_bench(names, records, json_out=json_out, bootstrap_servers=bootstrap_servers, broker=broker,
                               baseline_records=baseline_records, soak_records=soak_records,
                               concurrency=concurrency, keys=keys, profile_dir=profile_dir, peer=peer,
-                              tracing=tracing_ratio))
+                              tracing=tracing_ratio, compare_exactly_once=compare_exactly_once))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except BrokerUnavailable as exc:

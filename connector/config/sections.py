@@ -64,7 +64,7 @@ class KafkaSettings:
 class DispatchSettings:
     max_in_flight: int = setting(2000, doc="Outbound records taken from Kafka and not yet finished, per worker (memory and commit bound).",
                                  minimum=1, maximum=100000)
-    commit_interval_s: float = setting(0.25, doc="How often finished offsets are committed. After a crash, records finished since the last commit are sent again (at-least-once), so shorter means fewer resends.",
+    commit_interval_s: float = setting(0.25, doc="How often finished offsets are committed when dispatching at-least-once. After a crash, records finished since the last commit are sent again, so shorter means fewer resends. With kafka.exactly_once the offsets commit in each transaction instead (dispatch.transaction_max_s).",
                                        minimum=0.05, maximum=60)
     shutdown_timeout_s: float = setting(25.0, doc="On SIGTERM or rebalance, how long in-flight records may take to finish.",
                                         minimum=0, maximum=600)

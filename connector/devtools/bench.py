@@ -82,7 +82,7 @@ from connector.devtools.embedded_broker import free_port
 from connector.devtools.kafka_broker import KAFKA_VERSION, KafkaCluster
 from connector.kafka import client_options, topic_partitions
 from connector.devtools.simulators import SIMULATORS
-from connector.devtools.stack import LocalStack, Process, wait_http, worker_env
+from connector.devtools.stack import LocalStack, Process, committed_isolation, wait_http, worker_env
 
 SMPP = "smpp_rest"
 SCENARIO_NAMES = ("single", "latency50", "batch", "callbacks", "soak")
@@ -371,7 +371,7 @@ async def collect(kafka: KafkaSettings, start: Mapping[TopicPartition, int], pre
     roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq")}
     pfx = prefix.encode()
     consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False, auto_offset_reset="earliest",
-                                isolation_level="read_committed",   # count what an analytics consumer sees (#16)
+                                isolation_level=committed_isolation(kafka),
                                 max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
     found: dict[str, Terminal] = {}
@@ -875,6 +875,8 @@ class Options:
     tracing_url: str | None = None       # the worker traces, exported to this OTLP sink
     tracing_ratio: float = 1.0
     peer: str | None = None
+    exactly_once: bool | None = None     # the worker's kafka.exactly_once (None: its default)
+    compare_exactly_once: bool = False   # each dispatch scenario both ways (_compare_exactly_once)
 
 
 async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
@@ -922,6 +924,9 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
                "SMS_CONNECTOR_DISPATCH__MAX_IN_FLIGHT": str(sc.max_in_flight),
                "SMS_CONNECTOR_HTTP__PROVIDER_MAX_CONNECTIONS": str(max(concurrency, 1)),
                "SMS_CONNECTOR_LOG__LEVEL": "WARNING"}
+        if o.exactly_once is not None:
+            env["SMS_CONNECTOR_KAFKA__EXACTLY_ONCE"] = str(o.exactly_once).lower()
+            row["scenario"] = f"{sc.name}/{EOS_LABELS[o.exactly_once]}"
         if o.tracing_url:
             env |= tracing_env(o.tracing_url, o.tracing_ratio)
             row["scenario"] = f"{sc.name}+tracing"
@@ -1254,7 +1259,8 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
                     bootstrap_servers: str | None = None, broker: str = "tansu", baseline_records: int = 2000,
                     soak_records: int = 1_000_000, concurrency: int | None = None, keys: int = 2000,
                     latency_load: float = 0.5, profile_dir: str | None = None, peer: str | None = None,
-                    err: TextIO | None = sys.stderr, tracing: float | None = None) -> list[dict[str, Any]]:
+                    err: TextIO | None = sys.stderr, tracing: float | None = None,
+                    compare_exactly_once: bool = False) -> list[dict[str, Any]]:
     """Run the scenarios; print one JSON object per scenario (``json_out``) or a table to ``out``.
 
     ``records`` per scenario (``soak``: ``soak_records``); ``baseline_records`` for the faust
@@ -1265,7 +1271,10 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
     ``peer``: also run that real peer (``connector.devtools.peer.PEERS``) in each dispatch scenario.
     ``tracing``: the dispatch scenarios' worker traces with this sample ratio and exports to an
     OTLP/HTTP sink in this process; rows are named ``<scenario>+tracing`` and count the spans
-    received. Progress goes to ``err`` (None: silent)."""
+    received. ``compare_exactly_once``: each dispatch scenario (soak aside) runs twice in a row,
+    rows ``<scenario>/at-least-once`` and ``<scenario>/exactly-once`` (``kafka.exactly_once``
+    off / on, each on a fresh broker of the same kind), the second with ``eos_ratio``: its
+    records/s over the first's. Progress goes to ``err`` (None: silent)."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)} (known: {', '.join(SCENARIO_NAMES)})")
@@ -1276,7 +1285,7 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
     o = Options(records=records, bootstrap_servers=bootstrap_servers, broker=broker, baseline_records=baseline_records,
                 soak_records=soak_records, concurrency=concurrency, keys=max(1, min(keys, records)),
                 latency_load=latency_load, profile_dir=profile_dir, peer=peer,
-                run_id=f"bench{int(time.time() * 1000) % 10**10}")
+                run_id=f"bench{int(time.time() * 1000) % 10**10}", compare_exactly_once=compare_exactly_once)
     say = _Progress(err)
     baselines: dict[float, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
@@ -1300,6 +1309,8 @@ async def _run_scenarios(scenarios: list[str], o: Options, say: _Progress, basel
         started = time.monotonic()
         if name == "callbacks":
             row = await callbacks_scenario(sc, o, say)
+        elif o.compare_exactly_once and name != "soak":
+            row = await _compare_exactly_once(sc, o, say, baselines, results, json_out, out)
         else:
             row = await dispatch_scenario(sc, o, say, baselines)
         row["scenario_s"] = round(time.monotonic() - started, 1)
@@ -1309,6 +1320,29 @@ async def _run_scenarios(scenarios: list[str], o: Options, say: _Progress, basel
         results.append(row)
         if json_out:
             print(json.dumps(row, default=str), file=out, flush=True)
+
+
+EOS_LABELS = {False: "at-least-once", True: "exactly-once"}
+
+
+async def _compare_exactly_once(sc: Scenario, o: Options, say: _Progress, baselines: dict[float, dict[str, Any]],
+                                results: list[dict[str, Any]], json_out: bool, out: TextIO) -> dict[str, Any]:
+    """``sc`` at-least-once (appended to ``results`` here), then exactly-once (returned, with
+    ``eos_ratio``): what Kafka transactions cost on the same job."""
+    rows = {}
+    for eos in (False, True):
+        say(f"{sc.name}: {EOS_LABELS[eos]}")
+        rows[eos] = await dispatch_scenario(sc, dataclasses.replace(o, exactly_once=eos), say, baselines)
+        if not eos:
+            results.append(rows[eos])
+            if json_out:
+                print(json.dumps(rows[eos], default=str), file=out, flush=True)
+    base, eos_rate = rows[False].get("records_per_s"), rows[True].get("records_per_s")
+    ratio = round(eos_rate / base, 3) if base and eos_rate else None
+    rows[True]["eos_ratio"] = ratio
+    rows[True]["note"] = ((rows[True].get("note") + "; ") if rows[True].get("note") else "") + \
+        f"exactly-once / at-least-once records/s: {ratio if ratio is not None else '-'}"
+    return rows[True]
 
 
 def tracing_env(otlp_url: str, sample_ratio: float) -> dict[str, str]:

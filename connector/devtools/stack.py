@@ -328,12 +328,20 @@ class Tally:
                 self.records.setdefault(msg_id, []).append(entry)
 
 
+def committed_isolation(k: KafkaSettings) -> str:
+    """How a test or bench reader of the worker's output topics reads: read_committed, as analytics
+    consumers must (exactly-once, #16: records of aborted transactions are not counted), except on
+    the embedded broker (no idempotent producer, no transactions: the worker runs at-least-once)."""
+    return "read_committed" if k.idempotent_producer else "read_uncommitted"
+
+
 class Follower:
     """Reads accepted / failed / dlq (and sms.delivery) from the beginning into a Tally."""
 
-    def __init__(self, kafka: KafkaSettings, tally: Tally | None = None) -> None:
+    def __init__(self, kafka: KafkaSettings, tally: Tally | None = None, isolation: str | None = None) -> None:
         self.kafka = kafka
         self.tally = tally or Tally()
+        self.isolation = isolation     # None: read_committed where the broker has transactions
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -361,8 +369,9 @@ class Follower:
 
     async def _run(self) -> None:
         roles = {topics.spec(r).name: r for r in ("accepted", "failed", "dlq", "delivery")}
-        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False, isolation_level="read_committed",
-                                    auto_offset_reset="earliest")
+        isolation = self.isolation or committed_isolation(self.kafka)
+        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False,
+                                    auto_offset_reset="earliest", isolation_level=isolation)
         await consumer.start()
         try:
             parts = [tp for t in roles for tp in await topic_partitions(consumer, t)]

@@ -45,7 +45,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from typing import Any, Container, Mapping, Sequence
+from typing import Any, Awaitable, Container, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -59,15 +59,17 @@ from connector.offsets import PartitionProgress
 from connector.pipeline import Pipeline, Verdict
 from connector.records import Ending
 from connector.policy import handoff_policy
-from connector.records import iso
+from connector.records import DONE, RETRYING, iso
 from connector.streams.batcher import Batcher
 from connector.budget import route_budget_of
 from connector.streams.budgets import Budgets
+from connector.streams.committer import Output, PartitionCommitter
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
 from connector.streams.plumbing import RebalanceListener
 from connector.streams.scheduled import ScheduledLaps, is_deferral
 from connector.schedule import SchedulePolicy
+from connector.streams.transactions import TransactionalProducer, broker_supports_transactions, transactional_id
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -81,8 +83,11 @@ Headers = list[tuple[str, bytes]]
 
 class Dispatcher:
     def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], router: Router,
-                 optouts: Container[str] = frozenset()) -> None:
+                 optouts: Container[str] = frozenset(), exactly_once: bool | None = None) -> None:
+        """``exactly_once``: the worker's decision (``app.exactly_once``, probed once for every
+        role); None: probe here."""
         self.settings = settings
+        self._exactly_once_decided = exactly_once
         d = settings.dispatch
         self.pipeline = Pipeline(senders, router, optouts, handoff_policy(d), SchedulePolicy.from_settings(settings))
         self.topic_correlation = topics.spec("correlation").name
@@ -120,6 +125,9 @@ class Dispatcher:
         for sender in senders.values():
             sender.gate = self._may_call
         self._batcher: Batcher | None = None
+        # exactly-once (kafka.exactly_once, decided in run()): a committer per input partition number
+        self.exactly_once = False
+        self._committers: dict[int, PartitionCommitter] = {}
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
         metrics.OLDEST_PENDING.set_function(
@@ -153,6 +161,8 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         k = self.settings.kafka
         common = client_options(k)
+        self.exactly_once = (self._exactly_once_decided if self._exactly_once_decided is not None
+                             else await self._transactions_available())
         self._producer = AIOKafkaProducer(
             **common, acks="all", enable_idempotence=k.idempotent_producer, linger_ms=k.linger_ms,
             request_timeout_ms=int(k.request_timeout_s * 1000), max_batch_size=256 * 1024)
@@ -163,6 +173,8 @@ class Dispatcher:
             request_timeout_ms=int(k.request_timeout_s * 1000) + int(k.session_timeout_s * 1000),
             max_poll_interval_ms=300_000, max_partition_fetch_bytes=1024 * 1024,
             fetch_max_wait_ms=k.fetch_max_wait_ms,
+            # exactly-once: retry records of an aborted transaction are never read
+            isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
             # Range, not aiokafka's default round-robin: partition p of sms.outbound and of the
             # retry topic must have one owner, the owner of ledger partition p
             partition_assignment_strategy=(RangePartitionAssignor,))
@@ -170,7 +182,8 @@ class Dispatcher:
         self._batcher = Batcher(self._producer, linger_s=k.linger_ms / 1000)
         if self.settings.dispatch.idempotency_window_s > 0:
             self.ledger = Ledger(k, self._batcher, self.settings.dispatch.idempotency_window_s,
-                                 self.settings.dispatch.idempotency_max_entries)
+                                 self.settings.dispatch.idempotency_max_entries,
+                                 isolation_level="read_committed" if self.exactly_once else "read_uncommitted")
         topic_ledger = topics.spec("ledger").name
         for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry,
                       self.topic_correlation, topic_ledger, self.topic_scheduled):
@@ -199,12 +212,93 @@ class Dispatcher:
                 self.laps.close()   # [scheduled sends] records read, not yet checked: re-read after a restart
                 await self._drain(self.settings.dispatch.shutdown_timeout_s)
                 await self._commit()
+                await self._close_committers(list(self._committers), commit=self.membership.lost_reason is None)
         finally:
+            await self._close_committers(list(self._committers), commit=False)
             if self._consumer is not None:
                 await self._consumer.stop()
             await self._batcher.aclose()
             await self._producer.stop()
             log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
+
+    async def _transactions_available(self) -> bool:
+        """kafka.exactly_once, if the brokers run transactions (Apache Kafka); otherwise
+        at-least-once, said once (the embedded dev broker, Tansu, has none, nor the idempotent
+        producer they need: kafka.idempotent_producer=false skips the probe)."""
+        k = self.settings.kafka
+        if not k.exactly_once:
+            return False
+        if k.idempotent_producer and await broker_supports_transactions(k):
+            log.info("exactly-once dispatch: Kafka transactions, one transactional id per input partition",
+                     extra={"transactional_id": transactional_id(k, "<partition>")})
+            return True
+        log.warning("kafka.exactly_once is on but the brokers have no transactions (or kafka.idempotent_producer is "
+                    "off): dispatching at-least-once; a crash may leave duplicate terminal records")
+        return False
+
+    async def _start_committers(self, partitions: Sequence[int]) -> None:
+        """Exactly-once: initialise each newly assigned partition's transactional id (fences a
+        zombie holding it, aborts its open transaction), then read the offsets committed up to now
+        and start there. Its records are paused meanwhile."""
+        consumer = self._consumer
+        assert consumer is not None
+        k, d = self.settings.kafka, self.settings.dispatch
+        tps = [TopicPartition(t, p) for p in partitions for t in (self.topic_in, self.topic_retry, self.topic_scheduled)]
+        consumer.pause(*tps)
+
+        async def start(p: int) -> None:
+            committer = PartitionCommitter(
+                TransactionalProducer(k, transactional_id(k, p), role="dispatch"), k.group_id,
+                offsets=lambda: self._finished_offsets(p), committed=self._offsets_committed,
+                on_fenced=self.membership.lose, max_records=d.transaction_max_records, max_s=d.transaction_max_s,
+                linger_s=k.linger_ms / 1000)
+            delay = 0.5
+            while True:
+                try:
+                    await committer.start()
+                    break
+                except KafkaError as exc:
+                    log.warning("transactional producer did not start; retrying",
+                                extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            self._committers[p] = committer
+
+        await asyncio.gather(*[start(p) for p in partitions])
+        for tp in tps:   # after the fence: the offsets the last owner committed, none of its open transaction
+            offset = await consumer.committed(tp)
+            if offset is not None and offset >= 0:
+                consumer.seek(tp, offset)
+            if tp in self._progress and offset is not None and offset >= 0:
+                self._progress[tp].committed = offset
+        consumer.resume(*tps)
+
+    async def _close_committers(self, partitions: Sequence[int], commit: bool) -> None:
+        committers = [c for c in (self._committers.pop(p, None) for p in partitions) if c is not None]
+        await asyncio.gather(*[c.close(commit=commit, timeout=self.settings.kafka.transaction_timeout_s)
+                               for c in committers])
+
+    def _finished_offsets(self, partition: int) -> dict[TopicPartition, int]:
+        """Offsets to commit for input partition number ``partition`` (sms.outbound, its retry
+        topic and the scheduled topic): each one's first unfinished record, where it moved. Also for a partition given up
+        (revoked after a drain deadline, or a lost membership): the offsets commit atomically with
+        the records of the messages they finish, or not at all (a fenced producer), so they are
+        never ahead of those records; leaving them out would make the next owner replay finished
+        messages, and republish those the ledger does not know (failed before any provider call)."""
+        out = {}
+        for topic in (self.topic_in, self.topic_retry, self.topic_scheduled):
+            tp = TopicPartition(topic, partition)
+            progress = self._progress.get(tp)
+            position = progress.committable() if progress is not None else None
+            if position is not None:
+                out[tp] = position
+        return out
+
+    def _offsets_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        metrics.COMMITS.labels("ok").inc()
+        for tp, position in offsets.items():
+            if tp in self._progress:
+                self._progress[tp].committed = position
 
     async def _fetch_loop(self, stop: asyncio.Event) -> None:
         consumer = self._consumer
@@ -310,7 +404,15 @@ class Dispatcher:
         state = retries.RetryState.from_headers(rec.headers) or retries.RetryState.new(0, 0, 0.0)
         reason = next((v.decode(errors="replace") for k, v in rec.headers or () if k == topics.HEADER_RETRY_REASON),
                       None) or "scheduled"
-        await self._produce(rec, Verdict(Ending.HANDED_OFF, None, reason, handoff=state, deferral=reason))
+        verdict = Verdict(Ending.HANDED_OFF, None, reason, handoff=state, deferral=reason)
+        committer = self._committers.get(rec.partition) if self.exactly_once else None
+        if committer is not None:
+            # exactly-once: the forward joins the partition's transaction and the caller marks the
+            # record finished in this same step (no await), so the scheduled topic's offset commits
+            # with the forward or not at all (a fenced producer: the next owner forwards it)
+            committer.add(self._outputs(rec, verdict))
+            return
+        await self._produce(rec, verdict)
     # [/scheduled sends]
 
     def _forget_waiting(self, revoked: Sequence[TopicPartition]) -> None:
@@ -328,6 +430,7 @@ class Dispatcher:
         chain = self._chains[ck]
         _OWNER.set(progress)     # this task's provider calls are for this assignment of tp (see _may_call)
         while True:
+            deferred = False     # exactly-once: the slot is released when the record's transaction ends
             if not progress.revoked and not self._abandon:
                 self._active[tp] = self._active.get(tp, 0) + 1
                 try:
@@ -348,26 +451,37 @@ class Dispatcher:
                                 tracing.outcome(terminal)
                                 called = terminal.ledger_cid is not None   # a provider call was made
                                 self._unrecorded += called
-                                try:
-                                    await self._produce(rec, terminal)
-                                    if terminal.ledger_cid is not None and ledger is not None:
-                                        await self._record_done(ledger, terminal)
-                                finally:
-                                    self._unrecorded -= called
-                                progress.finish(rec.offset)
+                                if self.exactly_once:
+                                    # the key's next record may start now (this one's provider call is
+                                    # over); this one stays in flight and in doubt until its transaction ends
+                                    self._commit_outcome(tp, progress, rec, terminal, ledger, called)
+                                    deferred = True
+                                else:
+                                    try:
+                                        await self._produce(rec, terminal)
+                                        if terminal.ledger_cid is not None and ledger is not None:
+                                            await self._record_done(ledger, terminal)
+                                        progress.finish(rec.offset)
+                                    finally:
+                                        self._unrecorded -= called
                 finally:
                     self._active[tp] -= 1
             elif progress.revoked and self.membership.lost_reason is not None:
                 metrics.ABANDONED.inc()
-            self.in_flight -= 1
-            if not self._capacity.is_set() and self.in_flight < self.max_in_flight:
-                self._capacity.set()
+            if not deferred:
+                self._release_slot()
             if not chain:
                 del self._chains[ck]
                 return
             rec = chain.popleft()
 
     _abandon = False  # set when the shutdown deadline passed: what is left is replayed
+
+    def _release_slot(self) -> None:
+        """A record taken is finished (or given up): room for the next one."""
+        self.in_flight -= 1
+        if not self._capacity.is_set() and self.in_flight < self.max_in_flight:
+            self._capacity.set()
 
     # -- one record --------------------------------------------------------------------------
     async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes],
@@ -403,13 +517,11 @@ class Dispatcher:
             headers.append((topics.HEADER_ERROR_FIELD, t.field.encode()))
         return self.topic_dlq, rec.value if rec.value is not None else b"", headers
 
-    async def _produce(self, rec: ConsumerRecord[bytes, bytes], t: Verdict) -> None:
-        """Produce until the broker acknowledges (acks=all). faust's send() only logs a failure;
-        here the input is not finished until its terminal record is durable."""
-        batcher = self._batcher
-        assert batcher is not None
+    def _outputs(self, rec: ConsumerRecord[bytes, bytes], t: Verdict) -> list[Output]:
+        """The records that end ``rec``: its terminal record (or hand-off, or dead letter) and its
+        correlation records; none for a replay whose terminal record already exists."""
         if t.ending is Ending.SKIPPED:
-            return   # a replay whose terminal record already exists
+            return []
         topic, value, headers = self._record(rec, t)
         headers = tracing.inject(headers)
         # The input's partition number (modulo the output's count): the same key stays on one
@@ -417,29 +529,65 @@ class Dispatcher:
         partition = rec.partition % self._partitions.get(topic, 1)
         # a hand-off keeps the original timestamp: the message's age (expiry, latency) carries over
         timestamp = rec.timestamp if t.ending is Ending.HANDED_OFF else None
+        out = [Output(topic, partition, rec.key, value, headers, timestamp)]
+        if t.correlations:
+            # partitioned by correlation key as Kafka's default partitioner does:
+            # co-partitioned with sms.receipts, which the callbacks produce with send()
+            n = self._partitions[self.topic_correlation]
+            trace = tracing.context_headers()
+            out += [Output(self.topic_correlation, key_partition(key, n), key, corr, trace)
+                    for key, corr in t.correlations]
+        return out
+
+    async def _produce(self, rec: ConsumerRecord[bytes, bytes], t: Verdict) -> None:
+        """Produce until the broker acknowledges (acks=all). faust's send() only logs a failure;
+        here the input is not finished until its terminal record is durable."""
+        batcher = self._batcher
+        assert batcher is not None
+        outputs = self._outputs(rec, t)
         delay = 0.1
-        while True:
+        while outputs:
             try:
-                done = batcher.send(topic, partition, rec.key, value, headers, timestamp)
-                if t.correlations:
-                    # partitioned by correlation key as Kafka's default partitioner does:
-                    # co-partitioned with sms.receipts, which the callbacks produce with send()
-                    n = self._partitions[self.topic_correlation]
-                    trace = tracing.context_headers()
-                    related = [batcher.send(self.topic_correlation, key_partition(key, n), key, corr, trace)
-                               for key, corr in t.correlations]
-                    await done
-                    for fut in related:
-                        await fut
-                else:
-                    await done
+                for fut in [batcher.send(*o) for o in outputs]:
+                    await fut
                 return
             except KafkaError as exc:
-                metrics.PRODUCE_ERRORS.labels(topic).inc()
-                log.warning("produce failed; retrying", extra={"topic": topic, "error": type(exc).__name__,
+                metrics.PRODUCE_ERRORS.labels(outputs[0].topic).inc()
+                log.warning("produce failed; retrying", extra={"topic": outputs[0].topic, "error": type(exc).__name__,
                                                                "retry_in_s": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _commit_outcome(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes],
+                        t: Verdict, ledger: PartitionLedger | None, called: bool) -> None:
+        """Exactly-once: ``rec``'s records, its ledger entry and its offset join its partition's
+        transaction (``streams.committer``). When that ends, the record's slot is released (and its
+        in-doubt count); if it never commits (the partition's producer was fenced), the record is
+        abandoned to the partition's next owner, which replays it."""
+        def ended(fut: asyncio.Future[None] | None) -> None:
+            self._unrecorded -= called
+            self._release_slot()
+            if fut is None or fut.cancelled() or fut.exception() is not None:
+                progress.revoked = True      # fenced: in doubt, for the next owner
+                metrics.ABANDONED.inc()
+
+        committer = self._committers.get(tp.partition)
+        if committer is None:
+            ended(None)
+            return
+        outputs = self._outputs(rec, t)
+        entry = None
+        if t.ledger_cid is not None and ledger is not None and self.ledger is not None:
+            if t.ending is Ending.HANDED_OFF and t.handoff is not None:
+                entry = self.ledger.entry(t.ledger_cid, RETRYING, token=t.handoff.token)
+            else:
+                entry = self.ledger.entry(t.ledger_cid, DONE, outcome=t.ending)
+            outputs.append(Output(self.ledger.topic, ledger.partition, t.ledger_cid.encode(), entry.encode()))
+        committed = committer.add(outputs)
+        progress.finish(rec.offset)      # right after add(): the transaction's offsets include it
+        if entry is not None and ledger is not None and self.ledger is not None:
+            self.ledger.remember(ledger, t.ledger_cid or "", entry)
+        committed.add_done_callback(ended)
 
     def _source(self, rec: ConsumerRecord[bytes, bytes]) -> Headers:
         """Where the message was read first: a retry record carries its original input's."""
@@ -482,6 +630,8 @@ class Dispatcher:
     async def _commit(self, only: Sequence[TopicPartition] | None = None) -> None:
         if self._consumer is None or self.membership.lost_reason is not None:
             return   # an expelled member's commit is refused (or, on a lax broker, stale)
+        if self.exactly_once:
+            return   # offsets are committed in the partitions' transactions
         offsets: dict[TopicPartition, int] = {}
         for tp in (only if only is not None else list(self._progress)):
             progress = self._progress.get(tp)
@@ -579,6 +729,10 @@ class Dispatcher:
             await self._drain(self.settings.dispatch.shutdown_timeout_s, mine)
             if self.membership.lost_reason is None:
                 await self._commit(mine)
+        if self.exactly_once:
+            # what finished is committed (a lost worker's open transactions are aborted instead)
+            gone = {tp.partition for tp in mine} - {tp.partition for tp in self._progress if tp not in mine}
+            await self._close_committers(sorted(gone), commit=not lost and self.membership.lost_reason is None)
         for tp in mine:
             progress = self._progress.pop(tp, None)
             if progress is not None:
@@ -597,13 +751,27 @@ class Dispatcher:
                                                                        if tp.topic == self.topic_in),
                                                   "given_up": lost})
 
-    def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+    def on_assigned(self, assigned: Sequence[TopicPartition]) -> Awaitable[None] | None:
+        """Track the new partitions; exactly-once returns what the rebalance awaits (the fence)."""
         if self._consumer is not None:
             self.membership.attach(self._consumer)
         self.membership.assigned()
         for tp in assigned:
             if tp not in self._progress:
                 self._progress[tp] = PartitionProgress()
+        if self.exactly_once:
+            return self._assign_transactional(assigned)
+        self._assigned(assigned)
+        return None
+
+    async def _assign_transactional(self, assigned: Sequence[TopicPartition]) -> None:
+        # before the ledger is read: the fence aborts a zombie's open transaction, which would
+        # otherwise hold read_committed readers of the ledger at its first offset
+        await self._start_committers(sorted({tp.partition for tp in assigned} - set(self._committers)))
+        self._assigned(assigned)
+
+    def _assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        for tp in assigned:
             if self.ledger is not None:
                 self.ledger.assign(tp.partition)   # its records wait for it (see _run_chain)
         metrics.PARTITIONS_ASSIGNED.set(self.assigned)

@@ -97,8 +97,12 @@ class PartitionLedger:
 
 
 class Ledger:
-    def __init__(self, kafka: KafkaSettings, batcher: Batcher, window_s: float, max_entries: int = 250_000) -> None:
+    def __init__(self, kafka: KafkaSettings, batcher: Batcher, window_s: float, max_entries: int = 250_000,
+                 isolation_level: str = "read_uncommitted") -> None:
         self.kafka = kafka
+        # read_committed with exactly-once: entries of aborted transactions are not loaded (intent
+        # entries, written outside transactions, are visible to it all the same)
+        self.isolation_level = isolation_level
         self.batcher = batcher
         self.window_s = window_s
         self.max_entries = max_entries
@@ -138,7 +142,7 @@ class Ledger:
         t0 = time.monotonic()
         delay = 0.5
         while True:
-            consumer = groupless_consumer(self.kafka)
+            consumer = groupless_consumer(self.kafka, isolation_level=self.isolation_level)
             try:
                 await consumer.start()
                 now = time.time()
@@ -167,9 +171,18 @@ class Ledger:
                     outcome: str | None = None, token: str | None = None) -> None:
         entry = LedgerEntry(state, time.time(), route, outcome, token)
         await self.batcher.send(self.topic, pl.partition, cid.encode(), entry.encode())
+        self.remember(pl, cid, entry)
+
+    def entry(self, cid: str, state: str, *, outcome: str | None = None, token: str | None = None) -> LedgerEntry:
+        """A ledger entry to write by other means (exactly-once: in the partition's transaction,
+        ``encode()`` it to ``self.topic``, partition ``pl.partition``, key ``cid``); ``remember``
+        it once it is handed over."""
+        return LedgerEntry(state, time.time(), None, outcome, token)
+
+    def remember(self, pl: PartitionLedger, cid: str, entry: LedgerEntry) -> None:
         entries = pl.entries
         entries.pop(cid, None)     # re-inserted at the end: the dict stays in order of last write
-        entries[cid] = (state, entry.at, entry.detail)
+        entries[cid] = (entry.state, entry.at, entry.detail)
         if len(entries) > self.partition_cap():
             _evict(entries, self.partition_cap())
 

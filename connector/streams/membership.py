@@ -124,6 +124,12 @@ class Membership:
                               f"the group has expelled this member")
         return SUSPECT if age >= self.suspect_after_s else OK
 
+    def lose(self, reason: str) -> None:
+        """Something else proved the partitions may be another worker's (a fenced transactional
+        producer): as a lost session, sticky until the next assignment."""
+        if self.lost_reason is None:
+            self._lose(reason)
+
     def _lose(self, reason: str) -> str:
         self.lost_reason = reason
         metrics.OWNERSHIP_LOST.inc()

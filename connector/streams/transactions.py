@@ -187,6 +187,8 @@ async def broker_supports_transactions(k: KafkaSettings, timeout: float = 15.0) 
         return True
     except TransactionalIdAuthorizationFailed:
         raise
+    except (ProducerFenced, InvalidProducerEpoch):
+        return True     # another worker probing at the same moment fenced this probe: transactions work
     except (KafkaError, TimeoutError, AssertionError, OSError) as exc:
         log.debug("no transactions", extra={"error": f"{type(exc).__name__}: {exc}"})
         return False

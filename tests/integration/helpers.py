@@ -16,6 +16,13 @@ Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 FULL = os.environ.get("FAULTS") == "full"   # `make faults`; CI runs the bounded sizes
 
 
+def exactly_once() -> bool:
+    """Whether the test broker runs transactions, so workers run exactly-once (kafka.exactly_once,
+    on by default): Apache Kafka yes, the embedded Tansu broker no (at-least-once)."""
+    from tests.conftest import ON_KAFKA
+    return ON_KAFKA
+
+
 def size(full: int, bounded: int) -> int:
     """A fault scenario's size: full under `make faults`, bounded in `make test`."""
     return full if FULL else bounded

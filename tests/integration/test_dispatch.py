@@ -132,7 +132,10 @@ async def test_metrics_and_health(stack: LocalStack) -> None:
         for _ in range(100):
             async with s.get(w.url + "/metrics") as r:
                 text = await r.text()
-            if 'sms_outbound_accepted_total{provider="smpp_rest",route="smpp"} 1.0' in text:
+            # in flight until its terminal record is durable (with exactly-once: its transaction
+            # committed, up to dispatch.transaction_max_s after the provider accepted it)
+            if ('sms_outbound_accepted_total{provider="smpp_rest",route="smpp"} 1.0' in text
+                    and 'sms_outbound_in_flight 0.0' in text):
                 break
             await asyncio.sleep(0.2)
     for line in ('sms_outbound_consumed_total 2.0', 'sms_outbound_dead_lettered_total{reason="invalid-record"} 1.0',
