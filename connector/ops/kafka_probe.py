@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from connector import contract as topics
 from connector.config import KafkaSettings
@@ -103,7 +104,7 @@ class KafkaProbe:
         out_tps = [tp for tp in self._tps if tp.topic in (self.outbound, self.scheduled)]
         ends = dict(await consumer.end_offsets(self._tps))
         beginnings = dict(await consumer.beginning_offsets(self._tps))
-        committed = await admin.list_consumer_group_offsets(self.group, partitions=out_tps)
+        committed = await _group_offsets(admin, self.group, out_tps)
         if self.dev_broker:
             ends = await self._read_real_ends(ends)
         lags = tuple(consumer_lag(name, self.group, {tp.partition: ends[tp] for tp in out_tps if tp.topic == name},
@@ -113,7 +114,8 @@ class KafkaProbe:
                      for name in (self.outbound, self.scheduled))
         terminal = {name: sum(max(0, ends[tp] - beginnings[tp]) for tp in self._tps if tp.topic == name)
                     for name in self.terminal_topics}
-        return KafkaState(self.kafka.bootstrap_servers, self.group, lags, terminal, approx=bool(self.dev_broker))
+        return KafkaState(self.kafka.bootstrap_servers, self.group, lags, terminal, approx=bool(self.dev_broker),
+                          markers=self.kafka.exactly_once and not self.dev_broker)
 
     async def _read_real_ends(self, ends: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Tansu's end offset is its last batch's base offset + 1: fetch from there and take the
@@ -146,3 +148,17 @@ async def _close(admin: AIOKafkaAdminClient | None, consumer: AIOKafkaConsumer |
             await (client.stop() if isinstance(client, AIOKafkaConsumer) else client.close())
         except Exception:   # noqa: BLE001, S110 - closing a client that never connected
             pass
+
+
+async def _group_offsets(admin: Any, group: str, tps: list[TopicPartition], patience_s: float = 5.0) -> Any:
+    """The group's committed offsets. A cluster that has not yet created its offsets topic (no
+    group ever committed: a new cluster) answers "coordinator not available" for a while: retried
+    for ``patience_s``, then raised."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return await admin.list_consumer_group_offsets(group, partitions=tps)
+        except GroupCoordinatorNotAvailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)

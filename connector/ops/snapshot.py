@@ -337,6 +337,9 @@ class KafkaState:
     terminal: dict[str, int] = field(default_factory=dict)   # topic -> records retained (end - beginning)
     approx: bool = False                                      # dev broker: ListOffsets corrected by reading
     error: str | None = None
+    # exactly-once: each transaction leaves a commit marker in every partition it wrote, and an
+    # aborted one leaves its records: offsets then count more than the committed records
+    markers: bool = False
 
     @property
     def terminal_total(self) -> int:

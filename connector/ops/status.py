@@ -298,7 +298,9 @@ def _render_kafka(k: KafkaState, s: Snapshot) -> RenderableType:
     names = {topics.spec(r).name: r for r in TERMINAL_ROLES}
     on_topics = ", ".join(f"{names.get(n, n)} {_n(c)}" for n, c in k.terminal.items())
     committed = sum(lag.committed for lag in k.lag if lag.topic != SCHEDULED_TOPIC)
-    check = Text(f"terminal records on topics: {on_topics} = {_n(k.terminal_total)}; "
+    what = ("terminal record offsets on topics (at most: transaction markers and aborted records take "
+            "offsets too)" if k.markers else "terminal records on topics")
+    check = Text(f"{what}: {on_topics} = {_n(k.terminal_total)}; "
                  f"committed input {_n(committed)}; workers' metrics {_n(s.terminal_total)}", style="dim")
     lines.append(check)
     return Group(*lines)

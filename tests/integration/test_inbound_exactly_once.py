@@ -30,6 +30,7 @@ from connector.streams.optouts import OptOutTable
 from connector.streams.plumbing import groupless_consumer
 from connector.streams.pollers import PollerState
 from connector.streams.transactions import TransactionalProducer, transactional_id
+from tests.integration.helpers import size
 from tests.integration.test_correlation import correlation, receipt
 from tests.integration.test_mo_durability import ts_batch
 from tests.integration.test_pollers import TS_ROUTE, Child, Watch, admin_post, assert_exactly_once, env_for, ts_key
@@ -169,12 +170,12 @@ async def correlator_worker(stack: LocalStack, port: int, env: dict[str, str]) -
 
 @pytest.mark.parametrize("held_every", [0, 10], ids=["all-known", "every-10th-held"])
 async def test_correlator_killed_mid_work_publishes_every_event_once(kafka_stack: LocalStack, held_every: int) -> None:
-    """3,000 receipts; the correlator (role callbacks) is killed -9 twice while it publishes, and
+    """3,000 receipts (1,000 in make test); the correlator (role callbacks) is killed -9 twice while it publishes, and
     restarted: each delivery event exactly once, read_committed. ``every-10th-held``: every 10th
     receipt comes before its message's correlation record (a fast callback), which arrives only
     after the last restart: those receipts are held across both kills, while the receipts after
     them are published (the offset metadata of ``Correlator._offset_metadata``)."""
-    n = 3000
+    n = size(3000, 1000)   # full under make faults
     producer = AIOKafkaProducer(**client_options(kafka_stack.kafka), acks="all", linger_ms=5)
     await producer.start()
     corr_t, rec_t = topics.spec("correlation").name, topics.spec("receipts").name
@@ -210,11 +211,11 @@ async def test_correlator_killed_mid_work_publishes_every_event_once(kafka_stack
 # --- callbacks ----------------------------------------------------------------------------------
 
 async def test_callbacks_killed_mid_load_record_each_once(kafka_stack: LocalStack) -> None:
-    """1,500 delivery callbacks, 32 in flight, each sent again until it gets a 2xx (as ThingSpace
+    """1,500 delivery callbacks (600 in make test), 32 in flight, each sent again until it gets a 2xx (as ThingSpace
     does); the callback server is killed -9 twice under that load and restarted on its port (its
     transactional ids: the restart aborts what the kill left open). sms.receipts, read_committed:
     each callback once."""
-    n = 1500
+    n = size(1500, 600)    # full under make faults
     port = free_port()
     env = {**callback_settings_env(), "SMS_CONNECTOR_LOG__LEVEL": "INFO", "SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": "thingspace"}
     tag = f"k{int(time.time()) % 100000}"
