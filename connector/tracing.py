@@ -15,7 +15,9 @@ worker's hook points do this:
 - every output record gets the current span's ``traceparent`` (and ``tracestate``) header,
   replacing the input's: accepted, failed, dead-lettered, retry and correlation records
   (``inject``, ``context_headers``), and whatever the callbacks, pollers and correlator produce
-  (``TracedProducer``, which starts a PRODUCER span when no span is current).
+  (``TracedProducer``, which starts a PRODUCER span when no span is current; with exactly-once
+  their records are written later, in a transaction outside the span, so ``outgoing`` puts the
+  same headers on them when they are planned: ``streams.publish.Writes.add``).
 - callbacks (``instrument``): a SERVER span per ``POST /callbacks/<provider>``, continuing the
   caller's ``traceparent`` if any; pollers (``traced``): a span per poll.
 - correlator: each receipt is processed in a CONSUMER span (``consuming``), child of the
@@ -31,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -284,7 +286,10 @@ class TracedProducer:
 
     async def send(self, topic: str, value: Any = None, key: Any = None, partition: Any = None,
                    timestamp_ms: Any = None, headers: Headers | None = None) -> Any:
-        async with self._context(topic):
+        if _tracer is None:
+            return await self.inner.send(topic, value=value, key=key, partition=partition,
+                                         timestamp_ms=timestamp_ms, headers=headers or [])
+        with _sending(topic):
             return await self.inner.send(topic, value=value, key=key, partition=partition,
                                          timestamp_ms=timestamp_ms, headers=inject(list(headers or [])))
 
@@ -292,18 +297,25 @@ class TracedProducer:
                             timestamp_ms: Any = None, headers: Headers | None = None) -> Any:
         return await (await self.send(topic, value, key, partition, timestamp_ms, headers))
 
-    @contextlib.asynccontextmanager
-    async def _context(self, topic: str) -> AsyncIterator[None]:
-        if _tracer is None:
-            yield
-            return
-        if _Api.get_current_span().get_span_context().is_valid:
-            yield
-            return
-        with _tracer.start_as_current_span(f"send {topic}", kind=_Api.SpanKind.PRODUCER,
-                                           attributes={"messaging.system": "kafka", "messaging.operation.type": "send",
-                                                       "messaging.destination.name": topic}):
-            yield
+
+def outgoing(topic: str, headers: Headers | None) -> Headers | None:
+    """The headers of a record produced later (in a transaction, after its span has ended), with
+    the trace context ``TracedProducer`` would give it now: the current span's, or with none
+    current, a PRODUCER span's of its own."""
+    if _tracer is None:
+        return headers
+    with _sending(topic):
+        return inject(list(headers or []))
+
+
+def _sending(topic: str) -> contextlib.AbstractContextManager[Any]:
+    """Nothing when a span is current; else a PRODUCER span for a record sent to ``topic``."""
+    assert _tracer is not None
+    if _Api.get_current_span().get_span_context().is_valid:
+        return _NOOP
+    return _tracer.start_as_current_span(f"send {topic}", kind=_Api.SpanKind.PRODUCER,
+                                         attributes={"messaging.system": "kafka", "messaging.operation.type": "send",
+                                                     "messaging.destination.name": topic})
 
 
 def instrument(app: web.Application) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from connector import contract as topics
-from connector import metrics
+from connector import metrics, tracing
 from connector.records import InboundSms, OptOutChange
 from connector.streams.plumbing import Headers, produce_acknowledged
 from connector.streams.transactions import TransactionalProducer, TransactionFailed, TransactionFenced, needs_new_producer
@@ -109,7 +109,10 @@ class Writes:
     effects: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def add(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None) -> None:
-        self.records.append((topic, key, value, headers))
+        # The trace context is taken now, inside the span that made the record: the transaction
+        # writes it later, outside that span (a group commit's task, the correlator's batch
+        # commit), with a producer that adds none (the at-least-once path's TracedProducer did).
+        self.records.append((topic, key, value, tracing.outgoing(topic, headers)))
 
     def then(self, effect: Callable[[], Awaitable[None]]) -> None:
         self.effects.append(effect)

@@ -19,6 +19,8 @@ from connector.errors import Timeout
 from connector.http import HttpRequest, HttpResponse
 from connector.pipeline import Verdict
 from connector.records import SendFacts, OutboundSms, Recipient, encode_failed
+from connector.streams.publish import GroupCommit, Writes
+from tests.unit.test_inbound_transactions import FakeTxn
 
 
 @dataclass
@@ -155,6 +157,39 @@ async def test_the_inbound_producer_puts_the_current_context_on_records_or_makes
     assert dict(sent[0][1])["traceparent"].split(b"-")[2] == format(own.context.span_id, "016x").encode()
     assert dict(sent[1][1])["traceparent"].split(b"-")[2] == format(process.context.span_id, "016x").encode()
     assert dict(sent[1][1])["x"] == b"1"
+
+
+async def test_transactional_writes_carry_the_context_of_the_span_that_planned_them(
+        spans: InMemorySpanExporter) -> None:
+    """Exactly-once: the records are written later, by a group commit's task outside any span
+    (the correlator's batch commit likewise); they carry the same headers the at-least-once
+    path's TracedProducer gives them."""
+    sent: list[tuple[str, list[tuple[str, bytes]]]] = []
+
+    class Txn(FakeTxn):
+        async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                       headers: Any = None) -> Any:
+            sent.append((topic, headers))
+            return await super().send(topic, value=value, key=key)
+
+    group = GroupCommit([Txn(commit_s=0)])  # type: ignore[list-item]
+    await group.start()
+    try:
+        in_span, alone = Writes(), Writes()
+        with tracing.consuming(Rec(topic="sms.receipts", key=b"smpp_rest:abc")):
+            in_span.add("sms.delivery", b"k", b"{}", [("x", b"1"), ("traceparent", b"00-stale")])
+        alone.add("sms.delivery.unmatched", b"k", b"{}")        # no span current: its own
+        await group.write(in_span)
+        await group.write(alone)
+    finally:
+        await group.stop()
+    process, own = finished(spans)
+    assert own.name == "send sms.delivery.unmatched" and own.kind is SpanKind.PRODUCER
+    (delivery, headers), (unmatched, own_headers) = sent
+    assert delivery == "sms.delivery" and dict(headers)["x"] == b"1"
+    assert [k for k, _ in headers].count("traceparent") == 1
+    assert dict(headers)["traceparent"].split(b"-")[2] == format(process.context.span_id, "016x").encode()
+    assert dict(own_headers)["traceparent"].split(b"-")[2] == format(own.context.span_id, "016x").encode()
 
 
 def test_a_receipt_span_links_to_the_message_span_its_correlation_carried(spans: InMemorySpanExporter) -> None:
