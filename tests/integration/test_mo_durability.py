@@ -156,11 +156,13 @@ async def test_kill_between_an_mo_and_its_optout_keeps_the_optout(mo_stack: Loca
         c = await Child(mo_stack, env, "og-optout-2").start()
         await until_or_dead(w, c, lambda: {o["phone"] for o in w.optout} >= {"+584121110001", "+584121110002"},
                             30, "both opt-outs")
-        await admin_post(url, [{"from": "584121110001", "text": "START"}])
-        c2_pause = "optout:1"
         await c.stop()
-        # the same for START, killed between its MO and its opt-in
-        c = await Child(mo_stack, env, "og-optout-3").start(pause_at=c2_pause)
+        # the same for START, killed between its MO and its opt-in. The START is queued only once
+        # og-optout-2 has stopped: queued while it polls (every 0.2 s), it could be fetched and
+        # opted in by og-optout-2 before the SIGTERM lands (a poll in flight is let finish), and
+        # og-optout-3 would find nothing to pause on.
+        await admin_post(url, [{"from": "584121110001", "text": "START"}])
+        c = await Child(mo_stack, env, "og-optout-3").start(pause_at="optout:1")
         await c.paused()
         await c.kill_9()
         c = await Child(mo_stack, env, "og-optout-4").start()

@@ -57,6 +57,7 @@ async def mo_stack(broker: LocalStack) -> AsyncIterator[LocalStack]:
         await asyncio.gather(s.start_simulator("thingspace"), s.start_simulator("ogangi"))
         yield s
     finally:
+        Child.kill_leftovers()     # a failed test's child (own session) would outlive the run
         await s.stop()
 
 
@@ -309,10 +310,20 @@ def _child() -> None:
 
 
 class Child:
+    running: list[asyncio.subprocess.Process] = []     # started, maybe not yet ended
+
     def __init__(self, stack: LocalStack, env: Mapping[str, str], label: str) -> None:
         self.stack, self.env, self.label = stack, env, label
         self.proc: asyncio.subprocess.Process | None = None
         self.log = stack.logdir / f"{label}.log"
+
+    @classmethod
+    def kill_leftovers(cls) -> None:
+        for proc in cls.running:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        cls.running.clear()
 
     async def start(self, hold_s: float = 0.0, step_s: float = 0.0, pause_at: str = "",
                     pause_s: float = 0.0) -> Child:
@@ -322,6 +333,7 @@ class Child:
                 cwd=ROOT, stdout=fh, stderr=fh, stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, **self.env, "PYTHONPATH": str(ROOT), "TEST_HOLD_S": str(hold_s),
                      "TEST_STEP_S": str(step_s), "TEST_PAUSE_AT": pause_at, "TEST_PAUSE_S": str(pause_s or "")})
+        Child.running.append(self.proc)
         return self
 
     def said(self, text: str) -> bool:
