@@ -12,8 +12,7 @@ offset finished; the offsets are read when the transaction closes, in the same s
 it taking records, so a committed offset never covers a message whose outputs are not in that
 transaction or an earlier one. ``add`` returns a future that resolves when the transaction
 committed. A transaction closes once it holds ``max_records`` messages (at the next turn of the
-event loop: messages added before that join it too) or ``max_s`` after its oldest message was
-added (at once when that message waited for the previous commit that long already). Its batches'
+event loop: messages added before that join it too) or ``max_s`` after it began. Its batches'
 acks and the offsets' round trips (AddOffsetsToTxn, TxnOffsetCommit) overlap; EndTxn follows.
 
 Failures: a produce error or a commit that fails without fencing aborts the transaction and its
@@ -48,12 +47,11 @@ class Output(NamedTuple):
 
 
 class _Item:
-    __slots__ = ("outputs", "done", "added")
+    __slots__ = ("outputs", "done")
 
     def __init__(self, outputs: Sequence[Output], done: asyncio.Future[None]) -> None:
         self.outputs = outputs
         self.done = done
-        self.added = time.monotonic()
 
 
 class PartitionCommitter:
@@ -135,11 +133,7 @@ class PartitionCommitter:
     async def _one(self) -> None:
         """One transaction: begin, take what is queued and what arrives until closed, commit."""
         await self.txp.begin()
-        # max_s counts from the oldest message's add(), not from begin: messages that finished
-        # while the previous transaction was committing have waited already, and waiting max_s more
-        # (then this commit) doubled their latency. Under load this closes at once: transactions
-        # follow each other back to back, each holding what finished during the previous commit.
-        started = min(time.monotonic(), self._queued[0].added) if self._queued else time.monotonic()
+        started = time.monotonic()
         self._open = True
         # everything queued, however many: the offsets read at close count them as finished
         items, self._queued = self._queued, []
