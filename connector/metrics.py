@@ -122,6 +122,7 @@ TRANSACTIONS = Counter("sms_transactions_total", "Kafka transactions ended, by t
                        "dispatch, callbacks, pollers, correlator) and outcome (committed; aborted: its records "
                        "discarded and written again; fenced: the producer was fenced or broken and replaced, or "
                        "its partition given up).", ["role", "outcome"])
-TRANSACTION_COMMIT = Histogram("sms_transaction_commit_seconds", "Time to commit one transaction (its offsets and "
-                               "the commit, after its records were sent), by role.", ["role"],
+TRANSACTION_COMMIT = Histogram("sms_transaction_commit_seconds", "Time to commit one transaction once it closed: "
+                               "its offsets and EndTxn (dispatch: also the acknowledgement of its last record "
+                               "batches, which the offsets overlap), by role.", ["role"],
                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))

@@ -12,7 +12,8 @@ offset finished; the offsets are read when the transaction closes, in the same s
 it taking records, so a committed offset never covers a message whose outputs are not in that
 transaction or an earlier one. ``add`` returns a future that resolves when the transaction
 committed. A transaction closes once it holds ``max_records`` messages (at the next turn of the
-event loop: messages added before that join it too) or ``max_s`` after it began.
+event loop: messages added before that join it too) or ``max_s`` after it began. Its batches'
+acks and the offsets' round trips (AddOffsetsToTxn, TxnOffsetCommit) overlap; EndTxn follows.
 
 Failures: a produce error or a commit that fails without fencing aborts the transaction and its
 messages' records are written again in the next one (they are kept until committed). A fenced or
@@ -29,11 +30,9 @@ import time
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 
 from connector.streams.batcher import Batcher
-from connector.streams.transactions import (TransactionAborted, TransactionalProducer, TransactionFenced,
-                                            needs_new_producer)
+from connector.streams.transactions import TransactionAborted, TransactionalProducer, TransactionFenced
 
 log = logging.getLogger("sms_connector.dispatch")
 
@@ -161,21 +160,10 @@ class PartitionCommitter:
         assert self._batcher is not None
         self._batcher.flush()
         sent, self._sent = self._sent, set()
-        try:
-            for fut in sent:        # every batch acknowledged, or the first failure raised
-                await fut
-            if self._discard:
-                return
-            await self.txp.commit(offsets, self.group_id)
-        except TransactionAborted:
-            self._retry(items)
-            return
-        except KafkaError as exc:   # a batch failed: abort, write them again
-            if needs_new_producer(exc, self.txp.producer):
-                raise TransactionFenced(f"{self.txp.transactional_id}: {type(exc).__name__}: {exc}") from exc
-            log.warning("transaction's records not written; aborting it and writing them again",
-                        extra={"error": type(exc).__name__})
-            await self.txp.abort()
+        try:    # the batches' acks and the offsets' round trips overlap; EndTxn only after all of them
+            if not await self.txp.commit(offsets, self.group_id, sent=sent, proceed=lambda: not self._discard):
+                return      # close(commit=False) meanwhile: the open transaction is aborted there
+        except TransactionAborted:      # a batch or the offsets failed: aborted, write them again
             self._retry(items)
             return
         self._current = []

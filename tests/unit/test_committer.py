@@ -40,7 +40,11 @@ class FakeKafka:
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[None]:
         self.txp.open_values += batch.values
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+        if self.txp.fail_batches:
+            self.txp.fail_batches -= 1
+            fut.set_exception(KafkaConnectionError("broker gone"))
+        else:
+            fut.set_result(None)
         return fut
 
 
@@ -55,6 +59,7 @@ class FakeTxp:
         self.aborted: list[list[bytes]] = []
         self.fail_next: list[BaseException] = []
         self.commit_gate: asyncio.Event | None = None
+        self.fail_batches = 0
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -63,7 +68,15 @@ class FakeTxp:
         self.in_transaction = True
         self.open_values = []
 
-    async def commit(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
+    async def commit(self, offsets: dict[TopicPartition, int], group_id: str, sent: Any = (),
+                     proceed: Any = None) -> bool:
+        # as TransactionalProducer.commit: every batch settled before EndTxn; a failed one aborts
+        done = await asyncio.gather(*sent, return_exceptions=True)
+        if any(isinstance(r, BaseException) for r in done):
+            await self.abort()
+            raise TransactionAborted("a batch failed")
+        if proceed is not None and not proceed():
+            return False
         if self.commit_gate is not None:
             await self.commit_gate.wait()
         self.in_transaction = False
@@ -73,6 +86,7 @@ class FakeTxp:
                 self.aborted.append(self.open_values)
             raise exc
         self.committed.append((self.open_values, dict(offsets)))
+        return True
 
     async def abort(self) -> None:
         self.in_transaction = False
@@ -124,6 +138,17 @@ async def test_a_message_finished_while_a_commit_is_under_way_goes_to_the_next_t
     txp.commit_gate.set()
     await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert txp.committed == [([b"a"], {TP: 1}), ([b"b"], {TP: 2})]
+    await c.close(commit=True)
+
+
+async def test_a_failed_batch_aborts_the_transaction_offsets_included_and_writes_it_again() -> None:
+    txp, finished = FakeTxp(), [0, 1]
+    c, fenced = await committer(txp, finished, max_records=2)
+    txp.fail_batches = 1
+    futs = [c.add(out(b"x")), c.add(out(b"y"))]
+    await asyncio.wait_for(asyncio.gather(*futs), 5)
+    assert txp.aborted == [[b"x", b"y"]]
+    assert txp.committed == [([b"x", b"y"], {TP: 2})] and not fenced
     await c.close(commit=True)
 
 
