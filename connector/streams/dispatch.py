@@ -69,7 +69,7 @@ from connector.streams.membership import Membership, OwnershipLost
 from connector.streams.plumbing import RebalanceListener
 from connector.streams.scheduled import ScheduledLaps, is_deferral
 from connector.schedule import SchedulePolicy
-from connector.streams.transactions import TransactionalProducer, broker_supports_transactions, transactional_id
+from connector.streams.transactions import TransactionalProducer, transactional_id
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -83,11 +83,10 @@ Headers = list[tuple[str, bytes]]
 
 class Dispatcher:
     def __init__(self, settings: Settings, senders: Mapping[str, RouteSender], router: Router,
-                 optouts: Container[str] = frozenset(), exactly_once: bool | None = None) -> None:
-        """``exactly_once``: the worker's decision (``app.exactly_once``, probed once for every
-        role); None: probe here."""
+                 optouts: Container[str] = frozenset(), exactly_once: bool = False) -> None:
+        """``exactly_once``: the worker's decision (``app.exactly_once``: kafka.exactly_once and a
+        broker that runs transactions, probed once for every role)."""
         self.settings = settings
-        self._exactly_once_decided = exactly_once
         d = settings.dispatch
         self.pipeline = Pipeline(senders, router, optouts, handoff_policy(d), SchedulePolicy.from_settings(settings))
         self.topic_correlation = topics.spec("correlation").name
@@ -125,8 +124,8 @@ class Dispatcher:
         for sender in senders.values():
             sender.gate = self._may_call
         self._batcher: Batcher | None = None
-        # exactly-once (kafka.exactly_once, decided in run()): a committer per input partition number
-        self.exactly_once = False
+        # exactly-once (app.exactly_once): a committer per input partition number
+        self.exactly_once = exactly_once
         self._committers: dict[int, PartitionCommitter] = {}
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
@@ -161,8 +160,6 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         k = self.settings.kafka
         common = client_options(k)
-        self.exactly_once = (self._exactly_once_decided if self._exactly_once_decided is not None
-                             else await self._transactions_available())
         self._producer = AIOKafkaProducer(
             **common, acks="all", enable_idempotence=k.idempotent_producer, linger_ms=k.linger_ms,
             request_timeout_ms=int(k.request_timeout_s * 1000), max_batch_size=256 * 1024)
@@ -220,21 +217,6 @@ class Dispatcher:
             await self._batcher.aclose()
             await self._producer.stop()
             log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
-
-    async def _transactions_available(self) -> bool:
-        """kafka.exactly_once, if the brokers run transactions (Apache Kafka); otherwise
-        at-least-once, said once (the embedded dev broker, Tansu, has none, nor the idempotent
-        producer they need: kafka.idempotent_producer=false skips the probe)."""
-        k = self.settings.kafka
-        if not k.exactly_once:
-            return False
-        if k.idempotent_producer and await broker_supports_transactions(k):
-            log.info("exactly-once dispatch: Kafka transactions, one transactional id per input partition",
-                     extra={"transactional_id": transactional_id(k, "<partition>")})
-            return True
-        log.warning("kafka.exactly_once is on but the brokers have no transactions (or kafka.idempotent_producer is "
-                    "off): dispatching at-least-once; a crash may leave duplicate terminal records")
-        return False
 
     async def _start_committers(self, partitions: Sequence[int]) -> None:
         """Exactly-once: initialise each newly assigned partition's transactional id (fences a
