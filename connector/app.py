@@ -96,6 +96,13 @@ def inbound_producer(settings: Settings) -> AIOKafkaProducer:
     return tracing.TracedProducer(producer) if tracing.active() else producer  # type: ignore[return-value]
 
 
+async def _timed(step: Awaitable[Any]) -> tuple[Any, float]:
+    """``step``'s result and the seconds it took (start-up steps log what they cost)."""
+    began = asyncio.get_running_loop().time()
+    result = await step
+    return result, round(asyncio.get_running_loop().time() - began, 2)
+
+
 async def exactly_once(settings: Settings) -> bool:
     """Whether this worker runs its streams in Kafka transactions: ``kafka.exactly_once`` and
     brokers that have them (one probe: an empty transaction). Said once, at start. A principal
@@ -182,10 +189,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             # Exactly-once: the replica's transactional ids initialised (a kill -9's open
             # transaction aborted) and the receipts already recorded remembered, both before the
             # first callback is answered.
-            _, remembered = await asyncio.gather(group.start() if group else asyncio.sleep(0),
-                                                 receiver.remember_recent(settings.kafka))
+            (_, ids_s), (remembered, remember_s) = await asyncio.gather(
+                _timed(group.start() if group else asyncio.sleep(0)), _timed(receiver.remember_recent(settings.kafka)))
             log.info("callbacks ready", extra={"remembered_event_ids": remembered,
-                                               "seconds": round(loop.time() - t0, 2)})
+                                               "seconds": round(loop.time() - t0, 2),
+                                               "transactional_ids_s": ids_s, "remember_s": remember_s})
             web_app.add_routes(receiver.routes())
             closers.append(receiver.aclose)
             correlator = Correlator(settings, producer, senders, transactional=eos)  # type: ignore[arg-type]

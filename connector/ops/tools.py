@@ -43,7 +43,7 @@ async def tail(k: KafkaSettings, topic: str, show: Callable[[ConsumerRecord[byte
     works on any broker and disturbs no worker), calling ``show`` per record. Starts at the end,
     or the beginning; stops after ``max_records``, or (``follow`` off) at the end of the topic.
     Returns how many records were shown."""
-    from connector.streams.plumbing import groupless_consumer
+    from connector.streams.plumbing import close_reader, groupless_consumer
 
     consumer = groupless_consumer(k, auto_offset_reset="latest")
     shown = 0
@@ -67,7 +67,7 @@ async def tail(k: KafkaSettings, topic: str, show: Callable[[ConsumerRecord[byte
                     if max_records is not None and shown >= max_records:
                         return shown
     finally:
-        await consumer.stop()
+        await close_reader(consumer)
     return shown
 
 

@@ -26,7 +26,7 @@ from connector.budget import BudgetBook, Charge, BudgetSpent, RouteBudget, SlotK
 from connector.config import KafkaSettings
 from connector.records import Recipient
 from connector.streams.batcher import Batcher
-from connector.streams.plumbing import groupless_consumer, read_to_end
+from connector.streams.plumbing import close_reader, groupless_consumer, read_to_end
 
 log = logging.getLogger("sms_connector.budgets")
 SCHEMA_VERSION = 1
@@ -116,7 +116,7 @@ class Budgets:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:
-                await consumer.stop()
+                await close_reader(consumer)
         now = time.time()
         for key, spent in found.items():
             if key[3] == partition:

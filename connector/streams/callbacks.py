@@ -74,7 +74,7 @@ from connector.providers import (
     UnauthorizedCallback,
     supporting,
 )
-from connector.streams.plumbing import groupless_consumer, read_to_end
+from connector.streams.plumbing import close_reader, groupless_consumer, read_to_end
 from connector.streams.publish import INBOUND_TXN_OPTIONS, GroupCommit, InboundPublisher, Writes, produce_durably
 from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
@@ -173,7 +173,7 @@ class CallbackReceiver:
 
             await read_to_end(consumer, start, remember, timeout_s=timeout_s)
         finally:
-            await consumer.stop()
+            await close_reader(consumer)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         for event_id in ids[-self.window:]:

@@ -54,7 +54,7 @@ from connector.config import KafkaSettings
 from connector.errors import InvalidRecord
 from connector.records import DONE, INTENT, RETRYING, LedgerEntry
 from connector.streams.batcher import Batcher
-from connector.streams.plumbing import groupless_consumer, read_to_end
+from connector.streams.plumbing import close_reader, groupless_consumer, read_to_end
 
 log = logging.getLogger("sms_connector.ledger")
 
@@ -159,7 +159,7 @@ class Ledger:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:
-                await consumer.stop()
+                await close_reader(consumer)
         self.partitions[partition] = pl
         self._loaded[partition].set()
         metrics.LEDGER_ENTRIES.set(sum(len(p.entries) for p in self.partitions.values()))

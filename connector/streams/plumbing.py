@@ -9,6 +9,7 @@ ends even when compaction removed the last records (a record-offset rule would w
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
@@ -19,8 +20,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from connector.config import KafkaSettings
 from connector.kafka import client_options
 
-__all__ = ["Headers", "IdleTimeout", "READ_COMMITTED", "RebalanceListener", "batches_to_end", "groupless_consumer",
-           "produce_acknowledged", "read_to_end"]
+__all__ = ["Headers", "IdleTimeout", "READ_COMMITTED", "RebalanceListener", "batches_to_end", "close_reader",
+           "groupless_consumer", "produce_acknowledged", "read_to_end"]
 
 Headers = list[tuple[str, bytes]]
 
@@ -42,6 +43,32 @@ def groupless_consumer(kafka: KafkaSettings, **options: Any) -> AIOKafkaConsumer
     ``options`` add or override aiokafka's."""
     return AIOKafkaConsumer(**{**client_options(kafka), "group_id": None, "enable_auto_commit": False,
                                "auto_offset_reset": "earliest", **READ_COMMITTED, **options})
+
+
+# Closing a client over TLS waits for each connection's close_notify exchange, and asyncio waits
+# up to 30 s for it (ssl_shutdown_timeout, Python 3.11; aiokafka cannot set it). The broker does
+# not always answer at once: a reader stopped on a start-up path held a worker's start for 30 s
+# (the SASL_SSL suite, 2 runs in 5 under load). A reader's records are all read by then and it
+# commits nothing, so its close may finish in the background.
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+async def close_reader(consumer: AIOKafkaConsumer, wait_s: float = 2.0) -> None:
+    """Stop a groupless reader, waiting at most ``wait_s`` (module note above); the rest of the
+    close goes on in the background."""
+    task = asyncio.ensure_future(consumer.stop())
+    done, _ = await asyncio.wait([task], timeout=wait_s)
+    if done:
+        task.result()
+        return
+    _CLOSING.add(task)
+    task.add_done_callback(_closed_in_background)
+
+
+def _closed_in_background(task: asyncio.Task[None]) -> None:
+    _CLOSING.discard(task)
+    if not task.cancelled():
+        task.exception()      # retrieved: a late close failure is of no consequence
 
 
 async def batches_to_end(consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int | None], *,

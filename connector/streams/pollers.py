@@ -108,7 +108,7 @@ from connector.policy import RetryPolicy, backoff
 from connector.providers import Capability, has
 from connector.records import InboundSms, Recipient
 from connector.sender import RouteSender
-from connector.streams.plumbing import groupless_consumer, produce_acknowledged, read_to_end
+from connector.streams.plumbing import close_reader, groupless_consumer, produce_acknowledged, read_to_end
 from connector.streams.publish import INBOUND_TXN_OPTIONS, InboundPublisher, Writes, commit_writes
 from connector.streams.transactions import TransactionAborted, TransactionalProducer, transactional_id
 
@@ -294,7 +294,7 @@ class PollerState:
             tps = await topic_partitions(consumer, self.topic)
             await read_to_end(consumer, {tp: None for tp in tps}, apply, timeout_s=SCAN_TIMEOUT_S)
         finally:
-            await consumer.stop()
+            await close_reader(consumer)
         self.values = values
         self.loaded = True
         return dict(values)
@@ -339,14 +339,14 @@ class InboundLog:
             try:
                 self._tps = await topic_partitions(consumer, self.topic)
             except BaseException:
-                await consumer.stop()
+                await close_reader(consumer)
                 raise
             self._consumer = consumer
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await close_reader(consumer)
 
     async def end_offsets(self) -> dict[int, int]:
         await self.start()
@@ -374,7 +374,7 @@ class InboundLog:
             await read_to_end(consumer, {tp: since.get(tp.partition, 0) for tp in tps}, check,
                               timeout_s=SCAN_TIMEOUT_S)
         finally:
-            await consumer.stop()
+            await close_reader(consumer)
         return found
 
 
