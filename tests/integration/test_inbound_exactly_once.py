@@ -163,6 +163,65 @@ async def test_correlator_in_transactions_joins_early_late_and_once(kafka_stack:
     assert sum(o or 0 for o in committed.values()) == 4, committed   # every receipt finished, in transactions
 
 
+async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_metadata(
+        kafka_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new owner of a partition reads the committed offset's metadata (which receipts after the
+    first held one were already published) before it handles any receipt. aiokafka hands out a
+    new assignment's records while the rebalance callback is still running, and the callback
+    reads that metadata: a receipt handled before it was published a second time (#16: 843 and
+    1,186 of 3,000 events twice in the kill test). The read is slowed down here (1.5 s) to make
+    the window that a real restart has (admin client, OffsetFetch) certain.
+
+    Correlator 1 publishes the known receipts, holds every 4th (no correlation record yet) and
+    stops; correlator 2 takes over and publishes only the held ones, once their records come."""
+    settings = load(environ={**kafka_env(kafka_stack.kafka), "SMS_CONNECTOR_INBOUND__CORRELATION_TTL_S": "300"})
+    producer = AIOKafkaProducer(**client_options(kafka_stack.kafka), acks="all", linger_ms=5)
+    await producer.start()
+    corr_t, rec_t = topics.spec("correlation").name, topics.spec("receipts").name
+    n = 120
+    keys = [correlation_key("thingspace", f"meta-{i}") for i in range(n)]
+    late = [i for i in range(n) if i % 4 == 0]
+    try:
+        await asyncio.gather(*[await producer.send(corr_t, correlation(f"cid-{i}"), key=k.encode())
+                               for i, k in enumerate(keys) if i not in late])
+        await asyncio.gather(*[await producer.send(rec_t, receipt(k), key=k.encode()) for k in keys])
+        async with Committed(kafka_stack, "delivery") as seen:
+            events = lambda: len(seen.records["delivery"])  # noqa: E731
+            stop = asyncio.Event()
+            first = Correlator(settings, producer, transactional=True)
+            task = asyncio.create_task(first.run(stop))
+            try:
+                await seen.until(lambda: events() >= n - len(late), 60, "the known receipts' events")
+            finally:
+                stop.set()
+                await task
+            second = Correlator(settings, producer, transactional=True)
+            restore, restored = second._restore_offsets, asyncio.Event()
+
+            async def slow_restore(partitions: list[int]) -> None:
+                await asyncio.sleep(1.5)
+                await restore(partitions)
+                restored.set()
+
+            monkeypatch.setattr(second, "_restore_offsets", slow_restore)
+            stop = asyncio.Event()
+            task = asyncio.create_task(second.run(stop))
+            try:
+                await seen.until(restored.is_set, 60, "the second correlator's offsets restored")
+                await asyncio.sleep(1.0)
+                await asyncio.gather(*[await producer.send(corr_t, correlation(f"cid-{i}"), key=keys[i].encode())
+                                       for i in late])
+                await seen.until(lambda: events() >= n, 60, "every event")
+                await asyncio.sleep(2)
+            finally:
+                stop.set()
+                await task
+            counts = seen.count("delivery", "client_message_id")
+    finally:
+        await producer.stop()
+    assert len(counts) == n and no_duplicates(counts) == {}, f"{len(no_duplicates(counts))} events twice"
+
+
 async def correlator_worker(stack: LocalStack, port: int, env: dict[str, str]) -> Process:
     return await stack.start_worker(env=env, http_port=port, routes={"thingspace": {"provider": "thingspace"}},
                                     roles=("callbacks",))
