@@ -163,6 +163,25 @@ async def test_correlator_in_transactions_joins_early_late_and_once(kafka_stack:
     assert sum(o or 0 for o in committed.values()) == 4, committed   # every receipt finished, in transactions
 
 
+async def receipts_before_some_records(producer: AIOKafkaProducer, tag: str, n: int,
+                                      held_every: int) -> tuple[list[str], list[int]]:
+    """``n`` receipts (message ``cid-<i>``, key ``thingspace:<tag>-<i>``) after the correlation
+    records of their messages, except every ``held_every``-th message's (none if 0): fast
+    callbacks, whose records come later (``correlation_records``). Returns the keys and those."""
+    keys = [correlation_key("thingspace", f"{tag}-{i}") for i in range(n)]
+    late = [i for i in range(n) if held_every and i % held_every == 0]
+    await correlation_records(producer, keys, sorted(set(range(n)) - set(late)))
+    rec_t = topics.spec("receipts").name
+    await asyncio.gather(*[await producer.send(rec_t, receipt(k), key=k.encode()) for k in keys])
+    return keys, late
+
+
+async def correlation_records(producer: AIOKafkaProducer, keys: list[str], indexes: list[int]) -> None:
+    corr_t = topics.spec("correlation").name
+    await asyncio.gather(*[await producer.send(corr_t, correlation(f"cid-{i}"), key=keys[i].encode())
+                           for i in indexes])
+
+
 async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_metadata(
         kafka_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     """A new owner of a partition reads the committed offset's metadata (which receipts after the
@@ -177,14 +196,9 @@ async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_me
     settings = load(environ={**kafka_env(kafka_stack.kafka), "SMS_CONNECTOR_INBOUND__CORRELATION_TTL_S": "300"})
     producer = AIOKafkaProducer(**client_options(kafka_stack.kafka), acks="all", linger_ms=5)
     await producer.start()
-    corr_t, rec_t = topics.spec("correlation").name, topics.spec("receipts").name
     n = 120
-    keys = [correlation_key("thingspace", f"meta-{i}") for i in range(n)]
-    late = [i for i in range(n) if i % 4 == 0]
     try:
-        await asyncio.gather(*[await producer.send(corr_t, correlation(f"cid-{i}"), key=k.encode())
-                               for i, k in enumerate(keys) if i not in late])
-        await asyncio.gather(*[await producer.send(rec_t, receipt(k), key=k.encode()) for k in keys])
+        keys, late = await receipts_before_some_records(producer, "meta", n, held_every=4)
         async with Committed(kafka_stack, "delivery") as seen:
             events = lambda: len(seen.records["delivery"])  # noqa: E731
             stop = asyncio.Event()
@@ -209,8 +223,7 @@ async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_me
             try:
                 await seen.until(restored.is_set, 60, "the second correlator's offsets restored")
                 await asyncio.sleep(1.0)
-                await asyncio.gather(*[await producer.send(corr_t, correlation(f"cid-{i}"), key=keys[i].encode())
-                                       for i in late])
+                await correlation_records(producer, keys, late)
                 await seen.until(lambda: events() >= n, 60, "every event")
                 await asyncio.sleep(2)
             finally:
@@ -237,15 +250,10 @@ async def test_correlator_killed_mid_work_publishes_every_event_once(kafka_stack
     n = size(3000, 1000)   # full under make faults
     producer = AIOKafkaProducer(**client_options(kafka_stack.kafka), acks="all", linger_ms=5)
     await producer.start()
-    corr_t, rec_t = topics.spec("correlation").name, topics.spec("receipts").name
-    keys = [correlation_key("thingspace", f"kill-{i}") for i in range(n)]
-    late = {i for i in range(n) if held_every and i % held_every == 0}
     port = free_port()
     env = {**callback_settings_env(), "SMS_CONNECTOR_LOG__LEVEL": "INFO", "SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": "thingspace"}
     try:
-        await asyncio.gather(*[await producer.send(corr_t, correlation(f"cid-{i}"), key=k.encode())
-                               for i, k in enumerate(keys) if i not in late])
-        await asyncio.gather(*[await producer.send(rec_t, receipt(k), key=k.encode()) for k in keys])
+        keys, late = await receipts_before_some_records(producer, "kill", n, held_every)
         async with Committed(kafka_stack, "delivery") as seen:
             events = lambda: len(seen.records["delivery"])  # noqa: E731
             known = n - len(late)
@@ -256,8 +264,7 @@ async def test_correlator_killed_mid_work_publishes_every_event_once(kafka_stack
                 await worker.proc.wait()
             worker = await correlator_worker(kafka_stack, port, env)
             await seen.until(lambda: events() >= known, 120, "every known message's event", worker)
-            await asyncio.gather(*[await producer.send(corr_t, correlation(f"cid-{i}"), key=keys[i].encode())
-                                   for i in sorted(late)])
+            await correlation_records(producer, keys, late)
             await seen.until(lambda: events() >= n, 120, "every event", worker)
             await asyncio.sleep(3)
             await worker.stop()
