@@ -14,7 +14,9 @@ the range assignor, partition *p* of both topics goes to the same worker, so the
 - Duplicates (same ``event_id``) are dropped while the worker runs.
 - Offsets: ``sms.receipts`` commits only the first unfinished receipt (held receipts block the
   commit, so a crash replays them); ``sms.correlation`` is never committed, so every assignment
-  reads it again from the beginning (a compacted topic) to rebuild the state.
+  reads it again from the beginning (a compacted topic) to rebuild the state, up to where it
+  ended at assignment before any receipt of the partition is handled (``_loaded``): a receipt
+  is held only when its correlation record was not written yet.
 - Status polling (Ogangi has no receipt push): each known Ogangi message without a final state
   is polled with ``getMessage`` every ``inbound.status_poll_interval_s`` at most
   ``inbound.status_poll_rate`` calls/s per route, until final or ``status_poll_max_age_s``
@@ -38,6 +40,7 @@ partition be read again from its committed offset (``_reset``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -47,7 +50,7 @@ from typing import Any, Mapping
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from connector import contract as topics
 from connector import metrics, tracing
@@ -99,6 +102,8 @@ class PartitionState:
     # (``skip_below``, ``replay_held``), and a receipt handled before that would be published
     # again although a committed transaction of the previous owner published it.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    correlations_end: int | None = None   # where sms.correlation ended when the partition was (re)assigned
+    loaded: bool = False                  # sms.correlation read up to there: receipts may be handled
 
 
 def join(receipt: dict[str, Any], corr: Correlation) -> DeliveryEvent:
@@ -146,11 +151,16 @@ class Correlator:
             while not stop.is_set():
                 for partition in sorted(self._resets):
                     await self._reset(partition)
+                await self._resume_loaded()
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=2000)
                 pending: list[tuple[asyncio.Future[Any], PartitionState | None, int | None]] = []
-                for tp, records in batch.items():
+                # correlation records first: a receipt of the same batch finds its record
+                for tp, records in sorted(batch.items(), key=lambda item: item[0].topic != self.topic_corr):
                     st = await self._ready(tp.partition)
                     if st is None:
+                        continue
+                    if tp.topic == self.topic_receipts and not await self._loaded(st, tp.partition):
+                        self._hand_back(tp, records[0].offset)
                         continue
                     for r in records:
                         if tp.topic == self.topic_corr:
@@ -187,6 +197,40 @@ class Correlator:
         if st is None or self.state.get(partition) is not st or partition in self._resets:
             return None
         return st
+
+    async def _loaded(self, st: PartitionState, partition: int) -> bool:
+        """Whether sms.correlation ``partition`` has been read up to where it ended when the
+        partition was assigned (or reset): until then its receipts are not handled, else each one
+        whose record is simply not read yet would be held (and listed in the offset metadata)."""
+        if st.loaded:
+            return True
+        assert self._consumer is not None
+        corr = TopicPartition(self.topic_corr, partition)
+        try:
+            if st.correlations_end is None:
+                st.correlations_end = (await self._consumer.end_offsets([corr]))[corr]
+            st.loaded = await self._consumer.position(corr) >= st.correlations_end
+        except KafkaError as exc:   # revoked meanwhile (IllegalStateError), or the broker away: ask again
+            log.debug("sms.correlation position unknown", extra={"partition": partition, "error": type(exc).__name__})
+        return st.loaded
+
+    def _hand_back(self, receipts: TopicPartition, offset: int) -> None:
+        """Receipts fetched before sms.correlation was loaded (``_loaded``): read them again from
+        ``offset`` once it is (``_resume_loaded``); meanwhile their partition is not fetched."""
+        assert self._consumer is not None
+        with contextlib.suppress(IllegalStateError):    # revoked meanwhile: its next owner reads them
+            self._consumer.seek(receipts, offset)
+            self._consumer.pause(receipts)
+
+    async def _resume_loaded(self) -> None:
+        """Fetch the receipts of every partition whose sms.correlation is now loaded."""
+        assert self._consumer is not None
+        for partition, st in list(self.state.items()):
+            if st.loaded or not st.ready.is_set() or partition in self._resets:
+                continue
+            if await self._loaded(st, partition) and self.state.get(partition) is st:
+                with contextlib.suppress(IllegalStateError):     # revoked meanwhile
+                    self._consumer.resume(TopicPartition(self.topic_receipts, partition))
 
     async def _settle(self, pending: list[tuple[asyncio.Future[Any], PartitionState | None, int | None]]) -> None:
         """Await every produce of this batch; finish the receipts whose records are durable."""

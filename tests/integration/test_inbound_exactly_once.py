@@ -235,6 +235,46 @@ async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_me
     assert len(counts) == n and no_duplicates(counts) == {}, f"{len(no_duplicates(counts))} events twice"
 
 
+async def test_correlator_reads_the_correlation_records_before_the_receipts(kafka_stack: LocalStack) -> None:
+    """On assignment the correlator reads sms.correlation up to where it ended before it handles
+    the partition's receipts: a receipt whose correlation record was already written is matched,
+    never held. (Held receipts are listed in the committed offset's metadata, of which the broker
+    keeps 4 KB: a restart with a backlog held all it read before the records, and past that size
+    a later restart is at-least-once for that stretch. They also age towards the TTL.)"""
+    settings = load(environ={**kafka_env(kafka_stack.kafka), "SMS_CONNECTOR_INBOUND__CORRELATION_TTL_S": "300"})
+    producer = AIOKafkaProducer(**client_options(kafka_stack.kafka), acks="all", linger_ms=5)
+    await producer.start()
+    n, accepted = 1200, 6000       # receipts for the first 1,200 of 6,000 accepted messages
+    held_known = 0
+    try:
+        keys, _ = await receipts_before_some_records(producer, "backlog", n, held_every=0)
+        await correlation_records(producer, [correlation_key("thingspace", f"backlog-{i}") for i in range(accepted)],
+                                  list(range(n, accepted)))
+        correlator = Correlator(settings, producer, transactional=True)
+        on_receipt = correlator._on_receipt
+
+        async def counting(st: Any, key: bytes | None, value: bytes | None, offset: int) -> Any:
+            nonlocal held_known
+            held_known += bool(key) and key.decode() not in st.correlations  # type: ignore[union-attr]
+            return await on_receipt(st, key, value, offset)
+
+        correlator._on_receipt = counting  # type: ignore[method-assign]
+        async with Committed(kafka_stack, "delivery") as seen:
+            stop = asyncio.Event()
+            task = asyncio.create_task(correlator.run(stop))
+            try:
+                await seen.until(lambda: len(seen.records["delivery"]) >= n, 60, "every event")
+                await asyncio.sleep(1)
+            finally:
+                stop.set()
+                await task
+            counts = seen.count("delivery", "client_message_id")
+    finally:
+        await producer.stop()
+    assert len(counts) == n and no_duplicates(counts) == {}
+    assert held_known == 0, f"{held_known} receipts held although their correlation record was written"
+
+
 async def correlator_worker(stack: LocalStack, port: int, env: dict[str, str]) -> Process:
     return await stack.start_worker(env=env, http_port=port, routes={"thingspace": {"provider": "thingspace"}},
                                     roles=("callbacks",))
