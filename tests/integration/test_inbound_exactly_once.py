@@ -188,7 +188,7 @@ async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_me
     first held one were already published) before it handles any receipt. aiokafka hands out a
     new assignment's records while the rebalance callback is still running, and the callback
     reads that metadata: a receipt handled before it was published a second time (#16: 843 and
-    1,186 of 3,000 events twice in the kill test). The read is slowed down here (1.5 s) to make
+    1,186 of 3,000 events twice in the kill test). The read is slowed down here (3 s) to make
     the window that a real restart has (admin client, OffsetFetch) certain.
 
     Correlator 1 publishes the known receipts, holds every 4th (no correlation record yet) and
@@ -213,7 +213,7 @@ async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_me
             restore, restored = second._restore_offsets, asyncio.Event()
 
             async def slow_restore(partitions: list[int]) -> None:
-                await asyncio.sleep(1.5)
+                await asyncio.sleep(3)
                 await restore(partitions)
                 restored.set()
 
