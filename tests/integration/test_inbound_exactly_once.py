@@ -7,10 +7,11 @@ consumer of our topics sees: every record once, none lost. And the connector's o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -182,6 +183,18 @@ async def correlation_records(producer: AIOKafkaProducer, keys: list[str], index
                            for i in indexes])
 
 
+@contextlib.asynccontextmanager
+async def running(correlator: Correlator) -> AsyncIterator[None]:
+    """``correlator`` runs in the background inside the block; stopped (as on SIGTERM) after it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(correlator.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_metadata(
         kafka_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     """A new owner of a partition reads the committed offset's metadata (which receipts after the
@@ -201,14 +214,8 @@ async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_me
         keys, late = await receipts_before_some_records(producer, "meta", n, held_every=4)
         async with Committed(kafka_stack, "delivery") as seen:
             events = lambda: len(seen.records["delivery"])  # noqa: E731
-            stop = asyncio.Event()
-            first = Correlator(settings, producer, transactional=True)
-            task = asyncio.create_task(first.run(stop))
-            try:
+            async with running(Correlator(settings, producer, transactional=True)):
                 await seen.until(lambda: events() >= n - len(late), 60, "the known receipts' events")
-            finally:
-                stop.set()
-                await task
             second = Correlator(settings, producer, transactional=True)
             restore, restored = second._restore_offsets, asyncio.Event()
 
@@ -218,24 +225,20 @@ async def test_correlator_handles_no_receipt_before_reading_the_held_receipts_me
                 restored.set()
 
             monkeypatch.setattr(second, "_restore_offsets", slow_restore)
-            stop = asyncio.Event()
-            task = asyncio.create_task(second.run(stop))
-            try:
+            async with running(second):
                 await seen.until(restored.is_set, 60, "the second correlator's offsets restored")
                 await asyncio.sleep(1.0)
                 await correlation_records(producer, keys, late)
                 await seen.until(lambda: events() >= n, 60, "every event")
                 await asyncio.sleep(2)
-            finally:
-                stop.set()
-                await task
             counts = seen.count("delivery", "client_message_id")
     finally:
         await producer.stop()
     assert len(counts) == n and no_duplicates(counts) == {}, f"{len(no_duplicates(counts))} events twice"
 
 
-async def test_correlator_reads_the_correlation_records_before_the_receipts(kafka_stack: LocalStack) -> None:
+async def test_correlator_reads_the_correlation_records_before_the_receipts(
+        kafka_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     """On assignment the correlator reads sms.correlation up to where it ended before it handles
     the partition's receipts: a receipt whose correlation record was already written is matched,
     never held. (Held receipts are listed in the committed offset's metadata, of which the broker
@@ -258,17 +261,11 @@ async def test_correlator_reads_the_correlation_records_before_the_receipts(kafk
             held_known += bool(key) and key.decode() not in st.correlations  # type: ignore[union-attr]
             return await on_receipt(st, key, value, offset)
 
-        correlator._on_receipt = counting  # type: ignore[method-assign]
-        async with Committed(kafka_stack, "delivery") as seen:
-            stop = asyncio.Event()
-            task = asyncio.create_task(correlator.run(stop))
-            try:
-                await seen.until(lambda: len(seen.records["delivery"]) >= n, 60, "every event")
-                await asyncio.sleep(1)
-            finally:
-                stop.set()
-                await task
-            counts = seen.count("delivery", "client_message_id")
+        monkeypatch.setattr(correlator, "_on_receipt", counting)
+        async with Committed(kafka_stack, "delivery") as seen, running(correlator):
+            await seen.until(lambda: len(seen.records["delivery"]) >= n, 60, "every event")
+            await asyncio.sleep(1)
+        counts = seen.count("delivery", "client_message_id")
     finally:
         await producer.stop()
     assert len(counts) == n and no_duplicates(counts) == {}
