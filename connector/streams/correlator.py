@@ -14,7 +14,9 @@ the range assignor, partition *p* of both topics goes to the same worker, so the
 - Duplicates (same ``event_id``) are dropped while the worker runs.
 - Offsets: ``sms.receipts`` commits only the first unfinished receipt (held receipts block the
   commit, so a crash replays them); ``sms.correlation`` is never committed, so every assignment
-  reads it again from the beginning (a compacted topic) to rebuild the state.
+  reads it again from the beginning (a compacted topic) to rebuild the state, up to where it
+  ended at assignment before any receipt of the partition is handled (``_loaded``): a receipt
+  is held only when its correlation record was not written yet.
 - Status polling (Ogangi has no receipt push): each known Ogangi message without a final state
   is polled with ``getMessage`` every ``inbound.status_poll_interval_s`` at most
   ``inbound.status_poll_rate`` calls/s per route, until final or ``status_poll_max_age_s``
@@ -30,13 +32,15 @@ join the partition's open batch (``_send``), and the batch, with the sms.receipt
 finishes, is committed in one transaction of the partition's own transactional id
 (``<prefix>-<group_id>-correlator-<p>``, initialised on assignment: the previous owner, a zombie
 included, is fenced and its open transaction aborted). Held receipts are carried across a
-restart by the offset's metadata (``_offset_metadata``). A failed transaction makes the
+restart by the offset's metadata (``_offset_metadata``), which a new owner reads before it
+handles any receipt of the partition (``PartitionState.ready``). A failed transaction makes the
 partition be read again from its committed offset (``_reset``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -46,7 +50,7 @@ from typing import Any, Mapping
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from connector import contract as topics
 from connector import metrics, tracing
@@ -92,6 +96,14 @@ class PartitionState:
     skip_below: int = 0                 # after a restart: receipts below this were finished before it...
     replay_held: set[int] = field(default_factory=set)    # ...but these, which were held then
     committed_at: tuple[int, str] | None = None           # the offset and metadata last committed
+    # Set once the partition's records may be handled. aiokafka hands out a new assignment's
+    # records while the rebalance callback (``on_assigned``) is still running; with exactly-once
+    # that callback starts the transactional producer and reads the committed offset's metadata
+    # (``skip_below``, ``replay_held``), and a receipt handled before that would be published
+    # again although a committed transaction of the previous owner published it.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    correlations_end: int | None = None   # where sms.correlation ended when the partition was (re)assigned
+    loaded: bool = False                  # sms.correlation read up to there: receipts may be handled
 
 
 def join(receipt: dict[str, Any], corr: Correlation) -> DeliveryEvent:
@@ -139,11 +151,16 @@ class Correlator:
             while not stop.is_set():
                 for partition in sorted(self._resets):
                     await self._reset(partition)
+                await self._resume_loaded()
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=2000)
                 pending: list[tuple[asyncio.Future[Any], PartitionState | None, int | None]] = []
-                for tp, records in batch.items():
-                    st = self.state.get(tp.partition)
+                # correlation records first: a receipt of the same batch finds its record
+                for tp, records in sorted(batch.items(), key=lambda item: item[0].topic != self.topic_corr):
+                    st = await self._ready(tp.partition)
                     if st is None:
+                        continue
+                    if tp.topic == self.topic_receipts and not await self._loaded(st, tp.partition):
+                        self._hand_back(tp, records[0].offset)
                         continue
                     for r in records:
                         if tp.topic == self.topic_corr:
@@ -169,6 +186,51 @@ class Correlator:
                     await st.txn.stop()
             await self._consumer.stop()
             log.info("correlator stopped")
+
+    async def _ready(self, partition: int) -> PartitionState | None:
+        """The partition's state once its records may be handled (``PartitionState.ready``), or
+        None: not assigned (revoked meanwhile), or to be read again from its committed offset
+        (``_resets``: the records fetched are dropped, ``_reset`` seeks back to them)."""
+        st = self.state.get(partition)
+        if st is not None and not st.ready.is_set():
+            await st.ready.wait()
+        if st is None or self.state.get(partition) is not st or partition in self._resets:
+            return None
+        return st
+
+    async def _loaded(self, st: PartitionState, partition: int) -> bool:
+        """Whether sms.correlation ``partition`` has been read up to where it ended when the
+        partition was assigned (or reset): until then its receipts are not handled, else each one
+        whose record is simply not read yet would be held (and listed in the offset metadata)."""
+        if st.loaded:
+            return True
+        assert self._consumer is not None
+        corr = TopicPartition(self.topic_corr, partition)
+        try:
+            if st.correlations_end is None:
+                st.correlations_end = (await self._consumer.end_offsets([corr]))[corr]
+            st.loaded = await self._consumer.position(corr) >= st.correlations_end
+        except KafkaError as exc:   # revoked meanwhile (IllegalStateError), or the broker away: ask again
+            log.debug("sms.correlation position unknown", extra={"partition": partition, "error": type(exc).__name__})
+        return st.loaded
+
+    def _hand_back(self, receipts: TopicPartition, offset: int) -> None:
+        """Receipts fetched before sms.correlation was loaded (``_loaded``): read them again from
+        ``offset`` once it is (``_resume_loaded``); meanwhile their partition is not fetched."""
+        assert self._consumer is not None
+        with contextlib.suppress(IllegalStateError):    # revoked meanwhile: its next owner reads them
+            self._consumer.seek(receipts, offset)
+            self._consumer.pause(receipts)
+
+    async def _resume_loaded(self) -> None:
+        """Fetch the receipts of every partition whose sms.correlation is now loaded."""
+        assert self._consumer is not None
+        for partition, st in list(self.state.items()):
+            if st.loaded or not st.ready.is_set() or partition in self._resets:
+                continue
+            if await self._loaded(st, partition) and self.state.get(partition) is st:
+                with contextlib.suppress(IllegalStateError):     # revoked meanwhile
+                    self._consumer.resume(TopicPartition(self.topic_receipts, partition))
 
     async def _settle(self, pending: list[tuple[asyncio.Future[Any], PartitionState | None, int | None]]) -> None:
         """Await every produce of this batch; finish the receipts whose records are durable."""
@@ -357,7 +419,10 @@ class Correlator:
         return position, metadata
 
     async def _restore_offsets(self, partitions: list[int]) -> None:
-        """Exactly-once, on assignment: read the committed offsets' metadata (``_offset_metadata``)."""
+        """Exactly-once, on assignment: read the committed offsets' metadata (``_offset_metadata``).
+        Everything below the committed offset is finished, metadata or not: aiokafka may have
+        fetched an older committed offset to start from (before ``_start_transactions`` let the
+        previous owner's last commit complete), and the receipts in between must be skipped too."""
         from aiokafka.admin import AIOKafkaAdminClient
 
         admin = AIOKafkaAdminClient(**client_options(self.settings.kafka))
@@ -372,6 +437,7 @@ class Correlator:
             if st is None or meta is None or meta.offset < 0:
                 continue
             st.committed_at = (meta.offset, meta.metadata or "")
+            st.skip_below, st.replay_held = meta.offset, set()
             if not meta.metadata:
                 continue
             try:
@@ -390,15 +456,26 @@ class Correlator:
         old = self.state.get(partition)
         if old is None or self._consumer is None:
             return
-        self.state[partition] = PartitionState(txn=old.txn)
-        await self._restore_offsets([partition])
+        # ready at once: this runs in the main loop, which handles no record before it returns
+        st = self.state[partition] = PartitionState(txn=old.txn)
+        st.ready.set()
+        try:
+            if st.txn is not None and not st.txn.started:
+                await st.txn.start()        # its start on assignment failed
+            await self._restore_offsets([partition])
+        except Exception as exc:  # noqa: BLE001 - broker away: try again, handling none of its records meanwhile
+            log.warning("correlator partition not restored yet; will retry",
+                        extra={"partition": partition, "error": f"{type(exc).__name__}: {exc}"})
+            self._resets.add(partition)
+            await asyncio.sleep(1)
+            return
         corr, receipts = TopicPartition(self.topic_corr, partition), TopicPartition(self.topic_receipts, partition)
         await self._consumer.seek_to_beginning(corr)
-        committed = await self._consumer.committed(receipts)
-        if committed is None:
+        # the offset read with the metadata (one read), not a second fetch of the committed offset
+        if st.committed_at is None:
             await self._consumer.seek_to_beginning(receipts)
         else:
-            self._consumer.seek(receipts, committed)
+            self._consumer.seek(receipts, st.committed_at[0])
 
     @property
     def _status_polled(self) -> set[str]:
@@ -465,23 +542,39 @@ class Correlator:
         # needed: aiokafka starts each new assignment at the committed offset, else the earliest;
         # sms.correlation is never committed, so it is always read from the beginning, and
         # sms.receipts resumes at the first unfinished receipt.
-        for tp in assigned:
-            self.state.setdefault(tp.partition, PartitionState())
-        if self.transactional:
-            # One transactional id per partition number, "<prefix>-<group_id>-correlator-<p>":
-            # initialising it fences the previous owner (a zombie past its session timeout) and
-            # aborts its open transaction before this worker reads the partition.
-            k = self.settings.kafka
-            starting = []
-            for p in sorted({tp.partition for tp in assigned}):
-                st = self.state[p]
-                if st.txn is None:
-                    st.txn = TransactionalProducer(k, transactional_id(k, f"correlator-{p}"), "correlator",
-                                                   **INBOUND_TXN_OPTIONS)
-                    starting.append(st.txn.start())
-            await asyncio.gather(*starting)
-            await self._restore_offsets(sorted({tp.partition for tp in assigned}))
-        log.info("correlator partitions assigned", extra={"partitions": sorted({tp.partition for tp in assigned})})
+        # The main loop may already hold records of these partitions (aiokafka resumes fetching
+        # before this callback returns): it waits for ``ready`` before handling them. A failure
+        # here would only be logged by aiokafka: the partitions are read again (``_reset``) instead.
+        partitions = sorted({tp.partition for tp in assigned})
+        for p in partitions:
+            self.state.setdefault(p, PartitionState())
+        try:
+            if self.transactional:
+                await self._start_transactions(partitions)
+        except Exception as exc:  # noqa: BLE001 - broker away: _reset tries again
+            log.warning("correlator partitions not restored on assignment; will retry",
+                        extra={"partitions": partitions, "error": f"{type(exc).__name__}: {exc}"})
+            self._resets.update(partitions)
+        finally:
+            for p in partitions:
+                self.state[p].ready.set()
+        log.info("correlator partitions assigned", extra={"partitions": partitions})
+
+    async def _start_transactions(self, partitions: list[int]) -> None:
+        """Exactly-once, on assignment: one transactional id per partition number,
+        "<prefix>-<group_id>-correlator-<p>": initialising it fences the previous owner (a zombie
+        past its session timeout) and aborts its open transaction, or waits for the commit it
+        left in progress; only then is the committed offset's metadata final, and read."""
+        k = self.settings.kafka
+        starting = []
+        for p in partitions:
+            st = self.state[p]
+            if st.txn is None:
+                st.txn = TransactionalProducer(k, transactional_id(k, f"correlator-{p}"), "correlator",
+                                               **INBOUND_TXN_OPTIONS)
+                starting.append(st.txn.start())
+        await asyncio.gather(*starting)
+        await self._restore_offsets(partitions)
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._commit()

@@ -92,6 +92,10 @@ class TransactionalProducer:
         assert self._producer is not None, "TransactionalProducer not started"
         return self._producer
 
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
     async def start(self) -> None:
         """A new producer for the id, initialised: fences older holders, aborts their open transaction."""
         producer = AIOKafkaProducer(**client_options(self.kafka), transactional_id=self.transactional_id,
