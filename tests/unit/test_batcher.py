@@ -70,14 +70,18 @@ class FakeProducer:
                     f.set_result(None)
 
 
+def batcher(linger_s: float = 0.001, capacity: int = 1000) -> tuple[FakeProducer, Batcher]:
+    kafka = FakeProducer(capacity)
+    return kafka, Batcher(kafka, linger_s=linger_s)  # type: ignore[arg-type]
+
+
 async def turns(n: int = 5) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
 
 
 async def test_records_join_the_open_batch_while_the_partitions_previous_batch_is_unacknowledged() -> None:
-    kafka = FakeProducer()
-    b = Batcher(kafka, linger_s=0.001)  # type: ignore[arg-type]
+    kafka, b = batcher()
     first = b.send("t", 0, None, b"0")
     await asyncio.sleep(0.01)                      # lingered: handed over
     assert kafka.handed == [("t", 0, [b"0"])]
@@ -98,8 +102,7 @@ async def test_records_join_the_open_batch_while_the_partitions_previous_batch_i
 
 
 async def test_partitions_deliver_independently_and_in_order() -> None:
-    kafka = FakeProducer(capacity=3)
-    b = Batcher(kafka, linger_s=0.001)  # type: ignore[arg-type]
+    kafka, b = batcher(capacity=3)
     futs = [b.send("t", i % 2, None, b"%d" % i) for i in range(20)]
     while not all(f.done() for f in futs):
         await asyncio.sleep(0.002)
@@ -113,8 +116,7 @@ async def test_partitions_deliver_independently_and_in_order() -> None:
 
 
 async def test_a_failed_batch_fails_its_own_records_only() -> None:
-    kafka = FakeProducer()
-    b = Batcher(kafka, linger_s=0.001)  # type: ignore[arg-type]
+    kafka, b = batcher()
     bad = b.send("t", 0, None, b"a")
     await asyncio.sleep(0.01)
     good = b.send("t", 0, None, b"b")
@@ -132,8 +134,7 @@ async def test_a_failed_batch_fails_its_own_records_only() -> None:
 
 
 async def test_flush_closes_the_open_batch_but_its_future_waits_for_the_ack() -> None:
-    kafka = FakeProducer()
-    b = Batcher(kafka, linger_s=60)  # type: ignore[arg-type]
+    kafka, b = batcher(linger_s=60)
     one = b.send("t", 0, None, b"1")
     b.flush()
     await turns()
@@ -154,8 +155,7 @@ async def test_flush_closes_the_open_batch_but_its_future_waits_for_the_ack() ->
 
 
 async def test_a_record_too_large_is_refused_and_the_batch_goes_on() -> None:
-    kafka = FakeProducer()
-    b = Batcher(kafka, linger_s=0.001)  # type: ignore[arg-type]
+    kafka, b = batcher()
     ok = b.send("t", 0, None, b"x")
     with pytest.raises(ValueError, match="too large"):
         b.send("t", 0, None, b"y" * 200)
@@ -171,8 +171,7 @@ async def test_a_record_too_large_is_refused_and_the_batch_goes_on() -> None:
 
 
 async def test_cancelled_delivery_cancels_the_waiting_records() -> None:
-    kafka = FakeProducer()
-    b = Batcher(kafka, linger_s=0.001)  # type: ignore[arg-type]
+    kafka, b = batcher()
     first = b.send("t", 0, None, b"1")
     await asyncio.sleep(0.01)
     second = b.send("t", 0, None, b"2")
