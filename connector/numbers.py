@@ -26,7 +26,8 @@ written as ``+`` and ASCII digits skips ``clean``'s loop and most of ``phonenumb
 (``_library_parse``: the steps parse takes for such a string, without those that leave it
 unchanged: digit normalisation, possible-number extraction, extension and IDD stripping), and
 its region, type, validity and time zones share one region search (the library's
-``number_type``, ``is_valid_number`` and ``time_zones_for_number`` each search again). Both are
+``number_type``, ``is_valid_number`` and ``time_zones_for_number`` each search again), and the
+library's compiled patterns are kept (``re_util.enable_pattern_cache``). Both are
 the library's own steps in the library's order, using a few of its private helpers: if those are
 missing (another version) the full parse is used; ``tests/unit/test_numbers.py`` compares every
 result with the library's public functions over its example numbers of every region and type.
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType, ValidationResult
+from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType, ValidationResult, re_util
 
 from connector.errors import InvalidMessage
 
@@ -52,6 +53,11 @@ try:    # the library's own parse steps, for the fast path (module docstring); a
     FAST_PATH = True
 except ImportError:  # pragma: no cover - another phonenumbers
     FAST_PATH = False
+# Keep the metadata's compiled patterns (a bounded set): the type checks look up ~10 per number, and
+# re.compile's own cache lookup was a tenth of a new number's cost (more once numbers of many
+# regions push patterns out of re's 512-entry cache).
+if hasattr(re_util, "enable_pattern_cache"):
+    re_util.enable_pattern_cache()
 
 LEVELS = ("possible", "valid")
 DEFAULT_LEVEL = "possible"
