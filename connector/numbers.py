@@ -23,14 +23,14 @@ cannot be retried; a route that pays per attempt or wants strictness sets ``vali
 
 Cost of a new number (every recipient new: the library is most of a message's CPU): a number
 written as ``+`` and ASCII digits skips ``clean``'s loop and most of ``phonenumbers.parse``
-(``_library_parse``: the steps parse takes for such a string, without those that leave it
-unchanged: digit normalisation, possible-number extraction, extension and IDD stripping), and
-its region, type, validity and time zones share one region search (the library's
-``number_type``, ``is_valid_number`` and ``time_zones_for_number`` each search again), and the
-library's compiled patterns are kept (``re_util.enable_pattern_cache``). Both are
-the library's own steps in the library's order, using a few of its private helpers: if those are
-missing (another version) the full parse is used; ``tests/unit/test_numbers.py`` compares every
-result with the library's public functions over its example numbers of every region and type.
+(``_fast_parse``: the steps parse takes for such a string, without those that leave it
+unchanged: digit normalisation, possible-number extraction, extension and IDD stripping); its
+region, type, validity and time zones share one region search (the library's ``number_type``,
+``is_valid_number`` and ``time_zones_for_number`` each search again); the library keeps its
+compiled patterns (``re_util.enable_pattern_cache``). These are the library's own steps in its
+order, using a few of its private helpers: if those are missing (another version) the full
+parse is used. ``tests/unit/test_numbers_fast_path.py`` compares every result with the library's
+public functions over its example numbers of every region and type.
 """
 
 from __future__ import annotations
