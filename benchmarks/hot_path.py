@@ -13,6 +13,8 @@ commits: CPU time (``time.process_time``) in one process, best of ``--repeat`` r
   answers like the SMPP REST simulator in memory (the answer's cost is measured and taken off),
   for ``batch_max`` 1 and 200, with the worker's garbage-collector settings. What is left out, and measured by ``bench``: aiohttp, aiokafka,
   the dispatcher's chains, commits and produces;
+- ``--keys 0``: every record's recipient new to the worker (the numbers' caches emptied before
+  each run): what a first message to a number costs (parsing it);
 - **primitives**: what the per-record machinery of asyncio and dataclasses costs (a task, a
   future, a frozen dataclass), the unit prices of the vectorised-dispatch plan.
 
@@ -90,10 +92,22 @@ def make_pipeline(batch_max: int, concurrency: int, handler: Any) -> Pipeline:
     return Pipeline(senders, Router.from_settings(settings.routing, {"bench": "smpp_rest"}))
 
 
+def forget_numbers() -> None:
+    """Empty connector.numbers' caches: every recipient of the next run is new to the worker."""
+    from connector import numbers
+
+    for value in list(vars(numbers).values()):
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
+    getattr(numbers, "_PARSED", {}).clear()
+
+
 async def run_pipeline(batch_max: int, records: list[bytes], in_flight: int, concurrency: int,
-                       profile: cProfile.Profile | None = None) -> float:
+                       profile: cProfile.Profile | None = None, new_recipients: bool = False) -> float:
     """µs of CPU per record for ``Pipeline.outcome`` over ``records`` (the simulated answer's
-    CPU taken off)."""
+    CPU taken off). ``new_recipients``: the numbers' caches are emptied first."""
+    if new_recipients:
+        forget_numbers()
     sim = SimulatedSmpp()
     pipeline = make_pipeline(batch_max, concurrency, sim)
     now_ms = int(time.time() * 1000)
@@ -247,19 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage-records", type=int, default=5000, help="calls per stage timing")
     p.add_argument("--repeat", type=int, default=3, help="runs of each; the best is kept")
     p.add_argument("--in-flight", type=int, default=2000, help="records in progress at once (pipeline)")
+    p.add_argument("--keys", type=int, default=2000,
+                   help="distinct recipients (0: every record a new one, the numbers' caches emptied before each run)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the pipeline runs; stats to FILE")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
-    values = [record(i) for i in range(a.records)]
+    new = a.keys <= 0
+    values = [record(i, a.records if new else a.keys) for i in range(a.records)]
     pipeline_us = {}
     prof = cProfile.Profile() if a.profile else None
     for label, batch_max, concurrency in (("single (batch_max 1, 64 calls)", 1, 64),
                                           ("batch (batch_max 200, 16 calls)", 200, 16)):
-        runs = [_run(run_pipeline(batch_max, values, a.in_flight, concurrency)) for _ in range(a.repeat)]
+        runs = [_run(run_pipeline(batch_max, values, a.in_flight, concurrency, new_recipients=new))
+                for _ in range(a.repeat)]
         pipeline_us[label] = round(min(runs), 1)
         if prof is not None:
-            _run(run_pipeline(batch_max, values, a.in_flight, concurrency, prof))
+            _run(run_pipeline(batch_max, values, a.in_flight, concurrency, prof, new_recipients=new))
     out = {"pipeline_us_per_record": pipeline_us, "stages_us": stages(a.stage_records, a.repeat),
            "primitives_us": primitives(a.stage_records, a.repeat)}
     if prof is not None:

@@ -20,6 +20,17 @@ and a possible length for it; ``valid`` adds libphonenumber's full number-plan c
 number falls in an allocated range). ``possible`` is the default because the plan tables lag
 real allocations (a new range is refused until the library is upgraded), and a refused number
 cannot be retried; a route that pays per attempt or wants strictness sets ``valid``.
+
+Cost of a new number (every recipient new: the library is most of a message's CPU): a number
+written as ``+`` and ASCII digits skips ``clean``'s loop and most of ``phonenumbers.parse``
+(``_fast_parse``: the steps parse takes for such a string, without those that leave it
+unchanged: digit normalisation, possible-number extraction, extension and IDD stripping); its
+region, type, validity and time zones share one region search (the library's ``number_type``,
+``is_valid_number`` and ``time_zones_for_number`` each search again); the library keeps its
+compiled patterns (``re_util.enable_pattern_cache``). These are the library's own steps in its
+order, using a few of its private helpers: if those are missing (another version) the full
+parse is used. ``tests/unit/test_numbers_fast_path.py`` compares every result with the library's
+public functions over its example numbers of every region and type.
 """
 
 from __future__ import annotations
@@ -29,9 +40,24 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType, ValidationResult
+from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType, ValidationResult, re_util
 
 from connector.errors import InvalidMessage
+
+try:    # the library's own parse steps, for the fast path (module docstring); absent: the full parse
+    from phonenumbers.phonemetadata import PhoneMetadata
+    from phonenumbers.phonenumberutil import (_MAX_LENGTH_FOR_NSN, _MIN_LENGTH_FOR_NSN, _extract_country_code,
+                                              _maybe_strip_national_prefix_carrier_code, _number_type_helper,
+                                              _set_italian_leading_zeros_for_phone_number, _test_number_length)
+    from phonenumbers.re_util import re_compile
+    FAST_PATH = True
+except ImportError:  # pragma: no cover - another phonenumbers
+    FAST_PATH = False
+# Keep the metadata's compiled patterns (a bounded set): the type checks look up ~10 per number, and
+# re.compile's own cache lookup was a tenth of a new number's cost (more once numbers of many
+# regions push patterns out of re's 512-entry cache).
+if hasattr(re_util, "enable_pattern_cache"):
+    re_util.enable_pattern_cache()
 
 LEVELS = ("possible", "valid")
 DEFAULT_LEVEL = "possible"
@@ -88,9 +114,16 @@ def _describe(ch: str) -> str:
     return f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed')}"
 
 
+def _plain_e164(text: str) -> bool:
+    """``+`` then ASCII digits only: ``clean`` leaves it as it is."""
+    return text[:1] == "+" and text.isascii() and text[1:].isdigit()
+
+
 def clean(text: str) -> str:
     """``text`` without its formatting characters; InvalidMessage for anything not a digit,
     ``+`` or formatting (see the module docstring)."""
+    if _plain_e164(text):
+        return text
     kept: list[str] = []
     for ch in text:
         if ch in _ASCII_DIGITS:
@@ -140,7 +173,7 @@ def _parse_text(text: str) -> PhoneNumber:
 def _parse_clean(cleaned: str) -> PhoneNumber:
     # Cached: the library's parse is ~40 us, and a recipient's messages come in runs.
     try:
-        number = phonenumbers.parse(cleaned, None)
+        number = _library_parse(cleaned)
     except NumberParseException as exc:
         raise InvalidMessage(f"recipient.phone is not a phone number: {_parse_reason(exc)} "
                              f"(libphonenumber: {exc._msg})", field=_FIELD) from None
@@ -148,12 +181,71 @@ def _parse_clean(cleaned: str) -> PhoneNumber:
     if result != ValidationResult.IS_POSSIBLE:
         raise InvalidMessage(f"recipient.phone is not a possible number: {_possible_reason(result)} "
                              f"(libphonenumber)", field=_FIELD)
-    region = phonenumbers.region_code_for_number(number)
+    region, known_type = _region_and_type(number)
     e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
     if len(_PARSED) >= _PARSED_MAX:
         _PARSED.clear()
-    _PARSED[e164] = number
+    _PARSED[e164] = (number, region, known_type, cleaned == e164)
     return PhoneNumber(e164=e164, region=region if region and region.isalpha() and region != "ZZ" else None)
+
+
+def _library_parse(cleaned: str) -> phonenumbers.PhoneNumber:
+    """``phonenumbers.parse(cleaned, None)``."""
+    number = _fast_parse(cleaned)
+    return number if number is not None else phonenumbers.parse(cleaned, None)
+
+
+def _fast_parse(cleaned: str) -> phonenumbers.PhoneNumber | None:
+    """``phonenumbers.parse(cleaned, None)`` for ``+`` and ASCII digits: the steps parse takes
+    for such a string, without those that leave it unchanged; None for anything else, or where
+    a step would refuse it (the full parse then raises its own error)."""
+    if not (FAST_PATH and _plain_e164(cleaned)):
+        return None
+    digits = cleaned[1:]
+    # parse refuses fewer than 3 digits after '+' (TOO_SHORT_AFTER_IDD); more than 20 cannot fit
+    if not 2 < len(digits) <= 3 + _MAX_LENGTH_FOR_NSN:
+        return None
+    cc, national = _extract_country_code(digits)
+    if not cc or len(national) < _MIN_LENGTH_FOR_NSN:
+        return None
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(cc, phonenumbers.region_code_for_country_code(cc))
+    if metadata is None:
+        return None
+    _, stripped, _ = _maybe_strip_national_prefix_carrier_code(national, metadata)
+    if _test_number_length(stripped, metadata) not in _KEEP_PREFIX:
+        national = stripped
+    if not _MIN_LENGTH_FOR_NSN <= len(national) <= _MAX_LENGTH_FOR_NSN:
+        return None
+    number = phonenumbers.PhoneNumber(country_code=cc)
+    _set_italian_leading_zeros_for_phone_number(national, number)
+    number.national_number = int(national)
+    return number
+
+
+_KEEP_PREFIX = (ValidationResult.TOO_SHORT, ValidationResult.IS_POSSIBLE_LOCAL_ONLY, ValidationResult.INVALID_LENGTH)
+
+
+def _region_and_type(number: phonenumbers.PhoneNumber) -> tuple[str | None, int | None]:
+    """(``region_code_for_number(number)``, ``number_type(number)`` when the region search had
+    to work it out, else None): the library's search, keeping what ``number_type`` would redo."""
+    if not FAST_PATH:
+        return phonenumbers.region_code_for_number(number), None
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(number.country_code)
+    if regions is None:
+        return None, None
+    if len(regions) == 1:
+        return regions[0], None
+    nsn = phonenumbers.national_significant_number(number)
+    for region in regions:
+        metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
+        if metadata is None:
+            continue
+        if metadata.leading_digits is not None:
+            if re_compile(metadata.leading_digits).match(nsn):
+                return region, None
+        elif (kind := _number_type_helper(nsn, metadata)) != PhoneNumberType.UNKNOWN:
+            return region, kind
+    return None, None
 
 
 def _parse_reason(exc: NumberParseException) -> str:
@@ -166,21 +258,43 @@ def _possible_reason(result: int) -> str:
     return names.get(result, str(result))
 
 
-# The library's parse of recently parsed numbers, by E.164, for the checks below (type, validity,
-# country): the destination rules ask every new number's type right after it is parsed, and
-# parsing again would double their cost (~50 us). Bounded: cleared when full.
-_PARSED: dict[str, phonenumbers.PhoneNumber] = {}
+# The library's parse of recently parsed numbers, by E.164, with the region it found and the
+# type if that search worked it out, for the checks below (type, validity, country, time zones):
+# the destination rules ask every new number's type right after it is parsed, and parsing again
+# would double their cost (~50 us). Bounded: cleared when full.
+# The last field: the number was parsed from the E.164 itself (not from a text that only formats
+# to it; parsing that E.164 can give another number, as in +243 00 1234567).
+_PARSED: dict[str, tuple[phonenumbers.PhoneNumber, str | None, int | None, bool]] = {}
 _PARSED_MAX = 4096
 
 
 def _library_number(e164: str) -> phonenumbers.PhoneNumber:
-    number = _PARSED.get(e164)
-    return number if number is not None else phonenumbers.parse(e164, None)
+    return _classified(e164)[0]
+
+
+def _classified(e164: str) -> tuple[phonenumbers.PhoneNumber, str | None, int]:
+    """The library's number, ``region_code_for_number`` and ``number_type`` of ``e164``."""
+    entry = _PARSED.get(e164)
+    if entry is None or not FAST_PATH:
+        number = entry[0] if entry is not None else phonenumbers.parse(e164, None)
+        return number, phonenumbers.region_code_for_number(number), phonenumbers.number_type(number)
+    number, region, kind, own = entry
+    if kind is None:    # number_type after its region search
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(number.country_code, region)
+        kind = (PhoneNumberType.UNKNOWN if metadata is None else
+                _number_type_helper(phonenumbers.national_significant_number(number), metadata))
+        _PARSED[e164] = (number, region, kind, own)
+    return number, region, kind
 
 
 @lru_cache(maxsize=65536)
 def _valid(e164: str) -> bool:
-    return phonenumbers.is_valid_number(_library_number(e164))
+    # is_valid_number: is_valid_number_for_region(its region), i.e. a region whose country code is
+    # the number's and a type other than unknown in that region's metadata (number_type's)
+    number, region, kind = _classified(e164)
+    return (region is not None and kind != PhoneNumberType.UNKNOWN and
+            (region == phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY or
+             number.country_code == phonenumbers.country_code_for_valid_region(region)))
 
 
 @lru_cache(maxsize=65536)
@@ -191,7 +305,34 @@ def _main_region(e164: str) -> str | None:
 
 @lru_cache(maxsize=65536)
 def _type(e164: str) -> str:
-    return _TYPE_NAMES.get(phonenumbers.number_type(_library_number(e164)), "unknown")
+    return _TYPE_NAMES.get(_classified(e164)[2], "unknown")
+
+
+def time_zones(e164: str) -> tuple[str, ...]:
+    """libphonenumber's time zones for a canonical number (``timezone.time_zones_for_number``,
+    with the type its parse found), ``Etc/Unknown`` when it knows none."""
+    from phonenumbers import timezone
+
+    entry = _PARSED.get(e164)
+    unknown = getattr(timezone, "_UNKNOWN_TIME_ZONE_LIST", None)
+    country_level = getattr(timezone, "_country_level_time_zones_for_number", None)
+    if (entry is not None and not entry[3]) or unknown is None or country_level is None:
+        # the zones of the E.164 as parsed (here not the number it was written as), or another phonenumbers
+        return tuple(timezone.time_zones_for_number(phonenumbers.parse(e164, None)))
+    number, _, kind = _classified(e164)
+    # time_zones_for_number's steps, with the type already known
+    if kind == PhoneNumberType.UNKNOWN:
+        return tuple(unknown)
+    if not phonenumbers.is_number_type_geographical(kind, number.country_code):
+        return tuple(country_level(number))
+    return tuple(timezone.time_zones_for_geographical_number(number))
+
+
+def clear_caches() -> None:
+    """Forget every parsed number (benchmarks of new recipients, tests)."""
+    for cached in (_parse_text, _parse_clean, _valid, _type, _main_region):
+        cached.cache_clear()
+    _PARSED.clear()
 
 
 def check(number: PhoneNumber, level: str) -> PhoneNumber:

@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers import timezone as phone_zones
 
+from connector import numbers
 from connector.config.loading import parse_quiet_hours as config_quiet_hours
 
 SCHEDULED, QUIET_HOURS = "scheduled", "quiet-hours"   # the deferral reasons (metrics, headers)
@@ -97,11 +98,15 @@ def _zone(name: str) -> ZoneInfo | None:
 @lru_cache(maxsize=65536)
 def zones_for_number(e164: str) -> tuple[str, ...]:
     """The IANA zones libphonenumber gives for a number (empty when unknown)."""
-    try:
-        number = phonenumbers.parse(e164)
-    except phonenumbers.NumberParseException:
-        return ()
-    return tuple(z for z in phone_zones.time_zones_for_number(number) if _zone(z) is not None)
+    canonical = numbers.canonical(e164)
+    if canonical is not None:       # the type its parse found: no second parse and region search
+        found = numbers.time_zones(canonical)
+    else:
+        try:
+            found = tuple(phone_zones.time_zones_for_number(phonenumbers.parse(e164)))
+        except phonenumbers.NumberParseException:
+            return ()
+    return tuple(z for z in found if _zone(z) is not None)
 
 
 def quiet_until(at: float, quiet: QuietHours, zones: tuple[str, ...]) -> float | None:

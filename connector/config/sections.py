@@ -100,9 +100,9 @@ class DispatchSettings:
                                                       "messages. At most 7 days, the ledger topic's retention.",
                                           minimum=0, maximum=7 * 86400)
     idempotency_max_entries: int = setting(250_000, doc="Most client_message_ids the ledger keeps in memory per worker "
-                                                        "(about 200 bytes each). Beyond it the oldest are forgotten "
+                                                        "(about 100 bytes each with 30-character ids). Beyond it the oldest are forgotten "
                                                         "before their window ends (sms_ledger_evicted_total counts "
-                                                        "them). At 1,000 messages/s a 1 h window needs 3.6 million (about 700 MB): size it with the pod's memory.",
+                                                        "them). At 1,000 messages/s a 1 h window needs 3.6 million (about 360 MB): size it with the pod's memory.",
                                            minimum=1000, maximum=100_000_000)
     retry_after_max_s: float = setting(30.0, doc="A provider's Retry-After is honoured in place up to this; a longer one ends the in-place retries (the message is handed off to the retry topic, or fails as throttled at the attempt cap).",
                                        minimum=0, maximum=3600)

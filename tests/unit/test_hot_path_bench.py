@@ -20,3 +20,11 @@ def test_hot_path_reports_pipeline_stages_and_primitives(tmp_path) -> None:  # t
     for section in ("pipeline_us_per_record", "stages_us", "primitives_us"):
         assert all(v > 0 for v in result[section].values()), result[section]
     assert "outcome" in (tmp_path / "p.txt").read_text()
+
+
+def test_hot_path_with_every_recipient_new() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert hot_path.main(["--records", "40", "--stage-records", "10", "--repeat", "1", "--in-flight", "20",
+                              "--keys", "0", "--json"]) == 0
+    assert all(v > 0 for v in json.loads(out.getvalue())["pipeline_us_per_record"].values())
