@@ -308,6 +308,8 @@ class Pipeline:
                         ends[i] = (value, correlations, cid)
                     elif isinstance(result, OwnershipLost):
                         ends[i] = result
+                    elif result is None:     # not sent: the circuit opened meanwhile
+                        ends[i] = Later(self._send, o, sender, prepared_list[k], None, ledger, None)
                     elif stop_after_one or isinstance(decide(result, 1, sender.retry), Fail):
                         o.attempts, o.submitted_at = 1, started[k]    # what sender.send would end with
                         ends[i] = self._not_sent(o, result, cid, None)

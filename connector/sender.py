@@ -132,21 +132,25 @@ class RouteSender:
         """The circuit is closed: a call may go without asking for a probe place (``send_many``)."""
         return self.breaker.state == CLOSED
 
-    async def send_many(self, prepared: Sequence[Prepared]) -> tuple[list[SendResult | OwnershipLost], list[float]]:
+    async def send_many(self, prepared: Sequence[Prepared]) -> tuple[list[SendResult | OwnershipLost | None],
+                                                                     list[float]]:
         """One attempt for each message, as few calls as the provider allows: batches of up to
         ``batch_max`` (and the route's per-call segment cap), one call per message for a
         single-message provider, at most the route's concurrency of them at once. No future or
         task per message: the results come back aligned by index with each call's start time.
         Each call takes its limiter slot and passes the gate (``OwnershipLost``: the messages of
         that call get the exception as their result, nothing of them was sent); retries are the
-        caller's (``send(first=...)``). For a closed circuit (``closed``): no probe place is taken."""
+        caller's (``send(first=...)``). For a closed circuit only (``closed``: no probe place is
+        taken); the messages of calls not made because it opened meanwhile get None."""
         calls = self._cut(prepared)
-        results: list[SendResult | OwnershipLost] = [None] * len(prepared)  # type: ignore[list-item]
+        results: list[SendResult | OwnershipLost | None] = [None] * len(prepared)
         started = [0.0] * len(prepared)
         todo = iter(calls)
 
         async def worker() -> None:
             for lo, hi in todo:
+                if not self.closed:      # opened meanwhile: these wait for it (or fail over) on their own
+                    continue
                 started[lo:hi] = [time.time()] * (hi - lo)
                 try:
                     results[lo:hi] = await self._send_batch(list(prepared[lo:hi]))

@@ -348,3 +348,20 @@ async def test_send_many_refused_by_the_gate_sends_nothing() -> None:
     prepared = [sender.provider.prepare(m) for m in decode_outbound_many([value("a"), value("b"), value("c")])]  # type: ignore[arg-type]
     results, _ = await sender.send_many(prepared)
     assert gw.calls == [] and all(isinstance(r, OwnershipLost) for r in results)
+
+
+async def test_calls_not_made_because_the_circuit_opened_are_left_to_the_per_record_path() -> None:
+    gw = Gateway()
+    d, _, _ = dispatcher(1, gw, concurrency=1)
+    sender = d.pipeline.senders["smpp"]
+    inner = gw.__call__
+
+    async def opening(request: HttpRequest) -> HttpResponse:
+        response = await inner(request)
+        sender.breaker._open(sender.breaker._clock())      # the first call's failures opened it
+        return response
+
+    sender.transport = HttpTransport(handler=opening)
+    ends = await d.pipeline.outcomes(decode_outbound_many([value("a"), value("b"), value("c")]), [0, 0, 0])
+    assert gw.calls == [["a"]]                      # no call more while open
+    assert isinstance(ends[0], tuple) and isinstance(ends[1], Later) and isinstance(ends[2], Later)
