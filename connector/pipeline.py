@@ -7,8 +7,9 @@ encoding (``encoding.smart_encode``), prepares the message for its provider and 
 (retries included), and
 returns the one ``Verdict`` that ends it: accepted, failed (with reason) or dead-lettered, or
 ``retry``: a hand-off to the retry topic (``connector.retries``) when the in-place retries of a
-retriable error are spent and the attempt cap is not reached. The
-dispatch processor (``streams/dispatch.py``) turns outcomes into Kafka records; the contract tests
+retriable error are spent and the attempt cap is not reached. ``Pipeline.outcomes`` makes the
+same decisions for a wave of records (``streams/waves.py``), without per-message machinery for
+the common case. The dispatch processor (``streams/dispatch.py``) turns outcomes into Kafka records; the contract tests
 drive the same path against every simulator without a broker.
 """
 

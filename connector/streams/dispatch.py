@@ -7,7 +7,9 @@ in-flight events; an agent acks an event when it asks for the next one). Here:
 - **Ordering:** records are chained by (partition, key); a key's next record starts only when the
   previous one has finished, so one recipient's messages go out in order. Different keys run
   concurrently; records taken but unfinished are bounded by ``dispatch.max_in_flight`` (fetching
-  pauses at the bound).
+  pauses at the bound). The records of a fetched partition batch whose keys are free run together
+  as a wave (``streams.waves``); a message that needs more than its first call continues here, on
+  its own (``_run_chain``).
 - **Commits:** each partition's ``PartitionProgress`` knows the first unfinished offset; only that
   is committed (every ``dispatch.commit_interval_s``, on revocation and on shutdown). A record is
   finished only when its terminal record is acknowledged by the broker (acks=all), so a crash at
