@@ -327,14 +327,21 @@ class Dispatcher:
 
     def _start(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes]) -> None:
         """Run ``rec`` after the records of its key taken before it in the same topic-partition."""
+        ck = self._enqueue(progress, rec)
+        if ck is not None:
+            self._spawn(self._run_chain(ck, tp, progress, rec))
+
+    def _enqueue(self, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes]) -> tuple[PartitionProgress, Any] | None:
+        """Count ``rec`` in flight; queue it behind its key's record in progress (None), or open
+        its key's chain: its chain key, for the caller to run it now."""
         self.in_flight += 1
         ck = chain_key(progress, rec)
         chain = self._chains.get(ck)
         if chain is not None:
             chain.append(rec)
-            return
+            return None
         self._chains[ck] = deque()
-        self._spawn(self._run_chain(ck, tp, progress, rec))
+        return ck
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any, Sequence
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -111,15 +110,8 @@ class Waves:
                 continue
             if not self.eligible(rec):
                 d._start(tp, progress, rec)
-                continue
-            d.in_flight += 1
-            ck = chain_key(progress, rec)
-            chain = d._chains.get(ck)
-            if chain is not None:
-                chain.append(rec)
-                continue
-            d._chains[ck] = deque()
-            wave.append(rec)
+            elif d._enqueue(progress, rec) is not None:   # its key is free: in this wave
+                wave.append(rec)
         if wave:
             d._spawn(self.run(tp, progress, wave))
 
