@@ -35,7 +35,7 @@ from connector.records import (DONE, INTENT, RETRYING, Accepted, Ending, Outboun
 from connector.retries import RetryState
 from connector.schedule import SCHEDULED, SchedulePolicy
 from connector.routing import Router
-from connector.sender import RouteSender
+from connector.sender import OnCall, RouteSender
 from connector.streams.membership import OwnershipLost
 
 
@@ -243,7 +243,8 @@ class Pipeline:
 
     # -- a wave: many messages of one partition, one per key (streams.waves) ----------------
     async def outcomes(self, msgs: Sequence[OutboundSms | InvalidRecord], timestamps_ms: Sequence[int],
-                       ledger: MessageLedger | None = None) -> list[WaveEnd]:
+                       ledger: MessageLedger | None = None,
+                       on_ends: Callable[[list[tuple[int, WaveEnd]]], None] | None = None) -> list[WaveEnd]:
         """``outcome`` for many input records at once (none from the retry topic or replayed), the
         same decisions, aligned by index. The common case is decided here without a coroutine,
         future or ``Verdict`` per message: one first attempt for every message of a route in
@@ -253,25 +254,33 @@ class Pipeline:
         ``Verdict``. One that needs more (a ledger entry to judge, a budget, an intent, a circuit not
         closed, an in-place retry, a failover) is a ``Later``: awaiting ``later()`` runs the rest of
         ``outcome`` for it. ``OwnershipLost``: its call was refused, nothing sent. Any other
-        exception: a bug met by that message alone (the dispatcher dead-letters it)."""
+        exception: a bug met by that message alone (the dispatcher dead-letters it).
+
+        ``on_ends((index, end) pairs)`` is told as soon as messages are decided: those decided
+        before any call, then the messages of each call as it returns (so what a call sent can be
+        recorded while the wave's other calls are under way)."""
         ends: list[WaveEnd] = [None] * len(msgs)  # type: ignore[list-item]
         facts: list[SendFacts | None] = [None] * len(msgs)
         calls: dict[RouteSender, tuple[list[int], list[Prepared]]] = {}
-        budgets, cid_of = self.budgets, (ledger is not None)
+        budgets = self.budgets
+        decided: list[int] = []
         for i, msg in enumerate(msgs):
             if isinstance(msg, InvalidRecord):
                 ends[i] = self.dead_letter(msg)
+                decided.append(i)
                 continue
             try:
                 known = self._known(msg, ledger, False, None) if ledger is not None else None
                 if known is SKIP:
                     ends[i] = SKIP
+                    decided.append(i)
                     continue
                 o = SendFacts(msg=msg, received_at=timestamps_ms[i] / 1000)
                 try:
                     sender, prepared, wait = self._ready(o)
                 except InvalidMessage as exc:
                     ends[i] = self.failed(o, exc)
+                    decided.append(i)
                     continue
                 if wait is not None:
                     ends[i] = self._defer(o, wait, ledger, None)
@@ -286,39 +295,48 @@ class Pipeline:
                         call = calls[sender] = ([], [])
                     call[0].append(i)
                     call[1].append(prepared)
+                    continue
             except Exception as exc:  # noqa: BLE001 - a bug ends this message only
                 ends[i] = exc
+            decided.append(i)
+        if on_ends is not None and decided:
+            on_ends([(i, ends[i]) for i in decided])
         if not calls:
             return ends
-        senders = list(calls)
-        if len(senders) == 1:
-            sent = [await senders[0].send_many(calls[senders[0]][1])]
-        else:
-            sent = await asyncio.gather(*[s.send_many(calls[s][1]) for s in senders])
         stop_after_one = self.handoff is not None and self.handoff.max_attempts <= 1
-        for sender, (results, started) in zip(senders, sent):
-            idxs, prepared_list = calls[sender]
-            for k, i in enumerate(idxs):
-                result, o = results[k], facts[i]
-                assert o is not None
-                try:
-                    cid = o.msg.client_message_id if cid_of else None
-                    if isinstance(result, Accepted):
-                        o.attempts, o.submitted_at = 1, started[k]
-                        value, correlations = self._accepted(o, result)
-                        ends[i] = (value, correlations, cid)
-                    elif isinstance(result, OwnershipLost):
-                        ends[i] = result
-                    elif result is None:     # not sent: the circuit opened meanwhile
-                        ends[i] = Later(self._send, o, sender, prepared_list[k], None, ledger, None)
-                    elif stop_after_one or isinstance(decide(result, 1, sender.retry), Fail):
-                        o.attempts, o.submitted_at = 1, started[k]    # what sender.send would end with
-                        ends[i] = self._not_sent(o, result, cid, None)
-                    else:     # an in-place retry: the rest of outcome, from this first attempt
-                        ends[i] = Later(self._send, o, sender, prepared_list[k], None, ledger, None,
-                                        (result, started[k]))
-                except Exception as exc:  # noqa: BLE001 - a bug ends this message only
-                    ends[i] = exc
+
+        def after(sender: RouteSender, idxs: list[int], prepared_list: list[Prepared]) -> OnCall:
+            def call_returned(lo: int, hi: int, results: list[Any], started: list[float]) -> None:
+                for k in range(lo, hi):
+                    i, result, o = idxs[k], results[k], facts[idxs[k]]
+                    assert o is not None
+                    try:
+                        cid = o.msg.client_message_id if ledger is not None else None
+                        if isinstance(result, Accepted):
+                            o.attempts, o.submitted_at = 1, started[k]
+                            value, correlations = self._accepted(o, result)
+                            ends[i] = (value, correlations, cid)
+                        elif isinstance(result, OwnershipLost):
+                            ends[i] = result
+                        elif result is None:     # not sent: the circuit opened meanwhile
+                            ends[i] = Later(self._send, o, sender, prepared_list[k], None, ledger, None)
+                        elif stop_after_one or isinstance(decide(result, 1, sender.retry), Fail):
+                            o.attempts, o.submitted_at = 1, started[k]    # what sender.send would end with
+                            ends[i] = self._not_sent(o, result, cid, None)
+                        else:     # an in-place retry: the rest of outcome, from this first attempt
+                            ends[i] = Later(self._send, o, sender, prepared_list[k], None, ledger, None,
+                                            (result, started[k]))
+                    except Exception as exc:  # noqa: BLE001 - a bug ends this message only
+                        ends[i] = exc
+                if on_ends is not None:
+                    on_ends([(idxs[k], ends[idxs[k]]) for k in range(lo, hi)])
+            return call_returned
+
+        sends = [s.send_many(call[1], after(s, *call)) for s, call in calls.items()]
+        if len(sends) == 1:
+            await sends[0]
+        else:
+            await asyncio.gather(*sends)
         return ends
 
     # -- scheduled sends and quiet hours (connector.schedule) --------------------------------

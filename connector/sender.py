@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar, Union
 
 from connector import metrics, tracing
 from connector.breaker import CLOSED, CircuitBreaker, CircuitOpen, classify_call
@@ -41,6 +41,11 @@ from connector.transport import HttpTransport
 
 LOGIN_COOL_DOWN_S = 60.0
 T = TypeVar("T")
+
+
+# send_many: each message's first result (None: not sent), and when its call started
+Sent = tuple[list[Union[SendResult, OwnershipLost, None]], list[float]]
+OnCall = Callable[[int, int, list[Union[SendResult, OwnershipLost, None]], list[float]], None]
 
 
 @dataclass(slots=True)
@@ -132,16 +137,16 @@ class RouteSender:
         """The circuit is closed: a call may go without asking for a probe place (``send_many``)."""
         return self.breaker.state == CLOSED
 
-    async def send_many(self, prepared: Sequence[Prepared]) -> tuple[list[SendResult | OwnershipLost | None],
-                                                                     list[float]]:
+    async def send_many(self, prepared: Sequence[Prepared], on_call: OnCall | None = None) -> Sent:
         """One attempt for each message, as few calls as the provider allows: batches of up to
         ``batch_max`` (and the route's per-call segment cap), one call per message for a
         single-message provider, at most the route's concurrency of them at once. No future or
-        task per message: the results come back aligned by index with each call's start time.
-        Each call takes its limiter slot and passes the gate (``OwnershipLost``: the messages of
-        that call get the exception as their result, nothing of them was sent); retries are the
-        caller's (``send(first=...)``). For a closed circuit only (``closed``: no probe place is
-        taken); the messages of calls not made because it opened meanwhile get None."""
+        task per message: the results come back aligned by index with each call's start time,
+        and ``on_call(lo, hi, results, started)`` is told as each call's results (indices lo to hi)
+        are in. Each call takes its limiter slot and passes the gate (``OwnershipLost``: the
+        messages of that call get the exception as their result, nothing of them was sent);
+        retries are the caller's (``send(first=...)``). For a closed circuit only (``closed``: no
+        probe place is taken); the messages of calls not made because it opened meanwhile get None."""
         calls = self._cut(prepared)
         results: list[SendResult | OwnershipLost | None] = [None] * len(prepared)
         started = [0.0] * len(prepared)
@@ -149,13 +154,14 @@ class RouteSender:
 
         async def worker() -> None:
             for lo, hi in todo:
-                if not self.closed:      # opened meanwhile: these wait for it (or fail over) on their own
-                    continue
-                started[lo:hi] = [time.time()] * (hi - lo)
-                try:
-                    results[lo:hi] = await self._send_batch(list(prepared[lo:hi]))
-                except OwnershipLost as exc:
-                    results[lo:hi] = [exc] * (hi - lo)
+                if self.closed:      # else opened meanwhile: these wait for it (or fail over) on their own
+                    started[lo:hi] = [time.time()] * (hi - lo)
+                    try:
+                        results[lo:hi] = await self._send_batch(list(prepared[lo:hi]))
+                    except OwnershipLost as exc:
+                        results[lo:hi] = [exc] * (hi - lo)
+                if on_call is not None:
+                    on_call(lo, hi, results, started)
 
         workers = min(len(calls), self.limiter.concurrency)
         if workers == 1:

@@ -2,11 +2,15 @@
 
 A **wave** is a list of records of one input partition with at most one record per key: those
 whose key has no record in progress when they are taken. It is decoded as a unit
-(``records.decode_outbound_many``), decided by ``Pipeline.outcomes`` (one ``send_many`` per route
-for the messages whose first call decides them), produced as a unit (every output record into the
-``Batcher``, then one wait over the distinct batch futures), and only then are its offsets
-finished. Then the next record of each key that finished starts the next wave, in the same task:
-one key's records still go out one after the other, in offset order.
+(``records.decode_outbound_many``) and decided by ``Pipeline.outcomes`` (one ``send_many`` per
+route for the messages whose first call decides them). Its messages are recorded in groups as they
+are decided: those decided before any call, then the messages of each call as it returns (so a
+message is no longer in doubt than on the per-record path). A group's records all go into the
+``Batcher`` and one wait covers their distinct batch futures; then its ledger entries; then its
+offsets are finished (with exactly-once: records, ledger entries and offsets join the partition's
+open transaction in one ``add``). When every message of the wave has ended, the next record of each
+key that ended starts the next wave, in the same task: one key's records still go out one after
+the other, in offset order.
 
 Per-record machinery is left to the records that need it: a message whose outcome needs more than
 its first call (an in-place retry, a failover, a budget, an in-doubt intent, a circuit that is not
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -40,7 +44,7 @@ from aiokafka.errors import KafkaError
 from connector import contract as topics
 from connector import metrics
 from connector.offsets import PartitionProgress
-from connector.pipeline import Later, Verdict
+from connector.pipeline import Later, Verdict, WaveEnd
 from connector.records import DONE, Ending, decode_outbound_many
 from connector.streams.batcher import Batcher
 from connector.streams.committer import Output
@@ -140,6 +144,9 @@ class Waves:
         return wave
 
     async def _one(self, tp: TopicPartition, progress: PartitionProgress, wave: list[Record]) -> list[Record]:
+        """Run one wave; returns the next. Its messages are recorded as they are decided (those
+        decided before any call, then each call's as it returns: never more in doubt than on the
+        per-record path), at-least-once by this task while the calls go on in another."""
         d = self.d
         ledger: PartitionLedger | None = None
         if not progress.revoked and not d._abandon and d.ledger is not None:
@@ -150,18 +157,65 @@ class Waves:
                 metrics.ABANDONED.inc(len(wave))
             d._release_slots(len(wave))
             return self._next(tp, progress, wave)
-        try:
-            msgs = decode_outbound_many([rec.value for rec in wave])
-            ends = await d.pipeline.outcomes(msgs, [rec.timestamp for rec in wave], ledger)
-        except Exception as exc:  # noqa: BLE001 - a bug must not skip records (faust's trap)
-            log.exception("internal error; wave dead-lettered", extra={"partition": tp.partition,
-                                                                       "offsets": [r.offset for r in wave[:10]]})
-            ends = [exc] * len(wave)
-        outputs: list[Output] = []
-        entries: list[tuple[str, Any]] = []     # ledger entries (client_message_id, LedgerEntry)
-        finished: list[Record] = []             # records ended here: finished once their outputs are durable
-        given_up: list[Record] = []             # records whose call was refused: left to the next owner
-        for rec, end in zip(wave, ends):
+        loop = asyncio.get_running_loop()
+        ended: list[Record] = []       # records whose key's chain continues in this task
+        ready: list[_Group] = []       # at-least-once: decided, waiting for their produce
+        seen = bytearray(len(wave))
+        waiter: list[asyncio.Future[None] | None] = [None]
+
+        def wake(_: object = None) -> None:
+            w = waiter[0]
+            if w is not None and not w.done():
+                w.set_result(None)
+
+        def on_ends(pairs: list[tuple[int, WaveEnd]]) -> None:
+            group = self._group(tp, progress, wave, pairs, ledger, seen, ended)
+            if group is None:
+                return
+            d._unrecorded += group.called
+            if d.exactly_once:
+                self._commit(tp, progress, group, ledger)
+            else:
+                ready.append(group)
+                wake()
+
+        task = loop.create_task(self._decide(wave, ledger, on_ends))
+        task.add_done_callback(wake)
+        while True:
+            if ready:
+                groups, ready[:] = list(ready), []
+                await self._produce(progress, _Group.merge(groups), ledger)
+                continue
+            if task.done():
+                exc = task.exception()
+                if exc is not None and not all(seen):     # a bug must not skip records (faust's trap)
+                    log.error("internal error; wave dead-lettered", exc_info=exc,
+                              extra={"partition": tp.partition, "offsets": [r.offset for r in wave[:10]]})
+                    on_ends([(i, exc) for i in range(len(wave)) if not seen[i]])
+                    continue
+                break
+            waiter[0] = loop.create_future()
+            await waiter[0]
+            waiter[0] = None
+        return self._next(tp, progress, ended)
+
+    async def _decide(self, wave: list[Record], ledger: PartitionLedger | None,
+                      on_ends: Callable[[list[tuple[int, WaveEnd]]], None]) -> None:
+        msgs = decode_outbound_many([rec.value for rec in wave])
+        await self.d.pipeline.outcomes(msgs, [rec.timestamp for rec in wave], ledger, on_ends)
+
+    def _group(self, tp: TopicPartition, progress: PartitionProgress, wave: list[Record],
+               pairs: list[tuple[int, WaveEnd]], ledger: PartitionLedger | None, seen: bytearray,
+               ended: list[Record]) -> _Group | None:
+        """The records that end some of the wave's messages (None: nothing to produce). A message
+        that continues on its own starts its chain's task; one whose call was refused is given up."""
+        d = self.d
+        group = _Group()
+        outputs, entries, finished = group.outputs, group.entries, group.finished
+        given_up = 0
+        for i, end in pairs:
+            seen[i] = 1
+            rec = wave[i]
             if type(end) is tuple:              # accepted: the common case
                 value, correlations, cid = end
                 outputs.append(Output(d.topic_accepted, rec.partition % d._partitions.get(d.topic_accepted, 1),
@@ -176,7 +230,8 @@ class Waves:
                 d._spawn(d._run_chain(chain_key(progress, rec), tp, progress, rec, end))
                 continue
             if isinstance(end, OwnershipLost):
-                given_up.append(rec)
+                given_up += 1
+                ended.append(rec)
                 continue
             if not isinstance(end, Verdict):    # a bug met by this message alone
                 log.error("internal error; record dead-lettered", exc_info=end,
@@ -189,55 +244,60 @@ class Waves:
             finished.append(rec)
         if given_up:
             progress.revoked = True             # not sent, not finished, not committed: the next owner sends them
-            metrics.ABANDONED.inc(len(given_up))
-            d._release_slots(len(given_up))
-        if finished:
-            await self._finish(tp, progress, finished, outputs, entries, ledger)
-        return self._next(tp, progress, finished + given_up)
+            metrics.ABANDONED.inc(given_up)
+            d._release_slots(given_up)
+        if not finished:
+            return None
+        ended += finished
+        group.called = len(entries)     # a provider call was made for each: in doubt until recorded
+        return group
 
-    async def _finish(self, tp: TopicPartition, progress: PartitionProgress, finished: list[Record],
-                      outputs: list[Output], entries: list[tuple[str, Any]], ledger: PartitionLedger | None) -> None:
-        """Make the wave's outputs durable, then its ledger entries, then finish its offsets (with
-        exactly-once: all of them into the partition's transaction at once)."""
+    def _ledger_outputs(self, group: _Group, ledger: PartitionLedger | None) -> list[Output]:
+        led = self.d.ledger
+        if led is None or ledger is None:
+            return []
+        return [Output(led.topic, ledger.partition, cid.encode(), entry.encode()) for cid, entry in group.entries]
+
+    def _commit(self, tp: TopicPartition, progress: PartitionProgress, group: _Group,
+                ledger: PartitionLedger | None) -> None:
+        """Exactly-once: the group's records, ledger entries and offsets join the partition's open
+        transaction at once; its slots are released when that commits (abandoned if it never does)."""
         d = self.d
-        led = d.ledger
-        called = len(entries)          # a provider call was made for each (it may be in doubt until recorded)
-        ledger_outputs = [Output(led.topic, ledger.partition, cid.encode(), entry.encode())
-                          for cid, entry in entries] if led is not None and ledger is not None else []
-        if d.exactly_once:
-            committer = d._committers.get(tp.partition)
-            n = len(finished)
+        n, called = len(group.finished), group.called
 
-            def ended(fut: asyncio.Future[None] | None) -> None:
-                d._unrecorded -= called
-                d._release_slots(n)
-                if fut is None or fut.cancelled() or fut.exception() is not None:
-                    progress.revoked = True      # fenced: in doubt, for the next owner
-                    metrics.ABANDONED.inc(n)
+        def ended(fut: asyncio.Future[None] | None) -> None:
+            d._unrecorded -= called
+            d._release_slots(n)
+            if fut is None or fut.cancelled() or fut.exception() is not None:
+                progress.revoked = True      # fenced: in doubt, for the next owner
+                metrics.ABANDONED.inc(n)
 
-            d._unrecorded += called
-            if committer is None:
-                ended(None)
-                return
-            committed = committer.add(outputs + ledger_outputs, count=n)
-            for rec in finished:          # right after add(): the transaction's offsets include them
-                progress.finish(rec.offset)
-            self._remember(entries, ledger)
-            committed.add_done_callback(ended)
+        committer = d._committers.get(tp.partition)
+        if committer is None:
+            ended(None)
             return
+        committed = committer.add(group.outputs + self._ledger_outputs(group, ledger), count=n)
+        for rec in group.finished:          # right after add(): the transaction's offsets include them
+            progress.finish(rec.offset)
+        self._remember(group.entries, ledger)
+        committed.add_done_callback(ended)
+
+    async def _produce(self, progress: PartitionProgress, group: _Group, ledger: PartitionLedger | None) -> None:
+        """At-least-once: the group's records until durable, then its ledger entries, then its offsets."""
+        d = self.d
         batcher = d._batcher
         assert batcher is not None
-        d._unrecorded += called
         try:
-            await produce_all(batcher, outputs)
+            await produce_all(batcher, group.outputs)
+            ledger_outputs = self._ledger_outputs(group, ledger)
             if ledger_outputs:
                 await produce_all(batcher, ledger_outputs)    # only once the terminal records are durable
-                self._remember(entries, ledger)
-            for rec in finished:
+                self._remember(group.entries, ledger)
+            for rec in group.finished:
                 progress.finish(rec.offset)
         finally:
-            d._unrecorded -= called
-            d._release_slots(len(finished))
+            d._unrecorded -= group.called
+            d._release_slots(len(group.finished))
 
     def _remember(self, entries: list[tuple[str, Any]], ledger: PartitionLedger | None) -> None:
         led = self.d.ledger
@@ -245,3 +305,26 @@ class Waves:
             for cid, entry in entries:
                 led.remember(ledger, cid, entry)
 
+
+class _Group:
+    """Messages of a wave decided together: their records, ledger entries and input records."""
+
+    __slots__ = ("outputs", "entries", "finished", "called")
+
+    def __init__(self) -> None:
+        self.outputs: list[Output] = []
+        self.entries: list[tuple[str, Any]] = []     # (client_message_id, LedgerEntry)
+        self.finished: list[Record] = []
+        self.called = 0
+
+    @staticmethod
+    def merge(groups: list[_Group]) -> _Group:
+        if len(groups) == 1:
+            return groups[0]
+        merged = _Group()
+        for g in groups:
+            merged.outputs += g.outputs
+            merged.entries += g.entries
+            merged.finished += g.finished
+            merged.called += g.called
+        return merged
