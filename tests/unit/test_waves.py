@@ -365,3 +365,20 @@ async def test_calls_not_made_because_the_circuit_opened_are_left_to_the_per_rec
     ends = await d.pipeline.outcomes(decode_outbound_many([value("a"), value("b"), value("c")]), [0, 0, 0])
     assert gw.calls == [["a"]]                      # no call more while open
     assert isinstance(ends[0], tuple) and isinstance(ends[1], Later) and isinstance(ends[2], Later)
+
+
+async def test_a_scheduled_message_in_a_wave_is_handed_off_until_its_time_not_sent() -> None:
+    import time as _time
+
+    from connector.records import iso
+
+    gw = Gateway()
+    d, batcher, tp = dispatcher(200, gw)
+    due = _time.time() + 120
+    d._take(tp, [rec(0, "a", value("now")), rec(1, "b", value("later", send_at=iso(due)))])
+    await settle(d)
+    assert gw.calls == [["now"]]                     # the scheduled one is not sent
+    [handed] = [o for o in batcher.sent if o.topic in (topics.spec("retry").name, topics.spec("scheduled").name)]
+    assert handed.value == value("later", send_at=iso(due)) and handed.key == b"b"
+    assert dict(handed.headers)[topics.HEADER_RETRY_REASON] == b"scheduled"
+    assert d._progress[tp].committable() == 2
