@@ -176,10 +176,11 @@ async def test_a_key_in_progress_keeps_its_later_records_behind_it_across_fetche
 
 # --- fast and slow records in one wave ---------------------------------------------------------
 
-async def test_fast_and_slow_records_of_one_wave_each_end_as_on_the_per_record_path() -> None:
+@pytest.mark.parametrize("waves", ["true", "false"])
+async def test_fast_and_slow_records_of_one_wave_each_end_as_on_the_per_record_path(waves: str) -> None:
     gw = Gateway()
     gw.unavailable = {"retry-me"}
-    d, batcher, tp = dispatcher(1, gw, optouts=frozenset({"+14155550199"}))
+    d, batcher, tp = dispatcher(1, gw, optouts=frozenset({"+14155550199"}), SMS_CONNECTOR_DISPATCH__WAVES=waves)
     records = [
         rec(0, "k0", value("ok-0")),
         rec(1, "k1", value("rej-1")),                                  # refused: a plain failure
