@@ -15,6 +15,9 @@ commits: CPU time (``time.process_time``) in one process, best of ``--repeat`` r
   the dispatcher's chains, commits and produces;
 - ``--keys 0``: every record's recipient new to the worker (the numbers' caches emptied before
   each run): what a first message to a number costs (parsing it);
+- **dispatch**: the dispatcher itself, from fetched records to finished offsets (chains or waves,
+  pipeline, sender, the output and ledger records through the real ``Batcher`` into aiokafka's
+  batch builder), per-record path against waves (``dispatch.waves``), same records;
 - **primitives**: what the per-record machinery of asyncio and dataclasses costs (a task, a
   future, a frozen dataclass), the unit prices of the vectorised-dispatch plan.
 
@@ -39,11 +42,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from connector import metrics
 from connector.app import build_senders, tune_gc
 from connector.config import load
 from connector.http import HttpRequest, HttpResponse
+from connector.offsets import PartitionProgress
 from connector.pipeline import Pipeline, Verdict, _correlations
 from connector.records import Accepted, Ending, SendFacts, decode_outbound, encode_accepted
 from connector.routing import Router
@@ -140,6 +145,86 @@ async def run_pipeline(batch_max: int, records: list[bytes], in_flight: int, con
         await s.aclose()
     assert len(ended) == len(records) and all(v.ending is Ending.ACCEPTED for v in ended), \
         {v.ending for v in ended}
+    return (cpu - sim.cpu_s) / len(records) * 1e6
+
+
+class _MemoryProducer:
+    """What ``streams.batcher.Batcher`` asks of the producer: aiokafka's own batch builder, each
+    batch acknowledged at once (no broker)."""
+
+    def create_batch(self) -> Any:
+        return BatchBuilder(256 * 1024, 0)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+async def run_dispatch(batch_max: int, records: list[bytes], concurrency: int, waves: bool,
+                       partitions: int = 12, keys: int = 2000) -> float:
+    """µs of CPU per record for the dispatcher itself, from fetched records to finished offsets:
+    its chains or waves, the pipeline, the sender (transport in memory, its answer's CPU taken
+    off), the result, correlation and ledger records through the real ``Batcher`` into aiokafka's
+    batch builder (acknowledged at once). Fetches of up to 1,000 records as ``_fetch_loop`` takes
+    them, ``dispatch.max_in_flight`` bounding. Left out: aiokafka's network side and aiohttp."""
+    from aiokafka import ConsumerRecord, TopicPartition
+
+    from connector import contract as topics
+    from connector.streams.batcher import Batcher
+    from connector.streams.dispatch import Dispatcher
+    from connector.streams.ledger import Ledger, PartitionLedger
+
+    sim = SimulatedSmpp()
+    settings = load(environ={**settings_env(batch_max, concurrency), "SMS_CONNECTOR_DISPATCH__WAVES": str(waves)})
+    senders = build_senders(settings)
+    for s in senders.values():
+        s.transport = HttpTransport(handler=sim)
+    d = Dispatcher(settings, senders, Router.from_settings(settings.routing, {"bench": "smpp_rest"}))
+    d._partitions = {topics.spec(t).name: partitions for t in ("outbound", "retry", "accepted", "failed", "dlq",
+                                                              "correlation", "ledger", "scheduled")}
+    batcher = d._batcher = Batcher(_MemoryProducer(), linger_s=settings.kafka.linger_ms / 1000)  # type: ignore[arg-type]
+    d.ledger = Ledger(settings.kafka, batcher, settings.dispatch.idempotency_window_s)
+    for p in range(partitions):      # loaded and empty, as after a first start
+        d.ledger.partitions[p] = PartitionLedger(d.ledger, p)
+        d.ledger._loaded[p] = asyncio.Event()
+        d.ledger._loaded[p].set()
+    name = topics.spec("outbound").name
+    tps = [TopicPartition(name, p) for p in range(partitions)]
+    d._assigned(tps)
+    for tp in tps:
+        d._progress[tp] = PartitionProgress()
+    now_ms = int(time.time() * 1000)
+    fetched, next_offset = [], [0] * partitions
+    for i, v in enumerate(records):     # the bench's keys: record i to recipient i % keys
+        p = (i % keys) % partitions
+        fetched.append(ConsumerRecord(name, p, next_offset[p], now_ms, 0, f"k{i % keys}".encode(), v, None, 6,
+                                      len(v), []))
+        next_offset[p] += 1
+    gc.collect()
+    tune_gc()
+    t0 = time.process_time()
+    at = 0
+    while at < len(fetched):
+        room = d.max_in_flight - d.in_flight
+        if room <= 0:
+            d._capacity.clear()
+            await d._capacity.wait()
+            continue
+        by_tp: dict[int, list[Any]] = {}
+        for r in fetched[at:at + min(room, 1000)]:
+            by_tp.setdefault(r.partition, []).append(r)
+        at += min(room, 1000)
+        for p, recs in by_tp.items():
+            d._take(tps[p], sorted(recs, key=lambda r: r.offset))
+        await asyncio.sleep(0)
+    while d.in_flight:
+        await asyncio.sleep(0.001)
+    cpu = time.process_time() - t0
+    await batcher.aclose()
+    for s in senders.values():
+        await s.aclose()
+    assert all(d._progress[tp].committable() == next_offset[tp.partition] for tp in tps), "not all finished"
     return (cpu - sim.cpu_s) / len(records) * 1e6
 
 
@@ -278,7 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         pipeline_us[label] = round(min(runs), 1)
         if prof is not None:
             _run(run_pipeline(batch_max, values, a.in_flight, concurrency, prof, new_recipients=new))
-    out = {"pipeline_us_per_record": pipeline_us, "stages_us": stages(a.stage_records, a.repeat),
+    dispatch_us = {}
+    for label, batch_max, concurrency in (("single (batch_max 1, 64 calls)", 1, 64),
+                                          ("batch (batch_max 200, 16 calls)", 200, 16)):
+        for waves in (False, True):
+            runs = [_run(run_dispatch(batch_max, values, concurrency, waves)) for _ in range(a.repeat)]
+            dispatch_us[f"{label}, {'waves' if waves else 'per record'}"] = round(min(runs), 1)
+    out = {"pipeline_us_per_record": pipeline_us, "dispatch_us_per_record": dispatch_us, "stages_us": stages(a.stage_records, a.repeat),
            "primitives_us": primitives(a.stage_records, a.repeat)}
     if prof is not None:
         text = io.StringIO()

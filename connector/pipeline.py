@@ -7,8 +7,9 @@ encoding (``encoding.smart_encode``), prepares the message for its provider and 
 (retries included), and
 returns the one ``Verdict`` that ends it: accepted, failed (with reason) or dead-lettered, or
 ``retry``: a hand-off to the retry topic (``connector.retries``) when the in-place retries of a
-retriable error are spent and the attempt cap is not reached. The
-dispatch processor (``streams/dispatch.py``) turns outcomes into Kafka records; the contract tests
+retriable error are spent and the attempt cap is not reached. ``Pipeline.outcomes`` makes the
+same decisions for a wave of records (``streams/waves.py``), without per-message machinery for
+the common case. The dispatch processor (``streams/dispatch.py``) turns outcomes into Kafka records; the contract tests
 drive the same path against every simulator without a broker.
 """
 
@@ -18,7 +19,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Container, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Container, Mapping, Optional, Protocol, Sequence, Union
 
 from connector import metrics
 from connector.breaker import CircuitOpen
@@ -26,16 +27,16 @@ from connector.budget import BudgetSpent, Charge
 from connector.encoding import smart_encode
 from connector.errors import (BlockedDestination, Expired, InDoubt, InvalidMessage, InvalidRecord, OptedOut,
                               OverBudget, SmsError, Timeout)
-from connector.policy import FAIL_BUDGET, HOLD_HAND_OFF, HandOffPolicy, Retry, hand_off, over_budget_action
-from connector.providers.base import Prepared
-from connector.records import (DONE, INTENT, RETRYING, Accepted, Correlation, Ending, OutboundSms, SendFacts,
-                               correlation_key,
-                               decode_outbound,
-                               encode_accepted, encode_failed, iso)
+from connector.policy import (FAIL_BUDGET, HOLD_HAND_OFF, Fail, HandOffPolicy, Retry, decide, hand_off,
+                              over_budget_action)
+from connector.providers.base import Prepared, SendResult
+from connector.records import (DONE, INTENT, RETRYING, Accepted, Ending, OutboundSms, SendFacts, correlation_key,
+                               decode_outbound, encode_accepted, encode_correlation, encode_failed, iso)
 from connector.retries import RetryState
 from connector.schedule import SCHEDULED, SchedulePolicy
 from connector.routing import Router
-from connector.sender import RouteSender
+from connector.sender import OnCall, RouteSender
+from connector.streams.membership import OwnershipLost
 
 
 
@@ -107,8 +108,29 @@ class Pipeline:
         try:
             msg = decode_outbound(value)
         except InvalidRecord as exc:
-            metrics.DEAD_LETTERED.labels(exc.reason).inc()
-            return Verdict(Ending.DEAD_LETTERED, None, exc.reason, exc.message, exc.field)
+            return self.dead_letter(exc)
+        return await self.outcome_of(msg, timestamp_ms, ledger, replayed, retry)
+
+    async def outcome_of(self, msg: OutboundSms, timestamp_ms: int, ledger: MessageLedger | None = None,
+                         replayed: bool = False, retry: RetryState | None = None) -> Verdict:
+        """``outcome`` of a decoded message."""
+        known = self._known(msg, ledger, replayed, retry)
+        if known is SKIP:
+            return SKIP
+        o = SendFacts(msg=msg, received_at=timestamp_ms / 1000)
+        try:
+            sender, prepared, wait = self._ready(o)
+        except InvalidMessage as exc:
+            return self.failed(o, exc)
+        if wait is not None:
+            return self._defer(o, wait, ledger, retry)
+        return await self._send(o, sender, prepared, known, ledger, retry)
+
+    @staticmethod
+    def _known(msg: OutboundSms, ledger: MessageLedger | None, replayed: bool,
+               retry: RetryState | None) -> str | None | Verdict:
+        """What the ledger says of ``msg`` for this pass: SKIP (its outcome or hand-off is
+        recorded), INTENT (in doubt) or None (send it)."""
         known = ledger.state(msg.client_message_id) if ledger is not None else None
         if known == RETRYING:
             assert ledger is not None
@@ -123,25 +145,32 @@ class Pipeline:
                 return SKIP
             metrics.LEDGER_REPLAYS.labels("replayed-after-failure").inc()
             known = None
-        o = SendFacts(msg=msg, received_at=timestamp_ms / 1000)
+        return known
+
+    def _ready(self, o: SendFacts) -> tuple[RouteSender, Prepared, tuple[float, str] | None]:
+        """The checks before a send: route, expiry, opt-out, the route's rules, the message as its
+        provider sends it, and when it may be sent (``_wait``). Raises InvalidMessage: no call."""
+        msg = o.msg
+        o.route = self.router.choose(msg)
+        sender = self.senders[o.route]
+        o.provider = sender.provider.name
+        if msg.expires_at is not None and msg.expires_at <= time.time():
+            raise Expired(f"expired at {iso(msg.expires_at)} before it could be sent", field="expires_at")
+        # By canonical number: a STOP in any provider's form blocks every form of the number.
+        e164 = msg.recipient.e164
+        if e164 is not None and e164 in self.optouts:
+            metrics.OPTOUT_SUPPRESSED.labels(o.route).inc()
+            raise OptedOut("the recipient opted out (sms.optout); not sent", field="recipient")
+        prepared = self._prepare(sender, o)
+        return sender, prepared, self._wait(msg, o.route)
+
+    async def _send(self, o: SendFacts, sender: RouteSender, prepared: Prepared, known: str | None,
+                    ledger: MessageLedger | None, retry: RetryState | None,
+                    first: tuple[SendResult, float] | None = None) -> Verdict:
+        """Charge, intent, send (retries, failover) and the verdict. ``first``: the outcome of a
+        first attempt made for a wave (``outcomes``: no budget, no intent needed)."""
+        msg = o.msg
         earlier = retry.attempts if retry is not None else 0
-        try:
-            o.route = self.router.choose(msg)
-            sender = self.senders[o.route]
-            o.provider = sender.provider.name
-            if msg.expires_at is not None and msg.expires_at <= time.time():
-                raise Expired(f"expired at {iso(msg.expires_at)} before it could be sent", field="expires_at")
-            # By canonical number: a STOP in any provider's form blocks every form of the number.
-            e164 = msg.recipient.e164
-            if e164 is not None and e164 in self.optouts:
-                metrics.OPTOUT_SUPPRESSED.labels(o.route).inc()
-                raise OptedOut("the recipient opted out (sms.optout); not sent", field="recipient")
-            prepared = self._prepare(sender, o)
-            wait = self._wait(msg, o.route)
-        except InvalidMessage as exc:
-            return self.failed(o, exc)
-        if wait is not None:
-            return self._defer(o, wait, ledger, retry)
         charge = await self._charge(o, retry, ledger)
         if isinstance(charge, Verdict):
             return charge
@@ -164,7 +193,7 @@ class Pipeline:
                 await ledger.intent(cid, o.route)
                 has_intent = True
         budget = self.handoff.max_attempts - earlier if self.handoff is not None else None
-        sent = await sender.send(prepared, budget=budget)
+        sent = await sender.send(prepared, budget=budget, first=first)
         if isinstance(sent.result, CircuitOpen) and sender.failover_route:
             # The route's circuit is open: its failover takes the message (one hop, never back).
             metrics.FAILOVER.labels(o.route, sender.failover_route).inc()
@@ -190,19 +219,125 @@ class Pipeline:
         if charge is not None and not isinstance(sent.result, (Accepted, Timeout, InDoubt)) and self.budgets:
             await self.budgets.refund(charge)   # the provider surely did not take it: not spent
         if isinstance(sent.result, Accepted):
-            if o.original_segments is not None and o.segments is not None:
-                metrics.SMART_ENCODED.labels(o.route).inc()
-                metrics.SEGMENTS_SAVED.labels(o.route).inc(max(0, o.original_segments - o.segments))
-            return Verdict(Ending.ACCEPTED, encode_accepted(o, sent.result, time.time()),
-                            correlations=_correlations(o, sent.result), ledger_cid=cid)
+            value, correlations = self._accepted(o, sent.result)
+            return Verdict(Ending.ACCEPTED, value, correlations=correlations, ledger_cid=cid)
+        return self._not_sent(o, sent.result, cid, retry)
+
+    def _accepted(self, o: SendFacts, accepted: Accepted) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
+        """An accepted message's record and correlation records (``o.attempts`` and ``submitted_at`` set)."""
+        if o.original_segments is not None and o.segments is not None:
+            metrics.SMART_ENCODED.labels(o.route).inc()
+            metrics.SEGMENTS_SAVED.labels(o.route).inc(max(0, o.original_segments - o.segments))
+        return encode_accepted(o, accepted, time.time()), _correlations(o, accepted)
+
+    def _not_sent(self, o: SendFacts, error: SmsError, cid: str | None, retry: RetryState | None) -> Verdict:
+        """A message whose sending ended in ``error``: handed off to the retry topic, or failed."""
         if self.handoff is not None:
             passes = retry.passes if retry is not None else 0
-            action = hand_off(sent.result, o.attempts, passes, self.handoff)
+            action = hand_off(error, o.attempts, passes, self.handoff)
             if isinstance(action, Retry):
-                metrics.HANDED_OFF.labels(o.route, sent.result.reason).inc()
-                return Verdict(Ending.HANDED_OFF, None, sent.result.reason, sent.result.message, ledger_cid=cid,
-                                handoff=RetryState.new(o.attempts, passes + 1, time.time() + action.after_s))
-        return replace(self.failed(o, sent.result), ledger_cid=cid)
+                metrics.HANDED_OFF.labels(o.route, error.reason).inc()
+                return Verdict(Ending.HANDED_OFF, None, error.reason, error.message, ledger_cid=cid,
+                               handoff=RetryState.new(o.attempts, passes + 1, time.time() + action.after_s))
+        return replace(self.failed(o, error), ledger_cid=cid)
+
+    # -- a wave: many messages of one partition, one per key (streams.waves) ----------------
+    async def outcomes(self, msgs: Sequence[OutboundSms | InvalidRecord], timestamps_ms: Sequence[int],
+                       ledger: MessageLedger | None = None,
+                       on_ends: Callable[[list[tuple[int, WaveEnd]]], None] | None = None) -> list[WaveEnd]:
+        """``outcome`` for many input records at once (none from the retry topic or replayed), the
+        same decisions, aligned by index. The common case is decided here without a coroutine,
+        future or ``Verdict`` per message: one first attempt for every message of a route in
+        ``RouteSender.send_many``, and an accepted message ends as a tuple (its record, its
+        correlation records, its ledger client_message_id or None). A message that ends otherwise
+        before or after that attempt (invalid, failed, deferred, handed off, skipped) ends as a
+        ``Verdict``. One that needs more (a ledger entry to judge, a budget, an intent, a circuit not
+        closed, an in-place retry, a failover) is a ``Later``: awaiting ``later()`` runs the rest of
+        ``outcome`` for it. ``OwnershipLost``: its call was refused, nothing sent. Any other
+        exception: a bug met by that message alone (the dispatcher dead-letters it).
+
+        ``on_ends((index, end) pairs)`` is told as soon as messages are decided: those decided
+        before any call, then the messages of each call as it returns (so what a call sent can be
+        recorded while the wave's other calls are under way)."""
+        ends: list[WaveEnd] = [None] * len(msgs)  # type: ignore[list-item]
+        facts: list[SendFacts | None] = [None] * len(msgs)
+        calls: dict[RouteSender, tuple[list[int], list[Prepared]]] = {}
+        budgets = self.budgets
+        decided: list[int] = []
+        for i, msg in enumerate(msgs):
+            if isinstance(msg, InvalidRecord):
+                ends[i] = self.dead_letter(msg)
+                decided.append(i)
+                continue
+            try:
+                known = self._known(msg, ledger, False, None) if ledger is not None else None
+                if known is SKIP:
+                    ends[i] = SKIP
+                    decided.append(i)
+                    continue
+                o = SendFacts(msg=msg, received_at=timestamps_ms[i] / 1000)
+                try:
+                    sender, prepared, wait = self._ready(o)
+                except InvalidMessage as exc:
+                    ends[i] = self.failed(o, exc)
+                    decided.append(i)
+                    continue
+                if wait is not None:
+                    ends[i] = self._defer(o, wait, ledger, None)
+                elif (known is not None or not sender.closed
+                      or (budgets is not None and budgets.applies(o.route or ""))
+                      or (ledger is not None and sender.in_doubt == "fail")):
+                    ends[i] = Later(self._send, o, sender, prepared, known, ledger, None)
+                else:
+                    facts[i] = o
+                    call = calls.get(sender)
+                    if call is None:
+                        call = calls[sender] = ([], [])
+                    call[0].append(i)
+                    call[1].append(prepared)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - a bug ends this message only
+                ends[i] = exc
+            decided.append(i)
+        if on_ends is not None and decided:
+            on_ends([(i, ends[i]) for i in decided])
+        if not calls:
+            return ends
+        stop_after_one = self.handoff is not None and self.handoff.max_attempts <= 1
+
+        def after(sender: RouteSender, idxs: list[int], prepared_list: list[Prepared]) -> OnCall:
+            def call_returned(lo: int, hi: int, results: list[Any], started: list[float]) -> None:
+                for k in range(lo, hi):
+                    i, result, o = idxs[k], results[k], facts[idxs[k]]
+                    assert o is not None
+                    try:
+                        cid = o.msg.client_message_id if ledger is not None else None
+                        if isinstance(result, Accepted):
+                            o.attempts, o.submitted_at = 1, started[k]
+                            value, correlations = self._accepted(o, result)
+                            ends[i] = (value, correlations, cid)
+                        elif isinstance(result, OwnershipLost):
+                            ends[i] = result
+                        elif result is None:     # not sent: the circuit opened meanwhile
+                            ends[i] = Later(self._send, o, sender, prepared_list[k], None, ledger, None)
+                        elif stop_after_one or isinstance(decide(result, 1, sender.retry), Fail):
+                            o.attempts, o.submitted_at = 1, started[k]    # what sender.send would end with
+                            ends[i] = self._not_sent(o, result, cid, None)
+                        else:     # an in-place retry: the rest of outcome, from this first attempt
+                            ends[i] = Later(self._send, o, sender, prepared_list[k], None, ledger, None,
+                                            (result, started[k]))
+                    except Exception as exc:  # noqa: BLE001 - a bug ends this message only
+                        ends[i] = exc
+                if on_ends is not None:
+                    on_ends([(idxs[k], ends[idxs[k]]) for k in range(lo, hi)])
+            return call_returned
+
+        sends = [s.send_many(call[1], after(s, *call)) for s, call in calls.items()]
+        if len(sends) == 1:
+            await sends[0]
+        else:
+            await asyncio.gather(*sends)
+        return ends
 
     # -- scheduled sends and quiet hours (connector.schedule) --------------------------------
     def _wait(self, msg: OutboundSms, route: str | None) -> tuple[float, str] | None:
@@ -297,6 +432,11 @@ class Pipeline:
         return Verdict(Ending.FAILED, value, exc.reason, exc.message)
 
     @staticmethod
+    def dead_letter(exc: InvalidRecord) -> Verdict:
+        metrics.DEAD_LETTERED.labels(exc.reason).inc()
+        return Verdict(Ending.DEAD_LETTERED, None, exc.reason, exc.message, exc.field)
+
+    @staticmethod
     def internal_error(exc: BaseException) -> Verdict:
         metrics.DEAD_LETTERED.labels("internal").inc()
         return Verdict(Ending.DEAD_LETTERED, None, "internal", f"internal error: {type(exc).__name__}")
@@ -307,12 +447,29 @@ def _correlations(o: SendFacts, accepted: Accepted) -> tuple[tuple[bytes, bytes]
     if not ids or o.provider is None:
         return ()
     msg = o.msg
-    value = Correlation(
-        client_message_id=msg.client_message_id, provider=o.provider, route=o.route,
-        recipient=msg.recipient.as_json(), metadata=msg.metadata,
-        provider_message_id=accepted.provider_message_id, provider_request_id=accepted.provider_request_id,
-        submitted_at=iso(o.submitted_at if o.submitted_at is not None else time.time()),
-        expires_at=iso(msg.expires_at) if msg.expires_at is not None else None,
-    ).encode()
+    value = encode_correlation(
+        msg.client_message_id, o.provider, o.route, msg.recipient.as_json(), msg.metadata,
+        accepted.provider_message_id, accepted.provider_request_id,
+        iso(o.submitted_at if o.submitted_at is not None else time.time()),
+        iso(msg.expires_at) if msg.expires_at is not None else None)
     # Split messages carry one id per part ("id1,id2"): a receipt for any part finds the message.
     return tuple((correlation_key(o.provider, i).encode(), value) for i in ids.split(",") if i)
+
+
+class Later:
+    """The rest of one message's ``outcome``, to run on its own (``Pipeline.outcomes``):
+    ``await later()``."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., Awaitable[Verdict]], *args: Any) -> None:
+        self.fn = fn
+        self.args = args
+
+    def __call__(self) -> Awaitable[Verdict]:
+        return self.fn(*self.args)
+
+
+# how a message of a wave ended (``Pipeline.outcomes``): accepted (record, correlations, ledger cid),
+# any other verdict, the rest to run on its own, or the exception that stopped it
+WaveEnd = Union[tuple[bytes, tuple[tuple[bytes, bytes], ...], Optional[str]], Verdict, Later, BaseException]

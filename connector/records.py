@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import fastjsonschema
 import orjson
@@ -251,6 +251,19 @@ def decode_outbound(value: bytes | None) -> OutboundSms:
     )
 
 
+def decode_outbound_many(values: Sequence[bytes | None]) -> list[OutboundSms | InvalidRecord]:
+    """``decode_outbound`` over a batch in one loop: the messages, with an ``InvalidRecord`` in
+    place of each record that cannot be one (aligned by index)."""
+    out: list[OutboundSms | InvalidRecord] = []
+    append = out.append
+    for value in values:
+        try:
+            append(decode_outbound(value))
+        except InvalidRecord as exc:
+            append(exc)
+    return out
+
+
 def rfc3339_field(data: dict[str, Any], name: str) -> float | None:
     """An RFC 3339 date-time field (its shape checked by the schema's ``format``) as epoch
     seconds; InvalidRecord when it is not a real instant with an offset."""
@@ -340,6 +353,21 @@ class SendFacts:
     original_segments: int | None = None
 
 
+def encode_correlation(client_message_id: str, provider: str, route: str | None, recipient: dict[str, Any],
+                       metadata: dict[str, Any], provider_message_id: str | None, provider_request_id: str | None,
+                       submitted_at: str, expires_at: str | None, final_state: str | None = None,
+                       last_state: str | None = None) -> bytes:
+    """One ``sms.correlation`` value (``Correlation.encode``; the dispatcher encodes its fields
+    directly, without the dataclass)."""
+    return orjson.dumps({
+        "schema_version": SCHEMA_VERSION, "client_message_id": client_message_id,
+        "provider": provider, "route": route, "recipient": recipient, "metadata": metadata,
+        "provider_message_id": provider_message_id, "provider_request_id": provider_request_id,
+        "submitted_at": submitted_at, "expires_at": expires_at,
+        "final_state": final_state, "last_state": last_state,
+    })
+
+
 @dataclass(frozen=True, slots=True)
 class Correlation:
     """One ``sms.correlation`` record (key: the correlation key): what a receipt for this
@@ -358,13 +386,9 @@ class Correlation:
     last_state: str | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps({
-            "schema_version": SCHEMA_VERSION, "client_message_id": self.client_message_id,
-            "provider": self.provider, "route": self.route, "recipient": self.recipient, "metadata": self.metadata,
-            "provider_message_id": self.provider_message_id, "provider_request_id": self.provider_request_id,
-            "submitted_at": self.submitted_at, "expires_at": self.expires_at,
-            "final_state": self.final_state, "last_state": self.last_state,
-        })
+        return encode_correlation(self.client_message_id, self.provider, self.route, self.recipient, self.metadata,
+                                  self.provider_message_id, self.provider_request_id, self.submitted_at,
+                                  self.expires_at, self.final_state, self.last_state)
 
     @classmethod
     def decode(cls, value: bytes) -> Correlation:

@@ -25,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar, Union
 
 from connector import metrics, tracing
-from connector.breaker import CircuitBreaker, CircuitOpen, classify_call
+from connector.breaker import CLOSED, CircuitBreaker, CircuitOpen, classify_call
 from connector.destinations import DestinationRules
 from connector.errors import AuthFailed, LoginLocked, ProviderError, SmsError, Throttled
 from connector.policy import Fail, RetryPolicy, decide
@@ -41,6 +41,11 @@ from connector.transport import HttpTransport
 
 LOGIN_COOL_DOWN_S = 60.0
 T = TypeVar("T")
+
+
+# send_many: each message's first result (None: not sent), and when its call started
+Sent = tuple[list[Union[SendResult, OwnershipLost, None]], list[float]]
+OnCall = Callable[[int, int, list[Union[SendResult, OwnershipLost, None]], list[float]], None]
 
 
 @dataclass(slots=True)
@@ -96,23 +101,29 @@ class RouteSender:
         metrics.MESSAGES_IN_CALLS.labels(self.route).set_function(lambda: self.in_calls)
 
     # -- public ------------------------------------------------------------------------------
-    async def send(self, p: Prepared, *, may_fail_over: bool = True, budget: int | None = None) -> SendOutcome:
+    async def send(self, p: Prepared, *, may_fail_over: bool = True, budget: int | None = None,
+                   first: tuple[SendResult, float] | None = None) -> SendOutcome:
         """``may_fail_over``: with a failover route, an open circuit returns ``CircuitOpen`` at
         once (nothing sent) instead of waiting. The failover's own send passes False: one hop.
         ``budget``: at most this many calls (the message's attempts left under its cap), even if
-        the in-place policy allows more."""
+        the in-place policy allows more. ``first``: the result and start time of a first attempt
+        already made (``send_many``): the in-place retries go on from it."""
         attempt = 0
         while True:
-            if not self.breaker.allow():
-                if may_fail_over and self.failover_route:
-                    return SendOutcome(CircuitOpen(f"route {self.route}: circuit open; failing over to "
-                                                   f"{self.failover_route}"), attempt, None)
-                self._m_circuit_waited.inc(await self.breaker.wait_until_allowed())
-            attempt += 1
-            started = time.time()
-            if self._batch_max > 1:
-                await self.await_gate()    # this message's own check (the batch's call checks again)
-            result = await (self._send_one(p) if self._batch_max == 1 else self._submit(p))
+            if first is not None:
+                (result, started), first = first, None
+                attempt = 1
+            else:
+                if not self.breaker.allow():
+                    if may_fail_over and self.failover_route:
+                        return SendOutcome(CircuitOpen(f"route {self.route}: circuit open; failing over to "
+                                                       f"{self.failover_route}"), attempt, None)
+                    self._m_circuit_waited.inc(await self.breaker.wait_until_allowed())
+                attempt += 1
+                started = time.time()
+                if self._batch_max > 1:
+                    await self.await_gate()    # this message's own check (the batch's call checks again)
+                result = await (self._send_one(p) if self._batch_max == 1 else self._submit(p))
             if isinstance(result, Accepted):    # counted per call, in _send_batch
                 return SendOutcome(result, attempt, started)
             action = decide(result, attempt, self.retry)
@@ -120,6 +131,59 @@ class RouteSender:
                 return SendOutcome(result, attempt, started)
             metrics.PROVIDER_RETRIES.labels(self.route, self.provider.name, result.reason).inc()
             await asyncio.sleep(action.after_s)
+
+    @property
+    def closed(self) -> bool:
+        """The circuit is closed: a call may go without asking for a probe place (``send_many``)."""
+        return self.breaker.state == CLOSED
+
+    async def send_many(self, prepared: Sequence[Prepared], on_call: OnCall | None = None) -> Sent:
+        """One attempt for each message, as few calls as the provider allows: batches of up to
+        ``batch_max`` (and the route's per-call segment cap), one call per message for a
+        single-message provider, at most the route's concurrency of them at once. No future or
+        task per message: the results come back aligned by index with each call's start time,
+        and ``on_call(lo, hi, results, started)`` is told as each call's results (indices lo to hi)
+        are in. Each call takes its limiter slot and passes the gate (``OwnershipLost``: the
+        messages of that call get the exception as their result, nothing of them was sent);
+        retries are the caller's (``send(first=...)``). For a closed circuit only (``closed``: no
+        probe place is taken); the messages of calls not made because it opened meanwhile get None."""
+        calls = self._cut(prepared)
+        results: list[SendResult | OwnershipLost | None] = [None] * len(prepared)
+        started = [0.0] * len(prepared)
+        todo = iter(calls)
+
+        async def worker() -> None:
+            for lo, hi in todo:
+                if self.closed:      # else opened meanwhile: these wait for it (or fail over) on their own
+                    started[lo:hi] = [time.time()] * (hi - lo)
+                    try:
+                        results[lo:hi] = await self._send_batch(list(prepared[lo:hi]))
+                    except OwnershipLost as exc:
+                        results[lo:hi] = [exc] * (hi - lo)
+                if on_call is not None:
+                    on_call(lo, hi, results, started)
+
+        workers = min(len(calls), self.limiter.concurrency)
+        if workers == 1:
+            await worker()
+        elif workers:
+            await asyncio.gather(*[worker() for _ in range(workers)])
+        return results, started
+
+    def _cut(self, prepared: Sequence[Prepared]) -> list[tuple[int, int]]:
+        """``prepared`` as calls: (start, end) index ranges in order, as ``_submit`` would fill batches."""
+        size, cap = self._batch_max, self.limiter.max_call_segments
+        if size == 1:
+            return [(i, i + 1) for i in range(len(prepared))]
+        calls, lo, segments = [], 0, 0
+        for i, p in enumerate(prepared):
+            if i > lo and (i - lo >= size or (cap is not None and segments + p.segments > cap)):
+                calls.append((lo, i))
+                lo, segments = i, 0
+            segments += p.segments
+        if lo < len(prepared):
+            calls.append((lo, len(prepared)))
+        return calls
 
     async def await_gate(self) -> None:
         """Return when a send may start now; raise ``OwnershipLost`` when it must not (``gate``)."""

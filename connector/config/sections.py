@@ -68,6 +68,11 @@ class DispatchSettings:
                                        minimum=0.05, maximum=60)
     shutdown_timeout_s: float = setting(25.0, doc="On SIGTERM or rebalance, how long in-flight records may take to finish.",
                                         minimum=0, maximum=600)
+    waves: bool = setting(True, doc="Dispatch the records fetched from a partition in waves (one record per key at a "
+                                    "time, as always): decoded, sent and produced together, with per-message work only "
+                                    "for messages that need more than one call (retries, budgets, in-doubt intents, "
+                                    "scheduled sends). Off: every message on its own path, one task each. Records are "
+                                    "dispatched one by one anyway while tracing is on.")
     transaction_max_records: int = setting(500, doc="With kafka.exactly_once: a partition's transaction is committed "
                                                     "once this many messages finished in it (or after "
                                                     "transaction_max_s). Larger batches cost less per message (a commit "

@@ -47,11 +47,12 @@ class Output(NamedTuple):
 
 
 class _Item:
-    __slots__ = ("outputs", "done")
+    __slots__ = ("outputs", "done", "count")
 
-    def __init__(self, outputs: Sequence[Output], done: asyncio.Future[None]) -> None:
+    def __init__(self, outputs: Sequence[Output], done: asyncio.Future[None], count: int = 1) -> None:
         self.outputs = outputs
         self.done = done
+        self.count = count     # messages it finishes (a wave's item finishes many)
 
 
 class PartitionCommitter:
@@ -70,6 +71,7 @@ class PartitionCommitter:
         self._batcher: Batcher | None = None
         self._queued: list[_Item] = []        # waiting for the next transaction
         self._current: list[_Item] = []       # in the open transaction
+        self._count = 0                       # messages in the open transaction
         self._sent: set[asyncio.Future[None]] = set()   # the open transaction's batches
         self._open = False
         self._wake = asyncio.Event()
@@ -85,18 +87,20 @@ class PartitionCommitter:
         self._batcher = Batcher(self.txp.producer, linger_s=self.linger_s)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def add(self, outputs: Sequence[Output]) -> asyncio.Future[None]:
-        """Put a finished message's records in the open (or next) transaction; the future resolves
-        when it committed, fails with TransactionFenced when it never will."""
+    def add(self, outputs: Sequence[Output], count: int = 1) -> asyncio.Future[None]:
+        """Put a finished message's records (or the records of ``count`` messages finished
+        together) in the open (or next) transaction; the future resolves when it committed,
+        fails with TransactionFenced when it never will."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fenced is not None:
             done.set_exception(TransactionFenced(self.fenced))
             return done
-        item = _Item(outputs, done)
+        item = _Item(outputs, done, count)
         if self._open:
             self._send(item)
             self._current.append(item)
-            if len(self._current) >= self.max_records:
+            self._count += count
+            if self._count >= self.max_records:
                 self._wake.set()
         else:
             self._queued.append(item)
@@ -140,8 +144,9 @@ class PartitionCommitter:
         for item in items:
             self._send(item)
         self._current = items
+        self._count = sum(item.count for item in items)
         try:
-            while len(self._current) < self.max_records and not self._closing:
+            while self._count < self.max_records and not self._closing:
                 left = started + self.max_s - time.monotonic()
                 if left <= 0:
                     break
@@ -166,7 +171,7 @@ class PartitionCommitter:
         except TransactionAborted:      # a batch or the offsets failed: aborted, write them again
             self._retry(items)
             return
-        self._current = []
+        self._current, self._count = [], 0
         self._committed(offsets)
         for item in items:
             if not item.done.done():
@@ -176,7 +181,7 @@ class PartitionCommitter:
         for fut in self._sent:
             if fut.done() and not fut.cancelled():
                 fut.exception()     # retrieved
-        self._current, self._sent = [], set()
+        self._current, self._sent, self._count = [], set(), 0
         self._queued = items + self._queued
         self._batcher = Batcher(self.txp.producer, linger_s=self.linger_s)
 
@@ -188,6 +193,7 @@ class PartitionCommitter:
                 log.error("partition's transactional producer fenced: its messages are left to the partition's "
                           "next owner", extra={"transactional_id": self.txp.transactional_id, "reason": reason})
         waiting, self._current, self._queued = self._current + self._queued, [], []
+        self._count = 0
         for item in waiting:
             if not item.done.done():
                 item.done.set_exception(TransactionFenced(reason))

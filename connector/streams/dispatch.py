@@ -7,7 +7,9 @@ in-flight events; an agent acks an event when it asks for the next one). Here:
 - **Ordering:** records are chained by (partition, key); a key's next record starts only when the
   previous one has finished, so one recipient's messages go out in order. Different keys run
   concurrently; records taken but unfinished are bounded by ``dispatch.max_in_flight`` (fetching
-  pauses at the bound).
+  pauses at the bound). The records of a fetched partition batch whose keys are free run together
+  as a wave (``streams.waves``); a message that needs more than its first call continues here, on
+  its own (``_run_chain``).
 - **Commits:** each partition's ``PartitionProgress`` knows the first unfinished offset; only that
   is committed (every ``dispatch.commit_interval_s``, on revocation and on shutdown). A record is
   finished only when its terminal record is acknowledged by the broker (acks=all), so a crash at
@@ -45,7 +47,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from typing import Any, Awaitable, Container, Mapping, Sequence
+from typing import Any, Awaitable, Container, Coroutine, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -56,10 +58,10 @@ from connector import metrics, retries, tracing
 from connector.config import Settings
 from connector.kafka import client_options, key_partition
 from connector.offsets import PartitionProgress
-from connector.pipeline import Pipeline, Verdict
+from connector.pipeline import Later, Pipeline, Verdict
 from connector.records import Ending
 from connector.policy import handoff_policy
-from connector.records import DONE, RETRYING, iso
+from connector.records import DONE, RETRYING, LedgerEntry, iso
 from connector.streams.batcher import Batcher
 from connector.budget import route_budget_of
 from connector.streams.budgets import Budgets
@@ -70,6 +72,7 @@ from connector.streams.plumbing import RebalanceListener
 from connector.streams.scheduled import ScheduledLaps, is_deferral
 from connector.schedule import SchedulePolicy
 from connector.streams.transactions import TransactionalProducer, transactional_id
+from connector.streams.waves import Waves, chain_key, produce_all
 from connector.routing import Router
 from connector.sender import RouteSender
 
@@ -140,6 +143,8 @@ class Dispatcher:
         # [/scheduled sends]
         self._unrecorded = 0   # messages sent whose outcome is not durable yet (in doubt if the worker dies)
         metrics.UNRECORDED.set_function(lambda: self._unrecorded)
+        self._heads: dict[tuple[str, int], tuple[tuple[str, bytes], tuple[str, bytes]]] = {}   # see _source
+        self.waves = Waves(self) if d.waves else None   # the vectorised path (streams.waves)
 
     # -- health ------------------------------------------------------------------------------
     @property
@@ -313,20 +318,33 @@ class Dispatcher:
             self.laps.take(tp, progress, records, self._consumer)
             return
         metrics.CONSUMED.inc(len(records))
+        if self.waves is not None and not tracing.active():
+            self.waves.take(tp, progress, records)
+            return
         for rec in records:
             if progress.take(rec.offset):   # False: already taken in this assignment (a re-delivered fetch)
                 self._start(tp, progress, rec)
 
     def _start(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes]) -> None:
         """Run ``rec`` after the records of its key taken before it in the same topic-partition."""
+        ck = self._enqueue(progress, rec)
+        if ck is not None:
+            self._spawn(self._run_chain(ck, tp, progress, rec))
+
+    def _enqueue(self, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes]) -> tuple[PartitionProgress, Any] | None:
+        """Count ``rec`` in flight; queue it behind its key's record in progress (None), or open
+        its key's chain: its chain key, for the caller to run it now."""
         self.in_flight += 1
-        ck = (progress, rec.key if rec.key is not None else ("offset", rec.offset))
+        ck = chain_key(progress, rec)
         chain = self._chains.get(ck)
         if chain is not None:
             chain.append(rec)
-            return
+            return None
         self._chains[ck] = deque()
-        task = asyncio.get_running_loop().create_task(self._run_chain(ck, tp, progress, rec))
+        return ck
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -408,7 +426,9 @@ class Dispatcher:
             self._waiting_by_tp.pop(tp, None)
 
     async def _run_chain(self, ck: tuple[PartitionProgress, Any], tp: TopicPartition, progress: PartitionProgress,
-                         rec: ConsumerRecord[bytes, bytes]) -> None:
+                         rec: ConsumerRecord[bytes, bytes], later: Later | None = None) -> None:
+        """Run ``rec``, then the rest of its key's chain, one record at a time. ``later``: the rest
+        of ``rec``'s outcome, begun in a wave (``streams.waves``)."""
         chain = self._chains[ck]
         _OWNER.set(progress)     # this task's provider calls are for this assignment of tp (see _may_call)
         while True:
@@ -422,7 +442,7 @@ class Dispatcher:
                     if not progress.revoked and (self.ledger is None or ledger is not None):
                         with tracing.message(rec):
                             try:
-                                terminal: Verdict | None = await self._handle(tp, rec, ledger)
+                                terminal: Verdict | None = await self._handle(tp, rec, ledger, later)
                             except OwnershipLost:
                                 # not sent, not finished, not committed: the partition's next owner
                                 # sends it (and the rest of this chain)
@@ -451,24 +471,26 @@ class Dispatcher:
             elif progress.revoked and self.membership.lost_reason is not None:
                 metrics.ABANDONED.inc()
             if not deferred:
-                self._release_slot()
+                self._release_slots(1)
             if not chain:
                 del self._chains[ck]
                 return
-            rec = chain.popleft()
+            rec, later = chain.popleft(), None
 
     _abandon = False  # set when the shutdown deadline passed: what is left is replayed
 
-    def _release_slot(self) -> None:
-        """A record taken is finished (or given up): room for the next one."""
-        self.in_flight -= 1
+    def _release_slots(self, n: int) -> None:
+        """Records taken are finished (or given up): room for the next ones."""
+        self.in_flight -= n
         if not self._capacity.is_set() and self.in_flight < self.max_in_flight:
             self._capacity.set()
 
     # -- one record --------------------------------------------------------------------------
     async def _handle(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes],
-                      ledger: PartitionLedger | None) -> Verdict:
+                      ledger: PartitionLedger | None, later: Later | None = None) -> Verdict:
         try:
+            if later is not None:
+                return await later()
             replayed = any(k == topics.HEADER_REPLAYED_FROM for k, _ in rec.headers or ())
             retry = retries.RetryState.from_headers(rec.headers) if tp.topic == self.topic_retry else None
             return await self.pipeline.outcome(rec.value, rec.timestamp, ledger, replayed, retry)
@@ -513,32 +535,21 @@ class Dispatcher:
         timestamp = rec.timestamp if t.ending is Ending.HANDED_OFF else None
         out = [Output(topic, partition, rec.key, value, headers, timestamp)]
         if t.correlations:
-            # partitioned by correlation key as Kafka's default partitioner does:
-            # co-partitioned with sms.receipts, which the callbacks produce with send()
-            n = self._partitions[self.topic_correlation]
-            trace = tracing.context_headers()
-            out += [Output(self.topic_correlation, key_partition(key, n), key, corr, trace)
-                    for key, corr in t.correlations]
+            out += self._correlation_outputs(t.correlations)
         return out
+
+    def _correlation_outputs(self, correlations: Sequence[tuple[bytes, bytes]]) -> list[Output]:
+        # partitioned by correlation key as Kafka's default partitioner does:
+        # co-partitioned with sms.receipts, which the callbacks produce with send()
+        n = self._partitions[self.topic_correlation]
+        trace = tracing.context_headers()
+        return [Output(self.topic_correlation, key_partition(key, n), key, corr, trace) for key, corr in correlations]
 
     async def _produce(self, rec: ConsumerRecord[bytes, bytes], t: Verdict) -> None:
         """Produce until the broker acknowledges (acks=all). faust's send() only logs a failure;
         here the input is not finished until its terminal record is durable."""
-        batcher = self._batcher
-        assert batcher is not None
-        outputs = self._outputs(rec, t)
-        delay = 0.1
-        while outputs:
-            try:
-                for fut in [batcher.send(*o) for o in outputs]:
-                    await fut
-                return
-            except KafkaError as exc:
-                metrics.PRODUCE_ERRORS.labels(outputs[0].topic).inc()
-                log.warning("produce failed; retrying", extra={"topic": outputs[0].topic, "error": type(exc).__name__,
-                                                               "retry_in_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        assert self._batcher is not None
+        await produce_all(self._batcher, self._outputs(rec, t))
 
     def _commit_outcome(self, tp: TopicPartition, progress: PartitionProgress, rec: ConsumerRecord[bytes, bytes],
                         t: Verdict, ledger: PartitionLedger | None, called: bool) -> None:
@@ -548,7 +559,7 @@ class Dispatcher:
         abandoned to the partition's next owner, which replays it."""
         def ended(fut: asyncio.Future[None] | None) -> None:
             self._unrecorded -= called
-            self._release_slot()
+            self._release_slots(1)
             if fut is None or fut.cancelled() or fut.exception() is not None:
                 progress.revoked = True      # fenced: in doubt, for the next owner
                 metrics.ABANDONED.inc()
@@ -558,18 +569,23 @@ class Dispatcher:
             ended(None)
             return
         outputs = self._outputs(rec, t)
-        entry = None
-        if t.ledger_cid is not None and ledger is not None and self.ledger is not None:
-            if t.ending is Ending.HANDED_OFF and t.handoff is not None:
-                entry = self.ledger.entry(t.ledger_cid, RETRYING, token=t.handoff.token)
-            else:
-                entry = self.ledger.entry(t.ledger_cid, DONE, outcome=t.ending)
-            outputs.append(Output(self.ledger.topic, ledger.partition, t.ledger_cid.encode(), entry.encode()))
+        entry = self._ledger_entry(t, ledger)
+        if entry is not None and ledger is not None and self.ledger is not None:
+            outputs.append(Output(self.ledger.topic, ledger.partition, entry[0].encode(), entry[1].encode()))
         committed = committer.add(outputs)
         progress.finish(rec.offset)      # right after add(): the transaction's offsets include it
         if entry is not None and ledger is not None and self.ledger is not None:
-            self.ledger.remember(ledger, t.ledger_cid or "", entry)
+            self.ledger.remember(ledger, *entry)
         committed.add_done_callback(ended)
+
+    def _ledger_entry(self, t: Verdict, ledger: PartitionLedger | None) -> tuple[str, LedgerEntry] | None:
+        """The ledger entry ``t`` leaves once its records are durable: retrying (a hand-off, with
+        its token) or done (with its outcome); None without a ledger entry to write."""
+        if t.ledger_cid is None or ledger is None or self.ledger is None:
+            return None
+        if t.ending is Ending.HANDED_OFF and t.handoff is not None:
+            return t.ledger_cid, self.ledger.entry(t.ledger_cid, RETRYING, token=t.handoff.token)
+        return t.ledger_cid, self.ledger.entry(t.ledger_cid, DONE, outcome=t.ending)
 
     def _source(self, rec: ConsumerRecord[bytes, bytes]) -> Headers:
         """Where the message was read first: a retry record carries its original input's."""
@@ -577,9 +593,12 @@ class Dispatcher:
             carried = retries.carried_source(rec.headers)
             if carried:
                 return carried
-        return [(topics.HEADER_SOURCE_TOPIC, rec.topic.encode()),
-                (topics.HEADER_SOURCE_PARTITION, str(rec.partition).encode()),
-                (topics.HEADER_SOURCE_OFFSET, str(rec.offset).encode())]
+        head = self._heads.get((rec.topic, rec.partition))
+        if head is None:   # built once per partition: only the offset differs
+            head = self._heads[(rec.topic, rec.partition)] = (
+                (topics.HEADER_SOURCE_TOPIC, rec.topic.encode()),
+                (topics.HEADER_SOURCE_PARTITION, str(rec.partition).encode()))
+        return [head[0], head[1], (topics.HEADER_SOURCE_OFFSET, str(rec.offset).encode())]
 
     async def _record_done(self, ledger: PartitionLedger, t: Verdict) -> None:
         """The terminal record (or the hand-off) is durable: a replay of this message must not

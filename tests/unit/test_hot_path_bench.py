@@ -17,7 +17,9 @@ def test_hot_path_reports_pipeline_stages_and_primitives(tmp_path) -> None:  # t
     result = json.loads(out.getvalue())
     assert set(result["pipeline_us_per_record"]) == {"single (batch_max 1, 64 calls)",
                                                      "batch (batch_max 200, 16 calls)"}
-    for section in ("pipeline_us_per_record", "stages_us", "primitives_us"):
+    assert set(result["dispatch_us_per_record"]) == {f"{mode}, {path}" for mode in result["pipeline_us_per_record"]
+                                                     for path in ("per record", "waves")}
+    for section in ("pipeline_us_per_record", "dispatch_us_per_record", "stages_us", "primitives_us"):
         assert all(v > 0 for v in result[section].values()), result[section]
     assert "outcome" in (tmp_path / "p.txt").read_text()
 
