@@ -99,7 +99,7 @@ async def test_kill_9_while_scheduled_and_held_messages_wait(stack: LocalStack) 
     now = time.time()
     n = size(600, 150)
     send_at = {f"held-{i}": now + 6 + (i % 5) for i in range(n)}             # within one lap: held
-    send_at |= {f"sched-{i}": now + 14 + (i % 8) for i in range(n)}          # beyond: the scheduled topic
+    send_at |= {f"sched-{i}": now + 14 + (i % 4) for i in range(n)}          # beyond: the scheduled topic
     records = [outbound(cid, phone(i % 90), send_at=when) for i, (cid, when) in enumerate(send_at.items())]
     ids = list(send_at)
     async with Follower(stack.kafka) as f:
