@@ -76,7 +76,10 @@ def session_cluster(request: pytest.FixtureRequest, **shape: object) -> Iterator
         yield cluster
     finally:
         keep = request.session.testsfailed > 0
-        cluster.stop(keep=keep)
+        # A controlled shutdown takes Apache Kafka up to the 20 s stop timeout at the end of the run
+        # (measured: 18.9 s in CI's teardown); it only matters when the logs are kept. Otherwise
+        # the data directory is removed right after: 3 s, then SIGKILL.
+        cluster.stop(keep=keep, timeout=20.0 if keep else 3.0)
         if keep:
             _KEPT.append(cluster)
 

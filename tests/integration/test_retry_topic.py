@@ -10,7 +10,7 @@ import pytest
 
 from connector import contract as topics
 from connector.devtools.stack import Follower, LocalStack, produce
-from tests.integration.helpers import metric_sum, outbound, phone
+from tests.integration.helpers import metric_sum, outbound, phone, size
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ async def test_the_attempt_cap_fails_with_the_count_after_passes_through_the_ret
 
 
 async def test_kill_9_while_messages_wait_in_the_retry_topic_loses_and_repeats_nothing(stack: LocalStack) -> None:
-    n = 1000
+    n = size(1000, 400)     # make test: 33 per partition of sms.outbound and of the retry topic
     env = retry_env(in_place=2, cap=6, delay_s=6)
     worker = await stack.start_worker(env=env, routes=ROUTE)
     records = [outbound(f"wait-{i}", phone(i % 200), f"message {i}") for i in range(n)]
@@ -112,7 +112,7 @@ async def test_kill_9_while_messages_wait_in_the_retry_topic_loses_and_repeats_n
 
 async def test_a_worker_joining_while_messages_wait_takes_their_partitions_with_their_ledger(
         stack: LocalStack) -> None:
-    n = 1000
+    n = size(1000, 400)     # make test: 33 per partition of each of the three topics that move
     env = retry_env(in_place=2, cap=6, delay_s=10)
     first = await stack.start_worker(env=env, routes=ROUTE)
     ids = [f"move-{i}" for i in range(n)]
