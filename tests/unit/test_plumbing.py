@@ -1,4 +1,5 @@
-"""``close_reader``: a reader's stop is waited for briefly, never for TLS's 30 s close."""
+"""``stop_client`` / ``close_reader``: a client's Kafka work is waited for in full, the close of its
+connections briefly, never for TLS's 30 s close."""
 
 from __future__ import annotations
 
@@ -9,18 +10,51 @@ import time
 import pytest
 
 from connector.streams import plumbing
-from connector.streams.plumbing import close_reader
+from connector.streams.plumbing import close_reader, stop_client
+
+
+class Connections:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def close(self) -> None:
+        await asyncio.sleep(self.seconds)
 
 
 class SlowToClose:
-    def __init__(self, seconds: float, error: Exception | None = None) -> None:
-        self.seconds, self.error, self.stopped = seconds, error, False
+    """A client as aiokafka's stop() runs: its work (flush, commit, LeaveGroup: ``work_s``), then
+    the close of its connections (``seconds``: TLS's close_notify)."""
+
+    def __init__(self, seconds: float, error: Exception | None = None, work_s: float = 0) -> None:
+        self.seconds, self.error, self.work_s, self.stopped, self.worked = seconds, error, work_s, False, False
+        self.conns = self._client = Connections(seconds)
 
     async def stop(self) -> None:
-        await asyncio.sleep(self.seconds)
+        await asyncio.sleep(self.work_s)
+        self.worked = True
+        await self.conns.close()
         if self.error is not None:
             raise self.error
         self.stopped = True
+
+
+class SlowProducer(SlowToClose):
+    """A producer: aiokafka's keeps its client as ``client``."""
+
+    def __init__(self, seconds: float, work_s: float = 0) -> None:
+        super().__init__(seconds, work_s=work_s)
+        del self._client
+        self.client = self.conns
+
+
+async def test_a_clients_work_is_never_cut_short_only_the_close_of_its_connections() -> None:
+    for client in (SlowToClose(5, work_s=0.3), SlowProducer(5, work_s=0.3)):
+        began = time.monotonic()
+        await stop_client(client, wait_s=0.05)
+        took = time.monotonic() - began
+        assert client.worked and 0.3 <= took < 1.5 and not client.stopped, took
+    for task in list(plumbing._CLOSING):
+        task.cancel()
 
 
 async def test_a_close_that_hangs_finishes_in_the_background() -> None:
