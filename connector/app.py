@@ -231,6 +231,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
         finally:
             await runner.cleanup()
     finally:
+        from connector.streams.plumbing import stop_client
+
         # what each close step cost, said once at exit (a stop must fit the grace period)
         t0, close_s = loop.time(), {}
         for close in reversed(closers):
@@ -239,7 +241,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             await sender.aclose()
             await sender.transport.aclose()
         if producer is not None:
-            _, close_s["inbound_producer"] = await _timed(producer.stop())
+            _, close_s["inbound_producer"] = await _timed(stop_client(producer))   # flushed: acknowledged
         tracing.shutdown()
         log.info("worker stopped", extra={"close_s": close_s, "seconds": round(loop.time() - t0, 2)})
 

@@ -58,10 +58,11 @@ CLOSE_WAIT_S = 2.0
 
 
 async def stop_client(client: Any, wait_s: float = CLOSE_WAIT_S) -> None:
-    """``client.stop()`` of a producer or consumer (aiokafka's, or one wrapping it): its Kafka
-    work waited for in full, the close of its connections at most ``wait_s`` (note above). A
-    transaction is ended and offsets committed by the caller, before."""
-    kafka = getattr(client, "_client", None) or client.client    # the consumer's, the producer's
+    """``client.stop()`` of a producer or consumer (``close()`` of an admin client; aiokafka's, or
+    one wrapping it): its Kafka work waited for in full, the close of its connections at most
+    ``wait_s`` (note above). A transaction is ended and offsets committed by the caller, before."""
+    kafka = getattr(client, "_client", None) or client.client    # consumer and admin's, producer's
+    stop = client.stop if hasattr(client, "stop") else client.close
     closing = asyncio.Event()
     close_connections = kafka.close
 
@@ -70,7 +71,7 @@ async def stop_client(client: Any, wait_s: float = CLOSE_WAIT_S) -> None:
         await close_connections()
 
     kafka.close = connections_closing
-    task = asyncio.ensure_future(client.stop())
+    task = asyncio.ensure_future(stop())
     began = asyncio.ensure_future(closing.wait())
     try:
         await asyncio.wait([task, began], return_when=asyncio.FIRST_COMPLETED)
