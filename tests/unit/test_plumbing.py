@@ -83,3 +83,28 @@ async def test_a_late_failure_in_the_background_is_not_reported() -> None:
     await asyncio.sleep(0.2)
     gc.collect()
     assert errors == []
+
+
+async def test_aiokafkas_clients_close_their_connections_last_through_the_client_stop_client_bounds() -> None:
+    """The shape ``stop_client`` relies on, in the aiokafka installed: a producer's, a consumer's
+    and an admin client's stop() end with their client's close() (the connections: TLS's wait)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    hung, closing = asyncio.Event(), []
+
+    async def never_answered() -> None:   # a close_notify the broker never answers
+        closing.append(1)
+        await hung.wait()
+
+    for client in (AIOKafkaProducer(bootstrap_servers="127.0.0.1:9"), AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9"),
+                   AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9")):
+        kafka = getattr(client, "_client", None) or client.client
+        kafka.close = never_answered
+        began = time.monotonic()
+        await stop_client(client, wait_s=0.1)
+        assert time.monotonic() - began < 1.0, type(client).__name__
+    assert len(closing) == len(plumbing._CLOSING) == 3
+    hung.set()
+    await asyncio.sleep(0.05)
+    assert not plumbing._CLOSING
