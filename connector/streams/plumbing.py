@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
@@ -53,6 +54,7 @@ def groupless_consumer(kafka: KafkaSettings, **options: Any) -> AIOKafkaConsumer
 # its connections its work is done: aiokafka's stop() flushes a producer's records until they are
 # acknowledged, ends a consumer's group membership (LeaveGroup) and only then closes the
 # connections. Only that last wait is bounded here; it goes on in the background.
+log = logging.getLogger("sms_connector.kafka")
 _CLOSING: set[asyncio.Task[None]] = set()
 CLOSE_WAIT_S = 2.0
 
@@ -81,6 +83,8 @@ async def stop_client(client: Any, wait_s: float = CLOSE_WAIT_S) -> None:
     if done:
         task.result()
         return
+    log.info("connections still closing: in the background", extra={"client": type(client).__name__,
+                                                                      "waited_s": wait_s})
     _CLOSING.add(task)
     task.add_done_callback(_closed_in_background)
 
