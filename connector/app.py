@@ -130,6 +130,12 @@ async def exactly_once(settings: Settings) -> bool:
     return supported
 
 
+def _stopping(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if not stop.is_set():
+        log.info("stopping", extra={"signal": sig.name})
+    stop.set()
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
                      roles: frozenset[str] = frozenset({"dispatch"})) -> None:
     """Run the worker's roles until ``stop`` is set or SIGINT/SIGTERM arrives."""
@@ -137,7 +143,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _stopping, stop, sig)
         except (NotImplementedError, RuntimeError):
             pass
     refused = await access_problem(settings.kafka)   # wrong password / untrusted CA: say so, exit
@@ -225,14 +231,19 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
         finally:
             await runner.cleanup()
     finally:
+        from connector.streams.plumbing import stop_client
+
+        # what each close step cost, said once at exit (a stop must fit the grace period)
+        t0, close_s = loop.time(), {}
         for close in reversed(closers):
-            await close()
+            _, close_s[getattr(close, "__qualname__", "close")] = await _timed(close())
         for sender in senders.values():
             await sender.aclose()
             await sender.transport.aclose()
         if producer is not None:
-            await producer.stop()
+            _, close_s["inbound_producer"] = await _timed(stop_client(producer))   # flushed: acknowledged
         tracing.shutdown()
+        log.info("worker stopped", extra={"close_s": close_s, "seconds": round(loop.time() - t0, 2)})
 
 
 async def _ready(checks: list[ReadyPart]) -> tuple[bool, dict[str, object]]:

@@ -28,7 +28,7 @@ from connector.config import KafkaSettings
 from connector.kafka import client_options
 from connector.ops import quiet_client_logs
 from connector.ops.snapshot import KafkaState, consumer_lag
-from connector.streams.plumbing import groupless_consumer
+from connector.streams.plumbing import groupless_consumer, stop_client
 
 TANSU_CLUSTER_PREFIX = "tansu"
 TERMINAL_ROLES = ("accepted", "failed", "dlq")
@@ -145,7 +145,7 @@ async def _close(admin: AIOKafkaAdminClient | None, consumer: AIOKafkaConsumer |
         if client is None:
             continue
         try:
-            await (client.stop() if isinstance(client, AIOKafkaConsumer) else client.close())
+            await stop_client(client)
         except Exception:   # noqa: BLE001, S110 - closing a client that never connected
             pass
 

@@ -222,7 +222,9 @@ class _Originals:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            from connector.streams.plumbing import close_reader
+
+            await close_reader(self._consumer)
 
 
 async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = None, *, dry_run: bool = False,
@@ -230,7 +232,7 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
                  max_quiet_s: float = 10.0, notice: Callable[[str], None] | None = None) -> ReplaySummary:
     """Replay the matching records of ``topic`` (``dlq`` / ``failed`` or their names) to sms.outbound."""
     from connector.kafka import start_producer, topic_partitions
-    from connector.streams.plumbing import IdleTimeout, batches_to_end, groupless_consumer
+    from connector.streams.plumbing import IdleTimeout, batches_to_end, close_reader, groupless_consumer, stop_client
 
     role, name = topic_role(topic)
     target = topics.spec("outbound").name
@@ -280,9 +282,9 @@ async def replay(kafka: KafkaSettings, topic: str, filters: Filters | None = Non
         if pending:
             await asyncio.gather(*pending)
     finally:
-        await consumer.stop()
+        await close_reader(consumer)
         if producer is not None:
-            await producer.stop()
+            await stop_client(producer)     # its records acknowledged above
         if originals is not None:
             await originals.stop()
     return summary

@@ -28,7 +28,9 @@ async def produce_one(k: KafkaSettings, msg: OutboundSms, value: bytes,
         meta = await producer.send_and_wait(topics.spec("outbound").name, value=value, key=recipient_key(msg))
         return f"{meta.topic}[{meta.partition}]@{meta.offset}"
     finally:
-        await producer.stop()
+        from connector.streams.plumbing import stop_client
+
+        await stop_client(producer)
 
 
 def topic_name(name: str) -> str:

@@ -61,7 +61,7 @@ from connector.offsets import PartitionProgress
 from connector.providers import Capability, has
 from connector.records import Correlation, DeliveryEvent, correlation_key, iso
 from connector.sender import RouteSender
-from connector.streams.plumbing import READ_COMMITTED, Headers, RebalanceListener, produce_acknowledged
+from connector.streams.plumbing import READ_COMMITTED, Headers, RebalanceListener, produce_acknowledged, stop_client
 from connector.streams.publish import INBOUND_TXN_OPTIONS, Writes, commit_writes
 from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
@@ -184,7 +184,7 @@ class Correlator:
             for st in self.state.values():
                 if st.txn is not None:
                     await st.txn.stop()
-            await self._consumer.stop()
+            await stop_client(self._consumer)     # committed above; LeaveGroup sent
             log.info("correlator stopped")
 
     async def _ready(self, partition: int) -> PartitionState | None:

@@ -68,7 +68,7 @@ from connector.streams.budgets import Budgets
 from connector.streams.committer import Output, PartitionCommitter
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
-from connector.streams.plumbing import RebalanceListener
+from connector.streams.plumbing import RebalanceListener, stop_client
 from connector.streams.scheduled import ScheduledLaps, is_deferral
 from connector.schedule import SchedulePolicy
 from connector.streams.transactions import TransactionalProducer, transactional_id
@@ -218,9 +218,9 @@ class Dispatcher:
         finally:
             await self._close_committers(list(self._committers), commit=False)
             if self._consumer is not None:
-                await self._consumer.stop()
+                await stop_client(self._consumer)     # offsets committed above; LeaveGroup sent
             await self._batcher.aclose()
-            await self._producer.stop()
+            await stop_client(self._producer)     # flushed: records acknowledged
             log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
 
     async def _start_committers(self, partitions: Sequence[int]) -> None:

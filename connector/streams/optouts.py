@@ -24,7 +24,7 @@ from connector import numbers
 from connector.config import KafkaSettings
 from connector.records import OptOutChange
 from connector.kafka import topic_partitions
-from connector.streams.plumbing import groupless_consumer, read_to_end
+from connector.streams.plumbing import close_reader, groupless_consumer, read_to_end
 from connector.sender import RouteSender
 
 log = logging.getLogger("sms_connector.optouts")
@@ -85,7 +85,7 @@ class OptOutTable:
         if self._task:
             self._task.cancel()
         if self._consumer:
-            await self._consumer.stop()
+            await close_reader(self._consumer)
 
 
 def optout_sync(sender: RouteSender):  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
@@ -21,7 +22,7 @@ from connector.config import KafkaSettings
 from connector.kafka import client_options
 
 __all__ = ["Headers", "IdleTimeout", "READ_COMMITTED", "RebalanceListener", "batches_to_end", "close_reader",
-           "groupless_consumer", "produce_acknowledged", "read_to_end"]
+           "groupless_consumer", "produce_acknowledged", "read_to_end", "stop_client"]
 
 Headers = list[tuple[str, bytes]]
 
@@ -45,24 +46,52 @@ def groupless_consumer(kafka: KafkaSettings, **options: Any) -> AIOKafkaConsumer
                                "auto_offset_reset": "earliest", **READ_COMMITTED, **options})
 
 
-# Closing a client over TLS waits for each connection's close_notify exchange, and asyncio waits
-# up to 30 s for it (ssl_shutdown_timeout, Python 3.11; aiokafka cannot set it). The broker does
-# not always answer at once: a reader stopped on a start-up path held a worker's start for 30 s
-# (the SASL_SSL suite, 2 runs in 5 under load). A reader's records are all read by then and it
-# commits nothing, so its close may finish in the background.
+# Closing a client over TLS waits for each connection's close_notify exchange, and the event loop
+# waits up to 30 s for it (ssl_shutdown_timeout, Python 3.11's asyncio and uvloop alike; aiokafka
+# cannot set it). The broker does not always answer at once: a reader stopped on a start-up path
+# held a worker's start for 30 s (the SASL_SSL suite, 2 runs in 5 under load), and a worker stops
+# a dozen clients one after the other within Kubernetes' grace period. By the time a client closes
+# its connections its work is done: aiokafka's stop() flushes a producer's records until they are
+# acknowledged, ends a consumer's group membership (LeaveGroup) and only then closes the
+# connections. Only that last wait is bounded here; it goes on in the background.
+log = logging.getLogger("sms_connector.kafka")
 _CLOSING: set[asyncio.Task[None]] = set()
+CLOSE_WAIT_S = 2.0
 
 
-async def close_reader(consumer: AIOKafkaConsumer, wait_s: float = 2.0) -> None:
-    """Stop a groupless reader, waiting at most ``wait_s`` (module note above); the rest of the
-    close goes on in the background."""
-    task = asyncio.ensure_future(consumer.stop())
+async def stop_client(client: Any, wait_s: float = CLOSE_WAIT_S) -> None:
+    """``client.stop()`` of a producer or consumer (``close()`` of an admin client; aiokafka's, or
+    one wrapping it): its Kafka work waited for in full, the close of its connections at most
+    ``wait_s`` (note above). A transaction is ended and offsets committed by the caller, before."""
+    kafka = getattr(client, "_client", None) or client.client    # consumer and admin's, producer's
+    stop = client.stop if hasattr(client, "stop") else client.close
+    closing = asyncio.Event()
+    close_connections = kafka.close
+
+    async def connections_closing() -> None:
+        closing.set()
+        await close_connections()
+
+    kafka.close = connections_closing
+    task = asyncio.ensure_future(stop())
+    began = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait([task, began], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        began.cancel()
     done, _ = await asyncio.wait([task], timeout=wait_s)
     if done:
         task.result()
         return
+    log.info("connections still closing: in the background", extra={"client": type(client).__name__,
+                                                                      "waited_s": wait_s})
     _CLOSING.add(task)
     task.add_done_callback(_closed_in_background)
+
+
+async def close_reader(consumer: AIOKafkaConsumer, wait_s: float = CLOSE_WAIT_S) -> None:
+    """Stop a groupless reader (its records are all read and it commits nothing): ``stop_client``."""
+    await stop_client(consumer, wait_s)
 
 
 def _closed_in_background(task: asyncio.Task[None]) -> None:

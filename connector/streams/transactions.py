@@ -36,6 +36,7 @@ from aiokafka.errors import (InvalidProducerEpoch, InvalidTxnState, KafkaError, 
 from connector import metrics
 from connector.config import KafkaSettings
 from connector.kafka import client_options
+from connector.streams.plumbing import stop_client
 
 log = logging.getLogger("sms_connector.transactions")
 
@@ -202,7 +203,7 @@ class TransactionalProducer:
 
 async def _stop_quietly(producer: AIOKafkaProducer, timeout: float = 10.0) -> None:
     try:
-        await asyncio.wait_for(producer.stop(), timeout)
+        await asyncio.wait_for(stop_client(producer), timeout)   # the close of its connections: 2 s
     except Exception as exc:  # noqa: BLE001 - a broken producer may fail to close; it is dropped anyway
         log.debug("producer stop failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
