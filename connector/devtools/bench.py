@@ -1055,11 +1055,15 @@ def _cpu_per_record(row: dict[str, Any], rate: float | None) -> None:
         row["worker_cpu_s_per_1k"] = round(worker / 100 / rate * 1000, 3)
 
 
-def _pids(stack: LocalStack, worker: Process) -> dict[str, int | None]:
+def broker_pid(stack: LocalStack) -> int | None:
+    """The local broker's process (Tansu, or the first node of an Apache Kafka cluster)."""
     nodes = stack.broker.members if isinstance(stack.broker, KafkaCluster) else [stack.broker] if stack.broker else []
-    broker = next((n.process.pid for n in nodes if n.process is not None), None)
+    return next((n.process.pid for n in nodes if n.process is not None), None)
+
+
+def _pids(stack: LocalStack, worker: Process) -> dict[str, int | None]:
     sim = stack.simulators.get(SMPP)
-    return {"worker": worker.proc.pid, "simulator": sim.proc.pid if sim else None, "broker": broker,
+    return {"worker": worker.proc.pid, "simulator": sim.proc.pid if sim else None, "broker": broker_pid(stack),
             "bench": os.getpid()}
 
 

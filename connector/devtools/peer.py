@@ -250,9 +250,11 @@ def side_by_side(r: dict[str, Any]) -> str:
 
 
 def _stack_pids(stack: Any) -> dict[str, int]:
+    from connector.devtools import bench as b
+
     pids: dict[str, int] = {}
-    if getattr(stack, "broker", None) is not None and stack.broker.process is not None:
-        pids["broker"] = stack.broker.process.pid
+    if (broker := b.broker_pid(stack)) is not None:
+        pids["broker"] = broker
     sim = stack.simulators.get("smpp_rest")
     if sim is not None:
         pids["simulator"] = sim.proc.pid

@@ -120,3 +120,20 @@ def test_the_result_mapping_builds_the_result_record(tmp_path: Path) -> None:
     second = json.loads(done.stdout.strip().splitlines()[1])
     assert second["client_message_id"] == "c2" and second["outcome"] == "failed"
     assert second["provider_message_id"] is None
+
+
+def test_the_peer_measures_the_broker_process_on_either_broker(tmp_path: Path) -> None:
+    """``bench --broker kafka --peer ...`` read ``stack.broker.process``, which only the embedded
+    broker has: an Apache Kafka cluster's process is its first node's."""
+    from types import SimpleNamespace
+
+    from connector.devtools.kafka_broker import KafkaCluster, KafkaNode
+
+    cluster = KafkaCluster(directory=tmp_path)
+    node = KafkaNode(1, tmp_path / "node-1", 1, 2)
+    node.process = SimpleNamespace(pid=4242)  # type: ignore[assignment]
+    cluster.members.append(node)
+    sim = SimpleNamespace(proc=SimpleNamespace(pid=7))
+    assert peer._stack_pids(SimpleNamespace(broker=cluster, simulators={"smpp_rest": sim})) == {"broker": 4242, "simulator": 7}
+    tansu = SimpleNamespace(process=SimpleNamespace(pid=99))
+    assert peer._stack_pids(SimpleNamespace(broker=tansu, simulators={})) == {"broker": 99}
