@@ -137,3 +137,11 @@ def test_the_peer_measures_the_broker_process_on_either_broker(tmp_path: Path) -
     assert peer._stack_pids(SimpleNamespace(broker=cluster, simulators={"smpp_rest": sim})) == {"broker": 4242, "simulator": 7}
     tansu = SimpleNamespace(process=SimpleNamespace(pid=99))
     assert peer._stack_pids(SimpleNamespace(broker=tansu, simulators={})) == {"broker": 99}
+
+
+async def test_a_batch_scenario_notes_that_the_peer_runs_per_message_scenarios_only() -> None:
+    from types import SimpleNamespace
+
+    row = await peer.peer_phase(None, None, "", SimpleNamespace(batch_max=200), SimpleNamespace(peer="redpanda-connect"),
+                                16, print, {})
+    assert row == {"peer": "redpanda-connect", "peer_note": "peer runs per-message scenarios only (batch_max 1)"}
