@@ -111,14 +111,17 @@ def test_the_result_mapping_builds_the_result_record(tmp_path: Path) -> None:
     done = subprocess.run(peer.command(binary, cfg), input=json.dumps(msg) + "\n" + json.dumps(refused) + "\n",
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip(), done.stdout + done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[0])
+    # Benthos may write the two results in either order: each is found by its id
+    results = {r["client_message_id"]: r for r in map(json.loads, done.stdout.strip().splitlines())}
+    assert set(results) == {"c1", "c2"}, done.stdout
+    out = results["c1"]
     assert {k: v for k, v in out.items() if k != "completed_at"} == {
         "schema_version": 1, "outcome": "accepted", "client_message_id": "c1",
         "recipient": {"phone": "+14155550100"}, "provider": "smpp_rest", "provider_message_id": "m1",
         "received_at": "2026-12-06T09:00:00.123Z"}
     assert out["completed_at"].endswith("Z")
-    second = json.loads(done.stdout.strip().splitlines()[1])
-    assert second["client_message_id"] == "c2" and second["outcome"] == "failed"
+    second = results["c2"]
+    assert second["outcome"] == "failed"
     assert second["provider_message_id"] is None
 
 
