@@ -24,7 +24,7 @@ METRICS_READ = ("sms_outbound_consumed", "sms_outbound_accepted", "sms_outbound_
                 "sms_outbound_oldest_pending_seconds", "sms_kafka_partitions_assigned", "sms_provider_retries",
                 "sms_callbacks_received", "sms_mo_received", "sms_optout_suppressed", "sms_circuit_state",
                 "sms_delivery_latency_seconds", "sms_deferred", "sms_deferred_waiting",
-                "sms_budget_segments_spent", "sms_budget_segments")
+                "sms_budget_segments_spent", "sms_budget_segments", "sms_route_rate_limit")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,6 +98,8 @@ class Snapshot:
     # spend budgets, by (route, scope, window): spent adds up over workers, the budget is the same on each
     budget_spent: dict[tuple[str, str, str], float] = field(default_factory=dict)
     budget_limit: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    # rate limits by route: each worker's share (after 429 back-off); summed, the deployment's rate
+    rate_limit: dict[str, float] = field(default_factory=dict)
     workers: int = 0                     # metrics sources that answered
     errors: list[str] = field(default_factory=list)   # "URL: what went wrong", one per source that did not
 
@@ -196,6 +198,8 @@ def parse_metrics(text: str) -> Snapshot:
                     snap.budget_limit[key] = max(snap.budget_limit.get(key, 0.0), v)
                 else:
                     _add(snap.budget_spent, key, v)
+            elif name == "sms_route_rate_limit":
+                _add(snap.rate_limit, lb.get("route", ""), v)
             elif name.startswith("sms_delivery_latency_seconds_"):
                 h = hists.setdefault((provider, lb.get("state", "")), Hist())
                 if name.endswith("_bucket"):
@@ -223,7 +227,8 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
         out.oldest_pending_s = max(out.oldest_pending_s, s.oldest_pending_s)
         for src, dst in ((s.accepted, out.accepted), (s.failed, out.failed), (s.dead_lettered, out.dead_lettered),
                          (s.retries, out.retries), (s.callbacks, out.callbacks), (s.mo_received, out.mo_received),
-                         (s.optout_suppressed, out.optout_suppressed), (s.deferred, out.deferred)):
+                         (s.optout_suppressed, out.optout_suppressed), (s.deferred, out.deferred),
+                         (s.rate_limit, out.rate_limit)):
             for k, v in src.items():
                 _add(dst, k, v)
         for route, state in s.circuits.items():

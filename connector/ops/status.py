@@ -228,6 +228,9 @@ def render(snapshot: Snapshot, rates: Rates | None, kafka: KafkaState | None, *,
         pipe.add_row(Text("circuits", style="bold red"),
                      Text(", ".join(f"{rt} {CIRCUIT_NAMES.get(int(v), v)}" for rt, v in sorted(not_closed.items())),
                           style="bold red"))
+    for route, rate in sorted(s.rate_limit.items()):     # routes with a rate limit (0: unlimited)
+        if rate:
+            pipe.add_row(f"rate limit {route}", f"{rate:,.4g}/s")
     for (route, scope, window), budget in sorted(s.budget_limit.items()):
         spent = s.budget_spent.get((route, scope, window), 0.0)
         share = spent / budget if budget else 0.0

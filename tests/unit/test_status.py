@@ -297,3 +297,19 @@ def test_budget_usage_adds_up_over_workers_and_is_shown_against_the_budget() -> 
     text = text_of(render(merged, None, None, at=0, sources=2))
     assert "budget smpp per hour" in text and "850/1,000 (85%)" in text
     assert "budget smpp NG per day" in text and "20/20 (100%)" in text
+
+
+def test_rate_limit_shares_add_up_to_the_deployments_rate() -> None:
+    """Each worker's sms_route_rate_limit is its share of the route's rate_limit; the view shows
+    their sum (the deployment's), and nothing for a route without a rate limit (0)."""
+    def worker(share: float) -> Snapshot:
+        reg = CollectorRegistry()
+        gauge = clone(metrics.ROUTE_RATE_LIMIT, reg)
+        gauge.labels("smpp").set(share)
+        gauge.labels("revio").set(0)
+        return parse_metrics(generate_latest(reg).decode())
+    merged = merge([worker(10), worker(30)])
+    assert merged.rate_limit == {"smpp": 40, "revio": 0}
+    text = text_of(render(merged, None, None, at=0, sources=2))
+    assert any(ln.split()[-4:] == ["rate", "limit", "smpp", "40/s"] for ln in text.splitlines()), text
+    assert "rate limit revio" not in text
