@@ -16,7 +16,10 @@ from typing import Any, Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from connector import contract as topics
+
 ACCEPTED, FAILED, DEAD_LETTERED = "accepted", "failed", "dead-lettered"
+SCHEDULED_TOPIC = topics.spec("scheduled").name     # its lag is messages waiting for their send time
 
 # The metrics of ``connector.metrics`` this view reads (a unit test keeps the two in step).
 METRICS_READ = ("sms_outbound_consumed", "sms_outbound_accepted", "sms_outbound_failed",
@@ -95,6 +98,7 @@ class Snapshot:
     circuits: dict[str, float] = field(default_factory=dict)                  # route -> 0/1/2
     deferred: dict[str, float] = field(default_factory=dict)                  # reason (scheduled, quiet-hours)
     deferred_waiting: float = 0.0   # deferred messages held in memory (further ahead: the scheduled topic's lag)
+    deferred_waiting_scheduled: float = 0.0   # of which read from the scheduled topic: in its lag too
     # spend budgets, by (route, scope, window): spent adds up over workers, the budget is the same on each
     budget_spent: dict[tuple[str, str, str], float] = field(default_factory=dict)
     budget_limit: dict[tuple[str, str, str], float] = field(default_factory=dict)
@@ -189,6 +193,8 @@ def parse_metrics(text: str) -> Snapshot:
                 _add(snap.deferred, lb.get("reason", ""), v)
             elif name == "sms_deferred_waiting":
                 snap.deferred_waiting += v
+                if lb.get("topic") == SCHEDULED_TOPIC:
+                    snap.deferred_waiting_scheduled += v
             elif name == "sms_circuit_state":
                 route = lb.get("route", "")
                 snap.circuits[route] = max(snap.circuits.get(route, 0.0), v)
@@ -223,6 +229,7 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
         out.in_flight += s.in_flight
         out.retry_waiting += s.retry_waiting
         out.deferred_waiting += s.deferred_waiting
+        out.deferred_waiting_scheduled += s.deferred_waiting_scheduled
         out.partitions_assigned += s.partitions_assigned
         out.oldest_pending_s = max(out.oldest_pending_s, s.oldest_pending_s)
         for src, dst in ((s.accepted, out.accepted), (s.failed, out.failed), (s.dead_lettered, out.dead_lettered),
