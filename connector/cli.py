@@ -228,15 +228,20 @@ def topics_tail(config: str | None, name: str, from_beginning: bool, max_records
 @click.option("--sender", default=None, help="Sender id / number (default: the route's).")
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Metadata entry (repeatable).")
 @click.option("--send-at", default=None, metavar="RFC3339", help="Not sent before this instant (e.g. 2026-03-02T09:00:00-05:00).")
+@click.option("--expires-at", default=None, metavar="RFC3339", help="Not sent after this instant: failed, reason expired.")
+@click.option("--time-zone", default=None, metavar="IANA",
+              help="recipient_time_zone: the route's quiet hours are read in this zone (e.g. America/Chicago) "
+                   "instead of the number's.")
 @click.option("--bypass-quiet-hours", is_flag=True, help="Send even inside the route's quiet hours (one-time passwords).")
 def send(config: str | None, phone: str | None, device: str | None, text: str, client_message_id: str | None,
          route: str | None, sender: str | None, metadata: tuple[str, ...], send_at: str | None,
-         bypass_quiet_hours: bool) -> None:
+         expires_at: str | None, time_zone: str | None, bypass_quiet_hours: bool) -> None:
     """Produce one outbound record to sms.outbound (keyed by recipient)."""
     from connector.ops.devmanifest import notice
     from connector.errors import InvalidRecord
     from connector.records import OutboundSms, Recipient, encode_outbound, rfc3339_field
     from connector.ops.tools import produce_one
+    from connector.schedule import known_zone
 
     if bool(phone) == bool(device):
         raise click.UsageError("give exactly one of --to or --device")
@@ -248,12 +253,19 @@ def send(config: str | None, phone: str | None, device: str | None, text: str, c
     else:
         recipient = Recipient(phone=phone)
     meta = dict(m.split("=", 1) for m in metadata if "=" in m)
-    try:
-        when = rfc3339_field({"send_at": send_at}, "send_at") if send_at else None
-    except InvalidRecord as exc:
-        raise click.BadParameter(exc.message, param_hint="--send-at") from None
+    instants: dict[str, float | None] = {}
+    for name, value in (("send_at", send_at), ("expires_at", expires_at)):
+        try:
+            instants[name] = rfc3339_field({name: value}, name) if value else None
+        except InvalidRecord as exc:
+            raise click.BadParameter(exc.message, param_hint="--" + name.replace("_", "-")) from None
+    if time_zone is not None and not known_zone(time_zone):
+        raise click.BadParameter(f"{time_zone!r} is not an IANA time zone the tz database knows "
+                                 f"(e.g. America/New_York)", param_hint="--time-zone")
     msg = OutboundSms(client_message_id=client_message_id or str(uuid.uuid4()), recipient=recipient, text=text,
-                      route=route, sender=sender, metadata=meta, send_at=when, bypass_quiet_hours=bypass_quiet_hours)
+                      route=route, sender=sender, metadata=meta, send_at=instants["send_at"],
+                      expires_at=instants["expires_at"], recipient_time_zone=time_zone,
+                      bypass_quiet_hours=bypass_quiet_hours)
     settings = _operator_settings(config)
     where = asyncio.run(produce_one(settings.kafka, msg, encode_outbound(msg), notice=notice))
     click.echo(f"produced {msg.client_message_id} to {where}")

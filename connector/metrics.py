@@ -103,9 +103,10 @@ LEDGER_REPLAYS = Counter("sms_ledger_replays_total", "Outbound records seen agai
 DEFERRED = Counter("sms_deferred_total", "Messages made to wait for their send time, by reason (scheduled: "
                    "send_at; quiet-hours: the route's quiet hours in the recipient's local time). A message "
                    "may be counted more than once (send_at, then quiet hours).", ["route", "reason"])
-DEFERRED_WAITING = Gauge("sms_deferred_waiting", "Deferred messages this worker holds in memory: due within one "
-                         "lap (dispatch.schedule_lap_s), or read from sms.outbound.scheduled and waiting for their "
-                         "next check. Those further ahead wait in the topic: its consumer lag counts them.")
+DEFERRED_WAITING = Gauge("sms_deferred_waiting", "Deferred messages this worker holds in memory, by the topic they "
+                         "were read from: sms.outbound.retry (due within one lap, dispatch.schedule_lap_s) or "
+                         "sms.outbound.scheduled (waiting for their next check; that topic's consumer lag counts "
+                         "them too, with the records not read yet).", ["topic"])
 DEFERRED_FORWARDED = Counter("sms_deferred_forwarded_total", "Records of sms.outbound.scheduled checked at the end "
                              "of a lap, by where they went (retry: due within the next lap, held; scheduled: "
                              "rewritten for another lap).", ["to"])

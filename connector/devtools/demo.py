@@ -4,7 +4,7 @@ Recipients across the local stack's routes: devices (ThingSpace), US numbers (Re
 Venezuelan numbers (Ogangi) and others (the SMPP gateway). Mostly short GSM-7 texts, with
 Unicode and long texts where the route takes them, and a few that must fail: numbers the
 simulators reject, expired messages, invalid numbers, text too long for its route, South African
-numbers over their hourly budget (``DEMO_BUDGET_ENV``), and records that are not valid at all (bad
+numbers over their hourly budget (``DEMO_GUARDS_ENV``), and records that are not valid at all (bad
 JSON, schema violations) and must land in the DLQ. The cost guards: texts with curly quotes and
 dashes (``smart``: sent as GSM-7 on the local routes, which turn smart encoding on) and
 premium-rate recipients (``blocked``: failed, reason blocked-destination, no provider call). Every record
@@ -31,13 +31,18 @@ from connector.records import OutboundSms, Recipient, encode_outbound
 from connector.devtools.simulators.base import REJECT_SUFFIX
 
 DEMO_HEADER = "sms.demo.id"
+QUIET_ROUTE = "quiet"   # the dev stack's route with quiet hours (connector.devtools.stack.LOCAL_ROUTES)
 
-# A spend budget (connector.budget) on the local stack: South African numbers (+27, one of the
-# "other" region's prefixes) may use 20 segments per hour of the SMPP route, and over it they
-# fail (reason budget), so the demo's summary shows a budget outcome. The figure is kept in
-# sms.budget: a second demo in the same hour finds it spent from the start.
-DEMO_BUDGET_ENV = {"SMS_CONNECTOR_ROUTES__SMPP__BUDGET_REGIONS": "ZA=20/0",
-                   "SMS_CONNECTOR_ROUTES__SMPP__OVER_BUDGET": "fail"}
+# The guards dev's worker runs with, beyond the local stack's routes. A spend budget
+# (connector.budget): South African numbers (+27, one of the "other" region's prefixes) may use
+# 20 segments per hour of the SMPP route, and over it they fail (reason budget), so the demo's
+# summary shows a budget outcome (the figure is kept in sms.budget, as in production, though
+# dev's broker forgets it when dev stops). A rate limit on the quiet route (its one-time passwords):
+# the deployment's figure, of which the worker takes the share its partitions are of all (all of
+# them for dev's one worker); the summary shows it.
+DEMO_GUARDS_ENV = {"SMS_CONNECTOR_ROUTES__SMPP__BUDGET_REGIONS": "ZA=20/0",
+                   "SMS_CONNECTOR_ROUTES__SMPP__OVER_BUDGET": "fail",
+                   f"SMS_CONNECTOR_ROUTES__{QUIET_ROUTE.upper()}__RATE_LIMIT": "10"}
 
 SHORT = ["Your code is {n}", "Your parcel {n} is out for delivery", "Reminder: appointment at 10:30",
          "Balance: $12.50 @ store #4", "Meeting moved to room 4 (2nd floor)", "Ticket {n}: we are on it"]
@@ -64,7 +69,6 @@ class DemoRecord:
     #                    scheduled, otp, held (waits for the end of quiet hours: no terminal record yet)
 
 
-QUIET_ROUTE = "quiet"   # the dev stack's route with quiet hours (connector.devtools.stack.LOCAL_ROUTES)
 # one zone every few hours around the world: whatever the time, some are at night (21:00-08:00)
 ZONES = ("Pacific/Auckland", "Asia/Tokyo", "Asia/Kolkata", "Europe/Berlin", "America/Sao_Paulo",
          "America/New_York", "America/Los_Angeles", "Pacific/Honolulu")
@@ -87,9 +91,10 @@ def _recipient(rng: random.Random, region: str) -> Recipient:
     return Recipient(phone=f"{prefix}{rng.randint(201, 989)}{rng.randint(2000001, 9999998)}")
 
 
-def _premium(phone: str) -> bool:
+def _premium(rcpt: Recipient) -> bool:
+    """A premium-rate number: a phone, or a device addressed by its number (an MDN in +1 900)."""
     try:
-        return numbers.parse(phone).number_type == "premium-rate"
+        return rcpt.e164 is not None and numbers.parse(rcpt.e164).number_type == "premium-rate"
     except InvalidMessage:
         return False
 
@@ -131,8 +136,8 @@ def generate(n: int, seed: int = 7, prefix: str = "demo", now: float | None = No
             kind, text = "long", LONG.format(n=i) * rng.randint(1, 3)
         elif roll < 0.40 and rcpt.phone:
             kind, text = "smart", rng.choice(SMART).format(n=rng.randint(1000, 9999))
-        if kind != "blocked" and rcpt.phone and _premium(rcpt.phone):
-            kind = "blocked"     # a random number that happens to be premium-rate
+        if kind != "blocked" and _premium(rcpt):
+            kind = "blocked"     # a random number (or a device's MDN) that happens to be premium-rate
         schedule: dict[str, object] = {}
         if kind == "ok" and 0.40 <= roll < 0.43:
             kind, schedule = "scheduled", {"send_at": now + 4 + 8 * rng.random()}

@@ -22,13 +22,13 @@ import aiohttp
 
 from connector import contract as topics
 from connector.ops import devmanifest
-from connector.devtools.demo import DEMO_BUDGET_ENV, DEMO_HEADER, generate
+from connector.devtools.demo import DEMO_GUARDS_ENV, DEMO_HEADER, generate
 from connector.devtools.embedded_broker import free_port
 from connector.devtools.simulators import SIMULATORS
 from connector.config import load
 from connector.ops.operations import CALLBACK_PATH, register_callbacks
-from connector.devtools.stack import LOCAL_ROUTES, Follower, LocalStack, produce, worker_env
-from connector.ops.snapshot import parse_metrics
+from connector.devtools.stack import LOCAL_ROUTES, Follower, LocalStack, Tally, produce, worker_env
+from connector.ops.snapshot import Snapshot, parse_metrics
 from connector.ops.status import LiveStatus
 
 
@@ -69,7 +69,7 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
         callback_env = {"SMS_CONNECTOR_CALLBACKS__PUBLIC_URL": base,
                         "SMS_CONNECTOR_CALLBACKS__THINGSPACE_USERNAME": "dev-callbacks",
                         "SMS_CONNECTOR_CALLBACKS__THINGSPACE_PASSWORD": secrets.token_urlsafe(12)}
-        callback_env |= DEMO_BUDGET_ENV      # the demo's spend budget (connector.devtools.demo)
+        callback_env |= DEMO_GUARDS_ENV      # the demo's spend budget and rate limit (connector.devtools.demo)
         worker = await stack.start_worker(env=callback_env, http_port=http_port, roles=("all",))
         say(f"worker     metrics {worker.url}/metrics  health {worker.url}/healthz  logs {stack.logdir}")
         environment = worker_env(stack.kafka.bootstrap_servers, stack.sim_urls, http_port) | callback_env
@@ -118,13 +118,47 @@ async def run_dev(*, demo: int = 0, until_done: bool = False, timeout: float = 3
         say("stopped")
 
 
-async def _deferred_by_reason(worker_url: str) -> dict[str, float]:
-    """sms_deferred_total by reason, from the worker's metrics (empty when they cannot be read)."""
+async def _worker_metrics(worker_url: str) -> Snapshot:
+    """The worker's metrics as ``status`` reads them (empty when they cannot be read)."""
     try:
         async with aiohttp.ClientSession() as s, s.get(f"{worker_url}/metrics") as r:
-            return parse_metrics(await r.text()).deferred
+            return parse_metrics(await r.text())
     except aiohttp.ClientError:
-        return {}
+        return Snapshot()
+
+
+# The demo's kinds of message that exercise a guard, in the summary's order (connector.devtools.demo).
+GUARD_KINDS = {"smart": "smart encoding", "blocked": "premium-rate recipients", "scheduled": "send_at",
+               "otp": "bypass_quiet_hours"}
+
+
+def guard_lines(tally: Tally, held: int, held_done: int, snap: Snapshot, partitions: int) -> list[str]:
+    """The summary's lines on the cost guards: what each guard's demo messages ended as, what
+    waits, and the rate limits with this worker's share."""
+    lines = []
+    for kind, what in GUARD_KINDS.items():
+        ends = sorted((n, f"{outcome}{' ' + reason if reason else ''}")
+                      for (k, outcome, reason), n in tally.kinds.items() if k == kind)
+        if ends:
+            lines.append(f"  {kind:14} {sum(n for n, _ in ends):7}  ({what}) "
+                         + ", ".join(f"{end} {n}" for n, end in reversed(ends)))
+    if tally.smart_encoded:
+        lines.append(f"  smart encoding: {tally.smart_encoded} accepted messages sent as GSM-7, "
+                     f"{tally.segments_saved} segments saved")
+    if snap.deferred or held:
+        lines.append("  deferred       " + ", ".join(f"reason={reason} {count:.0f}"
+                                                     for reason, count in sorted(snap.deferred.items()))
+                     + f"; still waiting for the end of quiet hours {held - held_done} (not expected yet)")
+    for (route, scope, window), budget in sorted(snap.budget_limit.items()):
+        spent = snap.budget_spent.get((route, scope, window), 0.0)
+        lines.append(f"  budget         route {route}{' region ' + scope if scope else ''}: {spent:.0f} of "
+                     f"{budget:.0f} segments per {window} spent")
+    for route, rate in sorted(snap.rate_limit.items()):
+        if rate:
+            lines.append(f"  rate limit     route {route}: this worker sends at most {rate:.4g} segments/s, its "
+                         f"share of the route's rate_limit (it owns {snap.partitions_assigned:.0f} of {partitions} "
+                         f"sms.outbound partitions)")
+    return lines
 
 
 async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, stop: asyncio.Event,
@@ -175,13 +209,9 @@ async def _demo(stack: LocalStack, n: int, until_done: bool, timeout: float, sto
     for (outcome, reason, provider), count in sorted(tally.outcomes.items()):
         detail = ", ".join(x for x in (provider and f"provider={provider}", reason and f"reason={reason}") if x)
         say(f"  {outcome:14} {count:7}  {detail}")
-    if tally.smart_encoded:
-        say(f"  smart encoding: {tally.smart_encoded} accepted messages sent as GSM-7, "
-            f"{tally.segments_saved} segments saved")
-    deferred = await _deferred_by_reason(stack.workers[0].url)
-    if deferred or held:
-        say("  deferred       " + ", ".join(f"reason={reason} {count:.0f}" for reason, count in sorted(deferred.items()))
-            + f"; still waiting for the end of quiet hours {len(held) - tally.done(held)} (not expected yet)")
+    for line in guard_lines(tally, len(held), tally.done(held), await _worker_metrics(stack.workers[0].url),
+                            topics.specs()["outbound"].partitions):
+        say(line)
     if tally.deliveries:
         say("  delivery events so far (sms.delivery): " + ", ".join(
             f"{p} {s} {c}" for (p, s), c in sorted(tally.deliveries.items())))

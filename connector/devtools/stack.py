@@ -282,6 +282,8 @@ class Tally:
     deliveries: Counter[tuple[str, str]] = field(default_factory=Counter)   # (provider, state) on sms.delivery
     smart_encoded: int = 0        # accepted records smart encoding rewrote (original_segments set)
     segments_saved: int = 0       # their original_segments less segments
+    # (demo kind, outcome, reason) of terminal records whose metadata names a demo kind (dev's summary)
+    kinds: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     delivery_events: list[dict[str, Any]] = field(default_factory=list)    # kept when keep_records
 
     def done(self, expected: Iterable[str]) -> int:
@@ -319,6 +321,9 @@ class Tally:
             entry["headers"] = hdrs
             msg_id = msg_id or entry.get("client_message_id")
             self.outcomes[(entry.get("outcome", role), entry.get("reason") or "", entry.get("provider") or "")] += 1
+            kind = (entry.get("metadata") or {}).get("kind")
+            if isinstance(kind, str):
+                self.kinds[(kind, entry.get("outcome", role), entry.get("reason") or "")] += 1
             if entry.get("original_segments") is not None and entry.get("outcome") == "accepted":
                 self.smart_encoded += 1
                 self.segments_saved += entry["original_segments"] - (entry.get("segments") or 0)

@@ -214,6 +214,13 @@ def schedule_rows(settings: Settings) -> list[CheckRow]:
                                  f"{24 - quiet.length_s / 3600:g} to send in, less in regions with several "
                                  f"zones: messages wait up to a day and a burst goes out at once. Fix: check "
                                  f"start and end are not swapped"))
+        ahead = settings.dispatch.max_schedule_ahead_s
+        if not quiet.empty and quiet.length_s > ahead:
+            rows.append(CheckRow(f"route {name}", path, Status.WARN,
+                                 f"{quiet}: a message due as they start waits {quiet.length_s / 3600:g} h, longer "
+                                 f"than dispatch.max_schedule_ahead_s ({ahead:g} s): it fails, reason invalid, "
+                                 f"instead of waiting. Fix: raise dispatch.max_schedule_ahead_s above "
+                                 f"{quiet.length_s:g} s or shorten the quiet hours"))
         if name == settings.routing.device_route:
             rows.append(CheckRow(f"route {name}", path, Status.WARN,
                                  f"{quiet} on the device route: a device id has no number to take a time zone "

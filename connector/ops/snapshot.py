@@ -16,7 +16,10 @@ from typing import Any, Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from connector import contract as topics
+
 ACCEPTED, FAILED, DEAD_LETTERED = "accepted", "failed", "dead-lettered"
+SCHEDULED_TOPIC = topics.spec("scheduled").name     # its lag is messages waiting for their send time
 
 # The metrics of ``connector.metrics`` this view reads (a unit test keeps the two in step).
 METRICS_READ = ("sms_outbound_consumed", "sms_outbound_accepted", "sms_outbound_failed",
@@ -24,7 +27,7 @@ METRICS_READ = ("sms_outbound_consumed", "sms_outbound_accepted", "sms_outbound_
                 "sms_outbound_oldest_pending_seconds", "sms_kafka_partitions_assigned", "sms_provider_retries",
                 "sms_callbacks_received", "sms_mo_received", "sms_optout_suppressed", "sms_circuit_state",
                 "sms_delivery_latency_seconds", "sms_deferred", "sms_deferred_waiting",
-                "sms_budget_segments_spent", "sms_budget_segments")
+                "sms_budget_segments_spent", "sms_budget_segments", "sms_route_rate_limit")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,9 +98,12 @@ class Snapshot:
     circuits: dict[str, float] = field(default_factory=dict)                  # route -> 0/1/2
     deferred: dict[str, float] = field(default_factory=dict)                  # reason (scheduled, quiet-hours)
     deferred_waiting: float = 0.0   # deferred messages held in memory (further ahead: the scheduled topic's lag)
+    deferred_waiting_scheduled: float = 0.0   # of which read from the scheduled topic: in its lag too
     # spend budgets, by (route, scope, window): spent adds up over workers, the budget is the same on each
     budget_spent: dict[tuple[str, str, str], float] = field(default_factory=dict)
     budget_limit: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    # rate limits by route: each worker's share (after 429 back-off); summed, the deployment's rate
+    rate_limit: dict[str, float] = field(default_factory=dict)
     workers: int = 0                     # metrics sources that answered
     errors: list[str] = field(default_factory=list)   # "URL: what went wrong", one per source that did not
 
@@ -187,6 +193,8 @@ def parse_metrics(text: str) -> Snapshot:
                 _add(snap.deferred, lb.get("reason", ""), v)
             elif name == "sms_deferred_waiting":
                 snap.deferred_waiting += v
+                if lb.get("topic") == SCHEDULED_TOPIC:
+                    snap.deferred_waiting_scheduled += v
             elif name == "sms_circuit_state":
                 route = lb.get("route", "")
                 snap.circuits[route] = max(snap.circuits.get(route, 0.0), v)
@@ -196,6 +204,8 @@ def parse_metrics(text: str) -> Snapshot:
                     snap.budget_limit[key] = max(snap.budget_limit.get(key, 0.0), v)
                 else:
                     _add(snap.budget_spent, key, v)
+            elif name == "sms_route_rate_limit":
+                _add(snap.rate_limit, lb.get("route", ""), v)
             elif name.startswith("sms_delivery_latency_seconds_"):
                 h = hists.setdefault((provider, lb.get("state", "")), Hist())
                 if name.endswith("_bucket"):
@@ -219,11 +229,13 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
         out.in_flight += s.in_flight
         out.retry_waiting += s.retry_waiting
         out.deferred_waiting += s.deferred_waiting
+        out.deferred_waiting_scheduled += s.deferred_waiting_scheduled
         out.partitions_assigned += s.partitions_assigned
         out.oldest_pending_s = max(out.oldest_pending_s, s.oldest_pending_s)
         for src, dst in ((s.accepted, out.accepted), (s.failed, out.failed), (s.dead_lettered, out.dead_lettered),
                          (s.retries, out.retries), (s.callbacks, out.callbacks), (s.mo_received, out.mo_received),
-                         (s.optout_suppressed, out.optout_suppressed), (s.deferred, out.deferred)):
+                         (s.optout_suppressed, out.optout_suppressed), (s.deferred, out.deferred),
+                         (s.rate_limit, out.rate_limit)):
             for k, v in src.items():
                 _add(dst, k, v)
         for route, state in s.circuits.items():

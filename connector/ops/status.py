@@ -39,15 +39,13 @@ from connector.config import ConfigError, KafkaSettings, load
 from connector.ops import devmanifest
 from connector.ops import quiet_client_logs
 from connector.ops.kafka_probe import TERMINAL_ROLES, KafkaProbe
-from connector.ops.snapshot import (ACCEPTED, DEAD_LETTERED, FAILED, KafkaState, Rates, Snapshot, merge, parse_metrics,
-                                    rates)
+from connector.ops.snapshot import (ACCEPTED, DEAD_LETTERED, FAILED, SCHEDULED_TOPIC, KafkaState, Rates, Snapshot,
+                                    merge, parse_metrics, rates)
 
 DEFAULT_MANIFEST = devmanifest.DEFAULT_PATH
 DEFAULT_INTERVAL_S = 2.0
 METRICS_TIMEOUT_S = 5.0
 CIRCUIT_NAMES = {0: "closed", 1: "half-open", 2: "open"}
-
-SCHEDULED_TOPIC = topics.spec("scheduled").name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,9 +207,12 @@ def render(snapshot: Snapshot, rates: Rates | None, kafka: KafkaState | None, *,
     pipe.add_column("now", justify="right")
     pipe.add_row("in flight", _n(s.in_flight))
     pipe.add_row("waiting to retry", _n(s.retry_waiting))
-    scheduled_lag = sum(lag.lag for lag in kafka.lag if lag.topic == SCHEDULED_TOPIC) if kafka is not None else 0
+    scheduled = [lag for lag in kafka.lag if lag.topic == SCHEDULED_TOPIC] if kafka is not None else []
+    scheduled_lag = sum(lag.lag for lag in scheduled)
     if s.deferred or s.deferred_waiting or scheduled_lag:   # scheduled sends and quiet hours
-        pipe.add_row("waiting for send time", _n(s.deferred_waiting + scheduled_lag))
+        # those read from the scheduled topic are in its lag too (not committed until forwarded)
+        held = s.deferred_waiting - s.deferred_waiting_scheduled if scheduled else s.deferred_waiting
+        pipe.add_row("waiting for send time", _n(held + scheduled_lag))
         pipe.add_row("deferred", ", ".join(f"{reason} {_n(v)}" for reason, v in sorted(s.deferred.items())) or "0")
     pipe.add_row("oldest pending", _secs(s.oldest_pending_s))
     parts_total = None
@@ -228,6 +229,9 @@ def render(snapshot: Snapshot, rates: Rates | None, kafka: KafkaState | None, *,
         pipe.add_row(Text("circuits", style="bold red"),
                      Text(", ".join(f"{rt} {CIRCUIT_NAMES.get(int(v), v)}" for rt, v in sorted(not_closed.items())),
                           style="bold red"))
+    for route, rate in sorted(s.rate_limit.items()):     # routes with a rate limit (0: unlimited)
+        if rate:
+            pipe.add_row(f"rate limit {route}", f"{rate:,.4g}/s")
     for (route, scope, window), budget in sorted(s.budget_limit.items()):
         spent = s.budget_spent.get((route, scope, window), 0.0)
         share = spent / budget if budget else 0.0

@@ -139,7 +139,8 @@ class Dispatcher:
         self.topic_scheduled = topics.spec("scheduled").name
         self.laps = ScheduledLaps(self.topic_scheduled, self.topic_retry, d.schedule_lap_s, self._forward_scheduled)
         metrics.RETRY_WAITING.set_function(lambda: len(self._waiting) - self._deferred_held())
-        metrics.DEFERRED_WAITING.set_function(lambda: self.laps.waiting + self._deferred_held())
+        metrics.DEFERRED_WAITING.labels(self.topic_retry).set_function(self._deferred_held)
+        metrics.DEFERRED_WAITING.labels(self.topic_scheduled).set_function(lambda: self.laps.waiting)
         # [/scheduled sends]
         self._unrecorded = 0   # messages sent whose outcome is not durable yet (in doubt if the worker dies)
         metrics.UNRECORDED.set_function(lambda: self._unrecorded)

@@ -402,6 +402,16 @@ def test_quiet_hours_that_cannot_do_what_they_seem_are_warnings() -> None:
     assert not [r for r in config_rows(ok) if r.status is Status.WARN]
 
 
+def test_quiet_hours_longer_than_a_message_may_wait_are_a_warning() -> None:
+    """A wait past dispatch.max_schedule_ahead_s fails the message (reason invalid): quiet hours
+    longer than it turn every message due as they start into a failure."""
+    env = {**_route("a", quiet_hours="21:00-08:00"), "SMS_CONNECTOR_DISPATCH__MAX_SCHEDULE_AHEAD_S": "3600"}
+    warnings = {(r.area, r.item): r.detail for r in config_rows(load(None, env)) if r.status is Status.WARN}
+    assert "longer than dispatch.max_schedule_ahead_s" in warnings[("route a", "routes.a.quiet_hours")]
+    env["SMS_CONNECTOR_DISPATCH__MAX_SCHEDULE_AHEAD_S"] = "39600"       # 11 h: the quiet hours fit
+    assert not [r for r in config_rows(load(None, env)) if r.status is Status.WARN]
+
+
 def test_malformed_quiet_hours_are_a_problem_with_the_fix() -> None:
     [problem] = problems(_route("a", quiet_hours="9pm-8am"))
     assert problem.path == "routes.a.quiet_hours" and "HH:MM-HH:MM" in problem.message and "21:00-08:00" in problem.fix

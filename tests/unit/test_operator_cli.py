@@ -110,6 +110,35 @@ def test_an_unexpected_error_is_one_line_and_a_traceback_file(monkeypatch: pytes
         path.unlink()
 
 
+def test_send_writes_the_scheduling_fields_a_producer_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """send --send-at / --expires-at / --time-zone / --bypass-quiet-hours: the outbound record
+    carries send_at, expires_at, recipient_time_zone and bypass_quiet_hours, and the worker's
+    decoder reads them back; a time without an offset or an unknown zone is refused up front."""
+    from connector.records import decode_outbound
+
+    sent: list[bytes] = []
+
+    async def capture(kafka: object, msg: object, value: bytes, **kwargs: object) -> str:
+        sent.append(value)
+        return "sms.outbound[0]@0"
+
+    monkeypatch.setattr("connector.ops.tools.produce_one", capture)
+    result = CliRunner().invoke(main, ["send", "--to", "+14155550123", "--text", "hi", "--route", "quiet",
+                                       "--send-at", "2030-01-02T09:00:00-05:00", "--expires-at", "2030-01-03T00:00:00Z",
+                                       "--time-zone", "America/Chicago", "--bypass-quiet-hours"])
+    assert result.exit_code == 0, result.output
+    data = orjson.loads(sent[0])
+    assert (data["send_at"], data["expires_at"]) == ("2030-01-02T14:00:00.000Z", "2030-01-03T00:00:00.000Z")
+    assert (data["recipient_time_zone"], data["bypass_quiet_hours"]) == ("America/Chicago", True)
+    msg = decode_outbound(sent[0])
+    assert (msg.recipient_time_zone, msg.bypass_quiet_hours, msg.route) == ("America/Chicago", True, "quiet")
+    for bad, hint in ((["--send-at", "2030-01-02T09:00:00"], "--send-at"), (["--expires-at", "tomorrow"], "--expires-at"),
+                      (["--time-zone", "Mars/Olympus"], "--time-zone")):
+        result = CliRunner().invoke(main, ["send", "--to", "+14155550123", "--text", "hi", *bad])
+        assert result.exit_code == 2 and hint in result.output, result.output
+    assert len(sent) == 1
+
+
 def test_a_worker_crash_is_left_to_the_workers_own_handling(monkeypatch: pytest.MonkeyPatch) -> None:
     async def boom(settings: object, roles: frozenset[str]) -> None:
         raise RuntimeError("worker crash")

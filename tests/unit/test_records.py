@@ -90,6 +90,21 @@ def test_failed_record_without_route_matches_schema() -> None:
     jsonschema.validate(orjson.loads(encode_failed(o, "invalid", "no route", 2.0)), topics.schema("failed_sms.json"))
 
 
+def test_smart_encodings_original_fields_come_together_in_the_schemas() -> None:
+    """original_encoding and original_segments are written together (records._add_original), so
+    the schemas require one with the other: an analytics job may read both once it sees one."""
+    o = SendFacts(msg=decode_outbound(dumps(GOOD)), received_at=1.0, route="smpp", provider="smpp_rest",
+                  encoding="gsm7", segments=1, attempts=1, original_encoding="ucs2", original_segments=3)
+    for role, record in (("accepted", orjson.loads(encode_accepted(o, Accepted("api-1"), 2.0))),
+                         ("failed", orjson.loads(encode_failed(o, "budget", "over budget", 2.0)))):
+        schema = topics.schema(f"{role}_sms.json")
+        jsonschema.validate(record, schema)
+        for alone in ("original_encoding", "original_segments"):
+            half = {k: v for k, v in record.items() if k != alone}
+            with pytest.raises(jsonschema.ValidationError, match=alone):
+                jsonschema.validate(half, schema)
+
+
 @pytest.mark.parametrize("phone, ok", [("+14155550100", True), ("+442071838750", True), ("14155550100", False),
                                        ("+0123456789", False), ("+1415", False), ("+1415555010012345", False)])
 def test_e164(phone: str, ok: bool) -> None:

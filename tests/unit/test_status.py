@@ -14,7 +14,8 @@ from rich.console import Console
 
 from connector import metrics
 from connector.config import KafkaSettings
-from connector.ops.snapshot import METRICS_READ, Hist, KafkaState, Snapshot, consumer_lag, merge, parse_metrics, rates
+from connector.ops.snapshot import (METRICS_READ, SCHEDULED_TOPIC, Hist, KafkaState, Snapshot, consumer_lag, merge,
+                                    parse_metrics, rates)
 from connector.ops.status import LiveStatus, metrics_url, render, resolve_sources, run_status
 
 
@@ -297,3 +298,36 @@ def test_budget_usage_adds_up_over_workers_and_is_shown_against_the_budget() -> 
     text = text_of(render(merged, None, None, at=0, sources=2))
     assert "budget smpp per hour" in text and "850/1,000 (85%)" in text
     assert "budget smpp NG per day" in text and "20/20 (100%)" in text
+
+
+def test_rate_limit_shares_add_up_to_the_deployments_rate() -> None:
+    """Each worker's sms_route_rate_limit is its share of the route's rate_limit; the view shows
+    their sum (the deployment's), and nothing for a route without a rate limit (0)."""
+    def worker(share: float) -> Snapshot:
+        reg = CollectorRegistry()
+        gauge = clone(metrics.ROUTE_RATE_LIMIT, reg)
+        gauge.labels("smpp").set(share)
+        gauge.labels("revio").set(0)
+        return parse_metrics(generate_latest(reg).decode())
+    merged = merge([worker(10), worker(30)])
+    assert merged.rate_limit == {"smpp": 40, "revio": 0}
+    text = text_of(render(merged, None, None, at=0, sources=2))
+    assert any(ln.split()[-4:] == ["rate", "limit", "smpp", "40/s"] for ln in text.splitlines()), text
+    assert "rate limit revio" not in text
+
+
+def test_messages_read_from_the_scheduled_topic_are_not_counted_twice() -> None:
+    """A record read from sms.outbound.scheduled and waiting for its next check is held by the
+    worker and still in the topic's lag (not committed until forwarded): counted once."""
+    reg = CollectorRegistry()
+    gauge = clone(metrics.DEFERRED_WAITING, reg)
+    gauge.labels("sms.outbound.retry").set(4)          # due within a lap
+    gauge.labels(SCHEDULED_TOPIC).set(3)               # read, waiting for their next check
+    snap = merge([parse_metrics(generate_latest(reg).decode())])
+    assert (snap.deferred_waiting, snap.deferred_waiting_scheduled) == (7, 3)
+    lags = (consumer_lag("sms.outbound", "g", {0: 3}, {0: 3}), consumer_lag(SCHEDULED_TOPIC, "g", {0: 9}, {0: 4}))
+    text = text_of(render(snap, None, KafkaState("k:9092", "g", lags, {}), sources=1))
+    # 4 held from the retry topic + 5 in the scheduled topic (the 3 read among them)
+    assert any(ln.split()[-5:] == ["waiting", "for", "send", "time", "9"] for ln in text.splitlines()), text
+    text = text_of(render(snap, None, None, sources=1))          # no lag known: what the workers hold
+    assert any(ln.split()[-5:] == ["waiting", "for", "send", "time", "7"] for ln in text.splitlines()), text
