@@ -43,6 +43,11 @@ class PartitionProgress:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    @property
+    def unfinished(self) -> int:
+        """Records taken and not finished (in_flight less those finished behind an unfinished one)."""
+        return len(self._pending) - len(self._done)
+
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds since the oldest unfinished record was taken (0 when none)."""
         if not self._since:

@@ -46,7 +46,7 @@ class QuietHours:
     end: wall_time
 
     def __str__(self) -> str:
-        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+        return f"{_wall(self.start)}-{_wall(self.end)}"
 
     @property
     def empty(self) -> bool:
@@ -54,9 +54,7 @@ class QuietHours:
 
     @property
     def length_s(self) -> float:
-        s = self.start.hour * 3600 + self.start.minute * 60
-        e = self.end.hour * 3600 + self.end.minute * 60
-        return float((e - s) % 86400)
+        return float((_seconds(self.end) - _seconds(self.start)) % 86400)
 
     def end_after(self, instant: datetime) -> datetime | None:
         """If local ``instant`` (aware, in its zone) is inside the window, the (aware) end of this
@@ -76,8 +74,17 @@ class QuietHours:
         return max(datetime.combine(day, self.end, zone).replace(fold=f).astimezone(timezone.utc) for f in (0, 1))
 
 
+def _wall(t: wall_time) -> str:
+    """``HH:MM``, or ``HH:MM:SS`` when the seconds are not zero (the forms quiet_hours are written in)."""
+    return f"{t:%H:%M:%S}" if t.second else f"{t:%H:%M}"
+
+
+def _seconds(t: wall_time) -> int:
+    return t.hour * 3600 + t.minute * 60 + t.second
+
+
 def parse_quiet_hours(text: str) -> QuietHours | None:
-    """``"21:00-08:00"`` -> QuietHours; ``""`` -> None; ValueError for anything else."""
+    """``"21:00-08:00"`` (either end may be ``HH:MM:SS``) -> QuietHours; ``""`` -> None; ValueError for anything else."""
     span = config_quiet_hours(text)
     return QuietHours(*span) if span is not None else None
 

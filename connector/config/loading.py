@@ -166,7 +166,7 @@ def _check_routing(settings: Settings, problems: Problems) -> None:
             parse_quiet_hours(route.common.quiet_hours)
         except ValueError as exc:
             problems.append(Problem(f"routes.{name}.quiet_hours", str(exc),
-                                    f"set routes.{name}.quiet_hours to HH:MM-HH:MM, e.g. 21:00-08:00, or empty"))
+                                    f"set routes.{name}.quiet_hours to {QUIET_HOURS_FORM}, or empty"))
     for name, route in routes.items():
         failover = route.common.failover_route
         if failover and (failover not in routes or failover == name):
@@ -231,19 +231,22 @@ def _check_destinations(settings: Settings, problems: Problems) -> None:
                             "a two-letter ISO 3166-1 code with a telephone numbering plan, e.g. US, GB, DE")
                     problems.append(Problem(path, f"{value!r} is not {what} libphonenumber knows",
                                             f"correct {value!r} in {path} ({hint})"))
-_QUIET_HOURS = re.compile(r"^\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*$")
+_WALL_TIME = r"([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?"      # HH:MM, or HH:MM:SS
+_QUIET_HOURS = re.compile(rf"^\s*{_WALL_TIME}\s*-\s*{_WALL_TIME}\s*$")
+QUIET_HOURS_FORM = "HH:MM-HH:MM (24-hour local time; either end may be HH:MM:SS), e.g. 21:00-08:00"
 
 
 def parse_quiet_hours(text: str) -> tuple[dt_time, dt_time] | None:
-    """A route's ``quiet_hours`` (``"21:00-08:00"``) -> (start, end) local wall times; ``""`` -> None;
-    ValueError for anything else (``connector.schedule`` does the arithmetic)."""
+    """A route's ``quiet_hours`` (``"21:00-08:00"``, either end may carry seconds:
+    ``"21:00-08:00:30"``) -> (start, end) local wall times; ``""`` -> None; ValueError for anything
+    else (``connector.schedule`` does the arithmetic)."""
     if not text or not text.strip():
         return None
     m = _QUIET_HOURS.match(text)
     if m is None:
-        raise ValueError(f"{text!r} is not HH:MM-HH:MM (24-hour local time, e.g. 21:00-08:00)")
-    h1, m1, h2, m2 = (int(g) for g in m.groups())
-    return dt_time(h1, m1), dt_time(h2, m2)
+        raise ValueError(f"{text!r} is not {QUIET_HOURS_FORM}")
+    h1, m1, s1, h2, m2, s2 = (int(g or 0) for g in m.groups())
+    return dt_time(h1, m1, s1), dt_time(h2, m2, s2)
 
 
 def parse_prefix_routes(text: str, problems: Problems | None = None) -> list[tuple[str, str]]:

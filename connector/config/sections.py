@@ -225,9 +225,9 @@ class RouteSettings:
                                                           "(comma-separated; empty: none). Wins over "
                                                           "allow_number_types. Types: " + ", ".join(NUMBER_TYPES)
                                                           + ".", example="premium-rate,shared-cost")
-    quiet_hours: str = setting("", doc="Local hours (HH:MM-HH:MM, 24-hour, may cross midnight) in the recipient's "
-                                       "time zone during which this route sends nothing: a message due then waits "
-                                       "for their end (the recipient_time_zone of the record, else the number's "
+    quiet_hours: str = setting("", doc="Local hours (HH:MM-HH:MM, 24-hour, may cross midnight; either end may be "
+                                       "HH:MM:SS) in the recipient's time zone during which this route sends "
+                                       "nothing: a message due then waits for their end (the recipient_time_zone of the record, else the number's "
                                        "zones, the most restrictive when there are several). Records with "
                                        "bypass_quiet_hours skip them. Empty: none.", example="21:00-08:00")
     # -- spend budgets (connector.budget): the deployment's, shared by every worker --

@@ -168,6 +168,7 @@ class LocalStack:
     group_id: str = KafkaSettings.group_id
     simulators: dict[str, Process] = field(default_factory=dict)
     workers: list[Process] = field(default_factory=list)
+    _next_worker: int = field(default=0, repr=False)
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -230,8 +231,10 @@ class LocalStack:
         http_port = http_port or free_port()
         full_env = {**worker_env(self.kafka, self.sim_urls, http_port, routes), **(env or {})}
         role_args = [arg for role in roles for arg in ("--role", role)]
-        proc, log = await self.spawn(f"worker-{len(self.workers)}", "worker", *role_args, env=full_env)
-        w = Process(f"worker {len(self.workers)}", proc, f"http://127.0.0.1:{http_port}", log)
+        index = self._next_worker = max(self._next_worker, len(self.workers))   # workers started at once: one log each
+        self._next_worker += 1
+        proc, log = await self.spawn(f"worker-{index}", "worker", *role_args, env=full_env)
+        w = Process(f"worker {index}", proc, f"http://127.0.0.1:{http_port}", log)
         self.workers.append(w)
         await wait_http(w.url + "/healthz", proc=proc)
         return w

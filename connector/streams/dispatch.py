@@ -653,8 +653,10 @@ class Dispatcher:
             if tp in self._progress:
                 self._progress[tp].committed = position
 
-    async def _drain(self, timeout: float, only: Sequence[TopicPartition] | None = None) -> None:
-        """Let every record already taken (of ``only``, or all) finish, up to ``timeout``.
+    async def _drain(self, timeout: float, only: Sequence[TopicPartition] | None = None,
+                     held: Mapping[TopicPartition, int] | None = None) -> None:
+        """Let every record already taken (of ``only``, or all) finish, up to ``timeout``, except
+        the ``held`` retry records of each partition (forgotten: they never finish here).
 
         Queued records are finished too, not just those in progress: abandoning a queued record
         while later offsets of other keys complete would leave a gap below them, and the next
@@ -667,7 +669,7 @@ class Dispatcher:
                 return self.in_flight > 0
             if self.membership.lost_reason is not None:
                 return self._calls_in_progress() > 0      # given up: calls in progress only
-            return any(self._progress[tp].in_flight > self._waiting_by_tp.get(tp, 0)
+            return any(self._progress[tp].unfinished > (held or self._waiting_by_tp).get(tp, 0)
                        for tp in only if tp in self._progress)
 
         while busy() and time.monotonic() < deadline:
@@ -723,12 +725,13 @@ class Dispatcher:
             self._progress[tp].closing = True
             if lost:
                 self._progress[tp].revoked = True
+        held = {tp: self._waiting_by_tp.get(tp, 0) for tp in mine}   # left to the next owner: not drained
         self._forget_waiting(mine)
         self.laps.forget(mine)   # [scheduled sends]
         if mine and lost:
             await self._settle_lost(self.settings.dispatch.shutdown_timeout_s)
         elif mine:
-            await self._drain(self.settings.dispatch.shutdown_timeout_s, mine)
+            await self._drain(self.settings.dispatch.shutdown_timeout_s, mine, held)
             if self.membership.lost_reason is None:
                 await self._commit(mine)
         if self.exactly_once:

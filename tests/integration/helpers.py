@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Callable
 
 import aiohttp
@@ -35,6 +36,22 @@ async def until(predicate: Callable[[], bool], timeout: float) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not reached")
+
+
+class Phases:
+    """Wall time of a test's phases, printed with its figures (where a slow test's time goes)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.took: list[tuple[str, float]] = []
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.took.append((name, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        return "phases: " + ", ".join(f"{name} {s:.1f} s" for name, s in self.took)
 
 
 def phone(i: int) -> str:

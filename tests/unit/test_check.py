@@ -412,9 +412,20 @@ def test_quiet_hours_longer_than_a_message_may_wait_are_a_warning() -> None:
     assert not [r for r in config_rows(load(None, env)) if r.status is Status.WARN]
 
 
+def test_quiet_hours_with_seconds_are_checked_to_the_second() -> None:
+    settings = load(None, {**_route("a", quiet_hours="21:00-08:00:30", failover_route="b"),
+                           **_route("b", quiet_hours="21:00-08:00"), **_route("c", quiet_hours="08:00:30-08:00:30"),
+                           "SMS_CONNECTOR_ROUTING__DEFAULT_ROUTE": "a"})
+    warnings = {(r.area, r.item): r.detail for r in config_rows(settings) if r.status is Status.WARN}
+    assert "21:00-08:00:30, but its failover route b has 21:00-08:00" in warnings[("route a", "routes.a.quiet_hours")]
+    assert "08:00:30-08:00:30: starts when it ends" in warnings[("route c", "routes.c.quiet_hours")]
+
+
 def test_malformed_quiet_hours_are_a_problem_with_the_fix() -> None:
     [problem] = problems(_route("a", quiet_hours="9pm-8am"))
     assert problem.path == "routes.a.quiet_hours" and "HH:MM-HH:MM" in problem.message and "21:00-08:00" in problem.fix
+    [problem] = problems(_route("a", quiet_hours="21:00-08:00:75"))
+    assert "HH:MM:SS" in problem.message and "HH:MM:SS" in problem.fix
 # -- spend budgets ----------------------------------------------------------------------------------
 
 def budget_warnings(**route: str) -> dict[str, str]:

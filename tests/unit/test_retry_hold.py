@@ -81,3 +81,36 @@ async def test_held_records_are_not_counted_as_stuck_input() -> None:
     assert metrics.RETRY_WAITING.collect()[0].samples[0].value == 1.0
     assert d.assigned == 0
     d._forget_waiting([tp])
+
+
+async def test_a_revoke_does_not_wait_for_the_held_records_it_leaves_to_the_next_owner() -> None:
+    # A held record is taken but never finished here (its next owner re-reads it); it sits before a
+    # record that finished. The revoke's drain used to count both as unfinished once the held one
+    # was forgotten, and waited its whole deadline (25 s: longer than a session, so the worker was
+    # expelled from the group) for records it had left to the next owner on purpose.
+    d, started, consumer = dispatcher(100)
+    committed: list[dict[TopicPartition, int]] = []
+    consumer.commit = lambda offsets: committed.append(offsets) or asyncio.sleep(0)  # type: ignore[attr-defined]
+    tp = TopicPartition(RETRY, 0)
+    progress = d._progress[tp] = PartitionProgress()
+    d._take(tp, [record(0, 1, 3600), record(0, 2, -1)])
+    assert started == [(0, 2)] and d._waiting_by_tp[tp] == 1
+    progress.finish(2)
+    t0 = time.monotonic()
+    await asyncio.wait_for(d.on_revoked([tp]), d.settings.dispatch.shutdown_timeout_s / 2)
+    assert time.monotonic() - t0 < 1.0
+    assert not d._waiting and progress.revoked
+    assert committed in ([], [{tp: 1}])      # never past the held record: the next owner re-reads it
+
+
+async def test_a_revoke_still_waits_for_records_that_were_started() -> None:
+    d, started, consumer = dispatcher(100)
+    consumer.commit = lambda offsets: asyncio.sleep(0)  # type: ignore[attr-defined]
+    tp = TopicPartition(RETRY, 0)
+    progress = d._progress[tp] = PartitionProgress()
+    d._take(tp, [record(0, 1, 3600), record(0, 2, -1)])
+    revoke = asyncio.ensure_future(d.on_revoked([tp]))
+    await asyncio.sleep(0.2)
+    assert not revoke.done()          # offset 2 was started and has not finished: the drain waits for it
+    progress.finish(2)
+    await asyncio.wait_for(revoke, 1.0)

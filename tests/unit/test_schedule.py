@@ -34,9 +34,28 @@ def test_quiet_hours_parse(text: str, start: str, end: str) -> None:
     assert q is not None and f"{q.start:%H:%M}" == start and f"{q.end:%H:%M}" == end
 
 
-@pytest.mark.parametrize("text", ["21-08", "24:00-08:00", "9:00-10:00", "21:00", "21:00-08:00-09:00", "night"])
+@pytest.mark.parametrize("text, start, end, length_s", [
+    ("21:00-08:00:30", "21:00:00", "08:00:30", 11 * 3600 + 30),
+    ("21:00:15-08:00", "21:00:15", "08:00:00", 11 * 3600 - 15),
+    (" 12:00:05 - 12:00:59 ", "12:00:05", "12:00:59", 54),
+    ("12:00:00-12:00", "12:00:00", "12:00:00", 0),
+])
+def test_quiet_hours_parse_seconds(text: str, start: str, end: str, length_s: int) -> None:
+    q = parse_quiet_hours(text)
+    assert q is not None and f"{q.start:%H:%M:%S}" == start and f"{q.end:%H:%M:%S}" == end
+    assert q.length_s == length_s and q.empty == (length_s == 0)
+
+
+def test_quiet_hours_print_seconds_only_when_they_have_some() -> None:
+    assert str(parse_quiet_hours("21:00-08:00")) == "21:00-08:00"
+    assert str(parse_quiet_hours("21:00:00-08:00:30")) == "21:00-08:00:30"
+
+
+@pytest.mark.parametrize("text", ["21-08", "24:00-08:00", "9:00-10:00", "21:00", "21:00-08:00-09:00", "night",
+                                  "21:00-08:00:60", "21:00-08:00:5", "21:00:-08:00", "21:00-08:00.5",
+                                  "21:00-08:00:30:00", "21:00-8:00:30"])
 def test_quiet_hours_refuses(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"is not HH:MM-HH:MM .*HH:MM:SS.*e\.g\. 21:00-08:00"):
         parse_quiet_hours(text)
 
 
@@ -59,6 +78,20 @@ def test_empty_quiet_hours_are_none() -> None:
 def test_window_crossing_midnight(when: str, until: str | None) -> None:
     end = quiet_until(at(when, NY), NIGHT, (NY,))
     assert (local(end, NY) if end is not None else None) == (until.replace("T", " ") if until else None)
+
+
+def test_quiet_hours_with_seconds_end_on_their_second() -> None:
+    q = parse_quiet_hours("12:00-14:00:30")
+    end = quiet_until(at("2026-03-02 14:00:29.5", NY), q, (NY,))
+    assert end == at("2026-03-02 14:00:30", NY)          # not the minute before, not the one after
+    assert quiet_until(at("2026-03-02 14:00:30", NY), q, (NY,)) is None      # end exclusive
+    assert quiet_until(at("2026-03-02 11:59:59", NY), parse_quiet_hours("12:00:00-12:00:15"), (NY,)) is None
+    assert quiet_until(at("2026-03-02 12:00:00", NY), parse_quiet_hours("12:00:00-12:00:15"), (NY,)) \
+        == at("2026-03-02 12:00:15", NY)
+    # crossing midnight with seconds: ends the next morning, on its second
+    night = parse_quiet_hours("23:59:50-00:00:10")
+    assert quiet_until(at("2026-03-02 23:59:55", NY), night, (NY,)) == at("2026-03-03 00:00:10", NY)
+    assert quiet_until(at("2026-03-03 00:00:05", NY), night, (NY,)) == at("2026-03-03 00:00:10", NY)
 
 
 def test_window_within_one_day() -> None:
