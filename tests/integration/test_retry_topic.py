@@ -157,7 +157,8 @@ def account_calls(calls: list[tuple[float, str, str]], attempts: dict[str, int],
 async def test_a_worker_joining_while_messages_wait_takes_their_partitions_with_their_ledger(
         stack: LocalStack) -> None:
     n = size(1000, 400)     # make test: 33 per partition of each of the three topics that move
-    env = retry_env(in_place=2, cap=6, delay_s=10)
+    in_place = 2
+    env = retry_env(in_place=in_place, cap=6, delay_s=10)
     first = await stack.start_worker(env=env, routes=ROUTE)
     ids = [f"move-{i}" for i in range(n)]
     async with Follower(stack.kafka) as f:
@@ -175,13 +176,20 @@ async def test_a_worker_joining_while_messages_wait_takes_their_partitions_with_
         taken_over = await metric_sum(second.url, "sms_outbound_accepted_total")
         assert await first.stop(timeout=40) == 0 and second.alive
     stats = await stack.sim_stats("smpp_rest")
+    calls = await stack.sim_calls("smpp_rest")
     dups = f.tally.duplicates(ids)
-    print(f"\nworker joins while {n} messages wait in the retry topic: terminal {sum(f.tally.seen[c] for c in ids)}, "
-          f"duplicates {dups}, provider calls {stats['requests']} (expected {3 * n}), "
-          f"sent by the worker that joined {taken_over:.0f}")
     assert f.tally.missing(ids) == [] and dups == 0
-    assert {r[0]["attempts"] for r in f.tally.records.values()} == {3}
-    assert stats["requests"] == 3 * n          # no retry record was sent twice, none was lost
+    acc = account_calls(calls, {cid: f.tally.records[cid][0]["attempts"] for cid in ids}, in_place)
+    print(f"\nworker joins while {n} messages wait in the retry topic: terminal {sum(f.tally.seen[c] for c in ids)}, "
+          f"duplicates {dups}, provider calls {stats['requests']} = {acc.recorded} counted by the terminal "
+          f"records' attempts + {acc.unrecorded} in doubt ({len(acc.in_doubt)} messages), accepted per message "
+          f"{acc.accepted_per_message}, attempts {acc.attempts}, sent by the worker that joined {taken_over:.0f}")
+    assert len(calls) == stats["requests"]     # batch_max 1: every call, one message, is in the log
+    # no retry record was sent twice, none was lost: the provider accepted each message once, and
+    # every call is counted by its message's terminal record (nothing in doubt: no crash). Not a
+    # fixed 3 each: a retry record can come due before the faults end (under load the hand-offs
+    # take longer than the 5 s to the first due time) and make another pass, counted in attempts.
+    assert acc.accepted_per_message == {1: n} and acc.in_doubt == {} and acc.over == {}
     # the newcomer sent what came due in the retry partitions it took over; how many depends on
     # the rebalance: since the membership fence (a worker whose generation changed gives up what it
     # has not sent and rejoins) the first worker may end up sending none (seen once: 1000 of 1000)
