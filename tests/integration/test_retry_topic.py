@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from connector import contract as topics
-from connector.devtools.stack import Follower, LocalStack, produce
+from connector.devtools.stack import Follower, LocalStack, Tally, produce
 from tests.integration.helpers import metric_sum, outbound, phone, size
 
 pytestmark = pytest.mark.integration
@@ -113,17 +113,10 @@ async def test_kill_9_while_messages_wait_in_the_retry_topic_loses_and_repeats_n
         await stack.set_faults("smpp_rest", error_rate=0.0)
         await stack.start_worker(env=env, routes=ROUTE)
         assert await f.wait_for(ids, timeout=120, settle_s=2.0), f"missing {len(f.tally.missing(ids))}"
-    dups = f.tally.duplicates(ids)
-    stats = await stack.sim_stats("smpp_rest")
-    calls = await stack.sim_calls("smpp_rest")
-    assert f.tally.missing(ids) == [] and dups == 0
+    acc = await settled_account(stack, f.tally, ids, in_place)
     assert all(r[0]["outcome"] == "accepted" for r in f.tally.records.values())
-    acc = account_calls(calls, {cid: f.tally.records[cid][0]["attempts"] for cid in ids}, in_place)
-    print(f"\nkill -9 with {n} messages waiting in the retry topic: terminal {sum(f.tally.seen[c] for c in ids)}, "
-          f"duplicates {dups}, provider calls {stats['requests']} = {acc.recorded} counted by the terminal "
-          f"records' attempts + {acc.unrecorded} in doubt at the kill ({len(acc.in_doubt)} messages); "
-          f"{acc.waiting} messages were waiting in the retry topic at the kill; attempts {acc.attempts}")
-    assert len(calls) == stats["requests"]     # batch_max 1: every call, one message, is in the log
+    print(f"\nkill -9 with {n} messages waiting in the retry topic: {acc.summary()}; "
+          f"{acc.waiting} messages were waiting in the retry topic at the kill")
     # The provider accepted each message exactly once: nothing was sent twice.
     assert acc.accepted_per_message == {1: n}, acc.accepted_per_message
     # Every failed call is either counted by the message's terminal record (attempts, carried through
@@ -147,6 +140,21 @@ class CallAccount:
     accepted_per_message: dict[int, int]   # accepted calls per message -> how many messages
     waiting: int                           # messages that waited in the retry topic at the crash
     attempts: dict[int, int]               # terminal attempts -> how many messages
+
+    def summary(self) -> str:
+        return (f"provider calls {self.recorded + self.unrecorded} = {self.recorded} counted by the terminal "
+                f"records' attempts + {self.unrecorded} in doubt ({len(self.in_doubt)} messages), accepted "
+                f"per message {self.accepted_per_message}, attempts {self.attempts}")
+
+
+async def settled_account(stack: LocalStack, tally: Tally, ids: list[str], in_place: int) -> CallAccount:
+    """Every message ended once (none lost, no terminal record doubled), and its calls at the
+    simulator against the attempts its terminal record counts (``account_calls``)."""
+    assert tally.missing(ids) == [] and tally.duplicates(ids) == 0
+    stats = await stack.sim_stats("smpp_rest")
+    calls = await stack.sim_calls("smpp_rest")
+    assert len(calls) == stats["requests"]     # batch_max 1: every call, one message, is in the log
+    return account_calls(calls, {cid: tally.records[cid][0]["attempts"] for cid in ids}, in_place)
 
 
 def account_calls(calls: list[tuple[float, str, str]], attempts: dict[str, int], in_place: int) -> CallAccount:
@@ -187,16 +195,9 @@ async def test_a_worker_joining_while_messages_wait_takes_their_partitions_with_
         # retry partitions it took over
         taken_over = await metric_sum(second.url, "sms_outbound_accepted_total")
         assert await first.stop(timeout=40) == 0 and second.alive
-    stats = await stack.sim_stats("smpp_rest")
-    calls = await stack.sim_calls("smpp_rest")
-    dups = f.tally.duplicates(ids)
-    assert f.tally.missing(ids) == [] and dups == 0
-    acc = account_calls(calls, {cid: f.tally.records[cid][0]["attempts"] for cid in ids}, in_place)
-    print(f"\nworker joins while {n} messages wait in the retry topic: terminal {sum(f.tally.seen[c] for c in ids)}, "
-          f"duplicates {dups}, provider calls {stats['requests']} = {acc.recorded} counted by the terminal "
-          f"records' attempts + {acc.unrecorded} in doubt ({len(acc.in_doubt)} messages), accepted per message "
-          f"{acc.accepted_per_message}, attempts {acc.attempts}, sent by the worker that joined {taken_over:.0f}")
-    assert len(calls) == stats["requests"]     # batch_max 1: every call, one message, is in the log
+    acc = await settled_account(stack, f.tally, ids, in_place)
+    print(f"\nworker joins while {n} messages wait in the retry topic: {acc.summary()}; "
+          f"sent by the worker that joined {taken_over:.0f}")
     # no retry record was sent twice, none was lost: the provider accepted each message once, and
     # every call is counted by its message's terminal record (nothing in doubt: no crash). Not a
     # fixed 3 each: a retry record can come due before the faults end (under load the hand-offs
