@@ -224,6 +224,13 @@ class LocalStack:
             async with s.get(self.simulators[name].url + "/_sim/sent-at") as r:
                 return orjson.loads(await r.read())
 
+    async def sim_calls(self, name: str) -> list[tuple[float, str, str]]:
+        """Every message of every call at simulator ``name``, faulted ones included: (epoch, id,
+        outcome: accepted, rejected, error, throttle or timeout), in arrival order."""
+        async with aiohttp.ClientSession() as s:
+            async with s.get(self.simulators[name].url + "/_sim/calls") as r:
+                return [(t, cid, outcome) for t, cid, outcome in orjson.loads(await r.read())]
+
     async def start_worker(self, env: Mapping[str, str] | None = None, http_port: int = 0,
                            routes: Mapping[str, Mapping[str, str]] | None = None,
                            roles: tuple[str, ...] = ("dispatch",)) -> Process:

@@ -10,6 +10,9 @@ This module gives each one the same operator surface:
 - ``Stats`` (``GET /_sim/stats``): requests, messages, sends per client message id (duplicates
   are visible; ``GET /_sim/sent-at``: when each was first sent), and the highest messages-per-second seen in any one-second window.
 - ``GET /_sim/sends``: each send request's arrival time and message count (sliding-window checks).
+- ``GET /_sim/calls``: each message of each call, faulted ones included: ``[epoch, id, outcome]``
+  with outcome ``accepted``, ``rejected`` or the fault injected (``error``, ``throttle``,
+  ``timeout``), in arrival order (the last 100,000): which messages were called how often, when.
 - ``POST /_sim/reset`` clears counters and faults; ``GET /_sim/health`` answers 200.
 
 Recipients whose number ends in ``0666`` are rejected by every simulator as an invalid
@@ -32,6 +35,7 @@ import orjson
 from aiohttp import web
 
 REJECT_SUFFIX = "0666"
+FAULT_OUTCOMES = {504: "timeout", 429: "throttle", 503: "error"}   # transient_fault's answers, for the call log
 
 
 @dataclass
@@ -73,6 +77,8 @@ class Stats:
 
     # (arrival time, messages) of every send request, for sliding-window checks of rate limits
     sends: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=1_000_000))
+    # (epoch, message id, outcome) of every message of every call, faulted ones included
+    calls: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=100_000))
 
     def count_messages(self, n: int) -> None:
         self.messages += n
@@ -87,6 +93,10 @@ class Stats:
         """One send of the message ``key`` (a client message id, or the simulator's own key)."""
         self.sends_by_id[key] += 1
         self.first_sent_at.setdefault(key, time.time())
+
+    def called(self, key: str, outcome: str) -> None:
+        """One call carrying the message ``key``, answered with ``outcome`` (GET /_sim/calls)."""
+        self.calls.append((time.time(), key, outcome))
 
     def as_json(self) -> dict[str, Any]:
         dup = {k: v for k, v in self.sends_by_id.items() if v > 1}
@@ -176,6 +186,7 @@ class Simulator:
             web.get("/_sim/stats", self._stats),
             web.get("/_sim/sent-at", self._sent_at),
             web.get("/_sim/sends", self._sends),
+            web.get("/_sim/calls", self._calls),
             web.put("/_sim/faults", self._set_faults),
             web.post("/_sim/reset", self._reset),
         ])
@@ -194,6 +205,10 @@ class Simulator:
     async def _sends(self, request: web.Request) -> web.Response:
         """Every send request's arrival time (monotonic seconds) and message count."""
         return web.Response(body=orjson.dumps(list(self.stats.sends)), content_type="application/json")
+
+    async def _calls(self, request: web.Request) -> web.Response:
+        """Each message of each call: [epoch, id, outcome], faulted calls included."""
+        return web.Response(body=orjson.dumps(list(self.stats.calls)), content_type="application/json")
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         try:

@@ -18,7 +18,7 @@ import defusedxml.ElementTree as SafeET
 import orjson
 from aiohttp import web
 
-from connector.devtools.simulators.base import Simulator
+from connector.devtools.simulators.base import FAULT_OUTCOMES, Simulator
 from connector.providers.xmltree import local_name
 
 PATH = "/communication/message/smpp/sms"
@@ -46,6 +46,8 @@ class SmppRestSimulator(Simulator):
     async def send(self, request: web.Request) -> web.Response:
         fault = await self.transient_fault()
         if fault is not None:
+            for cid in _client_ids(await request.read(), request.headers.get("Content-Type", "")):
+                self.stats.called(cid, FAULT_OUTCOMES.get(fault.status, str(fault.status)))
             return fault
         xml = "xml" in request.headers.get("Accept", "") or request.query.get("format") == "xml"
         if request.headers.get("Authorization") != f"Bearer {self.credentials['api_key']}":
@@ -83,6 +85,7 @@ class SmppRestSimulator(Simulator):
                 error = "Destination rejected by the SMSC (ESME_RINVDSTADR)"
             if cid:
                 self.stats.sent(cid)
+                self.stats.called(cid, "rejected" if error else "accepted")
             if error:
                 self.stats.rejected += 1
                 results.append({"apiMessageId": None, "accepted": False, "to": to, "error": error, "msg": msg})
@@ -119,6 +122,15 @@ class SmppRestSimulator(Simulator):
         body = {"ResponseStatus": {"ErrorCode": "ServiceUnavailable", "Message": "SMSC link down (simulated)"}}
         return web.Response(status=503, body=orjson.dumps(body), content_type="application/json")
 
+
+
+def _client_ids(raw: bytes, content_type: str) -> list[str]:
+    """The client message ids of a request body, best effort (for the call log of a faulted call)."""
+    try:
+        messages = _parse_xml_request(raw) if "xml" in content_type else orjson.loads(raw).get("Messages")
+        return [str(m["clientMessageId"]) for m in messages or () if isinstance(m, dict) and m.get("clientMessageId")]
+    except Exception:  # noqa: BLE001 - an unreadable body has no ids to log
+        return []
 
 
 def _parse_xml_request(raw: bytes) -> list[dict[str, str | None]]:
