@@ -130,6 +130,10 @@ class Dispatcher:
         # exactly-once (app.exactly_once): a committer per input partition number
         self.exactly_once = exactly_once
         self._committers: dict[int, PartitionCommitter] = {}
+        # the worker's stop (run's): a partition assigned once it is set (the rebalance a SIGTERM
+        # lands in completes while the consumer closes) starts no committer, ledger or budget load
+        self._stop: asyncio.Event | None = None
+        self._stopped = False
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
         metrics.OLDEST_PENDING.set_function(
@@ -161,8 +165,13 @@ class Dispatcher:
         except (KafkaError, asyncio.TimeoutError, OSError):
             return False
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopped or (self._stop is not None and self._stop.is_set())
+
     # -- main loop ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         k = self.settings.kafka
         common = client_options(k)
         self._producer = AIOKafkaProducer(
@@ -208,6 +217,7 @@ class Dispatcher:
             try:
                 await self._fetch_loop(stop)
             finally:
+                self._stopped = True    # an assignment from now on starts nothing (on_assigned)
                 commits.cancel()
                 if self._wake is not None:
                     self._wake.cancel()
@@ -216,9 +226,14 @@ class Dispatcher:
                 await self._commit()
                 await self._close_committers(list(self._committers), commit=self.membership.lost_reason is None)
         finally:
+            self._stopped = True
             await self._close_committers(list(self._committers), commit=False)
             if self._consumer is not None:
-                await stop_client(self._consumer)     # offsets committed above; LeaveGroup sent
+                # offsets committed above; LeaveGroup sent. Its close lets a rebalance under way
+                # finish first, assignment callback included: committers that callback was
+                # starting when the stop began are closed here, after it (none starts once stopping)
+                await stop_client(self._consumer)
+                await self._close_committers(list(self._committers), commit=False)
             await self._batcher.aclose()
             await stop_client(self._producer)     # flushed: records acknowledged
             log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
@@ -240,7 +255,7 @@ class Dispatcher:
                 on_fenced=self.membership.lose, max_records=d.transaction_max_records, max_s=d.transaction_max_s,
                 linger_s=k.linger_ms / 1000)
             delay = 0.5
-            while True:
+            while not self.stopping:
                 try:
                     await committer.start()
                     break
@@ -249,9 +264,13 @@ class Dispatcher:
                                 extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"})
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
-            self._committers[p] = committer
+            if committer.txp.started:
+                self._committers[p] = committer
 
         await asyncio.gather(*[start(p) for p in partitions])
+        if self.stopping:   # the worker began to stop meanwhile: the partitions are left to their next owner
+            await self._close_committers(partitions, commit=False)
+            return
         for tp in tps:   # after the fence: the offsets the last owner committed, none of its open transaction
             offset = await consumer.committed(tp)
             if offset is not None and offset >= 0:
@@ -754,6 +773,10 @@ class Dispatcher:
 
     def on_assigned(self, assigned: Sequence[TopicPartition]) -> Awaitable[None] | None:
         """Track the new partitions; exactly-once returns what the rebalance awaits (the fence)."""
+        if self.stopping:
+            log.info("partitions assigned while stopping: left to their next owner",
+                     extra={"partitions": sorted({tp.partition for tp in assigned})})
+            return None
         if self._consumer is not None:
             self.membership.attach(self._consumer)
         self.membership.assigned()
@@ -769,7 +792,8 @@ class Dispatcher:
         # before the ledger is read: the fence aborts a zombie's open transaction, which would
         # otherwise hold read_committed readers of the ledger at its first offset
         await self._start_committers(sorted({tp.partition for tp in assigned} - set(self._committers)))
-        self._assigned(assigned)
+        if not self.stopping:
+            self._assigned(assigned)
 
     def _assigned(self, assigned: Sequence[TopicPartition]) -> None:
         for tp in assigned:
