@@ -126,6 +126,7 @@ class Correlator:
         self.topic_unmatched = topics.spec("delivery_unmatched").name
         self.state: dict[int, PartitionState] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self._stop: asyncio.Event | None = None   # run's: an assignment once it is set starts no producer
 
     @property
     def assigned(self) -> int:
@@ -133,6 +134,7 @@ class Correlator:
 
     # -- main loop ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         k = self.settings.kafka
         self._consumer = AIOKafkaConsumer(
             **client_options(k), group_id=self.group, enable_auto_commit=False,
@@ -181,11 +183,17 @@ class Correlator:
             for t in tasks:
                 t.cancel()
             await self._commit()
-            for st in self.state.values():
-                if st.txn is not None:
-                    await st.txn.stop()
-            await stop_client(self._consumer)     # committed above; LeaveGroup sent
+            await self._stop_transactions()
+            # committed above; LeaveGroup sent. Its close lets a rebalance under way finish, whose
+            # callback may have been starting producers meanwhile: stopped after it
+            await stop_client(self._consumer)
+            await self._stop_transactions()
             log.info("correlator stopped")
+
+    async def _stop_transactions(self) -> None:
+        for st in list(self.state.values()):
+            if st.txn is not None:
+                await st.txn.stop()
 
     async def _ready(self, partition: int) -> PartitionState | None:
         """The partition's state once its records may be handled (``PartitionState.ready``), or
@@ -546,6 +554,10 @@ class Correlator:
         # before this callback returns): it waits for ``ready`` before handling them. A failure
         # here would only be logged by aiokafka: the partitions are read again (``_reset``) instead.
         partitions = sorted({tp.partition for tp in assigned})
+        if self._stop is not None and self._stop.is_set():    # a rebalance the stop landed in
+            log.info("correlator partitions assigned while stopping: left to their next owner",
+                     extra={"partitions": partitions})
+            return
         for p in partitions:
             self.state.setdefault(p, PartitionState())
         try:
