@@ -61,7 +61,8 @@ from connector.offsets import PartitionProgress
 from connector.providers import Capability, has
 from connector.records import Correlation, DeliveryEvent, correlation_key, iso
 from connector.sender import RouteSender
-from connector.streams.plumbing import READ_COMMITTED, Headers, RebalanceListener, produce_acknowledged, stop_client
+from connector.streams.plumbing import (READ_COMMITTED, Headers, RebalanceListener, produce_acknowledged, stop_client,
+                                        unless_stopped)
 from connector.streams.publish import INBOUND_TXN_OPTIONS, Writes, commit_writes
 from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
@@ -144,12 +145,17 @@ class Correlator:
             auto_offset_reset="earliest", session_timeout_ms=int(k.session_timeout_s * 1000), **READ_COMMITTED,
             heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)))
         self._consumer.subscribe([self.topic_corr, self.topic_receipts], listener=RebalanceListener(self.on_assigned, self.on_revoked))
-        await self._consumer.start()
-        log.info("correlator started")
-        tasks = [asyncio.create_task(self._housekeeping(stop))]
-        if self._status_polled:
-            tasks.append(asyncio.create_task(self._poll_statuses(stop)))
+        tasks: list[asyncio.Task[None]] = []
+        started = False
         try:
+            # a stop during start-up (the group join) cancels it; the consumer is closed below
+            started, _ = await unless_stopped(stop, self._consumer.start())
+            if not started:
+                return
+            log.info("correlator started")
+            tasks.append(asyncio.create_task(self._housekeeping(stop)))
+            if self._status_polled:
+                tasks.append(asyncio.create_task(self._poll_statuses(stop)))
             while not stop.is_set():
                 for partition in sorted(self._resets):
                     await self._reset(partition)
@@ -182,7 +188,8 @@ class Correlator:
         finally:
             for t in tasks:
                 t.cancel()
-            await self._commit()
+            if started:
+                await self._commit()
             await self._stop_transactions()
             # committed above; LeaveGroup sent. Its close lets a rebalance under way finish, whose
             # callback may have been starting producers meanwhile: stopped after it

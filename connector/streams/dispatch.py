@@ -68,7 +68,7 @@ from connector.streams.budgets import Budgets
 from connector.streams.committer import Output, PartitionCommitter
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
-from connector.streams.plumbing import RebalanceListener, stop_client
+from connector.streams.plumbing import RebalanceListener, stop_client, unless_stopped
 from connector.streams.scheduled import ScheduledLaps, is_deferral
 from connector.schedule import SchedulePolicy
 from connector.streams.transactions import TransactionalProducer, transactional_id
@@ -189,29 +189,11 @@ class Dispatcher:
             # Range, not aiokafka's default round-robin: partition p of sms.outbound and of the
             # retry topic must have one owner, the owner of ledger partition p
             partition_assignment_strategy=(RangePartitionAssignor,))
-        await self._producer.start()
-        self._batcher = Batcher(self._producer, linger_s=k.linger_ms / 1000)
-        if self.settings.dispatch.idempotency_window_s > 0:
-            self.ledger = Ledger(k, self._batcher, self.settings.dispatch.idempotency_window_s,
-                                 self.settings.dispatch.idempotency_max_entries,
-                                 isolation_level="read_committed" if self.exactly_once else "read_uncommitted")
-        topic_ledger = topics.spec("ledger").name
-        for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry,
-                      self.topic_correlation, topic_ledger, self.topic_scheduled):
-            self._partitions[topic] = len(await self._producer.partitions_for(topic))
-        await self._start_budgets()
-        for topic in (self.topic_retry, topic_ledger, self.topic_scheduled,
-                      *([self.budgets.topic] if self.budgets else [])):
-            if self._partitions[topic] != self._partitions[self.topic_in]:
-                raise RuntimeError(
-                    f"topic {topic} has {self._partitions[topic]} partitions and {self.topic_in} has "
-                    f"{self._partitions[self.topic_in]}: they must be equal (both are written to the input's "
-                    f"partition number, whose owner reads them)")
         try:
-            self._consumer.subscribe([self.topic_in, self.topic_retry, self.topic_scheduled], listener=RebalanceListener(self.on_assigned, self.on_revoked))
-            await self._consumer.start()
-            self.membership.attach(self._consumer)
-            self.started.set()
+            # a stop during start-up cancels it: the clients are closed below, nothing was taken
+            started, _ = await unless_stopped(stop, self._start_clients())
+            if not started:
+                return
             log.info("dispatch started", extra={"topic": self.topic_in, "group": k.group_id})
             commits = asyncio.create_task(self._commit_loop())
             try:
@@ -234,9 +216,37 @@ class Dispatcher:
                 # starting when the stop began are closed here, after it (none starts once stopping)
                 await stop_client(self._consumer)
                 await self._close_committers(list(self._committers), commit=False)
-            await self._batcher.aclose()
+            if self._batcher is not None:
+                await self._batcher.aclose()
             await stop_client(self._producer)     # flushed: records acknowledged
             log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
+
+    async def _start_clients(self) -> None:
+        """The producer, the topics' sizes (checked), the budgets, then the consumer in its group."""
+        assert self._producer is not None and self._consumer is not None
+        k = self.settings.kafka
+        await self._producer.start()
+        self._batcher = Batcher(self._producer, linger_s=k.linger_ms / 1000)
+        if self.settings.dispatch.idempotency_window_s > 0:
+            self.ledger = Ledger(k, self._batcher, self.settings.dispatch.idempotency_window_s,
+                                 self.settings.dispatch.idempotency_max_entries,
+                                 isolation_level="read_committed" if self.exactly_once else "read_uncommitted")
+        topic_ledger = topics.spec("ledger").name
+        for topic in (self.topic_accepted, self.topic_failed, self.topic_dlq, self.topic_in, self.topic_retry,
+                      self.topic_correlation, topic_ledger, self.topic_scheduled):
+            self._partitions[topic] = len(await self._producer.partitions_for(topic))
+        await self._start_budgets()
+        for topic in (self.topic_retry, topic_ledger, self.topic_scheduled,
+                      *([self.budgets.topic] if self.budgets else [])):
+            if self._partitions[topic] != self._partitions[self.topic_in]:
+                raise RuntimeError(
+                    f"topic {topic} has {self._partitions[topic]} partitions and {self.topic_in} has "
+                    f"{self._partitions[self.topic_in]}: they must be equal (both are written to the input's "
+                    f"partition number, whose owner reads them)")
+        self._consumer.subscribe([self.topic_in, self.topic_retry, self.topic_scheduled], listener=RebalanceListener(self.on_assigned, self.on_revoked))
+        await self._consumer.start()
+        self.membership.attach(self._consumer)
+        self.started.set()
 
     async def _start_committers(self, partitions: Sequence[int]) -> None:
         """Exactly-once: initialise each newly assigned partition's transactional id (fences a
