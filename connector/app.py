@@ -234,8 +234,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
     try:
         started, runner = await unless_stopped(stop, start_up())
         if not started:
-            for job in jobs:     # the roles' runs never began
-                job.close()
             log.info("start-up cancelled: stopped before the worker started")
             return
         log.info("worker started", extra={"roles": sorted(roles), "host": settings.http.host,
@@ -250,6 +248,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
         finally:
             await runner.cleanup()
     finally:
+        for job in jobs:     # a role's run that never began (start-up cancelled or failed): never awaited
+            job.close()
         # what each close step cost, said once at exit (a stop must fit the grace period)
         t0, close_s = loop.time(), {}
         for close in reversed(closers):
