@@ -108,7 +108,8 @@ from connector.policy import RetryPolicy, backoff
 from connector.providers import Capability, has
 from connector.records import InboundSms, Recipient
 from connector.sender import RouteSender
-from connector.streams.plumbing import close_reader, groupless_consumer, produce_acknowledged, read_to_end, unless_stopped
+from connector.streams.plumbing import (close_reader, groupless_consumer, produce_acknowledged, read_to_end,
+                                        unless_stopped)
 from connector.streams.publish import INBOUND_TXN_OPTIONS, InboundPublisher, Writes, commit_writes
 from connector.streams.transactions import TransactionAborted, TransactionalProducer, transactional_id
 
