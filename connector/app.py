@@ -17,7 +17,7 @@ import asyncio
 import gc
 import logging
 import signal
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 from aiokafka import AIOKafkaProducer
 
@@ -138,7 +138,11 @@ def _stopping(stop: asyncio.Event, sig: signal.Signals) -> None:
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
                      roles: frozenset[str] = frozenset({"dispatch"})) -> None:
-    """Run the worker's roles until ``stop`` is set or SIGINT/SIGTERM arrives."""
+    """Run the worker's roles until ``stop`` is set or SIGINT/SIGTERM arrives. A stop during
+    start-up cancels it (``unless_stopped``): what it opened is closed and the worker stops at
+    once, as after a normal run (exit 0), instead of finishing its start-up first."""
+    from connector.streams.plumbing import stop_client, unless_stopped
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -146,17 +150,24 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             loop.add_signal_handler(sig, _stopping, stop, sig)
         except (NotImplementedError, RuntimeError):
             pass
-    refused = await access_problem(settings.kafka)   # wrong password / untrusted CA: say so, exit
+    log.info("worker starting", extra={"roles": sorted(roles)})
+    # wrong password / untrusted CA: say so, exit
+    _, refused = await unless_stopped(stop, access_problem(settings.kafka))
     if refused is not None:
         raise refused
     tracing.configure(settings.tracing)
-    eos = await exactly_once(settings)
-    senders = build_senders(settings)
+    senders: dict[str, RouteSender] = {}
     checks: list[ReadyPart] = []
-    jobs: list[Awaitable[Any]] = []
+    jobs: list[Coroutine[Any, Any, None]] = []
     closers: list[Callable[[], Awaitable[Any]]] = []
     producer: AIOKafkaProducer | None = None
-    try:
+
+    async def start_up() -> Any:
+        """Every role's start, up to the HTTP server (its runner); each closer is registered
+        before the step that opens its client, so a cancelled step is closed too."""
+        nonlocal producer
+        eos = await exactly_once(settings)
+        senders.update(build_senders(settings))
         if roles & {"callbacks", "pollers"}:
             from connector.streams.optouts import optout_sync
             from connector.streams.publish import InboundPublisher
@@ -172,8 +183,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             from connector.streams.optouts import OptOutTable
 
             optouts = OptOutTable(settings.kafka)
-            await optouts.start()
             closers.append(optouts.stop)
+            await optouts.start()
             router = Router.from_settings(settings.routing, {n: s.provider.name for n, s in senders.items()})
             dispatcher = Dispatcher(settings, senders, router, optouts, exactly_once=eos)
 
@@ -191,6 +202,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
             if group is not None:
                 closers.append(group.stop)
             receiver = CallbackReceiver(settings, producer, publisher, transactions=group)  # type: ignore[arg-type]
+            closers.append(receiver.aclose)
             t0 = loop.time()
             # Exactly-once: the replica's transactional ids initialised (a kill -9's open
             # transaction aborted) and the receipts already recorded remembered, both before the
@@ -201,7 +213,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
                                                "seconds": round(loop.time() - t0, 2),
                                                "transactional_ids_s": ids_s, "remember_s": remember_s})
             web_app.add_routes(receiver.routes())
-            closers.append(receiver.aclose)
             correlator = Correlator(settings, producer, senders, transactional=eos)  # type: ignore[arg-type]
             jobs.append(correlator.run(stop))
 
@@ -218,7 +229,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
                 return bool(pollers.ready), {"pollers": "running" if pollers.ready else "starting"}
             checks.append(pollers_ready)
         tracing.instrument(web_app)
-        runner = await serve(web_app, settings.http.host, settings.http.port)
+        return await serve(web_app, settings.http.host, settings.http.port)
+
+    try:
+        started, runner = await unless_stopped(stop, start_up())
+        if not started:
+            log.info("start-up cancelled: stopped before the worker started")
+            return
         log.info("worker started", extra={"roles": sorted(roles), "host": settings.http.host,
                                           "port": settings.http.port})
         tune_gc()
@@ -231,8 +248,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
         finally:
             await runner.cleanup()
     finally:
-        from connector.streams.plumbing import stop_client
-
+        for job in jobs:     # a role's run that never began (start-up cancelled or failed): never awaited
+            job.close()
         # what each close step cost, said once at exit (a stop must fit the grace period)
         t0, close_s = loop.time(), {}
         for close in reversed(closers):

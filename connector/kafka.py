@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (AuthenticationFailedError, IllegalSaslStateError, KafkaConnectionError, KafkaError,
                              SaslAuthenticationFailed, TopicAlreadyExistsError, TopicAuthorizationFailedError,
                              UnknownError, UnknownTopicOrPartitionError, UnsupportedSaslMechanismError)
@@ -23,6 +24,33 @@ from connector import contract as topics
 from connector.config import KafkaSettings
 
 _M = 0x5BD1E995
+
+
+def _cancel_safe(bootstrap: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """aiokafka's ``AIOKafkaClient.bootstrap`` opens a connection of its own for its first metadata
+    request and closes it after; cancelled during that request it leaves it open, and the event
+    loop logs "Unclosed AIOKafkaConnection" at ERROR when it is collected. A stop during start-up
+    cancels the clients' starts (``streams.plumbing.unless_stopped``): the bootstrap (one
+    request, bounded by the client's request timeout) is let finish, then the cancellation goes
+    on, and the client's ``stop()`` closes everything it has."""
+    if getattr(bootstrap, "cancel_safe", False):
+        return bootstrap
+
+    async def safe(self: Any) -> Any:
+        task = asyncio.ensure_future(bootstrap(self))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()    # retrieved: the start was cancelled anyway
+            raise
+
+    safe.cancel_safe = True  # type: ignore[attr-defined]
+    return safe
+
+
+AIOKafkaClient.bootstrap = _cancel_safe(AIOKafkaClient.bootstrap)  # type: ignore[method-assign]
 
 
 def murmur2(data: bytes) -> int:

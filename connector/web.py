@@ -39,5 +39,9 @@ def make_app(ready: ReadyCheck) -> web.Application:
 async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except BaseException:   # a port taken, or a stop during start-up: nothing left listening
+        await runner.cleanup()
+        raise
     return runner

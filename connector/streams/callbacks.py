@@ -156,8 +156,8 @@ class CallbackReceiver:
         committed but not answered, before a restart is answered "duplicate" instead of written
         again. Returns how many event ids it remembered."""
         consumer = groupless_consumer(kafka)
-        await consumer.start()
-        try:
+        try:    # closed also when its start is cancelled (a stop during start-up)
+            await consumer.start()
             tps = await topic_partitions(consumer, self.topic_receipts)
             begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
             per_partition = max(100, 2 * self.window // max(1, len(tps)))

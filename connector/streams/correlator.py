@@ -61,7 +61,8 @@ from connector.offsets import PartitionProgress
 from connector.providers import Capability, has
 from connector.records import Correlation, DeliveryEvent, correlation_key, iso
 from connector.sender import RouteSender
-from connector.streams.plumbing import READ_COMMITTED, Headers, RebalanceListener, produce_acknowledged, stop_client
+from connector.streams.plumbing import (READ_COMMITTED, Headers, RebalanceListener, produce_acknowledged, stop_client,
+                                        unless_stopped)
 from connector.streams.publish import INBOUND_TXN_OPTIONS, Writes, commit_writes
 from connector.streams.transactions import TransactionalProducer, TransactionFailed, transactional_id
 
@@ -126,6 +127,7 @@ class Correlator:
         self.topic_unmatched = topics.spec("delivery_unmatched").name
         self.state: dict[int, PartitionState] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self._stop: asyncio.Event | None = None   # run's: an assignment once it is set starts no producer
 
     @property
     def assigned(self) -> int:
@@ -133,6 +135,7 @@ class Correlator:
 
     # -- main loop ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         k = self.settings.kafka
         self._consumer = AIOKafkaConsumer(
             **client_options(k), group_id=self.group, enable_auto_commit=False,
@@ -142,12 +145,17 @@ class Correlator:
             auto_offset_reset="earliest", session_timeout_ms=int(k.session_timeout_s * 1000), **READ_COMMITTED,
             heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 5)))
         self._consumer.subscribe([self.topic_corr, self.topic_receipts], listener=RebalanceListener(self.on_assigned, self.on_revoked))
-        await self._consumer.start()
-        log.info("correlator started")
-        tasks = [asyncio.create_task(self._housekeeping(stop))]
-        if self._status_polled:
-            tasks.append(asyncio.create_task(self._poll_statuses(stop)))
+        tasks: list[asyncio.Task[None]] = []
+        started = False
         try:
+            # a stop during start-up (the group join) cancels it; the consumer is closed below
+            started, _ = await unless_stopped(stop, self._consumer.start())
+            if not started:
+                return
+            log.info("correlator started")
+            tasks.append(asyncio.create_task(self._housekeeping(stop)))
+            if self._status_polled:
+                tasks.append(asyncio.create_task(self._poll_statuses(stop)))
             while not stop.is_set():
                 for partition in sorted(self._resets):
                     await self._reset(partition)
@@ -180,12 +188,19 @@ class Correlator:
         finally:
             for t in tasks:
                 t.cancel()
-            await self._commit()
-            for st in self.state.values():
-                if st.txn is not None:
-                    await st.txn.stop()
-            await stop_client(self._consumer)     # committed above; LeaveGroup sent
+            if started:
+                await self._commit()
+            await self._stop_transactions()
+            # committed above; LeaveGroup sent. Its close lets a rebalance under way finish, whose
+            # callback may have been starting producers meanwhile: stopped after it
+            await stop_client(self._consumer)
+            await self._stop_transactions()
             log.info("correlator stopped")
+
+    async def _stop_transactions(self) -> None:
+        for st in list(self.state.values()):
+            if st.txn is not None:
+                await st.txn.stop()
 
     async def _ready(self, partition: int) -> PartitionState | None:
         """The partition's state once its records may be handled (``PartitionState.ready``), or
@@ -546,6 +561,10 @@ class Correlator:
         # before this callback returns): it waits for ``ready`` before handling them. A failure
         # here would only be logged by aiokafka: the partitions are read again (``_reset``) instead.
         partitions = sorted({tp.partition for tp in assigned})
+        if self._stop is not None and self._stop.is_set():    # a rebalance the stop landed in
+            log.info("correlator partitions assigned while stopping: left to their next owner",
+                     extra={"partitions": partitions})
+            return
         for p in partitions:
             self.state.setdefault(p, PartitionState())
         try:

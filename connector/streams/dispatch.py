@@ -68,7 +68,7 @@ from connector.streams.budgets import Budgets
 from connector.streams.committer import Output, PartitionCommitter
 from connector.streams.ledger import Ledger, PartitionLedger
 from connector.streams.membership import Membership, OwnershipLost
-from connector.streams.plumbing import RebalanceListener, stop_client
+from connector.streams.plumbing import RebalanceListener, stop_client, unless_stopped
 from connector.streams.scheduled import ScheduledLaps, is_deferral
 from connector.schedule import SchedulePolicy
 from connector.streams.transactions import TransactionalProducer, transactional_id
@@ -130,6 +130,10 @@ class Dispatcher:
         # exactly-once (app.exactly_once): a committer per input partition number
         self.exactly_once = exactly_once
         self._committers: dict[int, PartitionCommitter] = {}
+        # the worker's stop (run's): a partition assigned once it is set (the rebalance a SIGTERM
+        # lands in completes while the consumer closes) starts no committer, ledger or budget load
+        self._stop: asyncio.Event | None = None
+        self._stopped = False
         self.started = asyncio.Event()
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
         metrics.OLDEST_PENDING.set_function(
@@ -162,8 +166,13 @@ class Dispatcher:
         except (KafkaError, asyncio.TimeoutError, OSError):
             return False
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopped or (self._stop is not None and self._stop.is_set())
+
     # -- main loop ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         k = self.settings.kafka
         common = client_options(k)
         self._producer = AIOKafkaProducer(
@@ -181,6 +190,42 @@ class Dispatcher:
             # Range, not aiokafka's default round-robin: partition p of sms.outbound and of the
             # retry topic must have one owner, the owner of ledger partition p
             partition_assignment_strategy=(RangePartitionAssignor,))
+        try:
+            # a stop during start-up cancels it: the clients are closed below, nothing was taken
+            started, _ = await unless_stopped(stop, self._start_clients())
+            if not started:
+                return
+            log.info("dispatch started", extra={"topic": self.topic_in, "group": k.group_id})
+            commits = asyncio.create_task(self._commit_loop())
+            try:
+                await self._fetch_loop(stop)
+            finally:
+                self._stopped = True    # an assignment from now on starts nothing (on_assigned)
+                commits.cancel()
+                if self._wake is not None:
+                    self._wake.cancel()
+                self.laps.close()   # [scheduled sends] records read, not yet checked: re-read after a restart
+                await self._drain(self.settings.dispatch.shutdown_timeout_s)
+                await self._commit()
+                await self._close_committers(list(self._committers), commit=self.membership.lost_reason is None)
+        finally:
+            self._stopped = True
+            await self._close_committers(list(self._committers), commit=False)
+            if self._consumer is not None:
+                # offsets committed above; LeaveGroup sent. Its close lets a rebalance under way
+                # finish first, assignment callback included: committers that callback was
+                # starting when the stop began are closed here, after it (none starts once stopping)
+                await stop_client(self._consumer)
+                await self._close_committers(list(self._committers), commit=False)
+            if self._batcher is not None:
+                await self._batcher.aclose()
+            await stop_client(self._producer)     # flushed: records acknowledged
+            log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
+
+    async def _start_clients(self) -> None:
+        """The producer, the topics' sizes (checked), the budgets, then the consumer in its group."""
+        assert self._producer is not None and self._consumer is not None
+        k = self.settings.kafka
         await self._producer.start()
         self._batcher = Batcher(self._producer, linger_s=k.linger_ms / 1000)
         if self.settings.dispatch.idempotency_window_s > 0:
@@ -199,30 +244,10 @@ class Dispatcher:
                     f"topic {topic} has {self._partitions[topic]} partitions and {self.topic_in} has "
                     f"{self._partitions[self.topic_in]}: they must be equal (both are written to the input's "
                     f"partition number, whose owner reads them)")
-        try:
-            self._consumer.subscribe([self.topic_in, self.topic_retry, self.topic_scheduled], listener=RebalanceListener(self.on_assigned, self.on_revoked))
-            await self._consumer.start()
-            self.membership.attach(self._consumer)
-            self.started.set()
-            log.info("dispatch started", extra={"topic": self.topic_in, "group": k.group_id})
-            commits = asyncio.create_task(self._commit_loop())
-            try:
-                await self._fetch_loop(stop)
-            finally:
-                commits.cancel()
-                if self._wake is not None:
-                    self._wake.cancel()
-                self.laps.close()   # [scheduled sends] records read, not yet checked: re-read after a restart
-                await self._drain(self.settings.dispatch.shutdown_timeout_s)
-                await self._commit()
-                await self._close_committers(list(self._committers), commit=self.membership.lost_reason is None)
-        finally:
-            await self._close_committers(list(self._committers), commit=False)
-            if self._consumer is not None:
-                await stop_client(self._consumer)     # offsets committed above; LeaveGroup sent
-            await self._batcher.aclose()
-            await stop_client(self._producer)     # flushed: records acknowledged
-            log.info("dispatch stopped", extra={"in_flight_abandoned": self.in_flight})
+        self._consumer.subscribe([self.topic_in, self.topic_retry, self.topic_scheduled], listener=RebalanceListener(self.on_assigned, self.on_revoked))
+        await self._consumer.start()
+        self.membership.attach(self._consumer)
+        self.started.set()
 
     async def _start_committers(self, partitions: Sequence[int]) -> None:
         """Exactly-once: initialise each newly assigned partition's transactional id (fences a
@@ -241,7 +266,7 @@ class Dispatcher:
                 on_fenced=self.membership.lose, max_records=d.transaction_max_records, max_s=d.transaction_max_s,
                 linger_s=k.linger_ms / 1000)
             delay = 0.5
-            while True:
+            while not self.stopping:
                 try:
                     await committer.start()
                     break
@@ -250,9 +275,13 @@ class Dispatcher:
                                 extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"})
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
-            self._committers[p] = committer
+            if committer.txp.started:
+                self._committers[p] = committer
 
         await asyncio.gather(*[start(p) for p in partitions])
+        if self.stopping:   # the worker began to stop meanwhile: the partitions are left to their next owner
+            await self._close_committers(partitions, commit=False)
+            return
         for tp in tps:   # after the fence: the offsets the last owner committed, none of its open transaction
             offset = await consumer.committed(tp)
             if offset is not None and offset >= 0:
@@ -758,6 +787,10 @@ class Dispatcher:
 
     def on_assigned(self, assigned: Sequence[TopicPartition]) -> Awaitable[None] | None:
         """Track the new partitions; exactly-once returns what the rebalance awaits (the fence)."""
+        if self.stopping:
+            log.info("partitions assigned while stopping: left to their next owner",
+                     extra={"partitions": sorted({tp.partition for tp in assigned})})
+            return None
         if self._consumer is not None:
             self.membership.attach(self._consumer)
         self.membership.assigned()
@@ -773,7 +806,8 @@ class Dispatcher:
         # before the ledger is read: the fence aborts a zombie's open transaction, which would
         # otherwise hold read_committed readers of the ledger at its first offset
         await self._start_committers(sorted({tp.partition for tp in assigned} - set(self._committers)))
-        self._assigned(assigned)
+        if not self.stopping:
+            self._assigned(assigned)
 
     def _assigned(self, assigned: Sequence[TopicPartition]) -> None:
         for tp in assigned:

@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Mapping, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -22,7 +22,7 @@ from connector.config import KafkaSettings
 from connector.kafka import client_options
 
 __all__ = ["Headers", "IdleTimeout", "READ_COMMITTED", "RebalanceListener", "batches_to_end", "close_reader",
-           "groupless_consumer", "produce_acknowledged", "read_to_end", "stop_client"]
+           "groupless_consumer", "produce_acknowledged", "read_to_end", "stop_client", "unless_stopped"]
 
 Headers = list[tuple[str, bytes]]
 
@@ -169,3 +169,29 @@ class RebalanceListener(ConsumerRebalanceListener):
         result = self._assigned(list(assigned))
         if inspect.isawaitable(result):
             await result
+
+
+T = TypeVar("T")
+
+
+async def unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> tuple[bool, T | None]:
+    """Run ``work`` (a start-up step) until it is done or ``stop`` is set, whichever comes first:
+    (True, its result), or (False, None) when stopped first. A SIGTERM during start-up stops the
+    worker at once instead of after start-up: ``work`` is cancelled and awaited, and closes what
+    it opened on its way out (each step's ``finally``). Its own exception is raised."""
+    if stop.is_set():
+        work.close()
+        return False, None
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+    if task.cancelled():
+        return False, None
+    return True, task.result()
+

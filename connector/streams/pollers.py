@@ -108,7 +108,8 @@ from connector.policy import RetryPolicy, backoff
 from connector.providers import Capability, has
 from connector.records import InboundSms, Recipient
 from connector.sender import RouteSender
-from connector.streams.plumbing import close_reader, groupless_consumer, produce_acknowledged, read_to_end
+from connector.streams.plumbing import (close_reader, groupless_consumer, produce_acknowledged, read_to_end,
+                                        unless_stopped)
 from connector.streams.publish import INBOUND_TXN_OPTIONS, InboundPublisher, Writes, commit_writes
 from connector.streams.transactions import TransactionAborted, TransactionalProducer, transactional_id
 
@@ -289,8 +290,8 @@ class PollerState:
                 log.warning("unreadable poller state record ignored", extra={"poller": name, "offset": record.offset})
 
         consumer = groupless_consumer(self.kafka)
-        await consumer.start()
-        try:
+        try:    # closed also when its start is cancelled (a stop during start-up)
+            await consumer.start()
             tps = await topic_partitions(consumer, self.topic)
             await read_to_end(consumer, {tp: None for tp in tps}, apply, timeout_s=SCAN_TIMEOUT_S)
         finally:
@@ -335,8 +336,8 @@ class InboundLog:
     async def start(self) -> None:
         if self._consumer is None:
             consumer = groupless_consumer(self.kafka)
-            await consumer.start()
-            try:
+            try:    # closed also when its start is cancelled
+                await consumer.start()
                 self._tps = await topic_partitions(consumer, self.topic)
             except BaseException:
                 await close_reader(consumer)
@@ -782,13 +783,41 @@ class Pollers:
             self._started = True
             await stop.wait()
             return
+        try:
+            # a stop during start-up cancels it (the readers and producers it opened are closed below)
+            started, _ = await unless_stopped(stop, self._start(stop))
+            if not started or stop.is_set():
+                return
+            self._tasks = [asyncio.create_task(p.run(stop), name=p.name) for p in self.pollers]
+            self._started = True
+            log.info("MO pollers running", extra={"pollers": [p.name for p in self.pollers]})
+            await stop.wait()
+        finally:
+            # A poll in flight is let finish (each poller's loop ends at its next stop check): its
+            # answer may be a last page only this process has seen, and abandoning it would leave
+            # the `polling` marker for the next start to report as a page at risk. Only what
+            # outlasts one provider call plus the dispatchers' shutdown allowance is cancelled.
+            if self._tasks:
+                grace = self.settings.http.provider_timeout_s + self.settings.dispatch.shutdown_timeout_s
+                _, pending = await asyncio.wait(self._tasks, timeout=grace)
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.inbound.stop()
+            for p in self.pollers:
+                if p.txn is not None:
+                    await p.txn.stop()
+
+    async def _start(self, stop: asyncio.Event) -> None:
+        """The pollers' state read, the inbound log's reader and (exactly-once) their
+        transactional ids, retried until the broker answers."""
         attempt, failing = 0, None
         while not stop.is_set():
             try:
                 await self.state.load()
                 await self.inbound.start()
                 await self._start_transactions()
-                break
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the broker may come up later
@@ -798,27 +827,6 @@ class Pollers:
                     log.warning("poller state could not be loaded; retrying", extra={"error": what})
                 failing = what
                 await _sleep_unless(stop, retry_delay(exc, attempt))
-        if stop.is_set():
-            return
-        self._tasks = [asyncio.create_task(p.run(stop), name=p.name) for p in self.pollers]
-        self._started = True
-        log.info("MO pollers running", extra={"pollers": [p.name for p in self.pollers]})
-        try:
-            await stop.wait()
-        finally:
-            # A poll in flight is let finish (each poller's loop ends at its next stop check): its
-            # answer may be a last page only this process has seen, and abandoning it would leave
-            # the `polling` marker for the next start to report as a page at risk. Only what
-            # outlasts one provider call plus the dispatchers' shutdown allowance is cancelled.
-            grace = self.settings.http.provider_timeout_s + self.settings.dispatch.shutdown_timeout_s
-            _, pending = await asyncio.wait(self._tasks, timeout=grace)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.inbound.stop()
-            for p in self.pollers:
-                if p.txn is not None:
-                    await p.txn.stop()
 
     async def _start_transactions(self) -> None:
         """Exactly-once: one transactional id per poller, ``<prefix>-<group_id>-poller-<name>``:
