@@ -53,7 +53,7 @@ faults: $(STAMP)
 	FAULTS=full $(BIN)/pytest -q -s tests/integration/test_faults.py tests/integration/test_crash.py tests/integration/test_retry_topic.py \
 		tests/integration/test_frozen_worker.py tests/integration/test_mo_durability.py \
 		tests/integration/test_broker_failures.py tests/integration/test_scheduled.py tests/integration/test_inbound_exactly_once.py \
-		tests/e2e/test_dev_orphans.py
+		tests/integration/test_shutdown.py tests/e2e/test_dev_orphans.py
 
 kafka: $(STAMP)
 	$(BIN)/python -m connector.devtools.kafka_broker
