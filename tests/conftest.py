@@ -25,7 +25,7 @@ from connector.kafka import delete_topics, wait_for_leaders
 from connector.devtools.kafka_broker import KAFKA_VERSION, KafkaCluster, missing_tools
 from connector.devtools.stack import LocalStack
 from tests.integration.devrun import (dev_demo, dev_last, dev_traffic, order_shared_dev, shared_dev,  # noqa: F401
-                                      shared_dev_started)
+                                      shared_dev_started, shared_dev_starting)
 
 
 def _choose_broker() -> tuple[str, str]:

@@ -7,8 +7,9 @@ starting their own. They need it in different states, so they take it through on
 fixtures, and ``order_shared_dev`` (called from tests/conftest.py's
 ``pytest_collection_modifyitems``) runs them together, in this order, at the place of the first:
 
-0. ``shared_dev_started``: the run, started and not waited for, so a test can do something else
-   (start a dev run of its own) while the shared one starts;
+0. ``shared_dev_starting``: starts the run (when a later test uses it) and does not wait for it,
+   so a test can do something else meanwhile (tests/e2e/test_cli.py runs a dev of its own, which
+   exits by itself: two start-ups at once cost little more than one);
 1. ``dev_demo``: the demo finished and nothing else sent yet, for tests that count the demo's
    outcomes exactly (tests/integration/test_prometheus.py);
 2. ``dev_traffic``: for tests that send more records through it (tests/e2e/test_dev_commands.py);
@@ -202,17 +203,26 @@ def dev_last(shared_dev: SharedDev) -> SharedDev:
     return shared_dev
 
 
-PHASES = ("shared_dev_started", "dev_demo", "dev_traffic", "dev_last")
+@pytest.fixture
+def shared_dev_starting(request: pytest.FixtureRequest) -> None:
+    """The shared run started in the background, if a test after this one will use it."""
+    if any((phase(item) or 0) > 0 for item in request.session.items):
+        request.getfixturevalue("shared_dev_started")
+
+
+PHASES = ("shared_dev_starting", "dev_demo", "dev_traffic", "dev_last")
+
+
+def phase(item: pytest.Item) -> int | None:
+    """Which of ``PHASES`` a test uses the shared run in (None: it does not)."""
+    names = getattr(item, "fixturenames", ())
+    return max((i for i, name in enumerate(PHASES) if name in names), default=None)
 
 
 def order_shared_dev(items: list[pytest.Item]) -> None:
     """Run the tests using the shared dev run one after the other (so it lives no longer than
     they need), at the place of the first of them, in the order of ``PHASES``; every other test
     keeps its place."""
-    def phase(item: pytest.Item) -> int | None:
-        names = getattr(item, "fixturenames", ())
-        return max((i for i, name in enumerate(PHASES) if name in names), default=None)
-
     users = [(phase(item), n, item) for n, item in enumerate(items) if phase(item) is not None]
     if not users:
         return
