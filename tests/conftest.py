@@ -7,6 +7,10 @@ other's records or offsets. ``TEST_BROKER=tansu`` (or a machine without Java 17 
 Maven, outside CI) runs them on the embedded Tansu broker instead, one per test, and skips the
 tests only Apache Kafka allows (marked ``kafka``). With ``CI=true`` a missing Apache Kafka is an
 error, never a silent fallback.
+
+The tests that need a running ``sms-connector dev`` share one (tests/integration/devrun.py): its
+fixtures are registered here, and ``pytest_collection_modifyitems`` runs those tests together, in
+the order their fixtures ask for.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import pytest
 from connector.kafka import delete_topics, wait_for_leaders
 from connector.devtools.kafka_broker import KAFKA_VERSION, KafkaCluster, missing_tools
 from connector.devtools.stack import LocalStack
+from tests.integration.devrun import (dev_demo, dev_last, dev_traffic, order_shared_dev, shared_dev,  # noqa: F401
+                                      shared_dev_started, shared_dev_starting)
 
 
 def _choose_broker() -> tuple[str, str]:
@@ -49,7 +55,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             "Install Java 17, Maven and openssl to run the whole suite on Apache Kafka."]
 
 
+@pytest.hookimpl(trylast=True)      # after pytest's own reordering by fixture
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    order_shared_dev(items)
     if ON_KAFKA:
         return
     skip = pytest.mark.skip(reason=f"needs Apache Kafka ({BROKER_WHY})")

@@ -49,6 +49,7 @@ def test_worker_refuses_bad_config_with_a_clear_message() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.usefixtures("shared_dev_starting")   # the suite's shared dev starts meanwhile (tests/integration/devrun.py)
 def test_dev_demo_until_done(tmp_path: Path) -> None:
     proc = subprocess.Popen([*CLI, "dev", "--demo", "300", "--until-done", "--http-port", "0", "--timeout", "120"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

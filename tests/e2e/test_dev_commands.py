@@ -1,6 +1,10 @@
 """The operator commands against a running `sms-connector dev`, exactly as the README suggests:
 run in dev's directory with no flags, they find its manifest; pointed at its broker by address,
-they notice it has no idempotent producer and say so once; with no broker at all, one line."""
+they notice it has no idempotent producer and say so once; with no broker at all, one line.
+
+The running dev is the suite's shared `dev --demo 300` (tests/integration/devrun.py): these tests
+send a few records through it, so they run after the tests that count its demo's outcomes and
+before the log scan that stops it (fixture ``dev_traffic``)."""
 
 from __future__ import annotations
 
@@ -10,13 +14,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest
 
 from connector.devtools.embedded_broker import free_port
-from tests.integration.devrun import DevRun, demo_done
+from tests.integration.devrun import DevRun, SharedDev
 
 pytestmark = pytest.mark.e2e
 
@@ -32,10 +35,10 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
                           env={**clean, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevRun]:
-    with demo_done(tmp_path_factory.mktemp("dev"), 40, remove_logs=True) as run:
-        yield run
+@pytest.fixture
+def dev(dev_traffic: SharedDev) -> DevRun:
+    """The shared dev run, its demo done: these tests send more records through it."""
+    return dev_traffic
 
 
 def tail_json(cwd: Path, topic: str, env: dict[str, str] | None = None) -> list[dict]:

@@ -1,6 +1,8 @@
 """The logs of a full run never hold a secret, a token, a message text or a full phone number.
 
-Runs ``sms-connector dev --demo 300`` as a user does, then a second batch of demo traffic with
+Takes the suite's shared ``sms-connector dev --demo 300`` (tests/integration/devrun.py, started as a
+user does) after every other test using it (fixture ``dev_last``: tests/e2e/test_dev_commands.py
+sends a few records of its own through it first), sends a second batch of demo traffic with
 provider faults switched on (5xx, 429, rejections: the error and retry paths log the most), then a
 provider outage until the MO pollers log their failures, stops dev with SIGTERM, and scans every log file in the manifest's ``logs`` directory (worker,
 simulators, broker) and dev's own output for
@@ -28,22 +30,21 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import orjson
 import pytest
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from connector.config import KafkaSettings, load
 from connector.devtools.demo import DEMO_HEADER, DemoRecord, generate
 from connector.devtools.simulators import SIMULATORS
 from connector.devtools.stack import produce, worker_env
+from connector.ops.tools import tail, topic_name
 from tests.integration import devrun
 
 pytestmark = pytest.mark.integration
 
-DEMO = 300            # what `dev --demo` produces (generate(DEMO), seed 7)
+DEMO = devrun.DEMO    # what the shared `dev --demo` produced (generate(DEMO), seed 7)
 FAULTY = 200          # then produced by the test with provider faults on
 FAULTY_SEED = 11
 FAULTS = {"error_rate": 0.15, "throttle_rate": 0.1, "retry_after_s": 0, "reject_rate": 0.1, "seed": 3}
@@ -63,25 +64,6 @@ TOKEN_PATTERNS = [
 http = devrun.http
 
 
-# -- sms-connector dev as a subprocess ---------------------------------------------------------
-class DevRun(devrun.DevRun):
-    """dev, plus: wait until the worker consumed a number of records."""
-
-    def wait_consumed(self, consumed: int, timeout: float = 60.0) -> None:
-        """Until the worker consumed ``consumed`` records and has none in flight."""
-        deadline = time.monotonic() + timeout
-        values: dict[str, float] = {}
-        while time.monotonic() < deadline:
-            self.check_alive()
-            body = self.metrics()
-            values = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples
-                      if s.name in ("sms_outbound_consumed_total", "sms_outbound_in_flight")}
-            if values.get("sms_outbound_consumed_total") == consumed and values.get("sms_outbound_in_flight") == 0:
-                return
-            time.sleep(0.3)
-        pytest.fail(f"the worker did not finish {consumed} records within {timeout:.0f}s: {values}", pytrace=False)
-
-
 def sim_root(name: str, base_url: str) -> str:
     return base_url.removesuffix(SIMULATORS[name].base_path)
 
@@ -94,36 +76,47 @@ class FullRun:
     exit_code: int
 
 
+async def outbound_by_demo(kafka: KafkaSettings) -> dict[str, int]:
+    """How many records sms.outbound holds by the prefix of their demo id ("" without one)."""
+    found: dict[str, int] = {}
+
+    def count(record: Any) -> None:
+        prefix = dict(record.headers or ()).get(DEMO_HEADER, b"").decode().rpartition("-")[0]
+        found[prefix] = found.get(prefix, 0) + 1
+    await tail(kafka, topic_name("outbound"), count, from_beginning=True, follow=False)
+    return found
+
+
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FullRun]:
-    run = DevRun(tmp_path_factory.mktemp("dev"), DEMO)
-    try:
-        manifest = run.wait_manifest()
-        run.wait_demo_done()
-        # Second act: provider faults on, more traffic; retries, throttling and rejections log.
-        for name, sim in manifest["simulators"].items():
-            http("PUT", sim_root(name, sim["base_url"]) + "/_sim/faults", orjson.dumps(FAULTS))
-        faulty = list(generate(FAULTY, seed=FAULTY_SEED, prefix="logscan"))
-        kafka = KafkaSettings(bootstrap_servers=manifest["bootstrap_servers"], idempotent_producer=False,
-                              replication_factor=1)
-        asyncio.run(produce(kafka, ((r.key, r.value, [(DEMO_HEADER, r.demo_id.encode())]) for r in faulty)))
-        run.wait_consumed(DEMO + FAULTY)
-        # Third act: every provider call fails for a while, so the MO pollers log their failures.
-        for name, sim in manifest["simulators"].items():
-            http("PUT", sim_root(name, sim["base_url"]) + "/_sim/faults", orjson.dumps(OUTAGE))
-        logdir = Path(manifest["logs"])
-        deadline = time.monotonic() + OUTAGE_S
-        while time.monotonic() < deadline and not any(
-                '"level":"warning"' in p.read_text(errors="replace") for p in logdir.glob("worker*.log")):
-            time.sleep(0.3)
-        code = run.stop()
-        files = sorted(p for p in logdir.rglob("*") if p.is_file())
-        assert any(p.name.startswith("worker") for p in files), files
-        assert sum(p.name.startswith("sim-") for p in files) == len(manifest["simulators"]), files
-        yield FullRun(manifest, [*files, run.output], [*generate(DEMO), *faulty], code)
-    finally:
-        run.stop()
-        run.remove_logs()
+def full_run(dev_last: devrun.SharedDev) -> FullRun:
+    run = dev_last
+    manifest = run.manifest
+    # Second act: provider faults on, more traffic; retries, throttling and rejections log.
+    for name, sim in manifest["simulators"].items():
+        http("PUT", sim_root(name, sim["base_url"]) + "/_sim/faults", orjson.dumps(FAULTS))
+    faulty = list(generate(FAULTY, seed=FAULTY_SEED, prefix="logscan"))
+    kafka = KafkaSettings(bootstrap_servers=manifest["bootstrap_servers"], idempotent_producer=False,
+                          replication_factor=1)
+    asyncio.run(produce(kafka, ((r.key, r.value, [(DEMO_HEADER, r.demo_id.encode())]) for r in faulty)))
+    # Until the worker consumed every record of sms.outbound: the demo's, this batch, and the few
+    # the tests before this one sent.
+    outbound = asyncio.run(outbound_by_demo(kafka))
+    assert outbound["logscan"] == FAULTY and sum(n for p, n in outbound.items() if p.startswith("demo")) == DEMO, \
+        outbound
+    run.wait_consumed(sum(outbound.values()))
+    # Third act: every provider call fails for a while, so the MO pollers log their failures.
+    for name, sim in manifest["simulators"].items():
+        http("PUT", sim_root(name, sim["base_url"]) + "/_sim/faults", orjson.dumps(OUTAGE))
+    logdir = Path(manifest["logs"])
+    deadline = time.monotonic() + OUTAGE_S
+    while time.monotonic() < deadline and not any(
+            '"level":"warning"' in p.read_text(errors="replace") for p in logdir.glob("worker*.log")):
+        time.sleep(0.3)
+    code = run.stop()
+    files = sorted(p for p in logdir.rglob("*") if p.is_file())
+    assert any(p.name.startswith("worker") for p in files), files
+    assert sum(p.name.startswith("sim-") for p in files) == len(manifest["simulators"]), files
+    return FullRun(manifest, [*files, run.output], [*generate(DEMO), *faulty], code)
 
 
 # -- what must never appear --------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A real Prometheus scrapes the connector: `sms-connector dev --demo`, then Debian's `prometheus`.
 
-The test starts ``sms-connector dev --demo 300`` as a user does, waits for the demo's terminal
-records, then
+The tests take the suite's shared ``sms-connector dev --demo 300`` (tests/integration/devrun.py,
+started as a user does) once the demo's terminal records are in and before any other test sends
+more records through it (fixture ``dev_demo``), then
 
 - runs ``promtool check metrics`` on the worker's ``/metrics`` output (Prometheus naming and help
   conventions), and
@@ -25,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -38,11 +39,12 @@ from tests.integration import devrun
 
 pytestmark = pytest.mark.integration
 
-DEMO = 300
+DEMO = devrun.DEMO
 JOB = "sms-connector"
 INSTALL_HINT = "run scripts/install-prometheus.sh (as root; `make test` does) to install Debian's prometheus package"
 
-Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Series = devrun.Series
+parse_metrics = devrun.parse_metrics
 
 
 def require_tool(name: str) -> str:
@@ -57,53 +59,15 @@ def http_get(url: str, timeout: float = 5.0) -> bytes:
     return devrun.http("GET", url, timeout=timeout)
 
 
-def parse_metrics(body: str) -> Series:
-    """Every sample as (name, labels) -> value. Empty-valued labels are dropped, as Prometheus does."""
-    out: Series = {}
-    for family in text_string_to_metric_families(body):
-        for s in family.samples:
-            out[(s.name, frozenset((k, v) for k, v in s.labels.items() if v != ""))] = s.value
-    return out
-
-
 def select(series: Series, name: str, **labels: str) -> Series:
     want = set(labels.items())
     return {k: v for k, v in series.items() if k[0] == name and want <= set(k[1])}
 
 
-# -- sms-connector dev as a subprocess ---------------------------------------------------------
-class DevRun(devrun.DevRun):
-    """dev, plus: wait until the outbound counters settle; stop also removes its logs."""
-
-    def wait_metrics_settled(self, consumed: int, timeout: float = 30.0) -> str:
-        """/metrics once every consumed record is finished and the outbound counters stand still."""
-        deadline = time.monotonic() + timeout
-        previous: Series | None = None
-        body = ""
-        while time.monotonic() < deadline:
-            body = self.metrics()
-            series = parse_metrics(body)
-            outbound = {k: v for k, v in series.items()
-                        if k[0].startswith("sms_outbound_") and not k[0].endswith("_created")}
-            if (series.get(("sms_outbound_consumed_total", frozenset())) == consumed
-                    and series.get(("sms_outbound_in_flight", frozenset())) == 0
-                    and outbound == previous):
-                return body
-            previous = outbound
-            time.sleep(0.3)
-        pytest.fail(f"outbound metrics did not settle at {consumed} consumed within {timeout:.0f}s:\n{body}",
-                    pytrace=False)
-
-    def stop(self, timeout: float = 60.0) -> int:
-        code = super().stop(timeout)
-        self.remove_logs()
-        return code
-
-
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevRun]:
-    with devrun.demo_done(tmp_path_factory.mktemp("dev"), DEMO, DevRun) as run:
-        yield run
+@pytest.fixture
+def dev(dev_demo: devrun.SharedDev) -> devrun.SharedDev:
+    """The shared dev run, its demo done and nothing else sent through it yet."""
+    return dev_demo
 
 
 def summary_counts(output: str) -> dict[tuple[str, str, str], int]:
@@ -116,9 +80,9 @@ def summary_counts(output: str) -> dict[tuple[str, str, str], int]:
 
 
 # -- (a) promtool check metrics ------------------------------------------------------------------
-def test_promtool_check_metrics_passes(dev: DevRun) -> None:
+def test_promtool_check_metrics_passes(dev: devrun.DevRun) -> None:
     promtool = require_tool("promtool")
-    body = dev.wait_metrics_settled(DEMO)
+    body = dev.wait_consumed(DEMO, timeout=30, settled=True)
     # Every family of the connector must be in the output (with HELP and TYPE) for the check to mean much.
     families = {f.name for f in text_string_to_metric_families(body)}
     assert {"sms_outbound_consumed", "sms_outbound_accepted", "sms_outbound_failed", "sms_outbound_dead_lettered",
@@ -202,12 +166,12 @@ class Prometheus:
                 self.proc.wait()
 
 
-def test_prometheus_scrapes_the_demo(dev: DevRun, tmp_path: Path) -> None:
+def test_prometheus_scrapes_the_demo(dev: devrun.DevRun, tmp_path: Path) -> None:
     require_tool("prometheus")
     target = urllib.parse.urlsplit(dev.manifest["metrics_url"])
     assert target.hostname == "127.0.0.1" and target.path == "/metrics", dev.manifest["metrics_url"]
     instance = target.netloc
-    before = parse_metrics(dev.wait_metrics_settled(DEMO))
+    before = parse_metrics(dev.wait_consumed(DEMO, timeout=30, settled=True))
     t_before = time.time()
 
     prom = Prometheus(tmp_path, instance)
