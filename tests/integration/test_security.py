@@ -108,12 +108,12 @@ async def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> tupl
 
 async def test_every_role_and_tool_works_over_sasl_ssl_with_the_charts_acls(secure: KafkaCluster) -> None:
     admin_env = kafka_env(secure.settings())
-    code, out = await run_cli("topics", "apply", env=admin_env)
-    assert code == 0, out
-
     stack = LocalStack(broker=secure, owns_broker=False, group_id=GROUP)
     try:
-        await asyncio.gather(*(stack.start_simulator(n) for n in ("smpp_rest", "revio", "ogangi", "thingspace")))
+        (code, out), *_ = await asyncio.gather(   # the simulators start while the admin creates the topics
+            run_cli("topics", "apply", env=admin_env),
+            *(stack.start_simulator(n) for n in ("smpp_rest", "revio", "ogangi", "thingspace")))
+        assert code == 0, out
         worker = await stack.start_worker(env=cli_env(secure), roles=("all",))
         ids = [f"sec-{i}" for i in range(40)]
         async with Follower(stack.kafka) as f:   # the admin reads the results
@@ -153,13 +153,15 @@ async def test_a_wrong_password_or_an_untrusted_certificate_is_one_clear_line_an
     env = {**cli_env(secure, **wrong), "SMS_CONNECTOR_ROUTES__SMPP__PROVIDER": "smpp_rest",
            "SMS_CONNECTOR_ROUTES__SMPP__BASE_URL": "http://127.0.0.1:9", "SMS_CONNECTOR_ROUTES__SMPP__API_KEY": "k",
            "SMS_CONNECTOR_HTTP__PORT": "0"}
-    result = await asyncio.to_thread(invoke, "check", "--connect", "--no-settings", "--timeout", "10", env=env)
+    all_roles = (("--role", "dispatch"), ("--role", "all"))
+    result, *runs = await asyncio.gather(   # independent: at once
+        asyncio.to_thread(invoke, "check", "--connect", "--no-settings", "--timeout", "10", env=env),
+        *(run_cli("worker", *roles, env=env, timeout=90) for roles in all_roles))
     assert result.exit_code == 1
     failed = [line for line in result.output.splitlines() if line.startswith("FAIL") and " kafka " in line]
     assert len(failed) == 1 and setting in failed[0], result.output
 
-    for roles in (("--role", "dispatch"), ("--role", "all")):
-        code, out = await run_cli("worker", *roles, env=env, timeout=90)
+    for roles, (code, out) in zip(all_roles, runs):
         assert code not in (0, -9), f"worker {roles}: exit {code}\n{out[-3000:]}"
         errors = [line for line in out.splitlines() if setting in line]
         assert errors, f"no line names {setting}:\n{out[-3000:]}"
@@ -246,8 +248,8 @@ async def test_sigterm_over_sasl_ssl_exits_well_within_the_grace_period_and_lose
         await stack.set_faults("smpp_rest", latency_ms=20)
         expected = [f"term-tls-{i}" for i in range(n)]
         async with Follower(stack.kafka) as f:   # the admin reads the results
-            worker = await stack.start_worker(env=cli_env(secure), routes=route, roles=("all",))
-            await produce(stack.kafka, many(n, keys=300, prefix="term-tls"))
+            worker, _ = await asyncio.gather(stack.start_worker(env=cli_env(secure), routes=route, roles=("all",)),
+                                             produce(stack.kafka, many(n, keys=300, prefix="term-tls")))
             for k in range(stops):
                 # stopped while sending: the worker (a fresh one after the first stop) has results out
                 d0 = f.tally.done(expected)
