@@ -1,8 +1,9 @@
 """``sms-connector bench``: throughput, latency and memory of one worker, with reference points.
 
 Each scenario runs on a fresh local stack (``connector.devtools.stack``): the embedded broker (or the
-cluster given with ``bootstrap_servers``), the SMPP REST simulator in its own process, and ONE
-worker process started with explicit routes and settings. In the same run it measures:
+cluster given with ``bootstrap_servers``, or a running local Apache Kafka given as ``cluster``, the
+test session's), the SMPP REST simulator in its own process, and ONE worker process started with
+explicit routes and settings. In the same run it measures:
 
 - the **raw ceiling**: aiohttp's client straight to the same simulator, same concurrency and
   request shape (``SmppRest.build_send``, bodies built beforehand), no Kafka; in a separate
@@ -607,18 +608,21 @@ def broker_label(o: Options) -> str:
     """Which broker gave a row's figures (the README's tables say it)."""
     if o.bootstrap_servers:
         return o.bootstrap_servers
+    if o.cluster is not None:
+        return f"Apache Kafka {KAFKA_VERSION} ({o.cluster.nodes} local broker{'s' if o.cluster.nodes > 1 else ''})"
     return f"Apache Kafka {KAFKA_VERSION} (1 local broker)" if o.broker == "kafka" else EMBEDDED
 
 
 @contextlib.asynccontextmanager
-async def local_stack(bootstrap_servers: str | None, broker: str = "tansu"
+async def local_stack(bootstrap_servers: str | None, broker: str = "tansu", cluster: KafkaCluster | None = None
                       ) -> AsyncIterator[tuple[LocalStack, KafkaSettings]]:
     """A fresh stack: the embedded broker, a local Apache Kafka broker (``broker="kafka"``, Java 17
-    + Maven) or the given cluster, and room for simulators / workers."""
-    stack = LocalStack()
+    + Maven), the running local ``cluster`` (left running) or the given cluster, and room for
+    simulators / workers."""
+    stack = LocalStack(broker=cluster, owns_broker=cluster is None)
     try:
         if bootstrap_servers is None:
-            if broker == "kafka":
+            if stack.broker is None and broker == "kafka":
                 stack.broker = await asyncio.to_thread(KafkaCluster(directory=stack.logdir / "kafka").start)
             await stack.start_broker()
             kafka = stack.kafka
@@ -877,6 +881,7 @@ class Options:
     peer: str | None = None
     exactly_once: bool | None = None     # the worker's kafka.exactly_once (None: its default)
     compare_exactly_once: bool = False   # each dispatch scenario both ways (_compare_exactly_once)
+    cluster: KafkaCluster | None = None  # a running local Apache Kafka every scenario shares (not stopped)
 
 
 async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
@@ -890,7 +895,7 @@ async def dispatch_scenario(sc: Scenario, o: Options, say: _Progress,
                            "provider_latency_ms": sc.latency_ms,
                            "batch_max": sc.batch_max, "concurrency": concurrency, "max_in_flight": sc.max_in_flight,
                            "keys": o.keys, "target": sc.target}
-    async with local_stack(o.bootstrap_servers, o.broker) as (stack, kafka):
+    async with local_stack(o.bootstrap_servers, o.broker, o.cluster) as (stack, kafka):
         opts = ("--latency-ms", f"{sc.latency_ms:g}") if sc.latency_ms else ()
         sim_url = await stack.start_simulator(SMPP, *opts)
         written: dict[TopicPartition, int] = {}
@@ -1169,7 +1174,7 @@ async def callbacks_scenario(sc: Scenario, o: Options, say: _Progress) -> dict[s
     concurrency = o.concurrency or sc.concurrency
     row: dict[str, Any] = {"scenario": sc.name, "records": n, "broker": broker_label(o),
                            "concurrency": concurrency, "target": sc.target}
-    async with local_stack(o.bootstrap_servers, o.broker) as (stack, kafka):
+    async with local_stack(o.bootstrap_servers, o.broker, o.cluster) as (stack, kafka):
         routes = {"thingspace": {"provider": "thingspace"}}
         env = {"SMS_CONNECTOR_KAFKA__GROUP_ID": f"sms-bench-{o.run_id}-callbacks", "SMS_CONNECTOR_LOG__LEVEL": "WARNING",
                **callback_settings_env()}
@@ -1264,7 +1269,7 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
                     soak_records: int = 1_000_000, concurrency: int | None = None, keys: int = 2000,
                     latency_load: float = 0.5, profile_dir: str | None = None, peer: str | None = None,
                     err: TextIO | None = sys.stderr, tracing: float | None = None,
-                    compare_exactly_once: bool = False) -> list[dict[str, Any]]:
+                    compare_exactly_once: bool = False, cluster: KafkaCluster | None = None) -> list[dict[str, Any]]:
     """Run the scenarios; print one JSON object per scenario (``json_out``) or a table to ``out``.
 
     ``records`` per scenario (``soak``: ``soak_records``); ``baseline_records`` for the faust
@@ -1278,7 +1283,10 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
     received. ``compare_exactly_once``: each dispatch scenario (soak aside) runs twice in a row,
     rows ``<scenario>/at-least-once`` and ``<scenario>/exactly-once`` (``kafka.exactly_once``
     off / on, each on a fresh broker of the same kind), the second with ``eos_ratio``: its
-    records/s over the first's. Progress goes to ``err`` (None: silent)."""
+    records/s over the first's. ``cluster``: a running local Apache Kafka (the test session's) that
+    every scenario uses instead of a broker of its own, its topics created where missing and the
+    cluster left running (the bench reads only what it produced, like on ``bootstrap_servers``).
+    Progress goes to ``err`` (None: silent)."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {', '.join(unknown)} (known: {', '.join(SCENARIO_NAMES)})")
@@ -1286,10 +1294,15 @@ async def run_bench(scenarios: list[str], records: int, *, json_out: bool, out: 
         raise ValueError("records must be at least 2")
     if broker not in ("tansu", "kafka"):
         raise ValueError(f"unknown broker {broker!r} (tansu or kafka)")
+    if cluster is not None:
+        if bootstrap_servers:
+            raise ValueError("a running local cluster or bootstrap servers, not both")
+        broker = "kafka"
     o = Options(records=records, bootstrap_servers=bootstrap_servers, broker=broker, baseline_records=baseline_records,
                 soak_records=soak_records, concurrency=concurrency, keys=max(1, min(keys, records)),
                 latency_load=latency_load, profile_dir=profile_dir, peer=peer,
-                run_id=f"bench{int(time.time() * 1000) % 10**10}", compare_exactly_once=compare_exactly_once)
+                run_id=f"bench{int(time.time() * 1000) % 10**10}", compare_exactly_once=compare_exactly_once,
+                cluster=cluster)
     say = _Progress(err)
     baselines: dict[float, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []

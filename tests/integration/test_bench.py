@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 
 from connector.devtools.bench import FIELDS, format_table, run_bench, summarize_profile
+from connector.devtools.kafka_broker import KafkaCluster
 from tests.conftest import ON_KAFKA
 
 pytestmark = pytest.mark.integration
 
 
-async def test_reduced_bench_reports_every_field() -> None:
+async def test_reduced_bench_reports_every_field(bench_cluster: KafkaCluster | None) -> None:
     out = io.StringIO()
-    broker = "kafka" if ON_KAFKA else "tansu"     # `bench --broker`: each scenario on a fresh local broker
     faust_dirs = set(Path.cwd().glob("sms-bench-*-data"))
     results = await run_bench(["single", "batch", "callbacks"], 500, json_out=True, out=out,
-                              baseline_records=100, err=None, broker=broker)
+                              baseline_records=100, err=None, broker="kafka" if ON_KAFKA else "tansu",
+                              cluster=bench_cluster)   # on Tansu: each scenario on a fresh embedded broker
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["scenario"] for r in rows] == ["single", "batch", "callbacks"]
     label = "Apache Kafka" if ON_KAFKA else "embedded Tansu"
