@@ -9,6 +9,7 @@ before the log scan that stops it (fixture ``dev_traffic``)."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -138,19 +139,41 @@ def test_a_manifest_left_by_a_killed_dev_is_ignored_with_a_note(tmp_path: Path) 
     assert "Traceback" not in result.stderr
 
 
-def readme_quick_start_commands() -> list[list[str]]:
-    """The commands the README's quick start suggests running next to `dev`."""
+README_CLI = ".venv/bin/sms-connector "
+
+
+def readme_quick_start_commands() -> list[str]:
+    """The commands the README's quick start suggests running next to `dev`, as shell text (a
+    line ending in a backslash goes on on the next)."""
     text = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    return [line.split("#", 1)[0].split()[1:] for line in text.splitlines()
-            if line.startswith(".venv/bin/sms-connector ")]
+    commands: list[str] = []
+    current: str | None = None
+    for line in text.splitlines():
+        if current is not None:
+            current += "\n" + line
+        elif line.startswith(README_CLI):
+            current = line
+        else:
+            continue
+        if not line.rstrip().endswith("\\"):
+            commands.append(current)
+            current = None
+    return commands
 
 
 def test_the_readme_quick_start_commands_work_against_dev(dev: DevRun) -> None:
+    """Each command run by a shell as written (its quoting, `$(date ...)`, continuation lines),
+    with `.venv/bin/sms-connector` standing for this checkout's CLI."""
     commands = readme_quick_start_commands()
-    assert len(commands) >= 5 and {c[0] for c in commands} >= {"send", "topics", "status", "check", "dlq"}
-    for command in commands:
+    words = [shlex.split(c, comments=True)[1:] for c in commands]
+    assert len(commands) >= 5 and {w[0] for w in words} >= {"send", "topics", "status", "check", "dlq"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SMS_CONNECTOR_")}
+    for command, w in zip(commands, words):
         # the README's interactive ones stop by themselves here
-        extra = {"tail": ["--no-follow"], "status": ["--once"]}.get(command[1] if command[0] == "topics" else command[0], [])
-        result = cli(*command, *extra, cwd=dev.workdir)
+        extra = {"tail": ["--no-follow"], "status": ["--once"]}.get(w[1] if w[0] == "topics" else w[0], [])
+        script = (f'sms_connector() {{ "$TEST_PYTHON" -m connector.cli "$@" {" ".join(extra)}; }}\n'
+                  + command.replace(README_CLI, "sms_connector ", 1))
+        result = subprocess.run(["bash", "-c", script], cwd=dev.workdir, capture_output=True, text=True, timeout=120,
+                                env={**clean, "PYTHONPATH": str(ROOT), "TEST_PYTHON": sys.executable})
         assert result.returncode == 0, (command, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr
