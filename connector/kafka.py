@@ -8,6 +8,7 @@ SASL PLAIN / SCRAM). ``apply_topics`` / ``check_topics`` create or verify the to
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 import struct
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+import aiokafka.client as aiokafka_client
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (AuthenticationFailedError, IllegalSaslStateError, KafkaConnectionError, KafkaError,
                              SaslAuthenticationFailed, TopicAlreadyExistsError, TopicAuthorizationFailedError,
@@ -26,30 +28,60 @@ from connector.config import KafkaSettings
 _M = 0x5BD1E995
 
 
+# The connections aiokafka's bootstrap opened, while one runs (see _cancel_safe)
+_bootstrap_conns: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("bootstrap_conns", default=None)
+
+
+def _tracked(create_conn: Callable[..., Any]) -> Callable[..., Any]:
+    if getattr(create_conn, "tracked", False):
+        return create_conn
+
+    async def create(*args: Any, **kwargs: Any) -> Any:
+        conn = await create_conn(*args, **kwargs)
+        opened = _bootstrap_conns.get()
+        if opened is not None:
+            opened.append(conn)
+        return conn
+
+    create.tracked = True  # type: ignore[attr-defined]
+    return create
+
+
 def _cancel_safe(bootstrap: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """aiokafka's ``AIOKafkaClient.bootstrap`` opens a connection of its own for its first metadata
     request and closes it after; cancelled during that request it leaves it open, and the event
     loop logs "Unclosed AIOKafkaConnection" at ERROR when it is collected. A stop during start-up
-    cancels the clients' starts (``streams.plumbing.unless_stopped``): the bootstrap (one
-    request, bounded by the client's request timeout) is let finish, then the cancellation goes
-    on, and the client's ``stop()`` closes everything it has."""
+    cancels the clients' starts (``streams.plumbing.unless_stopped``), and ``check --timeout``
+    cancels them too: the bootstrap is cancelled at once, as before, and the connections it had
+    opened and not handed to the client are closed (the client's ``stop()`` closes the others)."""
     if getattr(bootstrap, "cancel_safe", False):
         return bootstrap
 
     async def safe(self: Any) -> Any:
-        task = asyncio.ensure_future(bootstrap(self))
+        opened: list[Any] = []
+        token = _bootstrap_conns.set(opened)
+        try:
+            task = asyncio.ensure_future(bootstrap(self))    # runs in a copy of this context: tracked
+        finally:
+            _bootstrap_conns.reset(token)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
+            task.cancel()
             await asyncio.wait([task])
             if not task.cancelled():
                 task.exception()    # retrieved: the start was cancelled anyway
+            kept = set(map(id, getattr(self, "_conns", {}).values()))
+            for conn in opened:
+                if id(conn) not in kept:
+                    conn.close()
             raise
 
     safe.cancel_safe = True  # type: ignore[attr-defined]
     return safe
 
 
+aiokafka_client.create_conn = _tracked(aiokafka_client.create_conn)
 AIOKafkaClient.bootstrap = _cancel_safe(AIOKafkaClient.bootstrap)  # type: ignore[method-assign]
 
 
