@@ -206,6 +206,18 @@ async def _stop_quietly(producer: AIOKafkaProducer, timeout: float = 10.0) -> No
         await asyncio.wait_for(stop_client(producer), timeout)   # the close of its connections: 2 s
     except Exception as exc:  # noqa: BLE001 - a broken producer may fail to close; it is dropped anyway
         log.debug("producer stop failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        _retrieve_fatal_error(producer)
+
+
+def _retrieve_fatal_error(producer: AIOKafkaProducer) -> None:
+    """A fenced (or otherwise fatally failed) aiokafka producer sets its transaction waiter to the
+    error, and only a commit or abort would await it; the producer is dropped instead, and asyncio
+    would log "Future exception was never retrieved" (ERROR) when the waiter is collected. The
+    error was already handled (TransactionFenced): mark it retrieved."""
+    waiter = getattr(getattr(producer, "_txn_manager", None), "_transaction_waiter", None)
+    if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+        waiter.exception()
 
 
 async def broker_supports_transactions(k: KafkaSettings, timeout: float = 15.0) -> bool:
